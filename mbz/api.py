@@ -1,0 +1,183 @@
+"""The public API: save, load, open, load_model."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from .accounting import account
+from .codecs.affine import numel_of
+from .codecs.raw import TORCH_DTYPE
+from .container import Source, parse, read_sections, write_file
+from .decoder import decode_record
+from .encoder import EntropyPolicy, encode_tensor
+from .errors import MbzError
+from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
+from .spec import Encoding, Sparsity
+from .torch_io import as_state_dict, build_model, guess_arch
+
+
+@dataclass
+class TensorReport:
+    name: str
+    encoding: str
+    stored_bytes: int
+    quantized: bool = False
+    error: dict = field(default_factory=dict)
+
+
+@dataclass
+class SaveReport:
+    path: str
+    file_bytes: int
+    tensors: list
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="tensor", leave=False)
+
+
+def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", axis: int = 0,
+         group_size: int = 64, symmetric: bool = True, include: str = DEFAULT_INCLUDE,
+         detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int = 1,
+         metadata: dict | None = None, arch: dict | None = None, progress: bool = False) -> SaveReport:
+    """Write a state_dict (or module, or wrapped checkpoint) to `path` as .mbz.
+
+    Without `wbits` every tensor is stored exactly (detected grids, codebooks
+    or raw bytes).  With `wbits`, tensors matching `include` (default: conv /
+    linear weights) are quantized first and their error is reported.
+    """
+    sd = as_state_dict(obj)
+    policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
+    ent = EntropyPolicy(zstd=zstd, level=zstd_level)
+    meta = dict(metadata or {})
+    arch = arch or meta.get("arch") or guess_arch(sd)
+    if arch:
+        meta["arch"] = arch
+    encoded, reports = [], []
+    for name, t in _progress(list(sd.items()), progress, "pack"):
+        grid = None
+        if policy is not None and policy.applies(name, t):
+            grid = quantize_tensor(t, policy)
+        et = encode_tensor(name, t, grid=grid, ent=ent, detect=detect)
+        rep = TensorReport(name, et.encoding.name, et.stored_bytes, grid is not None)
+        if grid is not None:
+            rep.error = error_stats(t, torch.from_numpy(grid.values()).reshape(t.shape))
+        encoded.append(et)
+        reports.append(rep)
+    size = write_file(path, encoded, meta, align=align)
+    return SaveReport(os.fspath(path), size, reports)
+
+
+class MbzReader:
+    """An open .mbz file: validated on open, tensors decoded on demand.
+
+    >>> with mbz.open("model.mbz") as r:
+    ...     w = r["features.0.0.weight"]   # decodes this tensor only
+    """
+
+    def __init__(self, path=None, *, data: bytes | None = None):
+        self.path = path
+        self._src = Source(path, data)
+        try:
+            self.layout = parse(self._src.buf)
+        except BaseException:
+            self._src.close()
+            raise
+        self._by_name = {r.name: r for r in self.layout.records}
+
+    # mapping interface
+    def keys(self):
+        return list(self._by_name)
+
+    def __iter__(self):
+        return iter(self._by_name)
+
+    def __len__(self):
+        return len(self._by_name)
+
+    def __contains__(self, name):
+        return name in self._by_name
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        rec = self._by_name.get(name)
+        if rec is None:
+            raise KeyError(name)
+        return self._decode(rec)
+
+    def _decode(self, rec) -> torch.Tensor:
+        if self._src.buf is None:
+            raise MbzError("file is closed")
+        secs = read_sections(self._src.buf, rec)
+        try:
+            return decode_record(rec.dtype, rec.shape, rec.encoding, rec.params, secs)
+        except MbzError as e:
+            raise type(e)(f"tensor '{rec.name}': {e}") from None
+
+    def items(self):
+        for rec in self.layout.records:
+            yield rec.name, self._decode(rec)
+
+    @property
+    def metadata(self) -> dict:
+        return self.layout.meta
+
+    @property
+    def version(self) -> tuple:
+        return (self.layout.major, self.layout.minor)
+
+    def accounting(self) -> dict:
+        return account(self.layout)
+
+    def describe(self) -> list[dict]:
+        """Per tensor: shape, dtype, encoding, bits, layout (no decoding)."""
+        rows = []
+        for rec in self.layout.records:
+            p = rec.params
+            rows.append({
+                "name": rec.name, "shape": list(rec.shape), "dtype": str(TORCH_DTYPE[rec.dtype]).replace("torch.", ""),
+                "numel": numel_of(rec.shape), "encoding": rec.encoding.name,
+                "bits": p.get("b") if rec.encoding != Encoding.RAW else 8 * TORCH_DTYPE[rec.dtype].itemsize,
+                "layout": Sparsity(p["sp"]).name if rec.encoding != Encoding.RAW else "DENSE",
+                "granularity": ["tensor", "channel", "group"][p["g"]] if rec.encoding == Encoding.AFFINE else None,
+                "filters": {s.role.name: s.filter.name for s in rec.sections},
+            })
+        return rows
+
+    def close(self):
+        self._src.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open(path) -> MbzReader:  # noqa: A001 - mirrors safetensors.safe_open / builtins.open
+    return MbzReader(path)
+
+
+def load(path) -> "OrderedDict[str, torch.Tensor]":
+    """Every tensor of a .mbz file, bit-exact, in stored order."""
+    with MbzReader(path) as r:
+        return OrderedDict(r.items())
+
+
+def load_model(path, *, strict: bool = True) -> torch.nn.Module:
+    """Rebuild the model described by the file's 'arch' metadata and load its tensors (eval mode)."""
+    with MbzReader(path) as r:
+        arch = r.metadata.get("arch")
+        if not arch:
+            raise MbzError(f"{path}: no 'arch' metadata; pass --arch when packing, or use mbz.load()")
+        model = build_model(arch)
+        model.load_state_dict(OrderedDict(r.items()), strict=strict)
+    return model.eval()

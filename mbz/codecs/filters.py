@@ -1,0 +1,98 @@
+"""Entropy stage of one payload section (spec §5.6, table 7).
+
+Each filter is a small class with ``encode(data, stride) -> bytes`` and
+``decode(stored, decoded_len, stride) -> bytes``; FILTERS is the registry.
+zstandard is imported lazily so that GPU-side tools (which may lack it) can
+import mbz; only writing or reading a zstd section needs it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import EncodeError, FormatError, LimitError
+from ..spec import EXPANSION_SLACK, MAX_EXPANSION, Filter
+
+
+def _zstd():
+    try:
+        import zstandard
+    except ImportError as e:  # pragma: no cover - exercised only without zstandard
+        raise EncodeError("the zstd entropy stage needs the 'zstandard' package (pip install zstandard)") from e
+    return zstandard
+
+
+def max_decoded(stored_len: int) -> int:
+    """Largest decoded size a stored block of this length may claim (spec §7)."""
+    return stored_len * MAX_EXPANSION + EXPANSION_SLACK
+
+
+def shuffle(data: bytes, stride: int) -> bytes:
+    if stride <= 1 or len(data) % stride:
+        return bytes(data)
+    return np.frombuffer(data, np.uint8).reshape(-1, stride).T.tobytes()
+
+
+def unshuffle(data: bytes, stride: int) -> bytes:
+    if stride <= 1 or len(data) % stride:
+        return bytes(data)
+    return np.frombuffer(data, np.uint8).reshape(stride, -1).T.tobytes()
+
+
+class NoFilter:
+    id = Filter.NONE
+
+    def encode(self, data: bytes, stride: int = 1, level: int = 0) -> bytes:
+        return bytes(data)
+
+    def decode(self, stored, decoded_len: int, stride: int = 1):
+        if len(stored) != decoded_len:
+            raise FormatError(f"unfiltered section is {len(stored)} bytes but declares {decoded_len}")
+        return stored
+
+
+class ZstdFilter:
+    id = Filter.ZSTD
+
+    def encode(self, data: bytes, stride: int = 1, level: int = 19) -> bytes:
+        return _zstd().ZstdCompressor(level=level, write_content_size=False, write_checksum=False).compress(data)
+
+    def decode(self, stored, decoded_len: int, stride: int = 1) -> bytes:
+        if decoded_len > max_decoded(len(stored)):
+            raise LimitError(f"zstd section of {len(stored)} bytes claims {decoded_len} decoded bytes (limit {max_decoded(len(stored))})")
+        try:
+            out = _zstd().ZstdDecompressor().decompress(bytes(stored), max_output_size=decoded_len)
+        except EncodeError:
+            raise
+        except Exception as e:  # zstandard.ZstdError and friends
+            raise FormatError(f"zstd section does not decompress: {e}") from None
+        if len(out) != decoded_len:
+            raise FormatError(f"zstd section decodes to {len(out)} bytes, header says {decoded_len}")
+        return out
+
+
+class ShuffleZstdFilter(ZstdFilter):
+    id = Filter.SHUFFLE_ZSTD
+
+    def encode(self, data: bytes, stride: int = 1, level: int = 19) -> bytes:
+        return super().encode(shuffle(data, stride), stride, level)
+
+    def decode(self, stored, decoded_len: int, stride: int = 1) -> bytes:
+        return unshuffle(super().decode(stored, decoded_len, stride), stride)
+
+
+FILTERS = {f.id: f for f in (NoFilter(), ZstdFilter(), ShuffleZstdFilter())}
+
+
+def get_filter(fid: int):
+    try:
+        return FILTERS[Filter(fid)]
+    except (ValueError, KeyError):
+        raise FormatError(f"unknown section filter {fid!r}; known: {[int(f) for f in Filter]}") from None
+
+
+def zstd_available() -> bool:
+    try:
+        import zstandard  # noqa: F401
+        return True
+    except ImportError:
+        return False

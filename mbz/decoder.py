@@ -1,0 +1,60 @@
+"""Decode one tensor record from its (already validated) sections (spec §5)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .codecs.affine import decode_affine, numel_of
+from .codecs.codebook import decode_codebook
+from .codecs.filters import get_filter
+from .codecs.raw import ITEMSIZE, TORCH_DTYPE, tensor_from_bytes
+from .codecs.sparse import SPARSITY
+from .errors import FormatError
+from .spec import Encoding, Role, Sparsity
+
+
+def unfilter(role: Role, fid: int, stored, decoded_len: int, itemsize: int):
+    from .encoder import role_stride
+    return get_filter(fid).decode(stored, decoded_len, role_stride(role, itemsize))
+
+
+def positions_of(p: dict, secs: dict, numel: int):
+    """None (dense), bool mask (bitmap) or int64 positions (delta) of stored codes."""
+    sp = Sparsity(p["sp"])
+    m = p["m"]
+    if sp == Sparsity.DENSE:
+        if m != numel:
+            raise FormatError(f"dense layout stores {m} codes for {numel} elements")
+        return None
+    if sp == Sparsity.BITMAP:
+        mask = SPARSITY[sp].decode(secs[Role.MASK], numel)
+        count = int(np.count_nonzero(mask))
+        if count != m:
+            raise FormatError(f"bitmap marks {count} elements but the record stores {m} codes")
+        return mask
+    return SPARSITY[sp].decode(secs[Role.DELTAS], m, p["iw"], numel)
+
+
+def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torch.Tensor:
+    tdtype, itemsize = TORCH_DTYPE[dtype], ITEMSIZE[dtype]
+    numel = numel_of(shape)
+    if encoding == Encoding.RAW:
+        t = tensor_from_bytes(secs[Role.RAW], dtype, shape)
+        if tdtype == torch.bool and t.numel() and int(t.view(torch.uint8).max()) > 1:
+            raise FormatError("bool tensor holds bytes other than 0 and 1")
+        return t
+    pos = positions_of(p, secs, numel)
+    if encoding == Encoding.AFFINE:
+        if not tdtype.is_floating_point:
+            raise FormatError(f"AFFINE encoding needs a float dtype, record says {tdtype}")
+        return decode_affine(p, secs, tdtype, shape, pos, numel)
+    if tdtype == torch.bool:
+        raise FormatError("CODEBOOK encoding of bool tensors is not defined")
+    return decode_codebook(p, secs, tdtype, itemsize, shape, pos, numel)
+
+
+def decode_tensor(et) -> torch.Tensor:
+    """Decode an encoder.EncodedTensor (used by the writer's self-check)."""
+    itemsize = ITEMSIZE[et.dtype]
+    secs = {s.role: unfilter(s.role, s.filter, s.data, s.decoded_len, itemsize) for s in et.sections}
+    return decode_record(et.dtype, et.shape, et.encoding, et.params, secs)

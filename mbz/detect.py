@@ -1,0 +1,141 @@
+"""Lossless grid detection: is a float tensor exactly float32(k) * scale?
+
+Checkpoints quantized elsewhere arrive as plain floats (``q.float() * s`` or
+``fake_quantize_per_{tensor,channel}_affine``, whose output is
+``(q - zp) * s`` = an integer multiple of s).  For every row (one channel, or
+the whole tensor) we guess the integer magnitude K of the largest element
+from a few cheap hypotheses, derive s = |v_max| / K and its neighbouring
+fp32 values, and keep the first s for which float32(rint(v / s)) * s
+reproduces every element.  Guesses are screened on a sample of each row and
+then checked on the whole row; the encoder decodes the result once more and
+compares bits before anything is written.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .codecs.affine import Grid
+from .spec import Granularity
+
+MAX_K = 32767  # codes beyond 16 bits are not worth a grid
+_SAMPLE = 64
+# symmetric quantizers put the largest element at +-qmax
+_QMAX = sorted({(1 << (b - 1)) - 1 for b in range(2, 17)} | {1 << (b - 1) for b in range(1, 17)}
+               | {(1 << b) - 1 for b in range(1, 16)})
+
+
+def _exact(rows: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(k, ok-per-row) for candidate scales s (one per row)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        k = np.rint(rows / s[:, None])
+        ok_k = np.abs(k) <= MAX_K
+        k = np.where(ok_k, k, 0)
+        back = k.astype(np.float32) * s[:, None]
+    ok = (back == rows) & ok_k
+    return k, ok.all(axis=1)
+
+
+def _solve_rows(v: np.ndarray):
+    """Per-row scales for a (rows, m) float32 matrix; None if some row has no grid."""
+    r, m = v.shape
+    a = np.abs(v)
+    amax = a.max(axis=1)
+    nz = np.where(a > 0, a, np.inf)
+    amin = nz.min(axis=1)
+    allzero = ~np.isfinite(amin)
+    scales = np.ones(r, np.float32)
+    done = allzero.copy()
+    imax = a.argmax(axis=1)
+    # sample columns: the first few plus each row's largest element
+    cols = np.arange(min(m, _SAMPLE))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        guesses = [np.rint(amax / (amin / d)) for d in range(1, 17)]
+        guesses += [np.full(r, float(q)) for q in _QMAX]
+    for kk in guesses:
+        todo = np.flatnonzero(~done)
+        if todo.size == 0:
+            break
+        kk = kk[todo]
+        valid = (kk >= 1) & (kk <= MAX_K) & np.isfinite(kk)
+        if not valid.any():
+            continue
+        todo, kk = todo[valid], kk[valid]
+        base = (amax[todo] / kk.astype(np.float32)).astype(np.float32)
+        sub = np.concatenate([v[todo][:, cols], v[todo, imax[todo]][:, None]], axis=1)
+        found = np.zeros(todo.size, bool)
+        pick = base.copy()
+        for step in (0, 1, -1, 2, -2, 3, -3):
+            cand = base
+            direction = np.float32(np.inf if step > 0 else -np.inf)
+            for _ in range(abs(step)):
+                cand = np.nextafter(cand, direction).astype(np.float32)
+            _, ok = _exact(sub, cand)
+            newly = ok & ~found
+            pick[newly] = cand[newly]
+            found |= ok
+            if found.all():
+                break
+        if not found.any():
+            continue
+        rows_found = todo[found]
+        _, ok_full = _exact(v[rows_found], pick[found])
+        good = rows_found[ok_full]
+        scales[good] = pick[found][ok_full]
+        done[good] = True
+    if not done.all():
+        return None
+    k, ok = _exact(v, scales)
+    if not ok.all():
+        return None
+    return k.astype(np.int64), scales
+
+
+def detect_grid(t: torch.Tensor) -> Grid | None:
+    """Cheapest exact affine grid of a float tensor (per tensor or per channel on axis 0)."""
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16) or t.numel() == 0:
+        return None
+    x = t.detach().cpu().float().contiguous().reshape(-1).numpy()
+    if not np.isfinite(x).all():
+        return None
+    shape = tuple(t.shape)
+    options = []
+    per_tensor = _solve_rows(x.reshape(1, -1))
+    if per_tensor is not None:
+        k, s = per_tensor
+        options.append(Grid(k.reshape(-1), s, Granularity.TENSOR, shape))
+    if t.dim() >= 2 and shape[0] > 1:
+        per_channel = _solve_rows(x.reshape(shape[0], -1))
+        if per_channel is not None:
+            k, s = per_channel
+            options.append(Grid(k.reshape(-1), s, Granularity.CHANNEL, shape, axis=0))
+    if not options:
+        return None
+
+    def cost(g: Grid) -> float:
+        span = np.ptp(g.k) if g.k.size else 0
+        return g.k.size * max(1, int(span).bit_length()) / 8 + 4 * g.scales.size
+
+    best = min(options, key=cost)
+    # a bf16/fp16 tensor must round-trip through the fp32 product
+    if t.dtype != torch.float32:
+        back = torch.from_numpy(best.values()).to(t.dtype).reshape(shape)
+        if not torch.equal(back.view(torch.int16), t.detach().cpu().contiguous().view(torch.int16)):
+            return None
+    return best
+
+
+def detect_codebook(t: torch.Tensor, max_entries: int = 1 << 16):
+    """(entries, inverse) of distinct bit patterns, or None if too many."""
+    from .codecs.codebook import value_bits
+    if t.numel() == 0:
+        return None
+    bits = value_bits(t)
+    if bits.size > 4096:
+        sample = bits[np.random.default_rng(0).integers(0, bits.size, 4096)]
+        if np.unique(sample).size > 2048:
+            return None
+    uniq, inv = np.unique(bits, return_inverse=True)
+    if uniq.size > max_entries:
+        return None
+    return uniq, inv.astype(np.int64).reshape(-1)

@@ -1,0 +1,230 @@
+"""Turn one tensor into its cheapest encoding (spec §5): candidates, measured.
+
+For each tensor we build the candidate encodings that reproduce it (RAW
+always; AFFINE when a grid is known or detected; CODEBOOK when few distinct
+values), each in every sparse layout and code width worth trying, run each
+section through the entropy stage, and keep the smallest in bytes.  The
+winner is decoded once and compared bit for bit before it is accepted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .codecs.affine import Grid, group_index, n_groups, numel_of
+from .codecs.bitpack import pack_bits, pack_codes, packed_size, signed_width, unsigned_width
+from .codecs.filters import FILTERS, max_decoded, zstd_available
+from .codecs.raw import ITEMSIZE, mbz_dtype, tensor_bytes
+from .codecs.sparse import best_delta_width, delta_entries
+from .errors import EncodeError
+from .detect import detect_codebook, detect_grid
+from .spec import Encoding, Filter, Role, Sparsity
+
+BIG = 1 << 20  # above this many elements, search fewer candidates
+
+
+@dataclass
+class Section:
+    role: Role
+    filter: Filter
+    decoded_len: int
+    data: bytes
+
+
+@dataclass
+class EncodedTensor:
+    name: str
+    dtype: int
+    shape: tuple
+    encoding: Encoding
+    params: dict
+    sections: list = field(default_factory=list)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(len(s.data) for s in self.sections)
+
+
+@dataclass
+class EntropyPolicy:
+    """Which entropy stages to try per section."""
+    zstd: bool = True
+    level: int | None = None  # None: 19 for sections < 1 MiB, else 3
+
+    def level_for(self, size: int) -> int:
+        if self.level is not None:
+            return self.level
+        return 19 if size < (1 << 20) else 3
+
+
+def role_stride(role: Role, itemsize: int) -> int:
+    """Element size the SHUFFLE_ZSTD filter transposes by (spec table 7)."""
+    if role in (Role.RAW, Role.CODEBOOK):
+        return itemsize
+    if role == Role.SCALES:
+        return 4
+    return 1
+
+
+def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy) -> Section:
+    best = Section(role, Filter.NONE, len(data), bytes(data))
+    if not ent.zstd or len(data) < 16 or not zstd_available():
+        return best
+    stride = role_stride(role, itemsize)
+    level = ent.level_for(len(data))
+    tries = [Filter.ZSTD] + ([Filter.SHUFFLE_ZSTD] if stride > 1 else [])
+    for fid in tries:
+        out = FILTERS[fid].encode(data, stride, level)
+        if len(out) < len(best.data) and len(data) <= max_decoded(len(out)):
+            best = Section(role, fid, len(data), out)
+    return best
+
+
+def _sparse_layouts(codes_full: np.ndarray, stored: np.ndarray, numel: int, width: int, big: bool):
+    """Yield (params, index sections, stored codes) for dense / bitmap / delta."""
+    layouts = []
+    positions = np.flatnonzero(stored)
+    dense = ({"sp": int(Sparsity.DENSE), "m": numel}, [], codes_full)
+    bitmap_cost = (numel + 7) // 8 + packed_size(positions.size, width)
+    iw = best_delta_width(positions, numel, width)
+    entries, _ = delta_entries(positions, numel, iw)
+    delta_cost = packed_size(entries.size, iw) + packed_size(entries.size, width)
+    dense_cost = packed_size(numel, width)
+    costs = {Sparsity.DENSE: dense_cost, Sparsity.BITMAP: bitmap_cost, Sparsity.DELTA: delta_cost}
+    keep = set(costs) if not big else {min(costs, key=costs.get)}
+    if Sparsity.DENSE in keep:
+        layouts.append(dense)
+    if Sparsity.BITMAP in keep:
+        layouts.append(({"sp": int(Sparsity.BITMAP), "m": int(positions.size)},
+                        [(Role.MASK, pack_bits(stored))], codes_full[positions]))
+    if Sparsity.DELTA in keep:
+        all_pos = np.cumsum(entries.astype(np.int64) + 1) - 1
+        layouts.append(({"sp": int(Sparsity.DELTA), "m": int(entries.size), "iw": iw},
+                        [(Role.DELTAS, pack_codes(entries, iw))], codes_full[all_pos]))
+    return layouts
+
+
+def _widths(width: int, big: bool):
+    if big or width in (8, 16):
+        return [width]
+    return [width, 8 if width < 8 else 16]
+
+
+def affine_candidates(grid: Grid, signbits: np.ndarray | None, big: bool):
+    """Plain (unfiltered) candidates: list of (params, [(role, bytes)])."""
+    k = grid.k
+    n = k.size
+    g = n_groups(grid.gran, grid.shape, grid.axis, grid.group_size)
+    base = {"g": int(grid.gran)}
+    if grid.gran == 1:
+        base["ax"] = grid.axis
+    if grid.gran == 2:
+        base["gs"] = grid.group_size
+    kmin, kmax = (int(k.min()), int(k.max())) if n else (0, 0)
+    signed = kmin < 0
+    w_plain = signed_width(kmin, kmax) if signed else unsigned_width(kmax)
+    codes_full, zsec, w, zb = k, [], w_plain, 0
+    if signed and g > 1 and n <= BIG:
+        # zero-point variant: a per-group offset makes the codes unsigned and narrower
+        gi = group_index(grid.gran, grid.shape, grid.axis, grid.group_size)
+        gmin = np.zeros(g, np.int64)
+        gmax = np.zeros(g, np.int64)
+        np.minimum.at(gmin, gi, k)
+        np.maximum.at(gmax, gi, k)
+        w_off = unsigned_width(int((gmax - gmin).max()))
+        zp = -gmin
+        zb_try = signed_width(int(zp.min()), int(zp.max()))
+        if w_off < w_plain and n * (w_plain - w_off) / 8 > packed_size(g, zb_try):
+            codes_full, w, zb, signed = k + zp[gi], w_off, zb_try, False
+            zsec = [(Role.ZERO_POINTS, pack_codes(zp, zb, True))]
+    scales = [(Role.SCALES, grid.scales.astype("<f4").tobytes())]
+    nz_sec = []
+    if signbits is not None:
+        f = grid.values()
+        zero_at = np.flatnonzero(f == 0)
+        neg = signbits[zero_at]
+        if neg.any():
+            nz_sec = [(Role.NEGZERO, pack_bits(neg))]
+    out = []
+    for sp_params, idx_secs, codes in _sparse_layouts(codes_full, k != 0, n, w, big):
+        for width in _widths(w, big):
+            p = dict(base, b=width, **sp_params)
+            if signed:
+                p["sg"] = True
+            if zb:
+                p["zb"] = zb
+            if nz_sec:
+                p["nz"] = True
+            secs = [(Role.CODES, pack_codes(codes, width, signed))] + idx_secs + scales + zsec + nz_sec
+            out.append((p, secs))
+    return out
+
+
+def codebook_candidates(uniq: np.ndarray, inv: np.ndarray, itemsize: int, big: bool):
+    k = uniq.size
+    w = unsigned_width(k - 1)
+    book = [(Role.CODEBOOK, uniq.astype(uniq.dtype.newbyteorder("<")).tobytes())]
+    stored = uniq[inv] != 0
+    if stored.all() or uniq[0] != 0:
+        layouts = [({"sp": int(Sparsity.DENSE), "m": inv.size}, [], inv)]
+    else:
+        layouts = _sparse_layouts(inv, stored, inv.size, w, big)
+    out = []
+    for sp_params, idx_secs, codes in layouts:
+        for width in _widths(w, big):
+            p = dict(sp_params, b=width, k=k)
+            out.append((p, [(Role.CODES, pack_codes(codes, width))] + idx_secs + book))
+    return out
+
+
+def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: EntropyPolicy | None = None,
+                  detect: bool = True) -> EncodedTensor:
+    """Smallest exact encoding of t (or of `grid`, when lossy quantization made one)."""
+    from .decoder import decode_tensor  # late import: decoder imports nothing from here
+    ent = ent or EntropyPolicy()
+    t = t.detach().cpu().contiguous()
+    dt = mbz_dtype(t)
+    shape = tuple(t.shape)
+    itemsize = ITEMSIZE[dt]
+    n = numel_of(shape)
+    big = n > BIG
+    lossy = grid is not None
+    signbits = None
+    plain = [(Encoding.RAW, {}, [(Role.RAW, tensor_bytes(t))])]
+    if grid is None and detect and n > 0 and t.is_floating_point():
+        grid = detect_grid(t)
+        if grid is not None:
+            signbits = np.signbit(t.float().reshape(-1).numpy())
+        elif n >= 16:
+            cb = detect_codebook(t)
+            if cb is not None and unsigned_width(cb[0].size - 1) < 8 * itemsize:
+                plain += [(Encoding.CODEBOOK, p, s) for p, s in codebook_candidates(cb[0], cb[1], itemsize, big)]
+    if grid is not None:
+        plain += [(Encoding.AFFINE, p, s) for p, s in affine_candidates(grid, signbits, big)]
+    if big:  # the two smallest before entropy coding, and RAW
+        plain = sorted(plain[1:], key=lambda c: sum(len(b) for _, b in c[2]))[:2] + plain[:1]
+    best = None
+    for enc, p, secs in plain:
+        sections = [filter_section(role, data, itemsize, ent) for role, data in secs]
+        cand = EncodedTensor(name, int(dt), shape, enc, p, sections)
+        if best is None or cand.stored_bytes < best.stored_bytes:
+            best = cand
+    if best.encoding != Encoding.RAW:
+        back = decode_tensor(best)
+        want = torch.from_numpy(grid.values()).reshape(shape).to(t.dtype) if lossy else t
+        if not _bits_equal(back, want):
+            if lossy:
+                raise EncodeError(f"{name}: quantized grid does not round-trip (internal error)")
+            best = EncodedTensor(name, int(dt), shape, Encoding.RAW, {},
+                                 [filter_section(Role.RAW, tensor_bytes(t), itemsize, ent)])
+    return best
+
+
+def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.numel() == 0:
+        return True
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))

@@ -1,0 +1,162 @@
+"""Every constant and table of format_spec.md, one enum or dict per table.
+
+The spec and this module are kept one-to-one: a reader written from the spec
+alone uses exactly these numbers.
+"""
+from __future__ import annotations
+
+import struct
+from enum import Enum, IntEnum
+
+# --- Preamble (spec §2) ----------------------------------------------------
+MAGIC = b"\x89MBZ\r\n\x1a\n"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+# magic, major, minor, header codec, 3 reserved bytes, header length, header crc32
+PREAMBLE = struct.Struct("<8sHHB3sII")
+PREAMBLE_SIZE = PREAMBLE.size  # 24
+assert PREAMBLE_SIZE == 24
+
+
+class HeaderCodec(IntEnum):
+    """How the header block is stored (spec table 1)."""
+    NONE = 0
+    ZSTD = 1
+
+
+# --- Limits a reader enforces before allocating (spec §7) -------------------
+MAX_HEADER_BYTES = 64 << 20          # decoded header block
+MAX_EXPANSION = 1024                 # decoded bytes / stored bytes of one zstd block
+EXPANSION_SLACK = 4096               # ... plus this many bytes
+MAX_RANK = 16
+MAX_WIDTH = 16                       # bit width of codes, indices, zero points
+MAX_ALIGN = 4096
+
+
+# --- Element types (spec table 2) -------------------------------------------
+class DType(IntEnum):
+    F32 = 0
+    F16 = 1
+    BF16 = 2
+    F64 = 3
+    I8 = 4
+    U8 = 5
+    I16 = 6
+    I32 = 7
+    I64 = 8
+    BOOL = 9
+
+
+# dtype -> (torch dtype name, itemsize in bytes)
+DTYPE_INFO = {
+    DType.F32: ("float32", 4),
+    DType.F16: ("float16", 2),
+    DType.BF16: ("bfloat16", 2),
+    DType.F64: ("float64", 8),
+    DType.I8: ("int8", 1),
+    DType.U8: ("uint8", 1),
+    DType.I16: ("int16", 2),
+    DType.I32: ("int32", 4),
+    DType.I64: ("int64", 8),
+    DType.BOOL: ("bool", 1),
+}
+FLOAT_DTYPES = frozenset({DType.F32, DType.F16, DType.BF16, DType.F64})
+
+
+# --- Tensor encodings (spec table 3) -----------------------------------------
+class Encoding(IntEnum):
+    RAW = 0        # little-endian bytes of the dtype
+    AFFINE = 1     # value = float32(q - zero_point) * scale, cast to dtype
+    CODEBOOK = 2   # value = codebook[q]
+
+
+class Granularity(IntEnum):
+    """Which elements share one scale / zero point (spec table 4)."""
+    TENSOR = 0
+    CHANNEL = 1    # one per index along params['ax']
+    GROUP = 2      # one per params['gs'] consecutive elements (row-major)
+
+
+class Sparsity(IntEnum):
+    """Which elements have a stored code (spec table 5)."""
+    DENSE = 0      # every element
+    BITMAP = 1     # MASK section: one bit per element, 1 = stored
+    DELTA = 2      # DELTAS section: gap-1 to the previous stored element
+
+
+# --- Payload sections (spec table 6) ------------------------------------------
+class Role(IntEnum):
+    RAW = 0
+    CODES = 1
+    MASK = 2
+    DELTAS = 3
+    NEGZERO = 4
+    SCALES = 5
+    ZERO_POINTS = 6
+    CODEBOOK = 7
+
+
+class Filter(IntEnum):
+    """Entropy stage of one section (spec table 7)."""
+    NONE = 0
+    ZSTD = 1
+    SHUFFLE_ZSTD = 2  # byte-plane transpose with the role's element size, then zstd
+
+
+# --- Accounting categories (spec table 8) -------------------------------------
+class Category(str, Enum):
+    FILE_HEADER = "file_header"
+    TENSOR_RECORDS = "tensor_records"
+    VALUES = "values"
+    INDICES = "indices"
+    SCALES = "scales"
+    CODEBOOKS = "codebooks"
+    RAW = "raw"
+    PADDING = "padding"
+    CHECKSUMS = "checksums"
+
+
+ROLE_CATEGORY = {
+    Role.RAW: Category.RAW,
+    Role.CODES: Category.VALUES,
+    Role.MASK: Category.INDICES,
+    Role.DELTAS: Category.INDICES,
+    Role.NEGZERO: Category.INDICES,
+    Role.SCALES: Category.SCALES,
+    Role.ZERO_POINTS: Category.SCALES,
+    Role.CODEBOOK: Category.CODEBOOKS,
+}
+
+# Which roles each encoding may / must carry (spec table 6).
+ENCODING_ROLES = {
+    Encoding.RAW: ({Role.RAW}, {Role.RAW}),
+    Encoding.AFFINE: ({Role.CODES, Role.SCALES},
+                      {Role.CODES, Role.SCALES, Role.ZERO_POINTS, Role.MASK, Role.DELTAS, Role.NEGZERO}),
+    Encoding.CODEBOOK: ({Role.CODES, Role.CODEBOOK},
+                        {Role.CODES, Role.CODEBOOK, Role.MASK, Role.DELTAS}),
+}
+
+# --- Header keys (spec §3) ---------------------------------------------------
+H_FORMAT = "format"      # the string "mbz"
+H_PAYLOAD = "payload"    # payload length in bytes
+H_ALIGN = "align"        # section alignment (power of two)
+H_CRCS = "crcs"          # payload offset of the checksum table
+H_META = "meta"          # free-form metadata map
+H_TENSORS = "tensors"    # list of tensor records
+
+# tensor record keys
+T_NAME, T_DTYPE, T_SHAPE, T_ENC, T_PARAMS, T_SECTIONS = "n", "t", "s", "e", "p", "x"
+# section entry: [role, offset, stored length, filter, decoded length]
+
+# params keys
+P_WIDTH = "b"        # code width in bits
+P_SIGNED = "sg"      # codes are two's complement
+P_GRAN = "g"         # Granularity
+P_AXIS = "ax"        # channel axis
+P_GROUP = "gs"       # group size
+P_ZPWIDTH = "zb"     # zero-point width (0: no ZERO_POINTS section, zero point 0)
+P_SPARSE = "sp"      # Sparsity
+P_IWIDTH = "iw"      # delta index width
+P_COUNT = "m"        # number of stored codes
+P_NEGZERO = "nz"     # a NEGZERO section is present
+P_K = "k"            # codebook entries

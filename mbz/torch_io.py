@@ -1,0 +1,81 @@
+"""PyTorch side: reading checkpoints safely, and rebuilding models from metadata."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, MbzError
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "module")
+
+
+def as_state_dict(obj) -> "OrderedDict[str, torch.Tensor]":
+    """A flat {name: tensor} from a module, a state_dict or a wrapped checkpoint."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in WRAPPER_KEYS:
+            if isinstance(obj.get(key), (dict, nn.Module)):
+                return as_state_dict(obj[key])
+    if isinstance(obj, dict):
+        out = OrderedDict()
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"state_dict key {k!r} is not a string")
+            if not isinstance(v, torch.Tensor):
+                raise CheckpointError(f"entry '{k}' is a {type(v).__name__}, not a tensor "
+                                      f"(wrapped checkpoints are recognised under {WRAPPER_KEYS})")
+            out[k] = v.detach().cpu()
+        if not out:
+            raise CheckpointError("checkpoint holds no tensors")
+        return out
+    raise CheckpointError(f"expected a state_dict, a module or a wrapped checkpoint, got {type(obj).__name__}")
+
+
+def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
+    """torch.load with weights_only=True (no code runs), mapped to the CPU."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True: {e}") from None
+    return as_state_dict(obj)
+
+
+# --------------------------------------------------------------------------- architectures
+def mobilenet_v2_cifar(num_classes: int = 10, width_mult: float = 1.0, dropout: float = 0.2, **_):
+    """torchvision MobileNet-v2 for 32x32 inputs.
+
+    The stem conv (features[0][0]) and the first stride-2 block
+    (features[2].conv[1][0]) run at stride 1, so the last feature map is 4x4
+    rather than 1x1: at 32x32 the ImageNet strides would discard too much.
+    """
+    from torchvision.models import mobilenet_v2
+    m = mobilenet_v2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
+    m.features[0][0].stride = (1, 1)
+    m.features[2].conv[1][0].stride = (1, 1)
+    return m
+
+
+ARCHITECTURES = {"mobilenet_v2_cifar": mobilenet_v2_cifar}
+
+
+def guess_arch(sd) -> dict | None:
+    """Recognise a MobileNet-v2 state_dict (for `pack` without --arch)."""
+    if "features.0.0.weight" in sd and "classifier.1.weight" in sd and "features.18.0.weight" in sd:
+        stem = sd["features.0.0.weight"].shape[0]
+        return {"name": "mobilenet_v2_cifar", "num_classes": int(sd["classifier.1.weight"].shape[0]),
+                "width_mult": round(stem / 32, 4)}
+    return None
+
+
+def build_model(arch: dict) -> nn.Module:
+    if not isinstance(arch, dict) or arch.get("name") not in ARCHITECTURES:
+        name = arch.get("name") if isinstance(arch, dict) else arch
+        raise MbzError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+    kwargs = {k: v for k, v in arch.items() if k != "name"}
+    return ARCHITECTURES[arch["name"]](**kwargs)
