@@ -371,7 +371,11 @@ class Source:
             self.buf.release()
             self.buf = None
         if self._mm is not None:
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:  # a traceback still holds a slice; the map closes when it is freed
+                pass
+            self._mm = None
         if self._f is not None:
             self._f.close()
 

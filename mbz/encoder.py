@@ -191,6 +191,8 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
     n = numel_of(shape)
     big = n > BIG
     lossy = grid is not None
+    if lossy:  # every candidate, RAW included, must hold the quantized values
+        t = torch.from_numpy(grid.values()).reshape(shape).to(t.dtype)
     signbits = None
     plain = [(Encoding.RAW, {}, [(Role.RAW, tensor_bytes(t))])]
     if grid is None and detect and n > 0 and t.is_floating_point():
@@ -213,8 +215,7 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
             best = cand
     if best.encoding != Encoding.RAW:
         back = decode_tensor(best)
-        want = torch.from_numpy(grid.values()).reshape(shape).to(t.dtype) if lossy else t
-        if not _bits_equal(back, want):
+        if not _bits_equal(back, t):
             if lossy:
                 raise EncodeError(f"{name}: quantized grid does not round-trip (internal error)")
             best = EncodedTensor(name, int(dt), shape, Encoding.RAW, {},

@@ -47,7 +47,7 @@ class NoFilter:
     def decode(self, stored, decoded_len: int, stride: int = 1):
         if len(stored) != decoded_len:
             raise FormatError(f"unfiltered section is {len(stored)} bytes but declares {decoded_len}")
-        return stored
+        return bytearray(stored)  # a private copy: decoded tensors never alias the file's memory map
 
 
 class ZstdFilter:

@@ -36,5 +36,7 @@ def tensor_from_bytes(buf, dtype: DType, shape) -> torch.Tensor:
         raise FormatError(f"raw data of {numel} x {TORCH_DTYPE[dtype]} must be {need} bytes, got {len(buf)}")
     if numel == 0:
         return torch.empty(tuple(shape), dtype=TORCH_DTYPE[dtype])
-    arr = np.frombuffer(buf, np.uint8).copy()
+    arr = np.frombuffer(buf, np.uint8)
+    if not arr.flags.writeable:
+        arr = arr.copy()
     return torch.from_numpy(arr).view(TORCH_DTYPE[dtype]).reshape(tuple(shape))

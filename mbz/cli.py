@@ -1,0 +1,183 @@
+"""The `mbz` command line: pack, unpack, inspect, verify (and the pipeline's eval)."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+
+import torch
+
+from . import api
+from .container import atomic_write
+from .errors import MbzError, MismatchError
+from .quantize import DEFAULT_INCLUDE
+from .summary import format_table, summarize
+from .torch_io import ARCHITECTURES, read_checkpoint
+
+
+def _meta_pairs(pairs):
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise MbzError(f"--meta expects KEY=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_pack(a) -> int:
+    sd = read_checkpoint(a.checkpoint)
+    arch = None
+    if a.arch:
+        arch = {"name": a.arch, "num_classes": a.num_classes}
+    rep = api.save(sd, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
+                   group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
+                   detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
+                   metadata=_meta_pairs(a.meta), arch=arch, progress=sys.stderr.isatty() and not a.quiet)
+    fp32 = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in sd.values())
+    if a.json:
+        print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32,
+                          "tensors": [vars(t) for t in rep.tensors]}, indent=1))
+        return 0
+    if a.wbits:
+        print(f"{'tensor':<40} {'enc':<8} {'bytes':>9} {'max|err|':>10} {'rmse':>10} {'sqnr dB':>8}")
+        for t in rep.tensors:
+            if t.quantized:
+                e = t.error
+                print(f"{t.name[:40]:<40} {t.encoding:<8} {t.stored_bytes:>9} {e['max_abs_err']:>10.3g} "
+                      f"{e['rmse']:>10.3g} {e['sqnr_db']:>8.2f}")
+    counts = {}
+    for t in rep.tensors:
+        counts[t.encoding] = counts.get(t.encoding, 0) + 1
+    mode = f"lossy {a.wbits}-bit {a.granularity}" if a.wbits else "lossless"
+    print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
+          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
+          f"); fp32 tensors {fp32:,d} bytes, ratio {fp32 / rep.file_bytes:.2f}x")
+    return 0
+
+
+def cmd_unpack(a) -> int:
+    sd = api.load(a.file)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    atomic_write(a.output, [buf.getvalue()])
+    print(f"wrote {a.output}: {len(sd)} tensors")
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    with api.open(a.file) as r:
+        s = summarize(r, decode=not a.no_decode)
+    if a.json:
+        print(json.dumps(s, indent=1, default=str))
+    else:
+        print(f"{a.file}: mbz {s['version']}, {len(s['tensors'])} tensors, arch {s['metadata'].get('arch')}")
+        print(format_table(s, limit=None if a.all else 40))
+    return 0
+
+
+def _bits_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+    if x.dtype != y.dtype or x.shape != y.shape:
+        return False
+    if x.numel() == 0:
+        return True
+    return torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8))
+
+
+def cmd_verify(a) -> int:
+    sd = read_checkpoint(a.checkpoint)
+    bad = []
+    with api.open(a.file) as r:
+        missing = [k for k in sd if k not in r]
+        extra = [k for k in r.keys() if k not in sd]
+        for name in r.keys():
+            if name in sd and not _bits_equal(r[name], sd[name]):
+                bad.append(name)
+    for k in missing:
+        print(f"MISSING  {k} (in checkpoint, not in file)")
+    for k in extra:
+        print(f"EXTRA    {k} (in file, not in checkpoint)")
+    for k in bad:
+        print(f"MISMATCH {k}")
+    if missing or extra or bad:
+        raise MismatchError(f"{a.file} does not reproduce {a.checkpoint}: {len(bad)} mismatched, "
+                            f"{len(missing)} missing, {len(extra)} extra tensors")
+    print(f"OK: all {len(sd)} tensors of {a.checkpoint} are bit-identical in {a.file}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mbz", description="Store compressed neural networks in .mbz files, byte-exact, every byte accounted.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("pack", help="checkpoint (.pt/.pth) -> .mbz",
+                       description="Pack a PyTorch checkpoint. Without --wbits the packing is lossless: weights already on a "
+                                   "quantization grid are detected and stored as integer codes; other tensors stay exact.")
+    p.add_argument("checkpoint", help="state_dict or wrapped checkpoint ({'state_dict': ...} / {'model': ...}), read with weights_only=True")
+    p.add_argument("-o", "--output", required=True, help="output .mbz path (written atomically)")
+    q = p.add_argument_group("lossy quantization (only when --wbits is given)")
+    q.add_argument("--wbits", type=int, help="quantize matching tensors to N bits (1..16) before packing")
+    q.add_argument("--granularity", choices=["tensor", "channel", "group"], default="channel")
+    q.add_argument("--axis", type=int, default=0, help="channel axis for --granularity channel (default 0 = output channels)")
+    q.add_argument("--group-size", type=int, default=64, help="elements per group for --granularity group")
+    q.add_argument("--asymmetric", action="store_true", help="asymmetric range with zero points (default symmetric)")
+    q.add_argument("--include", default=DEFAULT_INCLUDE, help=f"regex of tensor names to quantize (default {DEFAULT_INCLUDE!r}, rank >= 2 only)")
+    e = p.add_argument_group("encoding")
+    e.add_argument("--no-detect", action="store_true", help="do not look for exact grids / codebooks (store raw)")
+    e.add_argument("--no-zstd", action="store_true", help="no entropy stage")
+    e.add_argument("--zstd-level", type=int, help="zstd level (default: 19 below 1 MiB per section, else 3)")
+    e.add_argument("--align", type=int, default=1, help="section alignment in bytes (power of two; padding is counted)")
+    m = p.add_argument_group("metadata")
+    m.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture for mbz.load_model (guessed for MobileNet-v2)")
+    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--meta", action="append", metavar="KEY=VALUE", help="extra metadata (VALUE parsed as JSON if it can be)")
+    p.add_argument("--json", action="store_true", help="print the per-tensor report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_pack)
+
+    p = sub.add_parser("unpack", help=".mbz -> PyTorch state_dict (.pt)")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(fn=cmd_unpack)
+
+    p = sub.add_parser("inspect", help="per-tensor encodings and every byte by category")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable: file_bytes, categories, tensors[].bytes")
+    p.add_argument("--all", action="store_true", help="list every tensor (default: first 40)")
+    p.add_argument("--no-decode", action="store_true", help="skip decoding (no sparsity column)")
+    p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("verify", help="bit-for-bit check of a .mbz against a checkpoint (exit 1 on mismatch)")
+    p.add_argument("file")
+    p.add_argument("checkpoint")
+    p.set_defaults(fn=cmd_verify)
+    try:
+        from .pipeline.cli import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(sub)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except MismatchError as e:
+        print(f"mbz: {e}", file=sys.stderr)
+        return 1
+    except MbzError as e:
+        print(f"mbz: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

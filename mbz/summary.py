@@ -1,0 +1,80 @@
+"""What `mbz inspect` shows: per-tensor rows, totals by category, compression ratios."""
+from __future__ import annotations
+
+import torch
+
+from .codecs.raw import TORCH_DTYPE
+
+
+def is_weight(name: str, rank: int) -> bool:
+    """Conv / linear weights: the tensors a 'weight compression ratio' is about."""
+    return name.endswith("weight") and rank >= 2
+
+
+def fp32_bytes(dtype, numel: int) -> int:
+    """Size of the tensor in an fp32 checkpoint (float tensors at 4 bytes, others as stored)."""
+    t = TORCH_DTYPE[dtype]
+    return numel * (4 if t.is_floating_point else t.itemsize)
+
+
+def summarize(reader, decode: bool = True) -> dict:
+    acc = reader.accounting()
+    rows = []
+    fp32_total = fp32_w = file_w = 0
+    for desc, rec, a in zip(reader.describe(), reader.layout.records, acc["tensors"]):
+        row = dict(desc)
+        row["bytes"] = a["bytes"]
+        row["total_bytes"] = sum(a["bytes"].values())
+        row["fp32_bytes"] = fp32_bytes(rec.dtype, desc["numel"])
+        if decode:
+            t = reader[rec.name]
+            zeros = int((t == 0).sum()) if t.dtype != torch.bool else int((~t).sum())
+            row["sparsity"] = zeros / t.numel() if t.numel() else 0.0
+        fp32_total += row["fp32_bytes"]
+        if is_weight(rec.name, len(rec.shape)):
+            fp32_w += row["fp32_bytes"]
+            file_w += row["total_bytes"]
+        rows.append(row)
+    file_bytes = acc["file_bytes"]
+    return {
+        "file_bytes": file_bytes,
+        "file_mb": file_bytes / 1e6,
+        "version": "%d.%d" % reader.version,
+        "categories": acc["categories"],
+        "fp32_bytes": fp32_total,
+        "model_compression_ratio": fp32_total / file_bytes if file_bytes else 0.0,
+        "weight_fp32_bytes": fp32_w,
+        "weight_file_bytes": file_w,
+        "weight_compression_ratio": fp32_w / file_w if file_w else 0.0,
+        "metadata": reader.metadata,
+        "tensors": rows,
+    }
+
+
+def format_table(s: dict, limit: int | None = None) -> str:
+    cats = ["values", "indices", "scales", "codebooks", "raw", "tensor_records", "checksums", "padding"]
+    short = {"values": "values", "indices": "index", "scales": "scales", "codebooks": "cbook", "raw": "raw",
+             "tensor_records": "record", "checksums": "crc", "padding": "pad"}
+    head = f"{'tensor':<36} {'shape':<16} {'enc':<8} {'bits':>4} {'layout':<6} {'zeros':>6} " + \
+        " ".join(f"{short[c]:>7}" for c in cats) + f" {'total':>8}"
+    lines = [head, "-" * len(head)]
+    rows = s["tensors"] if limit is None else s["tensors"][:limit]
+    for r in rows:
+        sp = f"{100 * r['sparsity']:5.1f}%" if "sparsity" in r else "     -"
+        lines.append(f"{r['name'][:36]:<36} {'x'.join(map(str, r['shape'])) or 'scalar':<16} {r['encoding']:<8} "
+                     f"{r['bits']:>4} {r['layout'][:6]:<6} {sp:>6} " +
+                     " ".join(f"{r['bytes'][c]:>7}" for c in cats) + f" {r['total_bytes']:>8}")
+    if limit is not None and len(s["tensors"]) > limit:
+        lines.append(f"... {len(s['tensors']) - limit} more tensors (use --all)")
+    lines.append("")
+    lines.append("bytes by category (every byte of the file counted once):")
+    for c, v in s["categories"].items():
+        lines.append(f"  {c:<16} {v:>12,d}  {100 * v / s['file_bytes']:5.1f}%")
+    lines.append(f"  {'total':<16} {s['file_bytes']:>12,d}  = file size on disk ({s['file_mb']:.3f} MB)")
+    lines.append("")
+    lines.append(f"model compression ratio  {s['model_compression_ratio']:.2f}x  "
+                 f"(fp32 checkpoint tensors {s['fp32_bytes']:,d} B / file {s['file_bytes']:,d} B)")
+    lines.append(f"weight compression ratio {s['weight_compression_ratio']:.2f}x  "
+                 f"(conv/linear weights: fp32 {s['weight_fp32_bytes']:,d} B / their bytes in the file "
+                 f"{s['weight_file_bytes']:,d} B, records and checksums included)")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Public API, accounting and the mbz command line."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mbz
+from mbz.cli import main
+from mbz.errors import CheckpointError, MbzError
+from mbz.torch_io import mobilenet_v2_cifar
+
+from conftest import bits_equal
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return mobilenet_v2_cifar(num_classes=10, width_mult=0.25)
+
+
+def test_accounting_sums_to_file_size(tmp_mbz):
+    sd = tiny_model().state_dict()
+    for kw in ({}, {"wbits": 4}, {"wbits": 3, "granularity": "group", "group_size": 16}, {"align": 64}):
+        mbz.save(sd, tmp_mbz, **kw)
+        with mbz.open(tmp_mbz) as r:
+            a = r.accounting()
+        size = os.path.getsize(tmp_mbz)
+        assert a["file_bytes"] == size
+        assert sum(a["categories"].values()) == size
+        per_tensor = sum(sum(t["bytes"].values()) for t in a["tensors"])
+        file_level = a["categories"]["file_header"] + 4  # header fields + header CRC
+        assert per_tensor + file_level + (a["categories"]["padding"] - sum(t["bytes"]["padding"] for t in a["tensors"])) == size
+        if kw.get("align") == 64:
+            assert a["categories"]["padding"] > 0
+
+
+def test_open_is_lazy_and_mapping_like(tmp_mbz):
+    sd = {"a": torch.randn(3, 4), "b": torch.arange(5)}
+    mbz.save(sd, tmp_mbz, metadata={"note": "hi"})
+    with mbz.open(tmp_mbz) as r:
+        assert r.keys() == ["a", "b"] and "a" in r and len(r) == 2
+        assert r.metadata["note"] == "hi"
+        assert bits_equal(r["b"], sd["b"])
+        with pytest.raises(KeyError):
+            r["zzz"]
+
+
+def test_wrapped_and_cuda_saved_checkpoints(tmp_path):
+    sd = tiny_model().state_dict()
+    for i, wrapped in enumerate([sd, {"state_dict": sd, "epoch": 3}, {"model": sd, "optimizer": {"lr": 0.1}}]):
+        p = tmp_path / f"c{i}.pt"
+        torch.save(wrapped, p)
+        out = tmp_path / f"c{i}.mbz"
+        assert main(["pack", str(p), "-o", str(out), "-q"]) == 0
+        assert main(["verify", str(out), str(p)]) == 0
+    with pytest.raises(CheckpointError):
+        mbz.save({"a": [1, 2]}, tmp_path / "x.mbz")
+
+
+def test_load_model_rebuilds_and_matches(tmp_mbz):
+    m = tiny_model().eval()
+    mbz.save(m, tmp_mbz)
+    m2 = mbz.load_model(tmp_mbz)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+
+
+def test_cli_pack_inspect_unpack_verify(tmp_path, capsys):
+    sd = tiny_model().state_dict()
+    ck = tmp_path / "m.pt"
+    torch.save(sd, ck)
+    out = tmp_path / "m.mbz"
+    assert main(["pack", str(ck), "-o", str(out), "--wbits", "4", "-q"]) == 0
+    assert "max|err|" in capsys.readouterr().out
+    assert main(["inspect", str(out), "--json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["file_bytes"] == os.path.getsize(out)
+    assert sum(js["categories"].values()) == js["file_bytes"]
+    assert all(set(t["bytes"]) == set(js["categories"]) for t in js["tensors"])
+    assert main(["inspect", str(out)]) == 0
+    assert "bytes by category" in capsys.readouterr().out
+    # lossy file must not verify against the fp32 original
+    assert main(["verify", str(out), str(ck)]) == 1
+    assert main(["unpack", str(out), "-o", str(tmp_path / "u.pt")]) == 0
+    assert main(["verify", str(out), str(tmp_path / "u.pt")]) == 0
+    # a corrupt file: clean error, exit 2
+    bad = bytearray(out.read_bytes())
+    bad[len(bad) // 2] ^= 1
+    (tmp_path / "bad.mbz").write_bytes(bytes(bad))
+    assert main(["inspect", str(tmp_path / "bad.mbz")]) == 2
+    assert "mbz: error:" in capsys.readouterr().err
+
+
+def test_failed_pack_leaves_no_file(tmp_path, monkeypatch):
+    import mbz.api as api
+    calls = {"n": 0}
+    real = api.encode_tensor
+
+    def boom(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise MbzError("injected failure")
+        return real(*a, **k)
+
+    out = tmp_path / "x.mbz"
+    monkeypatch.setattr(api, "encode_tensor", boom)
+    with pytest.raises(MbzError):
+        mbz.save(tiny_model().state_dict(), out)
+    assert os.listdir(tmp_path) == []
+    # and an existing file is left untouched when a later write fails mid-way
+    out.write_bytes(b"old")
+    import mbz.container as c
+    monkeypatch.setattr(c.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        c.atomic_write(out, [b"new"])
+    assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.mbz"]
+
+
+def test_console_script_help():
+    r = subprocess.run([sys.executable, "-m", "mbz.cli", "pack", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--wbits" in r.stdout and "lossless" in r.stdout

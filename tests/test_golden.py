@@ -1,0 +1,29 @@
+"""A file written by format 1.0 must keep decoding to the same bits, forever."""
+import json
+import os
+
+import mbz
+from mbz.spec import Encoding
+
+from make_golden import digest
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def test_golden_file_decodes():
+    with open(os.path.join(DATA, "golden_v1.json")) as f:
+        expect = json.load(f)
+    got = mbz.load(os.path.join(DATA, "golden_v1.mbz"))
+    assert sorted(got) == sorted(expect)
+    for name, e in expect.items():
+        t = got[name]
+        assert str(t.dtype) == e["dtype"] and list(t.shape) == e["shape"], name
+        assert digest(t) == e["sha256"], name
+
+
+def test_golden_file_covers_encodings():
+    with mbz.open(os.path.join(DATA, "golden_v1.mbz")) as r:
+        encs = {rec.encoding for rec in r.layout.records}
+        assert encs == {Encoding.RAW, Encoding.AFFINE, Encoding.CODEBOOK}
+        assert r.metadata["purpose"].startswith("golden")
+        assert r.version == (1, 0)
