@@ -57,7 +57,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     """
     sd = as_state_dict(obj)
     policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
-    ent = EntropyPolicy(zstd=zstd, level=zstd_level)
+    ent = EntropyPolicy(zstd=zstd, level=zstd_level).resolved(sum(t.numel() * t.element_size() for t in sd.values()))
     meta = dict(metadata or {})
     arch = arch or meta.get("arch") or guess_arch(sd)
     if arch:
@@ -126,6 +126,19 @@ class MbzReader:
         for rec in self.layout.records:
             yield rec.name, self._decode(rec)
 
+    def decode_all(self, workers: int | None = None) -> "OrderedDict[str, torch.Tensor]":
+        """All tensors, decoded on a thread pool (numpy, zlib and zstd release the GIL)."""
+        recs = self.layout.records
+        workers = workers or min(8, os.cpu_count() or 1)
+        if workers <= 1 or len(recs) < 2:
+            return OrderedDict(self.items())
+        from concurrent.futures import ThreadPoolExecutor
+        # largest first, so that the pool does not end on one big tensor
+        order = sorted(recs, key=lambda r: -sum(s.stored for s in r.sections))
+        with ThreadPoolExecutor(workers) as pool:
+            done = dict(zip((r.name for r in order), pool.map(self._decode, order)))
+        return OrderedDict((r.name, done[r.name]) for r in recs)
+
     @property
     def metadata(self) -> dict:
         return self.layout.meta
@@ -169,7 +182,7 @@ def open(path) -> MbzReader:  # noqa: A001 - mirrors safetensors.safe_open / bui
 def load(path) -> "OrderedDict[str, torch.Tensor]":
     """Every tensor of a .mbz file, bit-exact, in stored order."""
     with MbzReader(path) as r:
-        return OrderedDict(r.items())
+        return r.decode_all()
 
 
 def load_model(path, *, strict: bool = True) -> torch.nn.Module:
@@ -179,5 +192,5 @@ def load_model(path, *, strict: bool = True) -> torch.nn.Module:
         if not arch:
             raise MbzError(f"{path}: no 'arch' metadata; pass --arch when packing, or use mbz.load()")
         model = build_model(arch)
-        model.load_state_dict(OrderedDict(r.items()), strict=strict)
+        model.load_state_dict(r.decode_all(), strict=strict)
     return model.eval()

@@ -19,7 +19,7 @@ def unfilter(role: Role, fid: int, stored, decoded_len: int, itemsize: int):
 
 
 def positions_of(p: dict, secs: dict, numel: int):
-    """None (dense), bool mask (bitmap) or int64 positions (delta) of stored codes."""
+    """None (dense) or the int64 positions of stored codes (bitmap, delta)."""
     sp = Sparsity(p["sp"])
     m = p["m"]
     if sp == Sparsity.DENSE:
@@ -27,11 +27,10 @@ def positions_of(p: dict, secs: dict, numel: int):
             raise FormatError(f"dense layout stores {m} codes for {numel} elements")
         return None
     if sp == Sparsity.BITMAP:
-        mask = SPARSITY[sp].decode(secs[Role.MASK], numel)
-        count = int(np.count_nonzero(mask))
-        if count != m:
-            raise FormatError(f"bitmap marks {count} elements but the record stores {m} codes")
-        return mask
+        pos = np.flatnonzero(SPARSITY[sp].decode(secs[Role.MASK], numel))  # int scatter beats bool masks 2-3x
+        if pos.size != m:
+            raise FormatError(f"bitmap marks {pos.size} elements but the record stores {m} codes")
+        return pos
     return SPARSITY[sp].decode(secs[Role.DELTAS], m, p["iw"], numel)
 
 

@@ -99,24 +99,21 @@ def detect_grid(t: torch.Tensor) -> Grid | None:
     if not np.isfinite(x).all():
         return None
     shape = tuple(t.shape)
-    options = []
-    per_tensor = _solve_rows(x.reshape(1, -1))
-    if per_tensor is not None:
-        k, s = per_tensor
-        options.append(Grid(k.reshape(-1), s, Granularity.TENSOR, shape))
+    best = None
     if t.dim() >= 2 and shape[0] > 1:
         per_channel = _solve_rows(x.reshape(shape[0], -1))
         if per_channel is not None:
             k, s = per_channel
-            options.append(Grid(k.reshape(-1), s, Granularity.CHANNEL, shape, axis=0))
-    if not options:
-        return None
-
-    def cost(g: Grid) -> float:
-        span = np.ptp(g.k) if g.k.size else 0
-        return g.k.size * max(1, int(span).bit_length()) / 8 + 4 * g.scales.size
-
-    best = min(options, key=cost)
+            if (s == s[0]).all():  # one scale after all: store it once
+                best = Grid(k.reshape(-1), s[:1].copy(), Granularity.TENSOR, shape)
+            else:
+                best = Grid(k.reshape(-1), s, Granularity.CHANNEL, shape, axis=0)
+    if best is None:
+        per_tensor = _solve_rows(x.reshape(1, -1))
+        if per_tensor is None:
+            return None
+        k, s = per_tensor
+        best = Grid(k.reshape(-1), s, Granularity.TENSOR, shape)
     # a bf16/fp16 tensor must round-trip through the fp32 product
     if t.dtype != torch.float32:
         back = torch.from_numpy(best.values()).to(t.dtype).reshape(shape)

@@ -22,7 +22,7 @@ from .errors import EncodeError
 from .detect import detect_codebook, detect_grid
 from .spec import Encoding, Filter, Role, Sparsity
 
-BIG = 1 << 20  # above this many elements, search fewer candidates
+BIG = 1 << 16  # above this many elements, search fewer candidates
 
 
 @dataclass
@@ -49,14 +49,19 @@ class EncodedTensor:
 
 @dataclass
 class EntropyPolicy:
-    """Which entropy stages to try per section."""
-    zstd: bool = True
-    level: int | None = None  # None: 19 for sections < 1 MiB, else 3
+    """Which entropy stages to try per section, and how hard.
 
-    def level_for(self, size: int) -> int:
+    Candidates are compared at a fast `trial` level; the winner is compressed
+    again at `level` (default: 19 for models under 64 MB of tensors, else 3).
+    """
+    zstd: bool = True
+    level: int | None = None
+    trial: int = 3
+
+    def resolved(self, total_bytes: int) -> "EntropyPolicy":
         if self.level is not None:
-            return self.level
-        return 19 if size < (1 << 20) else 3
+            return self
+        return EntropyPolicy(self.zstd, 19 if total_bytes < (64 << 20) else 3, self.trial)
 
 
 def role_stride(role: Role, itemsize: int) -> int:
@@ -68,12 +73,11 @@ def role_stride(role: Role, itemsize: int) -> int:
     return 1
 
 
-def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy) -> Section:
+def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, level: int) -> Section:
     best = Section(role, Filter.NONE, len(data), bytes(data))
     if not ent.zstd or len(data) < 16 or not zstd_available():
         return best
     stride = role_stride(role, itemsize)
-    level = ent.level_for(len(data))
     tries = [Filter.ZSTD] + ([Filter.SHUFFLE_ZSTD] if stride > 1 else [])
     for fid in tries:
         out = FILTERS[fid].encode(data, stride, level)
@@ -93,7 +97,8 @@ def _sparse_layouts(codes_full: np.ndarray, stored: np.ndarray, numel: int, widt
     delta_cost = packed_size(entries.size, iw) + packed_size(entries.size, width)
     dense_cost = packed_size(numel, width)
     costs = {Sparsity.DENSE: dense_cost, Sparsity.BITMAP: bitmap_cost, Sparsity.DELTA: delta_cost}
-    keep = set(costs) if not big else {min(costs, key=costs.get)}
+    # big tensors: the analytic best, plus DENSE, which zstd often shrinks as much and which decodes fastest
+    keep = set(costs) if not big else {min(costs, key=costs.get), Sparsity.DENSE}
     if Sparsity.DENSE in keep:
         layouts.append(dense)
     if Sparsity.BITMAP in keep:
@@ -107,9 +112,24 @@ def _sparse_layouts(codes_full: np.ndarray, stored: np.ndarray, numel: int, widt
 
 
 def _widths(width: int, big: bool):
-    if big or width in (8, 16):
+    if width in (8, 16):
         return [width]
     return [width, 8 if width < 8 else 16]
+
+
+def _group_minmax(grid: Grid):
+    """Per-group min(k, 0) and max(k, 0) (zero is always representable: fillers need it)."""
+    k = grid.k
+    if grid.gran == 0:
+        lo, hi = k.min(keepdims=True), k.max(keepdims=True)
+    elif grid.gran == 1:
+        sh = grid.shape
+        r = k.reshape(numel_of(sh[:grid.axis]), sh[grid.axis], numel_of(sh[grid.axis + 1:]))
+        lo, hi = r.min(axis=(0, 2)), r.max(axis=(0, 2))
+    else:
+        starts = np.arange(0, k.size, grid.group_size)
+        lo, hi = np.minimum.reduceat(k, starts), np.maximum.reduceat(k, starts)
+    return np.minimum(lo, 0), np.maximum(hi, 0)
 
 
 def affine_candidates(grid: Grid, signbits: np.ndarray | None, big: bool):
@@ -126,19 +146,18 @@ def affine_candidates(grid: Grid, signbits: np.ndarray | None, big: bool):
     signed = kmin < 0
     w_plain = signed_width(kmin, kmax) if signed else unsigned_width(kmax)
     codes_full, zsec, w, zb = k, [], w_plain, 0
-    if signed and g > 1 and n <= BIG:
+    if signed and n:
         # zero-point variant: a per-group offset makes the codes unsigned and narrower
-        gi = group_index(grid.gran, grid.shape, grid.axis, grid.group_size)
-        gmin = np.zeros(g, np.int64)
-        gmax = np.zeros(g, np.int64)
-        np.minimum.at(gmin, gi, k)
-        np.maximum.at(gmax, gi, k)
+        gmin, gmax = _group_minmax(grid)
         w_off = unsigned_width(int((gmax - gmin).max()))
         zp = -gmin
-        zb_try = signed_width(int(zp.min()), int(zp.max()))
-        if w_off < w_plain and n * (w_plain - w_off) / 8 > packed_size(g, zb_try):
+        zb_try = unsigned_width(int(zp.max()))  # zp = -min(k, 0) >= 0
+        if w_off < w_plain and (w_plain > 16 or n * (w_plain - w_off) / 8 > packed_size(g, zb_try)):
+            gi = group_index(grid.gran, grid.shape, grid.axis, grid.group_size)
             codes_full, w, zb, signed = k + zp[gi], w_off, zb_try, False
-            zsec = [(Role.ZERO_POINTS, pack_codes(zp, zb, True))]
+            zsec = [(Role.ZERO_POINTS, pack_codes(zp, zb))]
+    if w > 16 or zb > 16:
+        return []  # wider than the format's codes: RAW it is
     scales = [(Role.SCALES, grid.scales.astype("<f4").tobytes())]
     nz_sec = []
     if signbits is not None:
@@ -205,21 +224,28 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
                 plain += [(Encoding.CODEBOOK, p, s) for p, s in codebook_candidates(cb[0], cb[1], itemsize, big)]
     if grid is not None:
         plain += [(Encoding.AFFINE, p, s) for p, s in affine_candidates(grid, signbits, big)]
-    if big:  # the two smallest before entropy coding, and RAW
-        plain = sorted(plain[1:], key=lambda c: sum(len(b) for _, b in c[2]))[:2] + plain[:1]
-    best = None
+    size = lambda c: sum(len(b) for _, b in c[2])  # noqa: E731
+    if big:  # the three smallest before entropy coding
+        plain = plain[:1] + sorted(plain[1:], key=size)[:3]
+    if len(plain) > 1 and min(size(c) for c in plain[1:]) * 2 <= size(plain[0]):
+        plain = plain[1:]  # an exact grid at half the raw size or less: zstd will not make raw win
+    level = ent.level if ent.level is not None else 19
+    trial = min(ent.trial, level)
+    best = best_plain = None
     for enc, p, secs in plain:
-        sections = [filter_section(role, data, itemsize, ent) for role, data in secs]
+        sections = [filter_section(role, data, itemsize, ent, trial) for role, data in secs]
         cand = EncodedTensor(name, int(dt), shape, enc, p, sections)
         if best is None or cand.stored_bytes < best.stored_bytes:
-            best = cand
+            best, best_plain = cand, secs
+    if level != trial:
+        best.sections = [filter_section(role, data, itemsize, ent, level) for role, data in best_plain]
     if best.encoding != Encoding.RAW:
         back = decode_tensor(best)
         if not _bits_equal(back, t):
             if lossy:
                 raise EncodeError(f"{name}: quantized grid does not round-trip (internal error)")
             best = EncodedTensor(name, int(dt), shape, Encoding.RAW, {},
-                                 [filter_section(Role.RAW, tensor_bytes(t), itemsize, ent)])
+                                 [filter_section(Role.RAW, tensor_bytes(t), itemsize, ent, level)])
     return best
 
 

@@ -77,7 +77,7 @@ class Grid:
 def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, positions, numel: int) -> torch.Tensor:
     """Decode AFFINE given validated params, decoded sections and stored positions.
 
-    positions: None (dense), bool mask (bitmap) or int64 positions (delta).
+    positions: None (dense) or int64 positions of the stored codes.
     """
     from ..spec import Role
     gran, axis, gs = Granularity(p["g"]), p.get("ax", 0), p.get("gs", 0)
@@ -88,19 +88,14 @@ def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, positions, num
     scales = np.frombuffer(sbuf, "<f4")
     codes = unpack_codes(secs[Role.CODES], p["m"], p["b"], p.get("sg", False))
     if p.get("zb", 0):
-        zp = unpack_codes(secs[Role.ZERO_POINTS], g, p["zb"], True)
-        if positions is None:
-            gi = group_index(gran, shape, axis, gs)
-        elif positions.dtype == bool:
-            gi = group_index(gran, shape, axis, gs, np.flatnonzero(positions))
-        else:
-            gi = group_index(gran, shape, axis, gs, positions)
-        codes = codes - zp[gi]
+        zp = unpack_codes(secs[Role.ZERO_POINTS], g, p["zb"], False).astype(np.int32)
+        gi = group_index(gran, shape, axis, gs, positions)
+        codes = codes.astype(np.int32) - zp[gi]
     if positions is None:
         f = codes.astype(np.float32)
     else:
         f = np.zeros(numel, np.float32)
-        f[positions] = codes
+        f[positions] = codes.astype(np.float32)
     apply_scales(f, scales, gran, shape, axis, gs)
     if p.get("nz", False):
         z = np.flatnonzero(f == 0)

@@ -70,7 +70,7 @@ def pack_codes(values: np.ndarray, width: int, signed: bool = False) -> bytes:
 
 
 def unpack_codes(buf, count: int, width: int, signed: bool = False) -> np.ndarray:
-    """Inverse of pack_codes; returns int32 (int64 never needed for <= 16 bits)."""
+    """Inverse of pack_codes: an integer array (int32, or the 8/16-bit type for those widths)."""
     if not 1 <= width <= 16:
         raise FormatError(f"code width {width} outside 1..16")
     need = packed_size(count, width)
@@ -78,11 +78,10 @@ def unpack_codes(buf, count: int, width: int, signed: bool = False) -> np.ndarra
         raise FormatError(f"packed stream of {count} {width}-bit codes must be {need} bytes, got {len(buf)}")
     if count == 0:
         return np.zeros(0, np.int32)
-    if width == 8:
-        out = np.frombuffer(buf, np.int8 if signed else np.uint8).astype(np.int32)
-        return out
+    if width == 8:   # byte-aligned fast paths return the narrow type (read-only view)
+        return np.frombuffer(buf, np.int8 if signed else np.uint8)
     if width == 16:
-        return np.frombuffer(buf, "<i2" if signed else "<u2").astype(np.int32)
+        return np.frombuffer(buf, "<i2" if signed else "<u2")
     groups = -(-count // 8)
     raw = np.zeros((groups, 16), np.uint8)
     flat = np.frombuffer(buf, np.uint8)

@@ -38,19 +38,29 @@ def delta_entries(positions: np.ndarray, numel: int, iw: int):
     return entries, is_filler
 
 
-def delta_count(positions: np.ndarray, numel: int, iw: int) -> int:
-    span = 1 << iw
+def _gaps(positions: np.ndarray, numel: int):
     prev = np.concatenate([[-1], positions[:-1]]) if positions.size else np.zeros(0, np.int64)
     d = positions.astype(np.int64) - prev - 1
     tail = numel - 1 - (int(positions[-1]) if positions.size else -1)
-    return int(positions.size + (d // span).sum() + tail // span)
+    return d, tail
+
+
+def delta_count(positions: np.ndarray, numel: int, iw: int) -> int:
+    d, tail = _gaps(positions, numel)
+    return int(positions.size + (d >> iw).sum() + (tail >> iw))
 
 
 def best_delta_width(positions: np.ndarray, numel: int, code_width: int) -> int:
-    """Index width minimizing packed bytes of deltas + codes (fillers cost a code too)."""
+    """Index width minimizing packed bytes of deltas + codes (fillers cost a code too).
+
+    Only widths near log2 of the mean gap are tried: the cost is convex there.
+    """
+    d, tail = _gaps(positions, numel)
+    mean = (numel / max(1, positions.size))
+    centre = max(1, int(mean).bit_length())
     best, best_cost = 1, None
-    for iw in range(1, 17):
-        cnt = delta_count(positions, numel, iw)
+    for iw in range(max(1, centre - 4), min(16, centre + 4) + 1):
+        cnt = int(positions.size + (d >> iw).sum() + (tail >> iw))
         cost = packed_size(cnt, iw) + packed_size(cnt, code_width)
         if best_cost is None or cost < best_cost:
             best, best_cost = iw, cost
