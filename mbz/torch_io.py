@@ -47,17 +47,25 @@ def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
 
 
 # --------------------------------------------------------------------------- architectures
-def mobilenet_v2_cifar(num_classes: int = 10, width_mult: float = 1.0, dropout: float = 0.2, **_):
+def mobilenet_v2_cifar(num_classes: int = 10, width_mult: float = 1.0, dropout: float = 0.2,
+                       folded_bn: bool = False, act_bits: int = 32, act_alpha: dict | None = None, **_):
     """torchvision MobileNet-v2 for 32x32 inputs.
 
     The stem conv (features[0][0]) and the first stride-2 block
     (features[2].conv[1][0]) run at stride 1, so the last feature map is 4x4
     rather than 1x1: at 32x32 the ImageNet strides would discard too much.
+    `folded_bn` builds convs with bias and no BatchNorm; `act_bits` < 32 adds
+    the activation quantizers of mbz.pipeline.qat with ranges `act_alpha`.
     """
     from torchvision.models import mobilenet_v2
     m = mobilenet_v2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
     m.features[0][0].stride = (1, 1)
     m.features[2].conv[1][0].stride = (1, 1)
+    if folded_bn or act_bits < 32:
+        from .pipeline.qat import folded_skeleton, insert_act_quant
+        if folded_bn:
+            folded_skeleton(m)
+        insert_act_quant(m, act_bits, learn=False, alphas=act_alpha)
     return m
 
 

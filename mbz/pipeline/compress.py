@@ -1,0 +1,85 @@
+"""Prune -> fold BN -> QAT -> export -> .mbz, for one or several configurations."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..torch_io import mobilenet_v2_cifar
+from .data import MEAN, STD, ArrayDataset, augment_batch, evaluate
+from .prune import apply_masks, global_magnitude_masks, sparsity_report
+from .qat import calibrate, export_state_dict, fold_bn, insert_act_quant, snap_for_export, to_qmodules
+from .train import TrainConfig, train
+
+
+@dataclass
+class QatConfig:
+    name: str
+    sparsity: float = 0.9
+    wbits: int = 4
+    abits: int = 8
+    epochs: int = 12
+    lr: float = 0.02
+    fold_bn: bool = True
+
+
+def prune_schedule(model, train_ds, test_ds, targets, epochs_per_step, lr, log, device, cfg_base: TrainConfig):
+    """Gradual global magnitude pruning; yields (sparsity, state_dict copy) at each target."""
+    for s in targets:
+        masks = global_magnitude_masks(model.state_dict(), s)
+        apply_masks(model, masks)
+        cfg = TrainConfig(**{**asdict(cfg_base), "epochs": epochs_per_step, "lr": lr, "warmup": 0.3, "ema": 0})
+        train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=f"prune{s:.2f}", device=device)
+        yield s, {k: v.detach().clone() for k, v in model.state_dict().items()}, masks
+
+
+def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayDataset, out_dir: str, log: str,
+            device, arch_kw: dict, pack: bool = True, zstd: bool = True) -> dict:
+    t0 = time.time()
+    model = mobilenet_v2_cifar(**arch_kw)
+    model.load_state_dict(base_sd)
+    model.to(device).eval()
+    if q.fold_bn:
+        fold_bn(model)
+    masks = {n: (p != 0) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2}
+    if q.sparsity == 0:
+        masks = {}
+    if q.wbits < 32:
+        to_qmodules(model, q.wbits)
+    insert_act_quant(model, q.abits)
+    model.to(device)
+    if q.abits < 32:
+        g = torch.Generator(device=device).manual_seed(1)
+        batches = [augment_batch(train_ds.images[i:i + 256].to(device), gen=g)
+                   for i in range(0, min(len(train_ds), 8 * 256), 256)]
+        calibrate(model, batches)
+    if q.epochs and (q.wbits < 32 or q.abits < 32):
+        cfg = TrainConfig(epochs=q.epochs, lr=q.lr, warmup=0.5, ema=0, wd=0.0 if q.wbits < 32 else 5e-5)
+        train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=q.name, device=device)
+    model.eval()
+    snap_for_export(model)
+    ev_qat = evaluate(model, test_ds.to(device), device=device, amp=False)
+    sd, act = export_state_dict(model)
+    arch = dict(arch_kw, folded_bn=q.fold_bn, act_bits=act["act_bits"], act_alpha=act["act_alpha"])
+    res = {"name": q.name, "config": asdict(q), "top1_qat_eval": ev_qat["top1"], "arch": arch,
+           "sparsity_layers": sparsity_report(sd)}
+    pt_path = os.path.join(out_dir, f"{q.name}.pt")
+    torch.save({"state_dict": sd, "arch": arch}, pt_path)
+    res["pt"] = os.path.basename(pt_path)
+    if pack:
+        import mbz
+        meta = {"arch": arch, "preprocess": {"mean": list(MEAN), "std": list(STD), "input_size": [3, 32, 32],
+                                             "input_bits": 8},
+                "compression": asdict(q), "top1_qat_eval": ev_qat["top1"],
+                "dataset": "CIFAR-10 (JPEG q75 export)"}
+        path = os.path.join(out_dir, f"{q.name}.mbz")
+        rep = mbz.save(sd, path, metadata=meta, zstd=zstd)
+        m2 = mbz.load_model(path).to(device)
+        ev_packed = evaluate(m2, test_ds.to(device), device=device, amp=False)
+        res.update(mbz=os.path.basename(path), file_bytes=rep.file_bytes, top1_packed=ev_packed["top1"],
+                   top1_equal=ev_packed["top1"] == ev_qat["top1"])
+    res["seconds"] = round(time.time() - t0, 1)
+    return res

@@ -1,0 +1,252 @@
+"""Quantization-aware training pieces: BN folding, LSQ fake quantizers, export.
+
+* Weights: per output channel, symmetric, `wbits` (2..8), learned step sizes
+  (LSQ, Esser et al. 2020) with a straight-through estimator for rounding.
+  Exported weights are exactly ``float32(k) * s`` so `mbz pack` finds the grid
+  losslessly; steps are rounded to fp16-representable values so that the
+  SCALES section shrinks under shuffle+zstd.
+* Activations: per tensor; unsigned `abits` after ReLU6, signed symmetric at
+  block outputs (linear bottlenecks / residual sums).  Ranges are calibrated
+  on a few batches, then learned.  Their bits and ranges go into the file's
+  metadata and `mbz.load_model` rebuilds them (ActQuant modules).
+* BatchNorm folded into the preceding convolution (bias added), so that only
+  one bias per channel remains; biases are held in fp16.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def round_ste(x):
+    return (x.round() - x).detach() + x
+
+
+def grad_scale(x, s):
+    return (x - x * s).detach() + x * s
+
+
+class ActQuant(nn.Module):
+    """Fake-quantize activations to `bits` (unsigned [0, a] or signed [-a, a]); identity at bits >= 32."""
+
+    def __init__(self, bits: int = 32, signed: bool = False, alpha: float = 6.0, learn: bool = True):
+        super().__init__()
+        self.bits, self.signed = int(bits), bool(signed)
+        a = torch.tensor(float(alpha))
+        if learn:
+            self.alpha = nn.Parameter(a)
+        else:
+            self.register_buffer("alpha", a, persistent=False)
+        self.calibrating = False
+        self.register_buffer("obs", torch.zeros(()), persistent=False)
+
+    @property
+    def levels(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    def step(self):
+        return self.alpha.abs().clamp_min(1e-4) / self.levels
+
+    def forward(self, x):
+        if self.bits >= 32:
+            return x
+        if self.calibrating:  # running max of a high percentile
+            v = x.detach().float().abs().flatten()
+            if v.numel() > 1_000_000:
+                v = v[torch.randint(0, v.numel(), (1_000_000,), device=v.device)]
+            q = torch.quantile(v, 0.9995)
+            self.obs = torch.maximum(self.obs.to(q.device), q)
+            return x
+        s = self.step()
+        if self.training and isinstance(self.alpha, nn.Parameter):
+            s = grad_scale(s, 1.0 / (x.numel() * self.levels) ** 0.5)
+        lo = -self.levels if self.signed else 0
+        q = torch.clamp(round_ste(x / s), lo, self.levels)
+        return q * s
+
+    def extra_repr(self):
+        return f"bits={self.bits}, signed={self.signed}"
+
+
+class QConv2d(nn.Conv2d):
+    """Conv2d whose weight is fake-quantized per output channel with a learned step (LSQ)."""
+
+    wbits = 32
+
+    def setup_quant(self, bits: int):
+        self.wbits = int(bits)
+        qmax = (1 << (bits - 1)) - 1
+        w = self.weight.detach()
+        init = w.abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-8) / qmax
+        self.step = nn.Parameter(init.float())
+
+    def qweight(self):
+        if self.wbits >= 32:
+            return self.weight
+        qmax = (1 << (self.wbits - 1)) - 1
+        s = self.step.abs().clamp_min(1e-8)
+        if self.training:
+            s = grad_scale(s, 1.0 / (self.weight[0].numel() * qmax) ** 0.5)
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        k = torch.clamp(round_ste(self.weight / s.view(shape)), -qmax, qmax)
+        return k * s.view(shape)
+
+    def forward(self, x):
+        return self._conv_forward(x, self.qweight(), self.bias)
+
+
+class QLinear(nn.Linear):
+    wbits = 32
+    setup_quant = QConv2d.setup_quant
+    qweight = QConv2d.qweight
+
+    def forward(self, x):
+        return F.linear(x, self.qweight(), self.bias)
+
+
+# --------------------------------------------------------------------------- model surgery
+def fold_bn(model: nn.Module) -> nn.Module:
+    """Replace every Conv2d -> BatchNorm2d pair of MobileNet-v2 with one Conv2d with bias (in place)."""
+    def fold_seq(seq: nn.Sequential):
+        mods = list(seq._modules.items())
+        for (kc, c), (kb, b) in zip(mods, mods[1:]):
+            if isinstance(c, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                std = (b.running_var + b.eps).sqrt()
+                g = b.weight / std
+                conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding,
+                                 c.dilation, c.groups, bias=True).to(c.weight.device)
+                with torch.no_grad():
+                    conv.weight.copy_(c.weight * g.view(-1, 1, 1, 1))
+                    b0 = c.bias if c.bias is not None else torch.zeros_like(b.running_mean)
+                    conv.bias.copy_(b.bias + (b0 - b.running_mean) * g)
+                seq._modules[kc] = conv
+                seq._modules[kb] = nn.Identity()
+    for m in list(model.modules()):
+        if isinstance(m, nn.Sequential):
+            fold_seq(m)
+    return model
+
+
+def folded_skeleton(model: nn.Module) -> nn.Module:
+    """Same structure as fold_bn's output, weights uninitialised (for load_model)."""
+    for m in list(model.modules()):
+        if isinstance(m, nn.Sequential):
+            mods = list(m._modules.items())
+            for (kc, c), (kb, b) in zip(mods, mods[1:]):
+                if isinstance(c, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                    m._modules[kc] = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride,
+                                               c.padding, c.dilation, c.groups, bias=True)
+                    m._modules[kb] = nn.Identity()
+    return model
+
+
+class QReLU6(ActQuant):
+    """ReLU6 followed by an unsigned activation quantizer (keeps the ReLU6's module path)."""
+
+    def forward(self, x):
+        return super().forward(F.relu6(x))
+
+
+def _block_hook(q):
+    def hook(module, inputs, output):
+        return q(output)
+    return hook
+
+
+def insert_act_quant(model: nn.Module, abits: int, learn: bool = True, alphas: dict | None = None) -> nn.Module:
+    """Quantize activations without renaming any weight.
+
+    Every ReLU6 becomes a QReLU6 (unsigned, range [0, alpha]); the output of each
+    inverted-residual block features[1..17] (a signed linear bottleneck, possibly a
+    residual sum) goes through a signed quantizer held in model.block_q and applied
+    by a forward hook.  `alphas` ({path: range}) restores calibrated ranges.
+    """
+    if abits >= 32:
+        return model
+    alphas = alphas or {}
+    for name, m in list(model.named_modules()):
+        for k, child in list(m._modules.items()):
+            if isinstance(child, nn.ReLU6):
+                path = f"{name}.{k}" if name else k
+                m._modules[k] = QReLU6(abits, False, alphas.get(path, 6.0), learn)
+    model.block_q = nn.ModuleDict()
+    for i in range(1, len(model.features) - 1):
+        q = ActQuant(abits, True, alphas.get(f"features.{i}", 4.0), learn)
+        model.block_q[str(i)] = q
+        model.features[i].register_forward_hook(_block_hook(q))
+    return model
+
+
+def act_quantizers(model: nn.Module) -> dict:
+    """{path: quantizer} with the keys insert_act_quant takes back as `alphas`."""
+    out = {name: m for name, m in model.named_modules() if isinstance(m, QReLU6)}
+    for i, q in getattr(model, "block_q", {}).items():
+        out[f"features.{i}"] = q
+    return out
+
+
+def to_qmodules(model: nn.Module, wbits: int, skip_first: bool = False) -> nn.Module:
+    """Swap Conv2d / Linear for their fake-quantized versions (same parameters)."""
+    first = True
+    for name, m in list(model.named_modules()):
+        for k, child in list(m._modules.items()):
+            if type(child) is nn.Conv2d:
+                if first and skip_first:
+                    first = False
+                    continue
+                first = False
+                child.__class__ = QConv2d
+                child.setup_quant(wbits)
+            elif type(child) is nn.Linear:
+                child.__class__ = QLinear
+                child.setup_quant(wbits)
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches) -> None:
+    """Set every ActQuant range from activation statistics of a few batches."""
+    qs = [m for m in model.modules() if isinstance(m, ActQuant) and m.bits < 32]
+    for q in qs:
+        q.calibrating, q.obs = True, torch.zeros(())
+    model.eval()
+    for x in batches:
+        model(x)
+    for q in qs:
+        q.calibrating = False
+        q.alpha.data.fill_(float(q.obs) if float(q.obs) > 0 else 1.0)
+
+
+def fp16_exact(t: torch.Tensor) -> torch.Tensor:
+    return t.half().float()
+
+
+@torch.no_grad()
+def snap_for_export(model: nn.Module) -> None:
+    """Round steps, ranges and biases to fp16-representable values (the model then evaluates as exported)."""
+    for m in model.modules():
+        if isinstance(m, (QConv2d, QLinear)) and m.wbits < 32:
+            m.step.data = fp16_exact(m.step.abs().clamp_min(6.2e-5))
+        if isinstance(m, ActQuant):
+            m.alpha.data = fp16_exact(m.alpha.abs().clamp_min(1e-3))
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            m.bias.data = fp16_exact(m.bias)
+
+
+@torch.no_grad()
+def export_state_dict(model: nn.Module, bias_dtype=torch.float16) -> tuple[dict, dict]:
+    """(state_dict of the plain folded model with weights on their grid, activation metadata)."""
+    sd = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.qweight() if isinstance(m, (QConv2d, QLinear)) else m.weight
+            sd[f"{name}.weight"] = w.detach().float().cpu().contiguous()
+            if m.bias is not None:
+                sd[f"{name}.bias"] = m.bias.detach().cpu().to(bias_dtype if bias_dtype else m.bias.dtype)
+        elif isinstance(m, nn.BatchNorm2d):
+            for k, v in m.state_dict().items():
+                sd[f"{name}.{k}"] = v.detach().cpu()
+    acts = {k: float(q.alpha) for k, q in act_quantizers(model).items()}
+    bits = {q.bits for q in act_quantizers(model).values()}
+    return sd, {"act_bits": bits.pop() if bits else 32, "act_alpha": acts}

@@ -1,0 +1,233 @@
+"""Training loop shared by the baseline, pruning fine-tunes and QAT.
+
+Data live on the device as uint8; augmentation runs there (data.augment_batch).
+bf16 autocast and channels_last on CUDA; seeds for Python, NumPy, torch and
+CUDA; SGD + Nesterov with warm-up and cosine decay; label smoothing; optional
+weight EMA; masks re-applied after every step so pruned weights stay exact
+zeros; one JSONL line per epoch; checkpoint + resume so a run can span
+several 10-minute GPU commands.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import ArrayDataset, augment_batch, evaluate
+from .prune import apply_masks
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 150
+    batch: int = 512
+    lr: float = 0.4
+    momentum: float = 0.9
+    wd: float = 1e-4
+    warmup: float = 2.0             # epochs of linear warm-up
+    label_smoothing: float = 0.1
+    ema: float = 0.999              # 0 disables
+    trivial: bool = True            # TrivialAugment-like op per sample
+    cutout: int = 0                 # cutout square side, 0 disables
+    seed: int = 0
+    amp: bool = True                # bf16 autocast on CUDA
+    eval_every: int = 1
+    fit_budget: float = 0.0         # seconds: after the warm-up, shrink `epochs` to fit (0: off)
+    extra: dict = field(default_factory=dict)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    warm = cfg.warmup * steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    p = (step - warm) / max(1, total - warm)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def param_groups(model, wd):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Ema:
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+        self._pairs = None
+
+    @torch.no_grad()
+    def update(self, model):
+        if self._pairs is None:
+            es, ms = list(self.model.state_dict().values()), list(model.state_dict().values())
+            self._pairs = ([e for e in es if e.dtype.is_floating_point], [m for m in ms if m.dtype.is_floating_point],
+                           [(e, m) for e, m in zip(es, ms) if not e.dtype.is_floating_point])
+        ef, mf, other = self._pairs
+        torch._foreach_lerp_(ef, mf, 1 - self.decay)
+        for e, m in other:
+            e.copy_(m)
+
+
+def _progress(n, desc):
+    try:
+        from tqdm import tqdm
+        return tqdm(total=n, desc=desc, unit="ep", dynamic_ncols=True, mininterval=5)
+    except ImportError:
+        return None
+
+
+def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset, cfg: TrainConfig,
+          log_path: str | None = None, masks: dict | None = None, ckpt_path: str | None = None,
+          time_budget: float | None = None, desc: str = "train", device=None) -> dict:
+    """Train in place; returns {'history', 'final', 'model' (EMA model if any), 'complete'}."""
+    device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    set_seed(cfg.seed)
+    cuda = device.type == "cuda"
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    train_ds, test_ds = train_ds.to(device), test_ds.to(device)
+    opt = torch.optim.SGD(param_groups(model, cfg.wd), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    ema = Ema(model, cfg.ema) if cfg.ema else None
+    n = len(train_ds)
+    spe = n // cfg.batch
+    total = spe * cfg.epochs
+    start_epoch, history = 0, []
+    if ckpt_path and os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        if ema and "ema" in ck:
+            ema.model.load_state_dict(ck["ema"])
+        start_epoch, history = ck["epoch"], json.loads(ck["history"])
+        torch.set_rng_state(ck["rng_cpu"])
+        if cuda and "rng_cuda" in ck:
+            torch.cuda.set_rng_state(ck["rng_cuda"])
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed * 1000 + start_epoch)
+    t0 = time.time()
+    bar = _progress(cfg.epochs, desc)
+    if bar:
+        bar.update(start_epoch)
+    complete = True
+    fitted = False
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.fit_budget and not fitted and epoch >= max(2, math.ceil(cfg.warmup)) and epoch > start_epoch:
+            per = (time.time() - t0) / (epoch - start_epoch)
+            fit = max(epoch + 1, int((cfg.fit_budget - (time.time() - t0)) / per) + epoch)
+            if fit < cfg.epochs:
+                cfg.epochs = fit
+                total = spe * cfg.epochs
+                if bar:
+                    bar.total = cfg.epochs
+                print(f"fit_budget: {per:.2f}s/epoch -> {cfg.epochs} epochs", flush=True)
+            fitted = True
+        if epoch >= cfg.epochs:
+            break
+        if time_budget and epoch > start_epoch:
+            per = (time.time() - t0) / (epoch - start_epoch)
+            if time.time() - t0 + per * 1.3 > time_budget:
+                complete = False
+                break
+        model.train()
+        te = time.time()
+        perm = torch.randperm(n, device=device, generator=gen)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for i in range(spe):
+            step = epoch * spe + i
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step, total, spe)
+            idx = perm[i * cfg.batch:(i + 1) * cfg.batch]
+            x = augment_batch(train_ds.images[idx], trivial=cfg.trivial, cutout_size=cfg.cutout, gen=gen)
+            y = train_ds.labels[idx]
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and cuda):
+                out = model(x)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if masks:
+                apply_masks(model, masks)
+            if ema:
+                ema.update(model)
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+        rec = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": float(loss_sum) / (spe * cfg.batch),
+               "train_acc": 100.0 * float(correct) / (spe * cfg.batch), "epoch_s": round(time.time() - te, 2)}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            ev = evaluate(ema.model if ema else model, test_ds, device=device, amp=cfg.amp and cuda)
+            rec.update(test_loss=ev["loss"], test_acc=ev["top1"])
+        history.append(rec)
+        if log_path:
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"run": desc, **rec}) + "\n")
+        if bar:
+            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", test=f"{rec.get('test_acc', float('nan')):.2f}")
+            bar.update(1)
+    if bar:
+        bar.close()
+    if ckpt_path and not complete:
+        ck = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": len(history),
+              "history": json.dumps(history), "rng_cpu": torch.get_rng_state()}
+        if ema:
+            ck["ema"] = ema.model.state_dict()
+        if cuda:
+            ck["rng_cuda"] = torch.cuda.get_rng_state()
+        torch.save(ck, ckpt_path)
+    final = ema.model if ema else model
+    return {"history": history, "model": final, "complete": complete, "config": asdict(cfg)}
+
+
+def plot_curves(jsonl_path: str, png_path: str, runs: list[str] | None = None, title: str = "") -> None:
+    """Loss and accuracy per epoch from a JSONL log (matplotlib, written atomically)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in open(jsonl_path)]
+    by = {}
+    for r in rows:
+        if runs is None or r["run"] in runs:
+            by.setdefault(r["run"], []).append(r)
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for run, rs in by.items():
+        e = [r["epoch"] for r in rs]
+        ax[0].plot(e, [r["train_loss"] for r in rs], label=f"{run} train")
+        ax[0].plot([r["epoch"] for r in rs if "test_loss" in r], [r["test_loss"] for r in rs if "test_loss" in r], "--", label=f"{run} test")
+        ax[1].plot(e, [r["train_acc"] for r in rs], label=f"{run} train")
+        ax[1].plot([r["epoch"] for r in rs if "test_acc" in r], [r["test_acc"] for r in rs if "test_acc" in r], "--", label=f"{run} test")
+    ax[0].set_xlabel("epoch"); ax[0].set_ylabel("cross-entropy (train: with label smoothing, augmented)")
+    ax[1].set_xlabel("epoch"); ax[1].set_ylabel("top-1 %")
+    ax[1].set_ylim(40, 100)
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.suptitle(title or "MobileNet-v2, CIFAR-10 (JPEG q75 export)")
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png_path)

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Train the fp32 MobileNet-v2 baseline on CIFAR-10 (GPU; a tiny CPU run with --subset).
+
+    python tools/train.py --data jpeg --out runs/baseline --epochs 150 --time-budget 540
+
+Writes OUT/baseline.pt (state_dict), OUT/train_log.jsonl, OUT/curves.png,
+OUT/baseline.json; with --time-budget it stops early, saves OUT/resume.pt and
+continues from it when run again with the same --out.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from mbz.pipeline.data import MEAN, STD, load_dataset  # noqa: E402
+from mbz.pipeline.train import TrainConfig, plot_curves, train  # noqa: E402
+from mbz.torch_io import mobilenet_v2_cifar  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="jpeg", help="jpeg | npz:PATH | cifar10:ROOT | folder:ROOT")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=0.4)
+    ap.add_argument("--wd", type=float, default=1e-4)
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--no-trivial", action="store_true", help="plain crop+flip augmentation only")
+    ap.add_argument("--cutout", type=int, default=0)
+    ap.add_argument("--width-mult", type=float, default=1.0)
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--subset", type=int, default=0, help="train/test on N images (CPU smoke test)")
+    ap.add_argument("--time-budget", type=float, default=0, help="seconds; stop early and save OUT/resume.pt")
+    ap.add_argument("--fit-budget", type=float, default=0,
+                    help="seconds of training: after warm-up, lower --epochs so the cosine schedule ends in time")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    t0 = time.time()
+    tr, te = load_dataset(a.data, "train"), load_dataset(a.data, "test")
+    if a.subset:
+        tr, te = tr.subset(a.subset), te.subset(max(100, a.subset // 5))
+    print(f"data: {len(tr)} train / {len(te)} test from {tr.source} in {time.time() - t0:.1f}s", flush=True)
+    cfg = TrainConfig(epochs=a.epochs, batch=min(a.batch, len(tr)), lr=a.lr, wd=a.wd, label_smoothing=a.label_smoothing,
+                      ema=a.ema, trivial=not a.no_trivial, cutout=a.cutout, seed=a.seed,
+                      fit_budget=a.fit_budget)
+    model = mobilenet_v2_cifar(width_mult=a.width_mult, dropout=a.dropout)
+    log = os.path.join(a.out, "train_log.jsonl")
+    resume = os.path.join(a.out, "resume.pt")
+    if not os.path.exists(resume) and os.path.exists(log):
+        os.remove(log)
+    r = train(model, tr, te, cfg, log_path=log, ckpt_path=resume, time_budget=a.time_budget or None, desc="baseline")
+    plot_curves(log, os.path.join(a.out, "curves.png"), runs=["baseline"],
+                title="MobileNet-v2 baseline, CIFAR-10 (JPEG q75 export)")
+    if not r["complete"]:
+        print(f"stopped at epoch {len(r['history'])}/{a.epochs} (time budget); run again to resume", flush=True)
+        return
+    sd = {k: v.detach().cpu() for k, v in r["model"].state_dict().items()}
+    torch.save(sd, os.path.join(a.out, "baseline.pt"))
+    if os.path.exists(resume):
+        os.remove(resume)
+    last = r["history"][-1]
+    summary = {"top1": last.get("test_acc"), "test_loss": last.get("test_loss"), "epochs": cfg.epochs,
+               "config": r["config"], "arch": {"name": "mobilenet_v2_cifar", "num_classes": 10,
+                                                "width_mult": a.width_mult, "dropout": a.dropout},
+               "data": tr.source, "normalization": {"mean": MEAN, "std": STD},
+               "train_seconds": sum(h["epoch_s"] for h in r["history"]),
+               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+               "torch": torch.__version__}
+    with open(os.path.join(a.out, "baseline.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps({k: summary[k] for k in ("top1", "epochs", "train_seconds", "device")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
