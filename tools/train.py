@@ -30,7 +30,7 @@ def main():
     ap.add_argument("--lr", type=float, default=0.4)
     ap.add_argument("--wd", type=float, default=1e-4)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
-    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--ema", type=float, default=0.0, help="weight EMA decay (0: off)")
     ap.add_argument("--no-trivial", action="store_true", help="plain crop+flip augmentation only")
     ap.add_argument("--cutout", type=int, default=0)
     ap.add_argument("--width-mult", type=float, default=1.0)

@@ -34,7 +34,7 @@ class TrainConfig:
     wd: float = 1e-4
     warmup: float = 2.0             # epochs of linear warm-up
     label_smoothing: float = 0.1
-    ema: float = 0.999              # 0 disables
+    ema: float = 0.0                # weight EMA decay, 0 disables
     trivial: bool = True            # TrivialAugment-like op per sample
     cutout: int = 0                 # cutout square side, 0 disables
     seed: int = 0
@@ -133,8 +133,8 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
     complete = True
     fitted = False
     for epoch in range(start_epoch, cfg.epochs):
-        if cfg.fit_budget and not fitted and epoch >= max(2, math.ceil(cfg.warmup)) and epoch > start_epoch:
-            per = (time.time() - t0) / (epoch - start_epoch)
+        if cfg.fit_budget and not fitted and epoch >= max(3, math.ceil(cfg.warmup)) and epoch > start_epoch + 1:
+            per = time.time() - t_last  # the last epoch, eval included (the first one pays for autotuning)
             fit = max(epoch + 1, int((cfg.fit_budget - (time.time() - t0)) / per) + epoch)
             if fit < cfg.epochs:
                 cfg.epochs = fit
@@ -150,6 +150,7 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
             if time.time() - t0 + per * 1.3 > time_budget:
                 complete = False
                 break
+        t_last = time.time()
         model.train()
         te = time.time()
         perm = torch.randperm(n, device=device, generator=gen)
