@@ -75,7 +75,9 @@ def cmd_inspect(a) -> int:
     if a.json:
         print(json.dumps(s, indent=1, default=str))
     else:
-        print(f"{a.file}: mbz {s['version']}, {len(s['tensors'])} tensors, arch {s['metadata'].get('arch')}")
+        arch = s["metadata"].get("arch") or {}
+        brief = {k: v for k, v in arch.items() if k != "act_alpha"}
+        print(f"{a.file}: mbz {s['version']}, {len(s['tensors'])} tensors, arch {brief or '-'}")
         print(format_table(s, limit=None if a.all else 40))
     return 0
 

@@ -1,0 +1,122 @@
+"""The training / compression pipeline on tiny data, on the CPU."""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mbz
+from mbz.cli import main
+from mbz.pipeline.data import augment_batch, evaluate, load_dataset, random_crop_flip
+from mbz.pipeline.prune import apply_masks, global_magnitude_masks, sparsity_report
+from mbz.pipeline.qat import calibrate, export_state_dict, fold_bn, insert_act_quant, snap_for_export, to_qmodules
+from mbz.pipeline.train import TrainConfig, train
+from mbz.spec import Encoding
+from mbz.torch_io import mobilenet_v2_cifar
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    from PIL import Image
+    d = tmp_path_factory.mktemp("npz")
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 96), ("test", 40)]:
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        bufs = []
+        for lab in labels:
+            img = np.clip(rng.normal(25 * lab, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            b = io.BytesIO()
+            Image.fromarray(img).save(b, format="JPEG", quality=75)
+            bufs.append(b.getvalue())
+        offs = np.cumsum([0] + [len(b) for b in bufs]).astype(np.int64)
+        np.savez(d / f"cifar10_jpeg_{split}.npz", jpeg=np.frombuffer(b"".join(bufs), np.uint8), offsets=offs,
+                 labels=labels, classes=np.array([f"c{i}" for i in range(10)]))
+    return d
+
+
+def tiny():
+    torch.manual_seed(0)
+    return mobilenet_v2_cifar(width_mult=0.25)
+
+
+def test_npz_loader_and_augmentation(tiny_npz):
+    ds = load_dataset(f"npz:{tiny_npz}", "train")
+    assert ds.images.shape == (96, 32, 32, 3) and ds.images.dtype == torch.uint8 and len(ds.labels) == 96
+    x = ds.images[:8].permute(0, 3, 1, 2).float()
+    g = torch.Generator().manual_seed(0)
+    y = random_crop_flip(x, gen=g)
+    assert y.shape == x.shape
+    # every output pixel is an input pixel of the same image or padding zero
+    assert set(torch.unique(y[0]).tolist()) <= set(torch.unique(x[0]).tolist()) | {0.0}
+    a = augment_batch(ds.images[:8], trivial=True, cutout_size=8, gen=torch.Generator().manual_seed(1))
+    b = augment_batch(ds.images[:8], trivial=True, cutout_size=8, gen=torch.Generator().manual_seed(1))
+    assert a.shape == (8, 3, 32, 32) and torch.equal(a, b)
+
+
+def test_global_pruning_hits_target():
+    sd = tiny().state_dict()
+    masks = global_magnitude_masks(sd, 0.7)
+    apply_masks(sd, masks)
+    rows = sparsity_report(sd)
+    total = sum(r["numel"] for r in rows)
+    zeros = sum(r["zeros"] for r in rows)
+    assert abs(zeros / total - 0.7) < 0.01
+    assert all(not torch.signbit(sd[n][~m]).any() for n, m in masks.items())  # +0.0, never -0.0
+
+
+def test_fold_bn_preserves_function():
+    m = tiny().eval()
+    for mod in m.modules():  # non-trivial BN statistics
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2)
+            mod.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        y0 = m(x)
+        y1 = fold_bn(m)(x)
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
+    assert torch.allclose(y0, y1, atol=1e-4, rtol=1e-4)
+
+
+def test_qat_export_packs_losslessly_and_evaluates_identically(tmp_path):
+    m = fold_bn(tiny().eval())
+    apply_masks(m, global_magnitude_masks(dict(m.named_parameters()), 0.8))
+    to_qmodules(m, 4)
+    insert_act_quant(m, 4)
+    x = torch.randn(16, 3, 32, 32)
+    calibrate(m, [x])
+    m.eval()
+    snap_for_export(m)
+    with torch.no_grad():
+        y_qat = m(x)
+    sd, act = export_state_dict(m)
+    arch = {"name": "mobilenet_v2_cifar", "width_mult": 0.25, "folded_bn": True, **act}
+    p = tmp_path / "q.mbz"
+    mbz.save(sd, p, metadata={"arch": arch})                 # lossless: bits not given
+    with mbz.open(p) as r:
+        weights = [rec for rec in r.layout.records if rec.name.endswith("weight")]
+        assert all(rec.encoding == Encoding.AFFINE and rec.params["b"] <= 8 for rec in weights)
+        assert r.metadata["arch"]["act_bits"] == 4
+    m2 = mbz.load_model(p)
+    with torch.no_grad():
+        assert torch.equal(m2(x), y_qat)
+
+
+def test_train_smoke_and_eval_cli(tiny_npz, tmp_path, capsys):
+    tr = load_dataset(f"npz:{tiny_npz}", "train")
+    te = load_dataset(f"npz:{tiny_npz}", "test")
+    m = tiny()
+    log = tmp_path / "log.jsonl"
+    r = train(m, tr, te, TrainConfig(epochs=2, batch=32, lr=0.05, warmup=0.5), log_path=str(log),
+              device=torch.device("cpu"))
+    rows = [json.loads(line) for line in open(log)]
+    assert [x["epoch"] for x in rows] == [1, 2] and all(np.isfinite(x["train_loss"]) for x in rows)
+    assert r["complete"] and 0 <= rows[-1]["test_acc"] <= 100
+    p = tmp_path / "m.mbz"
+    mbz.save(r["model"], p, metadata={"arch": {"name": "mobilenet_v2_cifar", "width_mult": 0.25}})
+    assert main(["eval", str(p), "--data", f"npz:{tiny_npz}", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    want = evaluate(mbz.load_model(p), te, device=torch.device("cpu"))["top1"]
+    assert out["top1"] == want and out["n"] == 40 and out["file_bytes"] == p.stat().st_size
