@@ -81,12 +81,54 @@ def pack_cli(ckpt, out, *extra):
     return time.perf_counter() - t
 
 
+def speed(runs: int, tmp: str) -> dict:
+    """Pack and load speed on a 25M-parameter checkpoint: resnet50, random init, 8-bit per channel, 50% sparse."""
+    import torchvision
+    torch.manual_seed(0)
+    sd = torchvision.models.resnet50().state_dict()
+    g = torch.Generator().manual_seed(0)
+    for k, v in sd.items():
+        if v.dim() >= 2:
+            v[torch.rand(v.shape, generator=g) < 0.5] = 0
+    sd = quantize_state_dict(sd, QuantPolicy(8))
+    pt = os.path.join(tmp, "r50.pt")
+    torch.save(sd, pt)
+    out = os.path.join(tmp, "r50.mbz")
+    pack_times = [pack_cli(pt, out) for _ in range(3)]
+    fp32_mb = sum(t.numel() * t.element_size() for t in sd.values()) / 1e6
+    tl, ml = [], []
+    for _ in range(runs):  # alternating, page cache warm for both
+        t = time.perf_counter(); torch.load(pt, weights_only=True); tl.append(time.perf_counter() - t)
+        t = time.perf_counter(); mbz.load(out); ml.append(time.perf_counter() - t)
+    return {
+        "params": sum(t.numel() for t in sd.values()), "fp32_MB": round(fp32_mb, 1),
+        "pt_bytes": os.path.getsize(pt), "mbz_bytes": os.path.getsize(out),
+        "pack_s_median": round(statistics.median(pack_times), 3),
+        "pack_MB_per_s": round(fp32_mb / statistics.median(pack_times), 1),
+        "torch_load_s_median": round(statistics.median(tl), 4), "mbz_load_s_median": round(statistics.median(ml), 4),
+        "load_ratio": round(statistics.median(ml) / statistics.median(tl), 3),
+        "torch_load_runs": [round(x, 4) for x in tl], "mbz_load_runs": [round(x, 4) for x in ml],
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/format")
     ap.add_argument("--no-eval", action="store_true", help="skip the CPU top-1 evaluations")
     ap.add_argument("--runs", type=int, default=7, help="timed load runs of each kind")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="rerun only the speed figures (on an idle machine) and merge them into figures.json")
     a = ap.parse_args()
+    if a.speed_only:
+        with open(os.path.join(a.out, "figures.json")) as f:
+            res = json.load(f)
+        res["speed"] = speed(a.runs, tempfile.mkdtemp(prefix="mbzbench"))
+        res["speed_command"] = "python tools/bench_format.py --out " + a.out + " --speed-only"
+        print(res["speed"], flush=True)
+        with open(os.path.join(a.out, "figures.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        write_md(res, os.path.join(a.out, "figures.md"))
+        return
     os.makedirs(a.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="mbzbench")
     res = {"command": "python tools/bench_format.py --out " + a.out, "machine": platform.platform(),
@@ -140,33 +182,7 @@ def main():
         res["pruned"][f"{bits}bit"] = row
         print(bits, row, flush=True)
 
-    # 3. speed on a 25M-parameter checkpoint: resnet50, random init, 8-bit per channel, 50% sparse
-    import torchvision
-    torch.manual_seed(0)
-    sd = torchvision.models.resnet50().state_dict()
-    g = torch.Generator().manual_seed(0)
-    for k, v in sd.items():
-        if v.dim() >= 2:
-            v[torch.rand(v.shape, generator=g) < 0.5] = 0
-    sd = quantize_state_dict(sd, QuantPolicy(8))
-    pt = os.path.join(tmp, "r50.pt")
-    torch.save(sd, pt)
-    out = os.path.join(tmp, "r50.mbz")
-    pack_times = [pack_cli(pt, out) for _ in range(3)]
-    fp32_mb = sum(t.numel() * t.element_size() for t in sd.values()) / 1e6
-    tl, ml = [], []
-    for _ in range(a.runs):  # alternating, page cache warm for both
-        t = time.perf_counter(); torch.load(pt, weights_only=True); tl.append(time.perf_counter() - t)
-        t = time.perf_counter(); mbz.load(out); ml.append(time.perf_counter() - t)
-    res["speed"] = {
-        "params": sum(t.numel() for t in sd.values()), "fp32_MB": round(fp32_mb, 1),
-        "pt_bytes": os.path.getsize(pt), "mbz_bytes": os.path.getsize(out),
-        "pack_s_median": round(statistics.median(pack_times), 3),
-        "pack_MB_per_s": round(fp32_mb / statistics.median(pack_times), 1),
-        "torch_load_s_median": round(statistics.median(tl), 4), "mbz_load_s_median": round(statistics.median(ml), 4),
-        "load_ratio": round(statistics.median(ml) / statistics.median(tl), 3),
-        "torch_load_runs": [round(x, 4) for x in tl], "mbz_load_runs": [round(x, 4) for x in ml],
-    }
+    res["speed"] = speed(a.runs, tmp)
     print(res["speed"], flush=True)
     with open(os.path.join(a.out, "figures.json"), "w") as f:
         json.dump(res, f, indent=1)

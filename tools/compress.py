@@ -46,6 +46,7 @@ def main():
     ap.add_argument("--qat-lr", type=float, default=0.02)
     ap.add_argument("--subset", type=int, default=0, help="CPU smoke test on N images")
     ap.add_argument("--time-budget", type=float, default=0, help="skip remaining QAT runs past this many seconds")
+    ap.add_argument("--no-pt", action="store_true", help="do not write OUT/<name>.pt (the fp32 export)")
     a = ap.parse_args()
     t0 = time.time()
     os.makedirs(a.out, exist_ok=True)
@@ -73,7 +74,8 @@ def main():
         if a.time_budget and time.time() - t0 > a.time_budget:
             print(f"time budget reached: skipping {q.name}", flush=True)
             continue
-        r = qat_run(pruned[q.sparsity], q, tr, te, a.out, log, dev, arch_kw, pack=True, zstd=zstd_available())
+        r = qat_run(pruned[q.sparsity], q, tr, te, a.out, log, dev, arch_kw, pack=True, zstd=zstd_available(),
+                    save_pt=not a.no_pt)
         with open(results, "a") as f:
             f.write(json.dumps({k: v for k, v in r.items() if k != "sparsity_layers"}) + "\n")
         with open(os.path.join(a.out, f"{q.name}.layers.json"), "w") as f:

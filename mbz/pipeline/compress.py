@@ -37,7 +37,7 @@ def prune_schedule(model, train_ds, test_ds, targets, epochs_per_step, lr, log, 
 
 
 def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayDataset, out_dir: str, log: str,
-            device, arch_kw: dict, pack: bool = True, zstd: bool = True) -> dict:
+            device, arch_kw: dict, pack: bool = True, zstd: bool = True, save_pt: bool = True) -> dict:
     t0 = time.time()
     model = mobilenet_v2_cifar(**arch_kw)
     model.load_state_dict(base_sd)
@@ -66,9 +66,10 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
     arch = dict(arch_kw, folded_bn=q.fold_bn, act_bits=act["act_bits"], act_alpha=act["act_alpha"])
     res = {"name": q.name, "config": asdict(q), "top1_qat_eval": ev_qat["top1"], "arch": arch,
            "sparsity_layers": sparsity_report(sd)}
-    pt_path = os.path.join(out_dir, f"{q.name}.pt")
-    torch.save({"state_dict": sd, "arch": arch}, pt_path)
-    res["pt"] = os.path.basename(pt_path)
+    if save_pt:
+        pt_path = os.path.join(out_dir, f"{q.name}.pt")
+        torch.save({"state_dict": sd, "arch": arch}, pt_path)
+        res["pt"] = os.path.basename(pt_path)
     if pack:
         import mbz
         meta = {"arch": arch, "preprocess": {"mean": list(MEAN), "std": list(STD), "input_size": [3, 32, 32],
