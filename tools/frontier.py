@@ -80,6 +80,9 @@ def main():
     ax.plot([r["file_bytes"] / 1000 for r in frontier], [r["top1"] for r in frontier], "k--", lw=0.8, label="frontier")
     ax.axhline(base["top1"], color="gray", lw=0.8, label=f"fp32 baseline {base['top1']}%")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("file size, KB (every byte of the .mbz)")
     ax.set_ylabel("top-1 %, CIFAR-10 (JPEG q75 export)")
     ax.grid(alpha=0.3, which="both")
