@@ -120,3 +120,22 @@ def test_train_smoke_and_eval_cli(tiny_npz, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     want = evaluate(mbz.load_model(p), te, device=torch.device("cpu"))["top1"]
     assert out["top1"] == want and out["n"] == 40 and out["file_bytes"] == p.stat().st_size
+
+
+@pytest.mark.parametrize("abits", [4, 8])
+def test_activations_held_packed_change_nothing(abits):
+    from mbz.pipeline.activations import measure
+    m = fold_bn(tiny().eval())
+    insert_act_quant(m, abits)
+    x = torch.randn(2, 3, 32, 32)
+    calibrate(m, [x])
+    m.eval()
+    with torch.no_grad():
+        ref = m(x)
+    r = measure(m, x)
+    assert torch.equal(r["output"], ref)               # the packed-and-unpacked run is the same model
+    layers = r["layers"]
+    assert layers[0]["name"] == "input" and len(layers) > 30
+    assert all(l["packed_bytes"] == l["graph_bytes"] for l in layers)
+    assert 32 / abits * 0.9 < r["total_ratio"] <= 32 / abits
+    assert r["peak_packed_bytes"] < r["peak_fp32_bytes"]

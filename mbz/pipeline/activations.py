@@ -1,0 +1,77 @@
+"""Activation sizes and peak live activation memory of one inference, fp32 vs packed integers.
+
+Method.  Every activation that crosses a layer boundary in the quantized model
+is the output of an activation quantizer (ReLU6 outputs: unsigned; block
+outputs: signed) or the 8-bit input image.  `measure` runs an inference in
+which each such activation is really converted to integer codes, bit-packed
+with mbz's own packer (`pack_codes`), and unpacked again before the next
+layer reads it, so the model evaluated is the one that holds activations as
+packed bytes; it records the byte length of every packed buffer.  Peak live
+memory walks the same sequence: while a layer runs, its input and output are
+live, plus the block input an inverted-residual block keeps for its skip
+connection.  The graph figures (numel x bits / 8) are computed beside the
+measured ones.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..codecs.bitpack import pack_codes, unpack_codes
+from .qat import ActQuant
+
+
+def measure(model: torch.nn.Module, x: torch.Tensor, input_bits: int = 8) -> dict:
+    model.eval()
+    events = []          # (name, numel, packed_bytes, bits, block, residual_held)
+    state = {"block": None, "res": 0}
+
+    def pack_hook(name, q: ActQuant):
+        def hook(mod, inp, out):
+            step = float(q.step())
+            codes = torch.round(out / step).to(torch.int64).cpu().numpy().reshape(-1)
+            buf = pack_codes(codes, q.bits + (0 if q.signed else 0), signed=q.signed)
+            back = unpack_codes(buf, codes.size, q.bits, signed=q.signed).astype(np.float32)
+            held = torch.from_numpy(back).reshape(out.shape).to(out.device) * step
+            events.append((name, out.numel(), len(buf), q.bits, state["block"], state["res"]))
+            return held
+        return hook
+
+    def block_pre(i, blk):
+        def hook(mod, inp):
+            state["block"] = i
+            # an inverted-residual block with a skip keeps its input alive until the add
+            state["res"] = events[-1][2] if getattr(blk, "use_res_connect", False) and events else 0
+        return hook
+
+    handles = []
+    qs = {n: m for n, m in model.named_modules() if isinstance(m, ActQuant) and m.bits < 32}
+    for n, m in qs.items():
+        handles.append(m.register_forward_hook(pack_hook(n, m)))
+    for i, blk in enumerate(model.features):
+        inner = blk[0] if isinstance(blk, torch.nn.Sequential) and hasattr(blk[0], "use_res_connect") else blk
+        handles.append(blk.register_forward_pre_hook(block_pre(i, inner)))
+    try:
+        with torch.no_grad():
+            n_in = x.numel()
+            in_bytes = math.ceil(n_in * input_bits / 8)
+            events.append(("input", n_in, in_bytes, input_bits, None, 0))
+            y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    rows, peak_fp32, peak_packed = [], 0, 0
+    for (name, numel, pbytes, bits, blk, res), prev in zip(events, [None] + events[:-1]):
+        fp32 = 4 * numel
+        live_p = pbytes + (prev[2] if prev else 0) + (res if res and prev and res != prev[2] else 0)
+        live_f = fp32 + (4 * prev[1] if prev else 0) + (4 * res * 8 // max(1, bits) if res and prev and res != prev[2] else 0)
+        peak_fp32, peak_packed = max(peak_fp32, live_f), max(peak_packed, live_p)
+        rows.append({"name": name, "numel": numel, "bits": bits, "fp32_bytes": fp32, "packed_bytes": pbytes,
+                     "graph_bytes": math.ceil(numel * bits / 8)})
+    tot_f = sum(r["fp32_bytes"] for r in rows)
+    tot_p = sum(r["packed_bytes"] for r in rows)
+    return {"batch": x.shape[0], "layers": rows, "total_fp32_bytes": tot_f, "total_packed_bytes": tot_p,
+            "total_ratio": tot_f / tot_p, "peak_fp32_bytes": peak_fp32, "peak_packed_bytes": peak_packed,
+            "peak_ratio": peak_fp32 / peak_packed, "output": y}
