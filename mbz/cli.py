@@ -9,6 +9,7 @@ import sys
 import torch
 
 from . import api
+from .codecs.raw import bits_equal
 from .container import atomic_write
 from .errors import MbzError, MismatchError
 from .quantize import DEFAULT_INCLUDE
@@ -82,14 +83,6 @@ def cmd_inspect(a) -> int:
     return 0
 
 
-def _bits_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
-    if x.dtype != y.dtype or x.shape != y.shape:
-        return False
-    if x.numel() == 0:
-        return True
-    return torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8))
-
-
 def cmd_verify(a) -> int:
     sd = read_checkpoint(a.checkpoint)
     bad = []
@@ -97,7 +90,7 @@ def cmd_verify(a) -> int:
         missing = [k for k in sd if k not in r]
         extra = [k for k in r.keys() if k not in sd]
         for name in r.keys():
-            if name in sd and not _bits_equal(r[name], sd[name]):
+            if name in sd and not bits_equal(r[name], sd[name]):
                 bad.append(name)
     for k in missing:
         print(f"MISSING  {k} (in checkpoint, not in file)")

@@ -16,7 +16,7 @@ import torch
 from .codecs.affine import Grid, group_index, n_groups, numel_of
 from .codecs.bitpack import pack_bits, pack_codes, packed_size, signed_width, unsigned_width
 from .codecs.filters import FILTERS, max_decoded, zstd_available
-from .codecs.raw import ITEMSIZE, mbz_dtype, tensor_bytes
+from .codecs.raw import ITEMSIZE, bits_equal, mbz_dtype, tensor_bytes
 from .codecs.sparse import best_delta_width, delta_entries
 from .errors import EncodeError
 from .detect import detect_codebook, detect_grid
@@ -241,17 +241,10 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
         best.sections = [filter_section(role, data, itemsize, ent, level) for role, data in best_plain]
     if best.encoding != Encoding.RAW:
         back = decode_tensor(best)
-        if not _bits_equal(back, t):
+        if not bits_equal(back, t):
             if lossy:
                 raise EncodeError(f"{name}: quantized grid does not round-trip (internal error)")
             best = EncodedTensor(name, int(dt), shape, Encoding.RAW, {},
                                  [filter_section(Role.RAW, tensor_bytes(t), itemsize, ent, level)])
     return best
 
-
-def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.numel() == 0:
-        return True
-    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))

@@ -84,8 +84,6 @@ def quantize_tensor(t: torch.Tensor, policy: QuantPolicy) -> Grid:
             k = np.clip(np.rint(rows / s[:, None]) + zp[:, None], 0, levels) - zp[:, None]
     k = np.nan_to_num(k)
     kflat = restore(k).astype(np.int64)
-    if gran == Granularity.CHANNEL and axis != 0:
-        pass  # scales are indexed by channel along `axis`; restore() put k back in row-major order
     return Grid(kflat, s.astype(np.float32), gran, shape, axis=axis, group_size=policy.group_size)
 
 

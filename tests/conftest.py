@@ -6,18 +6,11 @@ import msgpack
 import pytest
 import torch
 
+from mbz.codecs.raw import bits_equal  # noqa: F401  (re-exported for the tests)
 from mbz.spec import MAGIC, PREAMBLE, PREAMBLE_SIZE
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 REFERENCE = os.path.join(SHARED, "reference_mnv2_cifar10_fp32.pt")
-
-
-def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.numel() == 0:
-        return True
-    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
 def rebuild(data: bytes, edit_header=None, major=None, minor=None, codec=None, compress=False) -> bytes:

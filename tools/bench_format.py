@@ -23,16 +23,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import mbz  # noqa: E402
 from mbz.cli import main as mbz_cli  # noqa: E402
+from mbz.codecs.raw import bits_equal  # noqa: E402
 from mbz.quantize import QuantPolicy, quantize_state_dict, quantize_tensor  # noqa: E402
 from mbz.torch_io import mobilenet_v2_cifar, read_checkpoint  # noqa: E402
 from mbz.pipeline.prune import apply_masks, global_magnitude_masks  # noqa: E402
 
 REF = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "reference_mnv2_cifar10_fp32.pt")
-
-
-def bits_equal(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and (a.numel() == 0 or torch.equal(
-        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)))
 
 
 def top1(sd, test):

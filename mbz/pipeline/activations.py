@@ -32,7 +32,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, input_bits: int = 8) -> dic
         def hook(mod, inp, out):
             step = float(q.step())
             codes = torch.round(out / step).to(torch.int64).cpu().numpy().reshape(-1)
-            buf = pack_codes(codes, q.bits + (0 if q.signed else 0), signed=q.signed)
+            buf = pack_codes(codes, q.bits, signed=q.signed)
             back = unpack_codes(buf, codes.size, q.bits, signed=q.signed).astype(np.float32)
             held = torch.from_numpy(back).reshape(out.shape).to(out.device) * step
             events.append((name, out.numel(), len(buf), q.bits, state["block"], state["res"]))
