@@ -1,10 +1,8 @@
 import os
-import struct
 import zlib
 
 import msgpack
 import pytest
-import torch
 
 from mbz.codecs.raw import bits_equal  # noqa: F401  (re-exported for the tests)
 from mbz.spec import MAGIC, PREAMBLE, PREAMBLE_SIZE

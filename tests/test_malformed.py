@@ -1,5 +1,4 @@
 """Untrusted bytes: every corruption raises an MbzError subclass that says what is wrong."""
-import io
 import zlib
 
 import msgpack
@@ -9,7 +8,6 @@ import torch
 import mbz
 from mbz.api import MbzReader
 from mbz.errors import ChecksumError, FormatError, LimitError, MbzError, TruncatedError, VersionError
-from mbz.spec import PREAMBLE_SIZE
 
 from conftest import bits_equal, rebuild
 

@@ -186,7 +186,7 @@ def main():
 
 
 def write_md(r, path):
-    L = [f"# .mbz format figures (issue 3)", "", f"Command: `{r['command']}`  ", f"Machine: {r['machine']}, {r['cpus']} CPUs, torch {r['torch']}", "",
+    L = ["# .mbz format figures (issue 3)", "", f"Command: `{r['command']}`  ", f"Machine: {r['machine']}, {r['cpus']} CPUs, torch {r['torch']}", "",
          "## Reference MobileNet-v2 (dense fp32, 9.2 MB .pt)", "",
          "| mode | file bytes | bit-exact | top-1 unpacked | top-1 without mbz |", "|---|---:|---|---:|---:|"]
     for k, v in r["reference"].items():

@@ -62,7 +62,7 @@ def main():
         L.append(f"- ≤ {kb} KB within {drop} pt: {'met by ' + ok[0]['run'] if ok else 'NOT met'}"
                  + (f" (best under {kb} KB: {best_in['run']}, {best_in['top1']:.2f}%, drop {best_in['drop']:+.2f})" if best_in else ""))
     a4 = [r for r in rows if r["abits"] == 4]
-    L.append(f"- 4-bit activations within 1.0 pt: " + (", ".join(f"{r['run']} drop {r['drop']:+.2f}" for r in a4) or "no run")
+    L.append("- 4-bit activations within 1.0 pt: " + (", ".join(f"{r['run']} drop {r['drop']:+.2f}" for r in a4) or "no run")
              + (" — met" if any(r["drop"] <= 1.0 for r in a4) else " — NOT met"))
     L.append(f"- baseline ≥ 92.5%: {'met' if base['top1'] >= 92.5 else 'NOT met'} ({base['top1']}%)")
     with open(os.path.join(R, "frontier.md"), "w") as f:

@@ -1,7 +1,6 @@
 """Prune -> fold BN -> QAT -> export -> .mbz, for one or several configurations."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass

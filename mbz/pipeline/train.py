@@ -132,6 +132,7 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
         bar.update(start_epoch)
     complete = True
     fitted = False
+    t_last = t0
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.fit_budget and not fitted and epoch >= max(3, math.ceil(cfg.warmup)) and epoch > start_epoch + 1:
             per = time.time() - t_last  # the last epoch, eval included (the first one pays for autotuning)
