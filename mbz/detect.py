@@ -45,6 +45,7 @@ def _solve_rows(v: np.ndarray):
     amin = nz.min(axis=1)
     allzero = ~np.isfinite(amin)
     scales = np.ones(r, np.float32)
+    kmat = np.zeros(v.shape, np.int64)          # rows verified in full keep their k here
     done = allzero.copy()
     imax = a.argmax(axis=1)
     # sample columns: the first few plus each row's largest element
@@ -79,16 +80,14 @@ def _solve_rows(v: np.ndarray):
         if not found.any():
             continue
         rows_found = todo[found]
-        _, ok_full = _exact(v[rows_found], pick[found])
+        k_full, ok_full = _exact(v[rows_found], pick[found])
         good = rows_found[ok_full]
         scales[good] = pick[found][ok_full]
+        kmat[good] = k_full[ok_full]
         done[good] = True
     if not done.all():
         return None
-    k, ok = _exact(v, scales)
-    if not ok.all():
-        return None
-    return k.astype(np.int64), scales
+    return kmat, scales
 
 
 def detect_grid(t: torch.Tensor) -> Grid | None:

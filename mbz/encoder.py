@@ -17,7 +17,7 @@ from .codecs.affine import Grid, group_index, n_groups, numel_of
 from .codecs.bitpack import pack_bits, pack_codes, packed_size, signed_width, unsigned_width
 from .codecs.filters import FILTERS, max_decoded, zstd_available
 from .codecs.raw import ITEMSIZE, bits_equal, mbz_dtype, tensor_bytes
-from .codecs.sparse import best_delta_width, delta_entries
+from .codecs.sparse import best_delta_width, delta_count, delta_entries
 from .errors import EncodeError
 from .detect import detect_codebook, detect_grid
 from .spec import Encoding, Filter, Role, Sparsity
@@ -93,8 +93,8 @@ def _sparse_layouts(codes_full: np.ndarray, stored: np.ndarray, numel: int, widt
     dense = ({"sp": int(Sparsity.DENSE), "m": numel}, [], codes_full)
     bitmap_cost = (numel + 7) // 8 + packed_size(positions.size, width)
     iw = best_delta_width(positions, numel, width)
-    entries, _ = delta_entries(positions, numel, iw)
-    delta_cost = packed_size(entries.size, iw) + packed_size(entries.size, width)
+    n_entries = delta_count(positions, numel, iw)
+    delta_cost = packed_size(n_entries, iw) + packed_size(n_entries, width)
     dense_cost = packed_size(numel, width)
     costs = {Sparsity.DENSE: dense_cost, Sparsity.BITMAP: bitmap_cost, Sparsity.DELTA: delta_cost}
     # big tensors: the analytic best, plus DENSE, which zstd often shrinks as much and which decodes fastest
@@ -105,6 +105,7 @@ def _sparse_layouts(codes_full: np.ndarray, stored: np.ndarray, numel: int, widt
         layouts.append(({"sp": int(Sparsity.BITMAP), "m": int(positions.size)},
                         [(Role.MASK, pack_bits(stored))], codes_full[positions]))
     if Sparsity.DELTA in keep:
+        entries, _ = delta_entries(positions, numel, iw)
         all_pos = np.cumsum(entries.astype(np.int64) + 1) - 1
         layouts.append(({"sp": int(Sparsity.DELTA), "m": int(entries.size), "iw": iw},
                         [(Role.DELTAS, pack_codes(entries, iw))], codes_full[all_pos]))
