@@ -3,7 +3,7 @@
 
     python tools/frontier.py
 
-Reads results/baseline/baseline.json and results/{compress,compress_long,compress_qat45,ptq}/results.jsonl;
+Reads results/baseline/baseline.json and results/{compress,compress_long,compress_qat45,compress_a4,ptq}/results.jsonl;
 writes results/frontier.md, results/frontier.png and results/shipped_model_layers.md.
 No number here is typed by hand.
 """
@@ -24,6 +24,7 @@ def runs():
     out = []
     for d, label in [("compress", "prune+QAT, 3 ep/level + 12 QAT ep"), ("compress_long", "prune+QAT, 6 ep/level + 20 QAT ep"),
                      ("compress_qat45", "prune+QAT, 5 ep/level + 45 QAT ep"),
+                     ("compress_a4", "prune+QAT, 4 ep/level + 18 QAT ep"),
                      ("ptq", "PTQ of the baseline")]:
         p = os.path.join(R, d, "results.jsonl")
         if not os.path.exists(p):
@@ -73,7 +74,7 @@ def main():
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, mk in [("prune+QAT, 3 ep/level + 12 QAT ep", "o"), ("prune+QAT, 6 ep/level + 20 QAT ep", "s"),
-                       ("prune+QAT, 5 ep/level + 45 QAT ep", "D"), ("PTQ of the baseline", "^")]:
+                       ("prune+QAT, 5 ep/level + 45 QAT ep", "D"), ("prune+QAT, 4 ep/level + 18 QAT ep", "v"), ("PTQ of the baseline", "^")]:
         rs = [r for r in rows if r["method"] == method]
         ax.scatter([r["file_bytes"] / 1000 for r in rs], [r["top1"] for r in rs], marker=mk, label=method)
         for r in rs:
