@@ -19,8 +19,17 @@ R = "results"
 SHIPPED = "examples/mobilenetv2_cifar10.mbz"
 
 
+def cpu_evals() -> dict:
+    """{file: top-1} from results/cpu_eval.jsonl (lines of `mbz eval FILE --json`)."""
+    p = os.path.join(R, "cpu_eval.jsonl")
+    if not os.path.exists(p):
+        return {}
+    return {os.path.normpath(r["file"]): r["top1"] for r in map(json.loads, open(p))}
+
+
 def runs():
     base = json.load(open(os.path.join(R, "baseline", "baseline.json")))
+    cpu = cpu_evals()
     out = []
     for d, label in [("compress", "prune+QAT, 3 ep/level + 12 QAT ep"), ("compress_long", "prune+QAT, 6 ep/level + 20 QAT ep"),
                      ("compress_qat45", "prune+QAT, 5 ep/level + 45 QAT ep"),
@@ -34,7 +43,8 @@ def runs():
             c = r["config"]
             out.append({"run": f"{d}/{r['name']}", "method": label, "sparsity": c.get("sparsity", 0.0),
                         "wbits": c.get("wbits", 32), "abits": c.get("abits", 32), "file_bytes": r["file_bytes"],
-                        "top1": r["top1_packed"], "drop": round(base["top1"] - r["top1_packed"], 2)})
+                        "top1": r["top1_packed"], "drop": round(base["top1"] - r["top1_packed"], 2),
+                        "cpu_top1": cpu.get(os.path.normpath(os.path.join(R, d, r.get("mbz", r["name"] + ".mbz"))))})
     return base, sorted(out, key=lambda r: r["file_bytes"])
 
 
@@ -44,9 +54,11 @@ def main():
          "Command: `python tools/frontier.py`. Baseline: fp32, "
          f"{base['top1']}% top-1 ({base['epochs']} epochs, {base['train_seconds']:.0f} s of training on {base['device']}). "
          "File bytes are the whole `.mbz` file on disk (header, records, indices, scales, biases, checksums); "
-         "top-1 is of the model rebuilt from the file by `mbz.load_model`, evaluated on all 10,000 test images.", "",
-         "| run | method | sparsity | w bits | a bits | file bytes | KB | top-1 % | drop (pt) | on frontier |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+         "top-1 is of the model rebuilt from the file by `mbz.load_model`, evaluated on all 10,000 test images "
+         "on the GPU in fp32 (TF32 convolutions allowed in these runs); the CPU column is `mbz eval FILE --json` "
+         "(results/cpu_eval.jsonl) where it was run. With 4-bit activations the two differ.", "",
+         "| run | method | sparsity | w bits | a bits | file bytes | KB | top-1 % | CPU top-1 % | drop (pt) | on frontier |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     best = -1.0
     frontier = []
     for r in rows:
@@ -55,7 +67,8 @@ def main():
             best = r["top1"]
             frontier.append(r)
         L.append(f"| {r['run']} | {r['method']} | {r['sparsity']} | {r['wbits']} | {r['abits']} | {r['file_bytes']:,} | "
-                 f"{r['file_bytes'] / 1000:.1f} | {r['top1']:.2f} | {r['drop']:+.2f} | {'yes' if on else ''} |")
+                 f"{r['file_bytes'] / 1000:.1f} | {r['top1']:.2f} | {r['cpu_top1'] if r['cpu_top1'] is not None else '-'} | "
+                 f"{r['drop']:+.2f} | {'yes' if on else ''} |")
     L += ["", "Targets of issue 4 (measured against this baseline):", ""]
     for kb, drop in [(200, 1.0), (400, 0.3)]:
         ok = [r for r in rows if r["file_bytes"] <= kb * 1000 and r["drop"] <= drop]
@@ -63,8 +76,13 @@ def main():
         L.append(f"- ≤ {kb} KB within {drop} pt: {'met by ' + ok[0]['run'] if ok else 'NOT met'}"
                  + (f" (best under {kb} KB: {best_in['run']}, {best_in['top1']:.2f}%, drop {best_in['drop']:+.2f})" if best_in else ""))
     a4 = [r for r in rows if r["abits"] == 4]
-    L.append("- 4-bit activations within 1.0 pt: " + (", ".join(f"{r['run']} drop {r['drop']:+.2f}" for r in a4) or "no run")
-             + (" — met" if any(r["drop"] <= 1.0 for r in a4) else " — NOT met"))
+    def cpu_drop(r):
+        return base["top1"] - r["cpu_top1"] if r["cpu_top1"] is not None else None
+    L.append("- 4-bit activations within 1.0 pt: " + (", ".join(
+        f"{r['run']} drop {r['drop']:+.2f} (GPU)" + (f" / {cpu_drop(r):+.2f} (CPU)" if r["cpu_top1"] is not None else "")
+        for r in a4) or "no run")
+        + (" — met on both devices" if any(r["drop"] <= 1.0 and (r["cpu_top1"] is None or cpu_drop(r) <= 1.0) for r in a4)
+           else " — met on the GPU only" if any(r["drop"] <= 1.0 for r in a4) else " — NOT met"))
     L.append(f"- baseline ≥ 92.5%: {'met' if base['top1'] >= 92.5 else 'NOT met'} ({base['top1']}%)")
     with open(os.path.join(R, "frontier.md"), "w") as f:
         f.write("\n".join(L) + "\n")
