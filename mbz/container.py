@@ -18,6 +18,7 @@ from .codecs.affine import n_groups, numel_of
 from .codecs.bitpack import packed_size
 from .codecs.filters import FILTERS, get_filter, max_decoded, zstd_available
 from .codecs.raw import ITEMSIZE
+from .decoder import unfilter
 from .errors import ChecksumError, FormatError, LimitError, TruncatedError, VersionError
 from .spec import (ENCODING_ROLES, H_ALIGN, H_CRCS, H_FORMAT, H_META, H_PAYLOAD, H_TENSORS, MAGIC,
                    MAX_ALIGN, MAX_HEADER_BYTES, MAX_RANK, MAX_WIDTH, PREAMBLE, PREAMBLE_SIZE, T_DTYPE,
@@ -385,7 +386,6 @@ class Source:
 
 def read_sections(buf, rec: Record, check_crc: bool = True) -> dict:
     """Stored bytes of a record's sections, checksum-verified, then unfiltered."""
-    from .decoder import unfilter
     crc = 0
     stored = []
     for s in rec.sections:

@@ -10,11 +10,10 @@ from .codecs.filters import get_filter
 from .codecs.raw import ITEMSIZE, TORCH_DTYPE, tensor_from_bytes
 from .codecs.sparse import SPARSITY
 from .errors import FormatError
-from .spec import Encoding, Role, Sparsity
+from .spec import Encoding, Role, Sparsity, role_stride
 
 
 def unfilter(role: Role, fid: int, stored, decoded_len: int, itemsize: int):
-    from .encoder import role_stride
     return get_filter(fid).decode(stored, decoded_len, role_stride(role, itemsize))
 
 

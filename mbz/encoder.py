@@ -19,8 +19,9 @@ from .codecs.filters import FILTERS, max_decoded, zstd_available
 from .codecs.raw import ITEMSIZE, bits_equal, mbz_dtype, tensor_bytes
 from .codecs.sparse import best_delta_width, delta_count, delta_entries
 from .errors import EncodeError
+from .decoder import decode_tensor
 from .detect import detect_codebook, detect_grid
-from .spec import Encoding, Filter, Role, Sparsity
+from .spec import Encoding, Filter, Role, Sparsity, role_stride
 
 BIG = 1 << 16  # above this many elements, search fewer candidates
 
@@ -62,15 +63,6 @@ class EntropyPolicy:
         if self.level is not None:
             return self
         return EntropyPolicy(self.zstd, 19 if total_bytes < (64 << 20) else 3, self.trial)
-
-
-def role_stride(role: Role, itemsize: int) -> int:
-    """Element size the SHUFFLE_ZSTD filter transposes by (spec table 7)."""
-    if role in (Role.RAW, Role.CODEBOOK):
-        return itemsize
-    if role == Role.SCALES:
-        return 4
-    return 1
 
 
 def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, level: int) -> Section:
@@ -202,7 +194,6 @@ def codebook_candidates(uniq: np.ndarray, inv: np.ndarray, itemsize: int, big: b
 def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: EntropyPolicy | None = None,
                   detect: bool = True) -> EncodedTensor:
     """Smallest exact encoding of t (or of `grid`, when lossy quantization made one)."""
-    from .decoder import decode_tensor  # late import: decoder imports nothing from here
     ent = ent or EntropyPolicy()
     t = t.detach().cpu().contiguous()
     dt = mbz_dtype(t)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .codecs.affine import Grid, numel_of
+from .codecs.affine import Grid
 from .errors import EncodeError
 from .spec import Granularity
 
@@ -112,4 +112,4 @@ def error_stats(orig: torch.Tensor, quant: torch.Tensor) -> dict:
     }
 
 
-__all__ = ["QuantPolicy", "quantize_tensor", "quantize_state_dict", "error_stats", "numel_of"]
+__all__ = ["QuantPolicy", "quantize_tensor", "quantize_state_dict", "error_stats"]

@@ -103,6 +103,15 @@ class Filter(IntEnum):
     SHUFFLE_ZSTD = 2  # byte-plane transpose with the role's element size, then zstd
 
 
+# Element size SHUFFLE_ZSTD transposes by (spec §5.6): None = the tensor dtype's itemsize.
+ROLE_STRIDE = {Role.RAW: None, Role.CODEBOOK: None, Role.SCALES: 4}
+
+
+def role_stride(role: Role, itemsize: int) -> int:
+    stride = ROLE_STRIDE.get(role, 1)
+    return itemsize if stride is None else stride
+
+
 # --- Accounting categories (spec table 8) -------------------------------------
 class Category(str, Enum):
     FILE_HEADER = "file_header"
