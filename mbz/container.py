@@ -16,7 +16,7 @@ import msgpack
 
 from .codecs.affine import n_groups, numel_of
 from .codecs.bitpack import packed_size
-from .codecs.filters import FILTERS, get_filter, max_decoded, zstd_available
+from .codecs.filters import FILTERS, max_decoded, zstd_available
 from .codecs.raw import ITEMSIZE
 from .decoder import unfilter
 from .errors import ChecksumError, FormatError, LimitError, TruncatedError, VersionError
@@ -384,7 +384,7 @@ class Source:
             self._f.close()
 
 
-def read_sections(buf, rec: Record, check_crc: bool = True) -> dict:
+def read_sections(buf, rec: Record) -> dict:
     """Stored bytes of a record's sections, checksum-verified, then unfiltered."""
     crc = 0
     stored = []
@@ -392,11 +392,11 @@ def read_sections(buf, rec: Record, check_crc: bool = True) -> dict:
         b = buf[s.offset:s.offset + s.stored]
         crc = zlib.crc32(b, crc)
         stored.append(b)
-    if check_crc and crc != rec.crc:
+    if crc != rec.crc:
         raise ChecksumError(f"tensor '{rec.name}': data checksum mismatch (sections at offset "
                             f"{rec.sections[0].offset if rec.sections else '-'}): file is corrupt")
     item = ITEMSIZE[rec.dtype]
     return {s.role: unfilter(s.role, s.filter, b, s.decoded, item) for s, b in zip(rec.sections, stored)}
 
 
-__all__ = ["write_file", "parse", "read_sections", "Source", "FileLayout", "Record", "get_filter"]
+__all__ = ["write_file", "parse", "read_sections", "Source", "FileLayout", "Record"]
