@@ -53,14 +53,15 @@ def _solve_rows(v: np.ndarray):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         guesses = [np.rint(amax / (amin / d)) for d in range(1, 17)]
         guesses += [np.full(r, float(q)) for q in _QMAX]
-    for kk in guesses:
+
+    def attempt(kk_all):
         todo = np.flatnonzero(~done)
         if todo.size == 0:
-            break
-        kk = kk[todo]
+            return
+        kk = kk_all[todo]
         valid = (kk >= 1) & (kk <= MAX_K) & np.isfinite(kk)
         if not valid.any():
-            continue
+            return
         todo, kk = todo[valid], kk[valid]
         base = (amax[todo] / kk.astype(np.float32)).astype(np.float32)
         sub = np.concatenate([v[todo][:, cols], v[todo, imax[todo]][:, None]], axis=1)
@@ -78,13 +79,35 @@ def _solve_rows(v: np.ndarray):
             if found.all():
                 break
         if not found.any():
-            continue
+            return
         rows_found = todo[found]
         k_full, ok_full = _exact(v[rows_found], pick[found])
         good = rows_found[ok_full]
         scales[good] = pick[found][ok_full]
         kmat[good] = k_full[ok_full]
         done[good] = True
+
+    for kk in guesses:
+        if done.all():
+            break
+        attempt(kk)
+    if not done.all():
+        # pruned rows: the smallest surviving code can be large (48 in an 8-bit row seen), so
+        # neither amin nor qmax names the step; the smallest gap between distinct magnitudes does
+        rest = np.flatnonzero(~done)
+        srt = np.sort(a[rest], axis=1)
+        gaps = np.diff(srt, axis=1)
+        gaps = np.where(gaps > 0, gaps, np.inf).min(axis=1)
+        gap = np.full(r, np.inf, np.float32)
+        gap[rest] = gaps
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for d in range(1, 5):
+                attempt(np.rint(amax / (gap / d)))
+        # short rows (3x3 depthwise) with few distinct codes: try every largest code up to 8 bits
+        for kk in range(1, 256):
+            if done.all():
+                break
+            attempt(np.full(r, float(kk)))
     if not done.all():
         return None
     return kmat, scales

@@ -23,20 +23,27 @@ class QatConfig:
     epochs: int = 12
     lr: float = 0.02
     fold_bn: bool = True
+    granularity: str = "channel"   # weight steps: "channel" (one per output channel) or "tensor"
+    kd: float = 0.0                # distillation weight (teacher: the fp32 baseline)
 
 
-def prune_schedule(model, train_ds, test_ds, targets, epochs_per_step, lr, log, device, cfg_base: TrainConfig):
-    """Gradual global magnitude pruning; yields (sparsity, state_dict copy) at each target."""
+def prune_schedule(model, train_ds, test_ds, targets, epochs_per_step, lr, log, device, cfg_base: TrainConfig,
+                   teacher=None):
+    """Gradual global magnitude pruning; yields (sparsity, state_dict copy, masks) at each target."""
     for s in targets:
         masks = global_magnitude_masks(model.state_dict(), s)
         apply_masks(model, masks)
         cfg = TrainConfig(**{**asdict(cfg_base), "epochs": epochs_per_step, "lr": lr, "warmup": 0.3, "ema": 0})
-        train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=f"prune{s:.2f}", device=device)
+        train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=f"prune{s:.2f}", device=device,
+              teacher=teacher)
         yield s, {k: v.detach().clone() for k, v in model.state_dict().items()}, masks
 
 
 def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayDataset, out_dir: str, log: str,
-            device, arch_kw: dict, pack: bool = True, zstd: bool = True, save_pt: bool = True) -> dict:
+            device, arch_kw: dict, pack: bool = True, zstd: bool = True, save_pt: bool = True,
+            teacher=None) -> dict:
+    if q.granularity not in ("channel", "tensor"):
+        raise ValueError(f"{q.name}: granularity must be 'channel' or 'tensor', got {q.granularity!r}")
     t0 = time.time()
     model = mobilenet_v2_cifar(**arch_kw)
     model.load_state_dict(base_sd)
@@ -47,7 +54,7 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
     if q.sparsity == 0:
         masks = {}
     if q.wbits < 32:
-        to_qmodules(model, q.wbits)
+        to_qmodules(model, q.wbits, per_channel=q.granularity == "channel")
     insert_act_quant(model, q.abits)
     model.to(device)
     if q.abits < 32:
@@ -56,8 +63,10 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
                    for i in range(0, min(len(train_ds), 8 * 256), 256)]
         calibrate(model, batches)
     if q.epochs and (q.wbits < 32 or q.abits < 32):
-        cfg = TrainConfig(epochs=q.epochs, lr=q.lr, warmup=0.5, ema=0, wd=0.0 if q.wbits < 32 else 5e-5)
-        train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=q.name, device=device)
+        cfg = TrainConfig(epochs=q.epochs, lr=q.lr, warmup=0.5, ema=0, wd=0.0 if q.wbits < 32 else 5e-5,
+                          kd=q.kd, batch=min(512, len(train_ds)))
+        train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=q.name, device=device,
+              teacher=teacher if q.kd else None)
     model.eval()
     snap_for_export(model)
     ev_qat = evaluate(model, test_ds.to(device), device=device, amp=False)

@@ -27,6 +27,36 @@ def grad_scale(x, s):
     return (x - x * s).detach() + x * s
 
 
+class _LsqFakeQuant(torch.autograd.Function):
+    """round(clamp(x / s)) * s with LSQ's gradients, in fewer passes over x than autograd's graph.
+
+    Forward equals ``clamp(round_ste(x / s), lo, hi) * s`` bit for bit; backward gives
+    d/dx = 1 where x/s lies in [lo, hi] (straight-through), 0 outside, and
+    d/ds = sum(g * (q - x/s) inside, g * q outside) * grad_scale (Esser et al. 2020, eq. 3).
+    """
+
+    @staticmethod
+    def forward(ctx, x, s, lo: int, hi: int, gscale: float):
+        v = x / s
+        q = torch.clamp(torch.round(v), lo, hi)
+        ctx.save_for_backward(v, s)
+        ctx.lo, ctx.hi, ctx.gscale = lo, hi, gscale
+        return q * s
+
+    @staticmethod
+    def backward(ctx, g):
+        v, s = ctx.saved_tensors
+        inside = (v >= ctx.lo) & (v <= ctx.hi)
+        gx = g * inside
+        q = torch.clamp(torch.round(v), ctx.lo, ctx.hi)
+        gs = (g * torch.where(inside, q - v, q)).sum(dtype=torch.float32) * ctx.gscale
+        return gx, gs.reshape(s.shape).to(s.dtype), None, None, None
+
+
+def lsq_fake_quant(x, s, lo: int, hi: int, gscale: float = 1.0):
+    return _LsqFakeQuant.apply(x, s, lo, hi, gscale)
+
+
 class ActQuant(nn.Module):
     """Fake-quantize activations to `bits` (unsigned [0, a] or signed [-a, a]); identity at bits >= 32."""
 
@@ -63,13 +93,34 @@ class ActQuant(nn.Module):
         if not torch.is_grad_enabled():
             # inference: the same numbers as below (round_ste(v) == round(v) bit for bit), fewer passes
             return torch.round(x / s).clamp_(lo, self.levels).mul_(s)
-        if self.training and isinstance(self.alpha, nn.Parameter):
-            s = grad_scale(s, 1.0 / (x.numel() * self.levels) ** 0.5)
-        q = torch.clamp(round_ste(x / s), lo, self.levels)
-        return q * s
+        gscale = 1.0 / (x.numel() * self.levels) ** 0.5 if self.training else 1.0
+        return lsq_fake_quant(x, s, lo, self.levels, gscale)
 
     def extra_repr(self):
         return f"bits={self.bits}, signed={self.signed}"
+
+
+@torch.no_grad()
+def mse_step(w: torch.Tensor, bits: int, per_channel: bool = True, grid: int = 40) -> torch.Tensor:
+    """Initial step: the clipping of max|w| (factor in 0.15..1) with the least squared rounding error.
+
+    At 2-3 bits the max-based step (factor 1) rounds most weights to zero and the model
+    collapses (seen: 25-45% top-1 after 4 QAT epochs at 2 bits); the error-minimising
+    step keeps it trainable.  Pruned zeros stay zero on every grid and are ignored.
+    """
+    qmax = (1 << (bits - 1)) - 1
+    wf = w.float().reshape(w.shape[0], -1) if per_channel else w.float().reshape(1, -1)
+    amax = wf.abs().amax(dim=1).clamp_min(1e-8)
+    nz = wf != 0
+    best_err = torch.full_like(amax, float("inf"))
+    best = amax / qmax
+    for f in torch.linspace(0.15, 1.0, grid).tolist():
+        s = (amax * f / qmax).unsqueeze(1)
+        err = (((torch.clamp(torch.round(wf / s), -qmax, qmax) * s - wf) ** 2) * nz).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s.squeeze(1), best)
+    return best.float()
 
 
 class QConv2d(nn.Conv2d):
@@ -77,12 +128,11 @@ class QConv2d(nn.Conv2d):
 
     wbits = 32
 
-    def setup_quant(self, bits: int):
+    def setup_quant(self, bits: int, per_channel: bool = True):
+        """Learned step per output channel, or one step for the whole tensor (per_channel=False)."""
         self.wbits = int(bits)
         qmax = (1 << (bits - 1)) - 1
-        w = self.weight.detach()
-        init = w.abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-8) / qmax
-        self.step = nn.Parameter(init.float())
+        self.step = nn.Parameter(mse_step(self.weight.detach(), bits, per_channel))
 
     def qweight(self):
         if self.wbits >= 32:
@@ -90,7 +140,8 @@ class QConv2d(nn.Conv2d):
         qmax = (1 << (self.wbits - 1)) - 1
         s = self.step.abs().clamp_min(1e-8)
         if self.training:
-            s = grad_scale(s, 1.0 / (self.weight[0].numel() * qmax) ** 0.5)
+            per = self.weight[0].numel() if s.numel() > 1 else self.weight.numel()
+            s = grad_scale(s, 1.0 / (per * qmax) ** 0.5)
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
         k = torch.clamp(round_ste(self.weight / s.view(shape)), -qmax, qmax)
         return k * s.view(shape)
@@ -189,7 +240,7 @@ def act_quantizers(model: nn.Module) -> dict:
     return out
 
 
-def to_qmodules(model: nn.Module, wbits: int, skip_first: bool = False) -> nn.Module:
+def to_qmodules(model: nn.Module, wbits: int, skip_first: bool = False, per_channel: bool = True) -> nn.Module:
     """Swap Conv2d / Linear for their fake-quantized versions (same parameters)."""
     first = True
     for name, m in list(model.named_modules()):
@@ -200,10 +251,10 @@ def to_qmodules(model: nn.Module, wbits: int, skip_first: bool = False) -> nn.Mo
                     continue
                 first = False
                 child.__class__ = QConv2d
-                child.setup_quant(wbits)
+                child.setup_quant(wbits, per_channel)
             elif type(child) is nn.Linear:
                 child.__class__ = QLinear
-                child.setup_quant(wbits)
+                child.setup_quant(wbits, per_channel)
     return model
 
 

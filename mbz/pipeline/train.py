@@ -3,9 +3,11 @@
 Data live on the device as uint8; augmentation runs there (data.augment_batch).
 bf16 autocast and channels_last on CUDA; seeds for Python, NumPy, torch and
 CUDA; SGD + Nesterov with warm-up and cosine decay; label smoothing; optional
-weight EMA; masks re-applied after every step so pruned weights stay exact
-zeros; one JSONL line per epoch; checkpoint + resume so a run can span
-several 10-minute GPU commands.
+weight EMA; optional knowledge distillation from a frozen teacher (Hinton et
+al. 2015: (1-kd) * CE + kd * T^2 * KL(teacher_T || student_T)); masks
+re-applied after every step so pruned weights stay exact zeros; one JSONL
+line per epoch; checkpoint + resume so a run can span several 10-minute GPU
+commands.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ class TrainConfig:
     amp: bool = True                # bf16 autocast on CUDA
     eval_every: int = 1
     fit_budget: float = 0.0         # seconds: after the warm-up, shrink `epochs` to fit (0: off)
+    kd: float = 0.0                 # weight of the distillation term (needs a teacher), 0 disables
+    kd_temp: float = 4.0            # distillation temperature
     extra: dict = field(default_factory=dict)
 
 
@@ -49,6 +53,13 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temp: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), batch mean."""
+    t = F.log_softmax(teacher_logits / temp, dim=1)
+    s = F.log_softmax(student_logits / temp, dim=1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temp * temp
 
 
 def lr_at(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
@@ -99,8 +110,11 @@ def _progress(n, desc):
 
 def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset, cfg: TrainConfig,
           log_path: str | None = None, masks: dict | None = None, ckpt_path: str | None = None,
-          time_budget: float | None = None, desc: str = "train", device=None) -> dict:
+          time_budget: float | None = None, desc: str = "train", device=None,
+          teacher: torch.nn.Module | None = None) -> dict:
     """Train in place; returns {'history', 'final', 'model' (EMA model if any), 'complete'}."""
+    if cfg.kd and teacher is None:
+        raise ValueError("TrainConfig.kd > 0 needs a teacher model")
     device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     set_seed(cfg.seed)
     cuda = device.type == "cuda"
@@ -108,6 +122,10 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
     if cuda:
         model.to(memory_format=torch.channels_last)
     train_ds, test_ds = train_ds.to(device), test_ds.to(device)
+    if cfg.kd:
+        teacher = teacher.to(device).eval()
+        if cuda:
+            teacher.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(param_groups(model, cfg.wd), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     ema = Ema(model, cfg.ema) if cfg.ema else None
     n = len(train_ds)
@@ -169,6 +187,10 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and cuda):
                 out = model(x)
                 loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+                if cfg.kd:
+                    with torch.no_grad():
+                        t_logits = teacher(x).float()
+                    loss = (1 - cfg.kd) * loss + cfg.kd * distill_loss(out.float(), t_logits, cfg.kd_temp)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,250 @@
+"""Execute sweep configurations: pruned starting points, QAT, pack, measure, one JSONL row per run.
+
+Imports neither wandb nor zstandard: this runs on GPU machines that have
+neither.  Without zstandard a file is packed without the entropy stage and
+marked `entropy_applied: false`; `finalize` re-packs it on a CPU machine
+(bit-identical tensors, checked) and recomputes its sizes.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from dataclasses import asdict
+
+import torch
+
+import mbz
+from ..codecs.filters import zstd_available
+from ..codecs.raw import bits_equal
+from ..summary import summarize
+from ..torch_io import mobilenet_v2_cifar, read_checkpoint
+from .compress import QatConfig, prune_schedule, qat_run
+from .data import ArrayDataset, evaluate, load_dataset
+from .sweep import RunConfig, append_jsonl, read_jsonl
+from .train import TrainConfig
+
+PRUNE_STEPS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)  # gradual schedule: every step below the target
+
+
+def _progress(items, desc):
+    try:
+        from tqdm import tqdm
+        return tqdm(items, desc=desc, unit="file")
+    except ImportError:
+        return items
+
+
+def size_metrics(path: str) -> dict:
+    """File bytes, bytes by category and compression ratios, from the file itself."""
+    with mbz.open(path) as r:
+        s = summarize(r, decode=False)
+    return {"file_bytes": s["file_bytes"], "file_kb": s["file_bytes"] / 1000, "file_mb": s["file_mb"],
+            "categories": s["categories"], "model_cr": s["model_compression_ratio"],
+            "weight_cr": s["weight_compression_ratio"], "fp32_bytes": s["fp32_bytes"]}
+
+
+def activation_metrics(path: str) -> dict:
+    """Activation compression ratio measured with packed activations (batch 1, mbz.pipeline.activations)."""
+    from .activations import measure
+    model = mbz.load_model(path)
+    if not any(getattr(m, "bits", 32) < 32 for m in model.modules()):
+        return {"act_cr": 1.0, "act_cr_peak": 1.0, "act_method": "float activations (fp32)"}
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    m = measure(model, x)
+    return {"act_cr": m["total_ratio"], "act_cr_peak": m["peak_ratio"],
+            "act_method": "packed with mbz's bit packer during a batch-1 inference"}
+
+
+class SweepRunner:
+    """Shared state of one sweep on one machine: data, baseline (teacher), pruned cache, output folder."""
+
+    def __init__(self, out: str, baseline: str, data: str = "jpeg", prune_epochs: int = 5, prune_lr: float = 0.05,
+                 prune_kd: float = 0.5, subset: int = 0, device=None, worker: str = ""):
+        self.out, self.data_spec, self.subset = out, data, subset
+        self.prune_epochs, self.prune_lr, self.prune_kd = prune_epochs, prune_lr, prune_kd
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.worker = worker
+        os.makedirs(os.path.join(out, "models"), exist_ok=True)
+        os.makedirs(os.path.join(out, "cache"), exist_ok=True)
+        self.baseline_path = baseline
+        self.base = read_checkpoint(baseline)
+        self.arch_kw = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 1.0, "dropout": 0.2}
+        stem = self.base["features.0.0.weight"].shape[0]
+        if stem != 32:
+            self.arch_kw["width_mult"] = stem / 32
+        self._data = None
+        self._teacher = None
+        self._baseline_top1 = None
+
+    # ------------------------------------------------------------------ shared inputs
+    @property
+    def runs_path(self) -> str:
+        return os.path.join(self.out, f"runs{'.' + self.worker if self.worker else ''}.jsonl")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.out, f"train_log{'.' + self.worker if self.worker else ''}.jsonl")
+
+    def data(self) -> tuple[ArrayDataset, ArrayDataset]:
+        """Decoded once per machine: the uint8 arrays are cached under OUT/cache for the other workers."""
+        if self._data is None:
+            cache = os.path.join(self.out, "cache", f"decoded_{self.subset}.pt")
+            if os.path.exists(cache):
+                d = torch.load(cache, weights_only=True)
+                tr = ArrayDataset(d["tr_x"], d["tr_y"], d["classes"], d["src"] + ":train")
+                te = ArrayDataset(d["te_x"], d["te_y"], d["classes"], d["src"] + ":test")
+            else:
+                tr, te = load_dataset(self.data_spec, "train"), load_dataset(self.data_spec, "test")
+                if self.subset:
+                    tr, te = tr.subset(self.subset), te.subset(max(100, self.subset // 5))
+                tmp = cache + f".{os.getpid()}.tmp"
+                torch.save({"tr_x": tr.images, "tr_y": tr.labels, "te_x": te.images, "te_y": te.labels,
+                            "classes": tr.classes, "src": self.data_spec}, tmp)
+                os.replace(tmp, cache)
+            self._data = (tr.to(self.device), te.to(self.device))
+        return self._data
+
+    def teacher(self) -> torch.nn.Module:
+        if self._teacher is None:
+            m = mobilenet_v2_cifar(**self.arch_kw)
+            m.load_state_dict(self.base)
+            self._teacher = m.to(self.device).eval()
+        return self._teacher
+
+    def baseline_top1(self) -> float:
+        if self._baseline_top1 is None:
+            _, te = self.data()
+            self._baseline_top1 = evaluate(self.teacher(), te, device=self.device, amp=False)["top1"]
+        return self._baseline_top1
+
+    # ------------------------------------------------------------------ pruned starting points
+    def pruned_path(self, s: float) -> str:
+        return os.path.join(self.out, "cache", f"pruned_s{s:g}_e{self.prune_epochs}_kd{self.prune_kd:g}.mbz")
+
+    def prepare(self, sparsities) -> None:
+        """Gradual pruning chain from the baseline, saving each requested level (skips cached ones)."""
+        want = sorted({float(s) for s in sparsities if s > 0})
+        missing = [s for s in want if not os.path.exists(self.pruned_path(s))]
+        if not missing:
+            return
+        top = max(missing)
+        chain = sorted({x for x in PRUNE_STEPS if x < top} | set(want))
+        tr, te = self.data()
+        model = mobilenet_v2_cifar(**self.arch_kw).to(self.device)
+        model.load_state_dict(self.base)
+        cfg = TrainConfig(batch=min(512, len(tr)), kd=self.prune_kd)
+        teacher = self.teacher() if self.prune_kd else None
+        for s, sd, _ in prune_schedule(model, tr, te, chain, self.prune_epochs, self.prune_lr, self.log_path,
+                                       self.device, cfg, teacher=teacher):
+            if s in want:
+                ev = evaluate(model, te, device=self.device, amp=False)
+                meta = {"arch": self.arch_kw, "pruning": {"sparsity": s, "chain": chain, "epochs_per_step":
+                                                          self.prune_epochs, "kd": self.prune_kd},
+                        "top1": ev["top1"], "baseline": os.path.basename(self.baseline_path)}
+                mbz.save({k: v.cpu() for k, v in sd.items()}, self.pruned_path(s), metadata=meta,
+                         zstd=zstd_available())
+                print(f"[prepare] sparsity {s:g}: top-1 {ev['top1']:.2f} -> {self.pruned_path(s)}", flush=True)
+
+    # ------------------------------------------------------------------ one run
+    def done(self) -> dict:
+        rows = {}
+        for p in sorted(glob.glob(os.path.join(self.out, "runs*.jsonl"))):
+            for r in read_jsonl(p):
+                rows[r["name"]] = r
+        return rows
+
+    def sibling(self, cfg: RunConfig, done: dict | None = None) -> dict | None:
+        """A recorded run with the same training whose file is here (re-packing it replaces training)."""
+        done = self.done() if done is None else done
+        return next((r for r in done.values() if r["train_key"] == cfg.train_key
+                     and os.path.exists(os.path.join(self.out, r["mbz"]))), None)
+
+    def run(self, cfg: RunConfig) -> dict:
+        t0 = time.time()
+        done = self.done()
+        if cfg.name in done:
+            return done[cfg.name]
+        model_path = os.path.join(self.out, "models", f"{cfg.name}.mbz")
+        sibling = self.sibling(cfg, done)
+        if sibling is not None:  # same training, other entropy stage: re-pack, no retraining
+            with mbz.open(os.path.join(self.out, sibling["mbz"])) as rd:
+                meta, sd = dict(rd.metadata), rd.decode_all()
+            meta["compression"] = dict(meta.get("compression", {}), entropy=cfg.entropy)
+            use_z = cfg.entropy == "zstd" and zstd_available()
+            mbz.save(sd, model_path, metadata=meta, zstd=use_z)
+            back = mbz.load(model_path)
+            if not all(bits_equal(back[k], sd[k]) for k in sd):
+                raise RuntimeError(f"{cfg.name}: re-packed tensors differ from {sibling['name']}")
+            row = {k: sibling[k] for k in ("top1", "top1_qat_eval", "top1_equal", "baseline_top1", "drop",
+                                            "act_cr", "act_cr_peak", "act_method", "device", "torch")}
+            row["trained_in"] = sibling["name"]
+        else:
+            tr, te = self.data()
+            start = self.base if cfg.sparsity == 0 else None
+            if start is None:
+                self.prepare([cfg.sparsity])
+                start = mbz.load(self.pruned_path(cfg.sparsity))
+            q = QatConfig(cfg.name, cfg.sparsity, cfg.wbits, cfg.abits, cfg.qat_epochs, cfg.lr, cfg.fold_bn,
+                          cfg.granularity, cfg.kd)
+            use_z = cfg.entropy == "zstd" and zstd_available()
+            r = qat_run(start, q, tr, te, os.path.join(self.out, "models"), self.log_path, self.device,
+                        self.arch_kw, pack=True, zstd=use_z, save_pt=False,
+                        teacher=self.teacher() if cfg.kd else None)
+            if r["mbz"] != os.path.basename(model_path):
+                raise RuntimeError(f"{cfg.name}: unexpected output {r['mbz']}")
+            b = self.baseline_top1()
+            row = {"top1": r["top1_packed"], "top1_qat_eval": r["top1_qat_eval"], "top1_equal": r["top1_equal"],
+                   "baseline_top1": b, "drop": round(b - r["top1_packed"], 4),
+                   "device": torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu",
+                   "torch": torch.__version__, **activation_metrics(model_path)}
+        row.update(name=cfg.name, train_key=cfg.train_key, config=asdict(cfg), entropy_applied=use_z,
+                   mbz=os.path.relpath(model_path, self.out), seconds=round(time.time() - t0, 1),
+                   **size_metrics(model_path))
+        append_jsonl(self.runs_path, row)
+        return row
+
+
+def finalize(out: str, order: list[str] | None = None) -> list[dict]:
+    """Merge worker files into OUT/runs.jsonl and re-pack every file here with its run's entropy stage.
+
+    GPU machines may lack zstandard (files written without the entropy stage) or run an
+    older detector; re-packing is lossless (tensors compared bit for bit), so top-1 stands,
+    and every size in runs.jsonl then comes from the same code.  Idempotent.
+    """
+    if not zstd_available():
+        raise RuntimeError("finalize needs zstandard (pip install zstandard)")
+    rows = {}
+    for p in sorted(glob.glob(os.path.join(out, "runs*.jsonl"))):
+        for r in read_jsonl(p):
+            rows[r["name"]] = r
+    for r in _progress(list(rows.values()), "re-pack"):
+        path = os.path.join(out, r["mbz"])
+        with mbz.open(path) as rd:
+            meta, sd = rd.metadata, rd.decode_all()
+        r.setdefault("file_bytes_as_run", r["file_bytes"])
+        use_z = r["config"]["entropy"] == "zstd"
+        mbz.save(sd, path, metadata=meta, zstd=use_z)
+        back = mbz.load(path)
+        if not all(bits_equal(back[k], sd[k]) for k in sd):
+            raise RuntimeError(f"{path}: re-packed tensors differ")
+        r.update(size_metrics(path), entropy_applied=use_z)
+    names = order or sorted(rows)
+    names = [n for n in names if n in rows] + sorted(set(rows) - set(names))
+    merged = [rows[n] for n in names]
+    tmp = os.path.join(out, "runs.jsonl.tmp")
+    with open(tmp, "w") as f:
+        for r in merged:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+    for p in glob.glob(os.path.join(out, "runs.*.jsonl")):
+        os.remove(p)
+    os.replace(tmp, os.path.join(out, "runs.jsonl"))
+    logs = sorted(glob.glob(os.path.join(out, "train_log.*.jsonl")))
+    if logs:
+        with open(os.path.join(out, "train_log.jsonl"), "a") as f:
+            for p in logs:
+                f.write(open(p).read())
+                os.remove(p)
+    return merged
+
