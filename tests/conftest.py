@@ -1,7 +1,10 @@
 import os
 import zlib
 
+import io
+
 import msgpack
+import numpy as np
 import pytest
 
 from mbz.codecs.raw import bits_equal  # noqa: F401  (re-exported for the tests)
@@ -33,3 +36,22 @@ def rebuild(data: bytes, edit_header=None, major=None, minor=None, codec=None, c
 @pytest.fixture
 def tmp_mbz(tmp_path):
     return tmp_path / "t.mbz"
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory):
+    from PIL import Image
+    d = tmp_path_factory.mktemp("npz")
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 96), ("test", 40)]:
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        bufs = []
+        for lab in labels:
+            img = np.clip(rng.normal(25 * lab, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+            b = io.BytesIO()
+            Image.fromarray(img).save(b, format="JPEG", quality=75)
+            bufs.append(b.getvalue())
+        offs = np.cumsum([0] + [len(b) for b in bufs]).astype(np.int64)
+        np.savez(d / f"cifar10_jpeg_{split}.npz", jpeg=np.frombuffer(b"".join(bufs), np.uint8), offsets=offs,
+                 labels=labels, classes=np.array([f"c{i}" for i in range(10)]))
+    return d

@@ -1,5 +1,4 @@
 """The training / compression pipeline on tiny data, on the CPU."""
-import io
 import json
 
 import numpy as np
@@ -14,25 +13,6 @@ from mbz.pipeline.qat import calibrate, export_state_dict, fold_bn, insert_act_q
 from mbz.pipeline.train import TrainConfig, train
 from mbz.spec import Encoding
 from mbz.torch_io import mobilenet_v2_cifar
-
-
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory):
-    from PIL import Image
-    d = tmp_path_factory.mktemp("npz")
-    rng = np.random.default_rng(0)
-    for split, n in [("train", 96), ("test", 40)]:
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        bufs = []
-        for lab in labels:
-            img = np.clip(rng.normal(25 * lab, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-            b = io.BytesIO()
-            Image.fromarray(img).save(b, format="JPEG", quality=75)
-            bufs.append(b.getvalue())
-        offs = np.cumsum([0] + [len(b) for b in bufs]).astype(np.int64)
-        np.savez(d / f"cifar10_jpeg_{split}.npz", jpeg=np.frombuffer(b"".join(bufs), np.uint8), offsets=offs,
-                 labels=labels, classes=np.array([f"c{i}" for i in range(10)]))
-    return d
 
 
 def tiny():

@@ -1,0 +1,1 @@
+"""Reporting: charts and REPORT.md from recorded files."""
