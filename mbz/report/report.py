@@ -24,7 +24,7 @@ def _jsonl(path):
 
 def _pins(pyproject: str) -> list[str]:
     text = open(pyproject).read()
-    return re.findall(r'"([A-Za-z0-9_.\-]+==[^"]+)"', text)
+    return list(dict.fromkeys(re.findall(r'"([A-Za-z0-9_.\-]+==[^"]+)"', text)))
 
 
 def _fmt_row(r: dict) -> str:
