@@ -14,8 +14,7 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import mbz  # noqa: E402
-from mbz.codecs.raw import bits_equal  # noqa: E402
+from mbz.pipeline.sweep_run import repack  # noqa: E402
 
 
 def main():
@@ -27,16 +26,11 @@ def main():
     rows = [json.loads(line) for line in open(os.path.join(a.src, "results.jsonl"))]
     with open(os.path.join(a.dst, "results.jsonl"), "w") as f:
         for r in rows:
-            with mbz.open(os.path.join(a.src, r["mbz"])) as rd:
-                meta, sd = rd.metadata, rd.decode_all()
-            rep = mbz.save(sd, os.path.join(a.dst, r["mbz"]), metadata=meta)
-            back = mbz.load(os.path.join(a.dst, r["mbz"]))
-            if not all(bits_equal(back[k], sd[k]) for k in sd):
-                raise SystemExit(f"{r['mbz']}: re-packed tensors differ")
+            nbytes = repack(os.path.join(a.src, r["mbz"]), os.path.join(a.dst, r["mbz"]), zstd=True)
             r.setdefault("file_bytes_gpu_nozstd", r["file_bytes"])
-            r["file_bytes"] = rep.file_bytes
+            r["file_bytes"] = nbytes
             f.write(json.dumps(r) + "\n")
-            print(r["name"], r["top1_packed"], r["file_bytes_gpu_nozstd"], "->", rep.file_bytes)
+            print(r["name"], r["top1_packed"], r["file_bytes_gpu_nozstd"], "->", nbytes)
     for name in os.listdir(a.src):
         if name.endswith((".jsonl", ".json")) and name != "results.jsonl":
             shutil.copy(os.path.join(a.src, name), os.path.join(a.dst, name))

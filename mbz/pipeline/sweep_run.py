@@ -36,6 +36,23 @@ def _progress(items, desc):
         return items
 
 
+def repack(src: str, dst: str, zstd: bool, meta_update: dict | None = None) -> int:
+    """Re-write a .mbz with another entropy stage (or this machine's detector); returns file bytes.
+
+    Lossless: the file written is read back and every tensor compared bit for bit.
+    """
+    with mbz.open(src) as rd:
+        meta, sd = dict(rd.metadata), rd.decode_all()
+    if meta_update:
+        meta.update(meta_update)
+    rep = mbz.save(sd, dst, metadata=meta, zstd=zstd)
+    back = mbz.load(dst)
+    bad = [k for k in sd if not bits_equal(back[k], sd[k])]
+    if bad:
+        raise RuntimeError(f"{dst}: re-packed tensors differ from {src}: {bad[:3]}")
+    return rep.file_bytes
+
+
 def size_metrics(path: str) -> dict:
     """File bytes, bytes by category and compression ratios, from the file itself."""
     with mbz.open(path) as r:
@@ -169,14 +186,11 @@ class SweepRunner:
         model_path = os.path.join(self.out, "models", f"{cfg.name}.mbz")
         sibling = self.sibling(cfg, done)
         if sibling is not None:  # same training, other entropy stage: re-pack, no retraining
-            with mbz.open(os.path.join(self.out, sibling["mbz"])) as rd:
-                meta, sd = dict(rd.metadata), rd.decode_all()
-            meta["compression"] = dict(meta.get("compression", {}), entropy=cfg.entropy)
+            src = os.path.join(self.out, sibling["mbz"])
+            with mbz.open(src) as rd:
+                comp = dict(rd.metadata.get("compression", {}), entropy=cfg.entropy)
             use_z = cfg.entropy == "zstd" and zstd_available()
-            mbz.save(sd, model_path, metadata=meta, zstd=use_z)
-            back = mbz.load(model_path)
-            if not all(bits_equal(back[k], sd[k]) for k in sd):
-                raise RuntimeError(f"{cfg.name}: re-packed tensors differ from {sibling['name']}")
+            repack(src, model_path, use_z, {"compression": comp})
             row = {k: sibling[k] for k in ("top1", "top1_qat_eval", "top1_equal", "baseline_top1", "drop",
                                             "act_cr", "act_cr_peak", "act_method", "device", "torch")}
             row["trained_in"] = sibling["name"]
@@ -221,14 +235,9 @@ def finalize(out: str, order: list[str] | None = None) -> list[dict]:
             rows[r["name"]] = r
     for r in _progress(list(rows.values()), "re-pack"):
         path = os.path.join(out, r["mbz"])
-        with mbz.open(path) as rd:
-            meta, sd = rd.metadata, rd.decode_all()
         r.setdefault("file_bytes_as_run", r["file_bytes"])
         use_z = r["config"]["entropy"] == "zstd"
-        mbz.save(sd, path, metadata=meta, zstd=use_z)
-        back = mbz.load(path)
-        if not all(bits_equal(back[k], sd[k]) for k in sd):
-            raise RuntimeError(f"{path}: re-packed tensors differ")
+        repack(path, path, use_z)
         r.update(size_metrics(path), entropy_applied=use_z)
     names = order or sorted(rows)
     names = [n for n in names if n in rows] + sorted(set(rows) - set(names))
