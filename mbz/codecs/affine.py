@@ -91,12 +91,11 @@ def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, positions, num
         zp = unpack_codes(secs[Role.ZERO_POINTS], g, p["zb"], False).astype(np.int32)
         gi = group_index(gran, shape, axis, gs, positions)
         codes = codes.astype(np.int32) - zp[gi]
-    if positions is None:
-        f = codes.astype(np.float32)
-    else:
-        f = np.zeros(numel, np.float32)
-        f[positions] = codes.astype(np.float32)
-    apply_scales(f, scales, gran, shape, axis, gs)
+    if positions is not None:  # scatter the narrow codes (1-2 bytes each), not float32
+        dense = np.zeros(numel, codes.dtype)
+        dense[positions] = codes
+        codes = dense
+    f = apply_scales(codes.astype(np.float32), scales, gran, shape, axis, gs)
     if p.get("nz", False):
         z = np.flatnonzero(f == 0)
         neg = unpack_bits(secs[Role.NEGZERO], z.size)

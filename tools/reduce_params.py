@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Hold a packed model's weight scales and biases at reduced precision, re-pack, and evaluate both.
+
+    python tools/reduce_params.py results/final/models/s0.93_w4_a8_e14_kd0.5_lr0.02.mbz \\
+        -o results/final/reduced/s0.93_w4_a8.mbz --scale-bits 8 --bias-bits 8 --data jpeg
+
+Weight scales are rounded to --scale-bits significant bits and biases put on a per-tensor grid
+of --bias-bits bits (see mbz/pipeline/params.py); activation quantizers and every other
+metadata entry are kept. Both files are evaluated on the same device and data, and one JSON
+line (sizes, top-1 before and after, largest parameter changes) is appended to --log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+import mbz  # noqa: E402
+from mbz.pipeline.params import reduce_float_params  # noqa: E402
+
+
+def top1(path: str, data: str, device: str) -> float:
+    from mbz.pipeline.data import MEAN, STD, evaluate, load_dataset
+    model = mbz.load_model(path)
+    with mbz.open(path) as r:
+        pre = r.metadata.get("preprocess", {})
+    ds = load_dataset(data, "test")
+    dev = torch.device(device)
+    ev = evaluate(model.to(dev), ds, device=dev, mean=tuple(pre.get("mean", MEAN)), std=tuple(pre.get("std", STD)))
+    return ev["top1"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("file", help="a packed model (.mbz with 'arch' metadata)")
+    ap.add_argument("-o", "--out", required=True, help="the reduced .mbz (written atomically)")
+    ap.add_argument("--scale-bits", type=int, default=8, help="significant bits of each weight scale (24 = keep)")
+    ap.add_argument("--bias-bits", type=int, default=8, help="bits of the per-tensor bias grid (0 = keep)")
+    ap.add_argument("--data", default="jpeg", help="evaluation data (see `mbz eval --help`); 'none' skips it")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--log", default=None, help="JSONL to append the result to (default: OUT's folder/reduce_log.jsonl)")
+    a = ap.parse_args()
+    with mbz.open(a.file) as r:
+        meta = dict(r.metadata)
+        sd = r.decode_all()
+    new, report = reduce_float_params(sd, a.scale_bits or None, a.bias_bits or None)
+    meta["reduced_params"] = {"from": os.path.basename(a.file), "scale_bits": a.scale_bits, "bias_bits": a.bias_bits}
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    mbz.save(new, a.out, metadata=meta)
+    row = {"file": a.file, "out": a.out, "scale_bits": a.scale_bits, "bias_bits": a.bias_bits,
+           "bytes_before": os.path.getsize(a.file), "bytes_after": os.path.getsize(a.out),
+           "largest_rel_change": max((v["max_rel_to_range"] for v in report.values()), default=0.0)}
+    if a.data != "none":
+        row["data"] = a.data
+        row["device"] = a.device
+        row["top1_before"] = top1(a.file, a.data, a.device)
+        row["top1_after"] = top1(a.out, a.data, a.device)
+    print(json.dumps(row), flush=True)
+    log = a.log or os.path.join(os.path.dirname(os.path.abspath(a.out)), "reduce_log.jsonl")
+    with open(log, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
