@@ -36,9 +36,15 @@ def as_state_dict(obj) -> "OrderedDict[str, torch.Tensor]":
 
 
 def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
-    """torch.load with weights_only=True (no code runs), mapped to the CPU."""
+    """torch.load with weights_only=True (no code runs), mapped to the CPU; a .mbz file through mbz.load."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file")
+    from .spec import MAGIC
+    with open(path, "rb") as f:
+        is_mbz = f.read(len(MAGIC)) == MAGIC
+    if is_mbz:  # a .mbz file is a checkpoint too (e.g. a baseline kept losslessly)
+        from .api import load
+        return load(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -122,3 +122,13 @@ def test_failed_pack_leaves_no_file(tmp_path, monkeypatch):
 def test_console_script_help():
     r = subprocess.run([sys.executable, "-m", "mbz.cli", "pack", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--wbits" in r.stdout and "lossless" in r.stdout
+
+
+def test_read_checkpoint_accepts_mbz_files(tmp_path):
+    from mbz.torch_io import read_checkpoint
+    sd = {"a.weight": torch.randn(4, 3), "a.bias": torch.arange(4, dtype=torch.int64)}
+    torch.save(sd, tmp_path / "c.pt")
+    mbz.save(sd, tmp_path / "c.mbz")
+    for p in ("c.pt", "c.mbz"):
+        back = read_checkpoint(tmp_path / p)
+        assert list(back) == list(sd) and all(torch.equal(back[k], sd[k]) for k in sd)

@@ -60,7 +60,7 @@ class ZstdFilter:
         if decoded_len > max_decoded(len(stored)):
             raise LimitError(f"zstd section of {len(stored)} bytes claims {decoded_len} decoded bytes (limit {max_decoded(len(stored))})")
         try:
-            out = _zstd().ZstdDecompressor().decompress(bytes(stored), max_output_size=decoded_len)
+            out = _zstd().ZstdDecompressor().decompress(stored, max_output_size=decoded_len)
         except EncodeError:
             raise
         except Exception as e:  # zstandard.ZstdError and friends

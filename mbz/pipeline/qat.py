@@ -92,7 +92,7 @@ class ActQuant(nn.Module):
         lo = -self.levels if self.signed else 0
         if not torch.is_grad_enabled():
             # inference: the same numbers as below (round_ste(v) == round(v) bit for bit), fewer passes
-            return torch.round(x / s).clamp_(lo, self.levels).mul_(s)
+            return torch.div(x, s).round_().clamp_(lo, self.levels).mul_(s)  # one new tensor, then in place
         gscale = 1.0 / (x.numel() * self.levels) ** 0.5 if self.training else 1.0
         return lsq_fake_quant(x, s, lo, self.levels, gscale)
 
