@@ -119,3 +119,22 @@ def test_activations_held_packed_change_nothing(abits):
     assert all(l["packed_bytes"] == l["graph_bytes"] for l in layers)
     assert 32 / abits * 0.9 < r["total_ratio"] <= 32 / abits
     assert r["peak_packed_bytes"] < r["peak_fp32_bytes"]
+
+
+def test_inplace_activation_quantizers_at_inference_change_no_bit():
+    from mbz.pipeline import qat
+    model = tiny().eval()
+    insert_act_quant(model, 4, learn=False)
+    ref = tiny().eval()
+    insert_act_quant(ref, 4, learn=False)
+    ref.load_state_dict(model.state_dict())
+    for m in ref.modules():  # the allocating path everywhere
+        if isinstance(m, qat.ActQuant):
+            m.forward_owned = (lambda t, mm=m: qat.ActQuant.forward(mm, t))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x0 = x.clone()
+    with torch.no_grad():
+        a, b = model(x), ref(x.clone())
+    assert torch.equal(x, x0)                                  # the caller's input is never touched
+    assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    assert not torch.equal(a, tiny().eval()(x))                # quantizers are active (the test can fail)

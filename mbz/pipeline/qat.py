@@ -96,6 +96,14 @@ class ActQuant(nn.Module):
         gscale = 1.0 / (x.numel() * self.levels) ** 0.5 if self.training else 1.0
         return lsq_fake_quant(x, s, lo, self.levels, gscale)
 
+    def forward_owned(self, x):
+        """forward() for a tensor nobody else holds: at inference it is quantized in place (same numbers)."""
+        if self.bits >= 32 or self.calibrating or torch.is_grad_enabled():
+            return ActQuant.forward(self, x)  # not self.forward: QReLU6.forward calls this method
+        s = self.step()
+        lo = -self.levels if self.signed else 0
+        return x.div_(s).round_().clamp_(lo, self.levels).mul_(s)
+
     def extra_repr(self):
         return f"bits={self.bits}, signed={self.signed}"
 
@@ -199,12 +207,15 @@ class QReLU6(ActQuant):
     """ReLU6 followed by an unsigned activation quantizer (keeps the ReLU6's module path)."""
 
     def forward(self, x):
-        return super().forward(F.relu6(x))
+        # in place at inference: x is the conv/BN output, used nowhere else (a new tensor per call costs 8x)
+        if torch.is_grad_enabled():
+            return super().forward(F.relu6(x))
+        return self.forward_owned(F.relu6(x, inplace=True))
 
 
 def _block_hook(q):
     def hook(module, inputs, output):
-        return q(output)
+        return q.forward_owned(output)  # a block's output is a new tensor (conv/BN output or residual sum)
     return hook
 
 
