@@ -367,12 +367,7 @@ class Source:
         if size == 0:
             self.buf = memoryview(b"")
         else:
-            # MAP_POPULATE maps every page at once (one kernel call instead of a fault per 4 KiB page)
-            if hasattr(mmap, "MAP_SHARED"):
-                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-                self._mm = mmap.mmap(self._f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
-            else:  # Windows
-                self._mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
             self.buf = memoryview(self._mm)
 
     def close(self):
