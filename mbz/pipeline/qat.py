@@ -69,6 +69,7 @@ class ActQuant(nn.Module):
         else:
             self.register_buffer("alpha", a, persistent=False)
         self.calibrating = False
+        self.owns_input = False  # set where the input is a fresh tensor (inference then works in place)
         self.register_buffer("obs", torch.zeros(()), persistent=False)
 
     @property
@@ -92,17 +93,11 @@ class ActQuant(nn.Module):
         lo = -self.levels if self.signed else 0
         if not torch.is_grad_enabled():
             # inference: the same numbers as below (round_ste(v) == round(v) bit for bit), fewer passes
-            return torch.div(x, s).round_().clamp_(lo, self.levels).mul_(s)  # one new tensor, then in place
+            # in place when the input is ours to overwrite (owns_input: a new tensor nobody else holds)
+            y = x.div_(s) if self.owns_input else torch.div(x, s)
+            return y.round_().clamp_(lo, self.levels).mul_(s)
         gscale = 1.0 / (x.numel() * self.levels) ** 0.5 if self.training else 1.0
         return lsq_fake_quant(x, s, lo, self.levels, gscale)
-
-    def forward_owned(self, x):
-        """forward() for a tensor nobody else holds: at inference it is quantized in place (same numbers)."""
-        if self.bits >= 32 or self.calibrating or torch.is_grad_enabled():
-            return ActQuant.forward(self, x)  # not self.forward: QReLU6.forward calls this method
-        s = self.step()
-        lo = -self.levels if self.signed else 0
-        return x.div_(s).round_().clamp_(lo, self.levels).mul_(s)
 
     def extra_repr(self):
         return f"bits={self.bits}, signed={self.signed}"
@@ -206,16 +201,18 @@ def folded_skeleton(model: nn.Module) -> nn.Module:
 class QReLU6(ActQuant):
     """ReLU6 followed by an unsigned activation quantizer (keeps the ReLU6's module path)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.owns_input = True  # the quantizer sees the ReLU6's own output
+
     def forward(self, x):
         # in place at inference: x is the conv/BN output, used nowhere else (a new tensor per call costs 8x)
-        if torch.is_grad_enabled():
-            return super().forward(F.relu6(x))
-        return self.forward_owned(F.relu6(x, inplace=True))
+        return super().forward(F.relu6(x, inplace=not torch.is_grad_enabled()))
 
 
 def _block_hook(q):
     def hook(module, inputs, output):
-        return q.forward_owned(output)  # a block's output is a new tensor (conv/BN output or residual sum)
+        return q(output)
     return hook
 
 
@@ -238,6 +235,7 @@ def insert_act_quant(model: nn.Module, abits: int, learn: bool = True, alphas: d
     model.block_q = nn.ModuleDict()
     for i in range(1, len(model.features) - 1):
         q = ActQuant(abits, True, alphas.get(f"features.{i}", 4.0), learn)
+        q.owns_input = True  # a block's output is a new tensor (conv/BN output or residual sum)
         model.block_q[str(i)] = q
         model.features[i].register_forward_hook(_block_hook(q))
     return model
