@@ -116,6 +116,10 @@ def test_activations_held_packed_change_nothing(abits):
     assert torch.equal(r["output"], ref)               # the packed-and-unpacked run is the same model
     layers = r["layers"]
     assert layers[0]["name"] == "input" and len(layers) > 30
+    names = {l["name"] for l in layers}                 # every quantizer was held packed: ReLU6s and block outputs
+    from mbz.pipeline.qat import act_quantizers
+    assert sum(n.startswith("block_q.") for n in names) == len(m.block_q) > 0
+    assert len(names) == len(act_quantizers(m)) + 1
     assert all(l["packed_bytes"] == l["graph_bytes"] for l in layers)
     assert 32 / abits * 0.9 < r["total_ratio"] <= 32 / abits
     assert r["peak_packed_bytes"] < r["peak_fp32_bytes"]
