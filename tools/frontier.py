@@ -14,6 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mbz  # noqa: E402
+from mbz.report.later_runs import baseline2_cpu_top1, later_runs, worst_drop  # noqa: E402
 from mbz.summary import summarize  # noqa: E402
 
 R = "results"
@@ -49,26 +50,8 @@ def runs():
             out[-1]["cpu_drop"] = round(base["top1"] - out[-1]["cpu_top1"], 2) if out[-1]["cpu_top1"] is not None else None
     # session 3: a second baseline (results/baseline2, wd 5e-4 + cutout), sweep-format runs and reduced files
     base2 = json.load(open(os.path.join(R, "baseline2", "baseline.json")))
-    base2_cpu = json.load(open(os.path.join(R, "baseline2", "cpu_eval.json")))["top1"]
-    for d, label in [("final", "baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep"),
-                     ("final_a4", "baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep")]:
-        p = os.path.join(R, d, "runs.jsonl")
-        for r in map(json.loads, open(p)) if os.path.exists(p) else []:
-            f = os.path.normpath(os.path.join(R, d, "models", r["name"] + ".mbz"))
-            out.append({"run": f"{d}/{r['name']}", "method": label, "sparsity": r["config"]["sparsity"], "wbits": r["config"]["wbits"],
-                        "abits": r["config"]["abits"], "file_bytes": r["file_bytes"], "top1": r["top1"],
-                        "drop": round(r["baseline_top1"] - r["top1"], 2), "cpu_top1": cpu.get(f),
-                        "cpu_drop": round(base2_cpu - cpu[f], 2) if f in cpu else None})
-        p = os.path.join(R, d, "reduced", "reduce_log.jsonl")
-        for r in map(json.loads, open(p)) if os.path.exists(p) else []:
-            name = os.path.splitext(os.path.basename(r["out"]))[0]
-            src = next(x for x in out if x["run"] == f"{d}/{name}")
-            if src["cpu_top1"] is None:  # reduce_params.py evaluated the original on the CPU too
-                src["cpu_top1"], src["cpu_drop"] = r["top1_before"], round(base2_cpu - r["top1_before"], 2)
-            out.append({**src, "run": f"{d}/reduced/{name}",
-                        "method": f"{src['method']}, scales {r['scale_bits']} bits + biases {r['bias_bits']} bits",
-                        "file_bytes": os.path.getsize(os.path.join(R, d, "reduced", name + ".mbz")), "top1": None, "drop": None, "cpu_top1": r["top1_after"],
-                        "cpu_drop": round(base2_cpu - r["top1_after"], 2)})
+    base2_cpu = baseline2_cpu_top1(R)
+    out += later_runs(R, cpu)
     base["baseline2"] = {**base2, "cpu_top1": base2_cpu}
     return base, sorted(out, key=lambda r: r["file_bytes"])
 
@@ -80,7 +63,7 @@ def main():
          f"{base['top1']}% top-1 ({base['epochs']} epochs, {base['train_seconds']:.0f} s of training on {base['device']}). "
          "File bytes are the whole `.mbz` file on disk (header, records, indices, scales, biases, checksums); "
          "top-1 is of the model rebuilt from the file by `mbz.load_model`, evaluated on all 10,000 test images "
-         "on the GPU in fp32 (TF32 convolutions allowed in these runs); the CPU column is `mbz eval FILE --json` "
+         "on the GPU in fp32 (TF32 convolutions allowed in the session-1 runs, off in the baseline2 runs); the CPU column is `mbz eval FILE --json` "
          "(results/cpu_eval.jsonl) where it was run. With 4-bit activations the two differ.", "",
          "| run | method | sparsity | w bits | a bits | file bytes | KB | top-1 % GPU | top-1 % CPU | drop GPU | drop CPU | on frontier |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -91,8 +74,7 @@ def main():
         return r["top1"] if r["top1"] is not None else r["cpu_top1"]
 
     def meets(r, kb, drop):  # every device it was measured on
-        ds = [d for d in (r["drop"], r["cpu_drop"]) if d is not None]
-        return r["file_bytes"] <= kb * 1000 and ds and max(ds) <= drop
+        return r["file_bytes"] <= kb * 1000 and worst_drop(r) is not None and worst_drop(r) <= drop
     best = -1.0
     frontier = []
     for r in rows:
@@ -112,7 +94,7 @@ def main():
     for kb, drop in [(200, 1.0), (400, 0.3)]:
         ok = [r for r in rows if meets(r, kb, drop)]
         L.append(f"- ≤ {kb} KB within {drop} pt: " + ("met by " + ", ".join(
-            f"{r['run']} ({r['file_bytes']:,} B, drop {max(d for d in (r['drop'], r['cpu_drop']) if d is not None):+.2f})"
+            f"{r['run']} ({r['file_bytes']:,} B, drop {worst_drop(r):+.2f})"
             for r in ok) if ok else "NOT met"))
     a4 = [r for r in rows if r["abits"] == 4]
     L.append("- 4-bit activations within 1.0 pt: " + (", ".join(
