@@ -93,7 +93,8 @@ def cmd_replay(a):
         hist.setdefault(h["run"], []).append(h)
     m = mode(a.mode)
     dirs = replay(rows, hist, a.dir, a.project, a.group or os.path.basename(os.path.normpath(a.dir)), m, a.wandb_dir)
-    print(f"{len(dirs)} wandb runs written ({m})" + ("; upload with: wandb sync wandb/offline-run-*" if m == "offline" else ""))
+    where = os.path.join(a.wandb_dir or ".", "wandb", "offline-run-*")
+    print(f"{len(dirs)} wandb runs written ({m})" + (f"; upload with: wandb sync {where}" if m == "offline" else ""))
 
 
 def cmd_charts(a):
