@@ -25,12 +25,11 @@ import mbz  # noqa: E402
 from mbz.pipeline.params import reduce_float_params  # noqa: E402
 
 
-def top1(path: str, data: str, device: str) -> float:
-    from mbz.pipeline.data import MEAN, STD, evaluate, load_dataset
+def top1(path: str, ds, device: str) -> float:
+    from mbz.pipeline.data import MEAN, STD, evaluate
     model = mbz.load_model(path)
     with mbz.open(path) as r:
         pre = r.metadata.get("preprocess", {})
-    ds = load_dataset(data, "test")
     dev = torch.device(device)
     ev = evaluate(model.to(dev), ds, device=dev, mean=tuple(pre.get("mean", MEAN)), std=tuple(pre.get("std", STD)))
     return ev["top1"]
@@ -61,8 +60,10 @@ def main() -> int:
     if a.data != "none":
         row["data"] = a.data
         row["device"] = a.device
-        row["top1_before"] = top1(a.file, a.data, a.device)
-        row["top1_after"] = top1(a.out, a.data, a.device)
+        from mbz.pipeline.data import load_dataset
+        ds = load_dataset(a.data, "test")  # decoded once for both evaluations
+        row["top1_before"] = top1(a.file, ds, a.device)
+        row["top1_after"] = top1(a.out, ds, a.device)
     print(json.dumps(row), flush=True)
     if a.data == "none":
         return 0
