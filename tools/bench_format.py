@@ -77,8 +77,8 @@ def pack_cli(ckpt, out, *extra):
     return time.perf_counter() - t
 
 
-def speed(runs: int, tmp: str) -> dict:
-    """Pack and load speed on a 25M-parameter checkpoint: resnet50, random init, 8-bit per channel, 50% sparse."""
+def speed_checkpoint(tmp: str):
+    """(state_dict, .pt path): resnet50, random init, 8-bit per channel, 50% sparse."""
     import torchvision
     torch.manual_seed(0)
     sd = torchvision.models.resnet50().state_dict()
@@ -89,6 +89,51 @@ def speed(runs: int, tmp: str) -> dict:
     sd = quantize_state_dict(sd, QuantPolicy(8))
     pt = os.path.join(tmp, "r50.pt")
     torch.save(sd, pt)
+    return sd, pt
+
+
+def alternating_loads(pt: str, mbz_path: str, runs: int) -> dict:
+    """Medians (s) of torch.load and of mbz.load on 1 and 2 decoding threads, alternating."""
+    t, w1, w2 = [], [], []
+    for _ in range(runs):
+        for dst, fn in ((t, lambda: torch.load(pt, weights_only=True)),
+                        (w1, lambda: mbz.open(mbz_path).decode_all(workers=1)),
+                        (w2, lambda: mbz.open(mbz_path).decode_all(workers=2))):
+            t0 = time.perf_counter()
+            fn()
+            dst.append(time.perf_counter() - t0)
+    return {k: round(statistics.median(v), 4) for k, v in (("torch_load", t), ("mbz_1_thread", w1), ("mbz_2_threads", w2))}
+
+
+def load_breakdown(runs: int, tmp: str) -> dict:
+    """Why mbz.load is slower than torch.load here: thread scaling, the allocator, and the DENSE alternative."""
+    import subprocess
+    import zstandard
+    from mbz.detect import detect_grid
+    _, pt = speed_checkpoint(tmp)
+    out = os.path.join(tmp, "r50.mbz")
+    pack_cli(pt, out)
+    res = {"default_malloc": alternating_loads(pt, out, runs)}
+    # the same in a process whose glibc keeps freed memory (no fresh pages to fault in)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1000000000", MALLOC_TRIM_THRESHOLD_="1000000000")
+    code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+            f"import bench_format as b; print(json.dumps(b.alternating_loads({pt!r}, {out!r}, {runs})))")
+    res["malloc_keeps_memory"] = json.loads(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                                           capture_output=True, text=True).stdout)
+    # the largest tensor: its stored sections vs its 8-bit codes stored DENSE under zstd
+    with mbz.open(out) as r:
+        rec = max(r.layout.records, key=lambda x: sum(s.decoded for s in x.sections))
+        codes = detect_grid(r[rec.name]).k.astype(np.int8).tobytes()
+        res["largest_tensor"] = {"name": rec.name, "stored_bytes": sum(s.stored for s in rec.sections),
+                                 "layout": rec.params.get("sp"),
+                                 "dense_zstd3_bytes": len(zstandard.ZstdCompressor(level=3).compress(codes)),
+                                 "dense_zstd19_bytes": len(zstandard.ZstdCompressor(level=19).compress(codes))}
+    return res
+
+
+def speed(runs: int, tmp: str) -> dict:
+    """Pack and load speed on a 25M-parameter checkpoint: resnet50, random init, 8-bit per channel, 50% sparse."""
+    sd, pt = speed_checkpoint(tmp)
     out = os.path.join(tmp, "r50.mbz")
     pack_times = [pack_cli(pt, out) for _ in range(3)]
     fp32_mb = sum(t.numel() * t.element_size() for t in sd.values()) / 1e6
@@ -114,7 +159,16 @@ def main():
     ap.add_argument("--runs", type=int, default=7, help="timed load runs of each kind")
     ap.add_argument("--speed-only", action="store_true",
                     help="rerun only the speed figures (on an idle machine) and merge them into figures.json")
+    ap.add_argument("--load-breakdown", action="store_true",
+                    help="only the load analysis (1 vs 2 threads, allocator, DENSE sizes) -> OUT/load_breakdown.json")
     a = ap.parse_args()
+    if a.load_breakdown:
+        res = load_breakdown(a.runs, tempfile.mkdtemp(prefix="mbzbench"))
+        res["command"] = "python tools/bench_format.py --out " + a.out + " --load-breakdown --runs " + str(a.runs)
+        print(json.dumps(res, indent=1), flush=True)
+        with open(os.path.join(a.out, "load_breakdown.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        return
     if a.speed_only:
         with open(os.path.join(a.out, "figures.json")) as f:
             res = json.load(f)
