@@ -142,12 +142,18 @@ def _int(v, where, lo=0, hi=None) -> int:
     return v
 
 
+_MEMBERS: dict = {cls: {int(m): m for m in cls} for cls in (Role, Filter, DType, Encoding, Sparsity, Granularity)}
+
+
 def _enum(cls, v, where):
+    members = _MEMBERS.get(cls)
+    if members is None:
+        members = _MEMBERS[cls] = {int(m): m for m in cls}
+    m = members.get(v) if type(v) is int else None
+    if m is not None:
+        return m
     _int(v, where)
-    try:
-        return cls(v)
-    except ValueError:
-        raise _fail(f"unknown {cls.__name__} value {v} (known: {[int(x) for x in cls]})", where) from None
+    raise _fail(f"unknown {cls.__name__} value {v} (known: {[int(x) for x in cls]})", where)
 
 
 def parse(buf) -> FileLayout:
@@ -259,15 +265,22 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     if not isinstance(secs, list):
         raise FormatError(f"{where}: sections must be a list")
     refs, roles = [], set()
+    roles_by_value, filters_by_value = _MEMBERS[Role], _MEMBERS[Filter]
     for j, s in enumerate(secs):
         sw = f"{where} section #{j}"
-        if not isinstance(s, list) or len(s) != 5:
-            raise FormatError(f"{sw}: expected [role, offset, stored, filter, decoded], got {s!r}")
-        role = _enum(Role, s[0], f"{sw} role")
-        off = _int(s[1], f"{sw} offset")
-        stored = _int(s[2], f"{sw} stored length")
-        filt = _enum(Filter, s[3], f"{sw} filter")
-        dec = _int(s[4], f"{sw} decoded length")
+        # fast path: five well-formed fields; anything else takes the checks that name the fault
+        if (type(s) is list and len(s) == 5 and type(s[1]) is int and type(s[2]) is int and type(s[4]) is int
+                and s[1] >= 0 and s[2] >= 0 and s[4] >= 0
+                and type(s[0]) is int and s[0] in roles_by_value and type(s[3]) is int and s[3] in filters_by_value):
+            role, off, stored, filt, dec = roles_by_value[s[0]], s[1], s[2], filters_by_value[s[3]], s[4]
+        else:
+            if not isinstance(s, list) or len(s) != 5:
+                raise FormatError(f"{sw}: expected [role, offset, stored, filter, decoded], got {s!r}")
+            role = _enum(Role, s[0], f"{sw} role")
+            off = _int(s[1], f"{sw} offset")
+            stored = _int(s[2], f"{sw} stored length")
+            filt = _enum(Filter, s[3], f"{sw} filter")
+            dec = _int(s[4], f"{sw} decoded length")
         if role in roles:
             raise FormatError(f"{sw}: role {role.name} appears twice")
         roles.add(role)

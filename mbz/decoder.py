@@ -1,36 +1,19 @@
 """Decode one tensor record from its (already validated) sections (spec §5)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .codecs.affine import decode_affine, numel_of
 from .codecs.codebook import decode_codebook
 from .codecs.filters import get_filter
 from .codecs.raw import ITEMSIZE, TORCH_DTYPE, tensor_from_bytes
-from .codecs.sparse import SPARSITY
+from .codecs.sparse import StoredLayout
 from .errors import FormatError
-from .spec import Encoding, Role, Sparsity, role_stride
+from .spec import Encoding, Role, role_stride
 
 
 def unfilter(role: Role, fid: int, stored, decoded_len: int, itemsize: int):
     return get_filter(fid).decode(stored, decoded_len, role_stride(role, itemsize))
-
-
-def positions_of(p: dict, secs: dict, numel: int):
-    """None (dense) or the int64 positions of stored codes (bitmap, delta)."""
-    sp = Sparsity(p["sp"])
-    m = p["m"]
-    if sp == Sparsity.DENSE:
-        if m != numel:
-            raise FormatError(f"dense layout stores {m} codes for {numel} elements")
-        return None
-    if sp == Sparsity.BITMAP:
-        pos = np.flatnonzero(SPARSITY[sp].decode(secs[Role.MASK], numel))  # int scatter beats bool masks 2-3x
-        if pos.size != m:
-            raise FormatError(f"bitmap marks {pos.size} elements but the record stores {m} codes")
-        return pos
-    return SPARSITY[sp].decode(secs[Role.DELTAS], m, p["iw"], numel)
 
 
 def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torch.Tensor:
@@ -41,14 +24,14 @@ def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torc
         if tdtype == torch.bool and t.numel() and int(t.view(torch.uint8).max()) > 1:
             raise FormatError("bool tensor holds bytes other than 0 and 1")
         return t
-    pos = positions_of(p, secs, numel)
+    layout = StoredLayout.from_sections(p, secs, numel)
     if encoding == Encoding.AFFINE:
         if not tdtype.is_floating_point:
             raise FormatError(f"AFFINE encoding needs a float dtype, record says {tdtype}")
-        return decode_affine(p, secs, tdtype, shape, pos, numel)
+        return decode_affine(p, secs, tdtype, shape, layout, numel)
     if tdtype == torch.bool:
         raise FormatError("CODEBOOK encoding of bool tensors is not defined")
-    return decode_codebook(p, secs, tdtype, itemsize, shape, pos, numel)
+    return decode_codebook(p, secs, tdtype, itemsize, shape, layout.positions(), numel)
 
 
 def decode_tensor(et) -> torch.Tensor:

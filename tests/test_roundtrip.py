@@ -156,3 +156,35 @@ def test_all_zero_and_no_zero(tmp_mbz):
     assert bits_equal(back["zero"], sd["zero"]) and bits_equal(back["full"], sd["full"])
     with mbz.open(tmp_mbz) as r:
         assert r.accounting()["tensors"][0]["bytes"]["values"] < 16  # 90,000 zeros cost (almost) nothing
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple),
+       sparsity=st.sampled_from([0.0, 0.5, 0.97, 1.0]), gran=st.sampled_from(["tensor", "channel", "group"]),
+       group=st.integers(1, 30), chunk=st.sampled_from([8, 24, 64, 1 << 17]), seed=st.integers(0, 2**31 - 1))
+def test_chunked_decode_of_every_candidate(shape, sparsity, gran, group, chunk, seed):
+    """Load decodes a chunk at a time; every layout, width, zero-point and granularity crosses chunk edges."""
+    import mbz.codecs.affine as affine
+    saved, affine.CHUNK_ELEMENTS = affine.CHUNK_ELEMENTS, chunk
+    try:
+        _decode_every_candidate(shape, sparsity, gran, group, seed)
+    finally:
+        affine.CHUNK_ELEMENTS = saved
+
+
+def _decode_every_candidate(shape, sparsity, gran, group, seed):
+    from mbz.decoder import decode_record
+    from mbz.encoder import affine_candidates
+    from mbz.quantize import quantize_tensor
+    from mbz.spec import DType
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    x[torch.from_numpy(rng.random(shape) < sparsity)] = 0
+    grid = quantize_tensor(x, QuantPolicy(int(rng.integers(2, 9)), gran, int(rng.integers(0, len(shape))), group,
+                                          bool(rng.integers(0, 2))))
+    want = grid.values()
+    cands = affine_candidates(grid, None, big=False)
+    assert cands
+    for p, secs in cands:
+        got = decode_record(DType.F32, shape, Encoding.AFFINE, p, dict(secs)).numpy().reshape(-1)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), p

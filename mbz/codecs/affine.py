@@ -5,13 +5,14 @@ quantization: integer multiples k of one fp32 scale per group.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import FormatError
-from ..spec import Granularity
+from ..spec import Granularity, Role
 from .bitpack import unpack_bits, unpack_codes
 
 
@@ -74,12 +75,46 @@ class Grid:
         return apply_scales(f, self.scales, self.gran, self.shape, self.axis, self.group_size)
 
 
-def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, positions, numel: int) -> torch.Tensor:
-    """Decode AFFINE given validated params, decoded sections and stored positions.
+CHUNK_ELEMENTS = 1 << 17  # ~128K elements per decode step: its temporaries stay in L2 cache
 
-    positions: None (dense) or int64 positions of the stored codes.
-    """
-    from ..spec import Role
+
+def row_unit(gran: Granularity, shape, axis: int, gs: int) -> int:
+    """Length of the runs of consecutive elements that share one scale."""
+    if gran == Granularity.TENSOR:
+        return 1
+    if gran == Granularity.CHANNEL:
+        return max(1, numel_of(shape[axis + 1:]))
+    return gs
+
+
+def chunk_step(unit: int) -> int:
+    """A decode step: whole rows of `unit` elements, a multiple of 8 (whole bitmap bytes)."""
+    base = unit * 8 // math.gcd(unit, 8)
+    return base * max(1, CHUNK_ELEMENTS // base)
+
+
+def scale_into(out: np.ndarray, d: np.ndarray, s: int, scales: np.ndarray, gran: Granularity, shape, axis: int,
+               unit: int) -> None:
+    """out[:] = float32(d) * scale[group] for the elements s..s+len(d)-1 (s is a multiple of unit)."""
+    if gran == Granularity.TENSOR:
+        np.multiply(d, scales[0], out=out, dtype=np.float32, casting="unsafe")
+        return
+    rows, rem = divmod(d.size, unit)
+    r0 = s // unit
+    if gran == Granularity.CHANNEL:
+        c = int(shape[axis])
+        sc = scales[r0:r0 + rows] if r0 + rows <= c else scales[np.arange(r0, r0 + rows) % c]
+    else:
+        sc = scales[r0:r0 + rows]
+    full = rows * unit
+    np.multiply(d[:full].reshape(rows, unit), sc[:, None], out=out[:full].reshape(rows, unit),
+                dtype=np.float32, casting="unsafe")
+    if rem:  # the last, partial group of a GROUP tensor
+        np.multiply(d[full:], scales[r0 + rows], out=out[full:], dtype=np.float32, casting="unsafe")
+
+
+def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, layout, numel: int) -> torch.Tensor:
+    """Decode AFFINE given validated params, decoded sections and the StoredLayout of its codes."""
     gran, axis, gs = Granularity(p["g"]), p.get("ax", 0), p.get("gs", 0)
     g = n_groups(gran, shape, axis, gs)
     sbuf = secs[Role.SCALES]
@@ -87,15 +122,13 @@ def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, positions, num
         raise FormatError(f"SCALES holds {len(sbuf)} bytes; {g} groups need {4 * g}")
     scales = np.frombuffer(sbuf, "<f4")
     codes = unpack_codes(secs[Role.CODES], p["m"], p["b"], p.get("sg", False))
-    if p.get("zb", 0):
+    if p.get("zb", 0):  # subtract zero points from the stored codes only: unstored elements are exact zeros
         zp = unpack_codes(secs[Role.ZERO_POINTS], g, p["zb"], False).astype(np.int32)
-        gi = group_index(gran, shape, axis, gs, positions)
-        codes = codes.astype(np.int32) - zp[gi]
-    if positions is not None:  # scatter the narrow codes (1-2 bytes each), not float32
-        dense = np.zeros(numel, codes.dtype)
-        dense[positions] = codes
-        codes = dense
-    f = apply_scales(codes.astype(np.float32), scales, gran, shape, axis, gs)
+        codes = codes.astype(np.int32) - zp[group_index(gran, shape, axis, gs, layout.positions())]
+    f = np.empty(numel, np.float32)
+    unit = row_unit(gran, shape, axis, gs)
+    for s, e, d in layout.chunks(codes, chunk_step(unit)):
+        scale_into(f[s:e], d, s, scales, gran, shape, axis, unit)
     if p.get("nz", False):
         z = np.flatnonzero(f == 0)
         neg = unpack_bits(secs[Role.NEGZERO], z.size)

@@ -82,6 +82,14 @@ def unpack_codes(buf, count: int, width: int, signed: bool = False) -> np.ndarra
         return np.frombuffer(buf, np.int8 if signed else np.uint8)
     if width == 16:
         return np.frombuffer(buf, "<i2" if signed else "<u2")
+    if width in (1, 2, 4):  # codes never straddle bytes: split each byte with shifts
+        flat = np.frombuffer(buf, np.uint8)
+        shifts = np.arange(0, 8, width, dtype=np.uint8)
+        res = ((flat[:, None] >> shifts) & np.uint8((1 << width) - 1)).reshape(-1)[:count].astype(np.int32)
+        if signed:
+            sign = 1 << (width - 1)
+            res = (res ^ sign) - sign
+        return res
     groups = -(-count // 8)
     raw = np.zeros((groups, 16), np.uint8)
     flat = np.frombuffer(buf, np.uint8)

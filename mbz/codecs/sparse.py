@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FormatError
-from ..spec import Sparsity
+from ..spec import Role, Sparsity
 from .bitpack import pack_bits, pack_codes, packed_size, unpack_bits, unpack_codes
 
 
@@ -105,3 +105,87 @@ class Delta:
 
 
 SPARSITY = {c.id: c for c in (Dense, Bitmap, Delta)}
+
+
+def _popcount(b: np.ndarray) -> int:
+    if hasattr(np, "bitwise_count"):
+        return int(np.bitwise_count(b).sum(dtype=np.int64))
+    return int(np.unpackbits(b).sum(dtype=np.int64))  # numpy < 2.0
+
+
+class StoredLayout:
+    """Where the m stored codes of one record go among its numel elements (validated on construction).
+
+    Decoders expand the codes a chunk at a time (`chunks`), so that a tensor is
+    written once into its output array and no numel-sized temporaries (int64
+    positions, a dense code array) are allocated; that is most of load time.
+    """
+
+    def __init__(self, sp: Sparsity, numel: int, m: int, mask=None, positions=None):
+        self.sp, self.numel, self.m = sp, numel, m
+        self._mask = None if mask is None else np.frombuffer(mask, np.uint8)
+        self._positions = positions
+        if sp == Sparsity.DENSE and m != numel:
+            raise FormatError(f"dense layout stores {m} codes for {numel} elements")
+        if sp == Sparsity.BITMAP:
+            if len(self._mask) != (numel + 7) // 8:
+                raise FormatError(f"bitmap of {numel} elements must be {(numel + 7) // 8} bytes, got {len(self._mask)}")
+            full = numel // 8
+            ones = _popcount(self._mask[:full])
+            if full < len(self._mask):  # bits past numel in the last byte are not elements
+                ones += _popcount(self._mask[full:] & np.uint8((1 << (numel % 8)) - 1))
+            if ones != m:
+                raise FormatError(f"bitmap marks {ones} elements but the record stores {m} codes")
+
+    @classmethod
+    def from_sections(cls, p: dict, secs: dict, numel: int) -> "StoredLayout":
+        sp = Sparsity(p["sp"])
+        if sp == Sparsity.BITMAP:
+            return cls(sp, numel, p["m"], mask=secs[Role.MASK])
+        if sp == Sparsity.DELTA:
+            return cls(sp, numel, p["m"], positions=decode_delta(secs[Role.DELTAS], p["m"], p["iw"], numel))
+        return cls(sp, numel, p["m"])
+
+    @property
+    def dense(self) -> bool:
+        return self.sp == Sparsity.DENSE
+
+    def positions(self):
+        """None (dense) or the sorted int64 positions of the stored codes."""
+        if self.sp == Sparsity.BITMAP and self._positions is None:
+            self._positions = np.flatnonzero(unpack_bits(self._mask, self.numel))
+        return self._positions
+
+    def chunks(self, codes: np.ndarray, step: int):
+        """Yield (start, stop, codes of elements start..stop-1 with 0 where none is stored).
+
+        step must be a multiple of 8.  The yielded array is a reused buffer:
+        use it before asking for the next chunk.
+        """
+        n = self.numel
+        if self.dense:
+            for s in range(0, n, step):
+                yield s, min(n, s + step), codes[s:s + step]
+            return
+        buf = np.zeros(min(step, n), codes.dtype)
+        if self._positions is None:  # BITMAP: unpack and scatter one chunk of the mask at a time
+            off = 0
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                pos = np.flatnonzero(np.unpackbits(self._mask[s // 8:(e + 7) // 8], count=e - s,
+                                                   bitorder="little").view(bool))
+                chunk = buf[:e - s]
+                chunk[...] = 0
+                chunk[pos] = codes[off:off + pos.size]
+                off += pos.size
+                yield s, e, chunk
+            return
+        pos = self._positions
+        cut = np.searchsorted(pos, np.append(np.arange(0, n, step), n))  # codes of chunk i: cut[i]..cut[i+1]
+        for i, s in enumerate(range(0, n, step)):
+            e = min(n, s + step)
+            a, b = int(cut[i]), int(cut[i + 1])
+            chunk = buf[:e - s]
+            chunk[...] = 0
+            chunk[pos[a:b] - s] = codes[a:b]
+            yield s, e, chunk
