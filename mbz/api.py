@@ -18,6 +18,8 @@ from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
 from .spec import Encoding, Sparsity
 from .torch_io import as_state_dict, build_model, guess_arch
 
+PARALLEL_MIN_ELEMENTS = 1 << 16  # tensors this large are decoded on the thread pool (see decode_all)
+
 
 @dataclass
 class TensorReport:
@@ -35,25 +37,28 @@ class SaveReport:
     tensors: list
 
 
-def _progress(items, enabled: bool, desc: str):
+def _progress(items, enabled: bool, desc: str, total: int | None = None):
+    """tqdm over items when enabled and installed; with items None, a bar to update by hand (or None)."""
     if not enabled:
         return items
     try:
         from tqdm import tqdm
     except ImportError:
         return items
-    return tqdm(items, desc=desc, unit="tensor", leave=False)
+    return tqdm(items, desc=desc, unit="tensor", leave=False, total=total)
 
 
 def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", axis: int = 0,
          group_size: int = 64, symmetric: bool = True, include: str = DEFAULT_INCLUDE,
          detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int = 1,
-         metadata: dict | None = None, arch: dict | None = None, progress: bool = False) -> SaveReport:
+         metadata: dict | None = None, arch: dict | None = None, progress: bool = False,
+         workers: int | None = None) -> SaveReport:
     """Write a state_dict (or module, or wrapped checkpoint) to `path` as .mbz.
 
     Without `wbits` every tensor is stored exactly (detected grids, codebooks
     or raw bytes).  With `wbits`, tensors matching `include` (default: conv /
     linear weights) are quantized first and their error is reported.
+    `workers` threads encode tensors side by side (default: up to 4, one per core).
     """
     sd = as_state_dict(obj)
     policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
@@ -62,17 +67,42 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     arch = arch or meta.get("arch") or guess_arch(sd)
     if arch:
         meta["arch"] = arch
-    encoded, reports = [], []
-    for name, t in _progress(list(sd.items()), progress, "pack"):
-        grid = None
-        if policy is not None and policy.applies(name, t):
-            grid = quantize_tensor(t, policy)
+
+    def encode(item):
+        name, t = item
+        grid = quantize_tensor(t, policy) if policy is not None and policy.applies(name, t) else None
         et = encode_tensor(name, t, grid=grid, ent=ent, detect=detect)
         rep = TensorReport(name, et.encoding.name, et.stored_bytes, grid is not None)
         if grid is not None:
             rep.error = error_stats(t, torch.from_numpy(grid.values()).reshape(t.shape))
-        encoded.append(et)
-        reports.append(rep)
+        return et, rep
+
+    items = list(sd.items())
+    workers = workers or min(4, os.cpu_count() or 1)
+    big = [i for i, (_, t) in enumerate(items) if t.numel() >= PARALLEL_MIN_ELEMENTS]
+    done = {}
+    if workers > 1 and len(big) > 1:
+        # as in decode_all: small tensors (Python-bound) here first, then the large ones on threads
+        # (numpy and zstd release the GIL), largest first
+        from concurrent.futures import ThreadPoolExecutor
+        big.sort(key=lambda i: -items[i][1].numel())
+        bar = _progress(None, progress, "pack", len(items))
+        tick = bar.update if bar is not None else (lambda: None)
+        skip = set(big)
+        for i, it in enumerate(items):
+            if i not in skip:
+                done[i] = encode(it)
+                tick()
+        with ThreadPoolExecutor(workers) as pool:
+            for i, r in zip(big, pool.map(encode, (items[i] for i in big))):
+                done[i] = r
+                tick()
+        if bar is not None:
+            bar.close()
+    else:
+        for i, it in enumerate(_progress(items, progress, "pack")):
+            done[i] = encode(it)
+    encoded, reports = [done[i][0] for i in range(len(items))], [done[i][1] for i in range(len(items))]
     size = write_file(path, encoded, meta, align=align)
     return SaveReport(os.fspath(path), size, reports)
 
@@ -127,16 +157,22 @@ class MbzReader:
             yield rec.name, self._decode(rec)
 
     def decode_all(self, workers: int | None = None) -> "OrderedDict[str, torch.Tensor]":
-        """All tensors, decoded on a thread pool (numpy, zlib and zstd release the GIL)."""
+        """All tensors: small ones here, then the large ones on a thread pool.
+
+        Decoding a large tensor is numpy and zstd work that releases the GIL, so
+        it scales with threads; a small one is mostly Python and only slows the
+        pool down by contending for the GIL, so small ones go first, serially.
+        """
         recs = self.layout.records
         workers = workers or min(8, os.cpu_count() or 1)
-        if workers <= 1 or len(recs) < 2:
+        big = [r for r in recs if numel_of(r.shape) >= PARALLEL_MIN_ELEMENTS]
+        if workers <= 1 or len(big) < 2:
             return OrderedDict(self.items())
         from concurrent.futures import ThreadPoolExecutor
-        # largest first, so that the pool does not end on one big tensor
-        order = sorted(recs, key=lambda r: -sum(s.stored for s in r.sections))
+        done = {r.name: self._decode(r) for r in recs if numel_of(r.shape) < PARALLEL_MIN_ELEMENTS}
+        big.sort(key=lambda r: -numel_of(r.shape))  # largest first: the pool does not end on one big tensor
         with ThreadPoolExecutor(workers) as pool:
-            done = dict(zip((r.name for r in order), pool.map(self._decode, order)))
+            done.update(zip((r.name for r in big), pool.map(self._decode, big)))
         return OrderedDict((r.name, done[r.name]) for r in recs)
 
     @property

@@ -132,3 +132,20 @@ def test_read_checkpoint_accepts_mbz_files(tmp_path):
     for p in ("c.pt", "c.mbz"):
         back = read_checkpoint(tmp_path / p)
         assert list(back) == list(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_threads_change_nothing(tmp_path, monkeypatch):
+    """save encodes and load decodes on threads: files and tensors are the same as on one thread."""
+    import mbz.api as api
+    torch.manual_seed(1)
+    sd = {f"layer{i}.weight": torch.randn(64, 32, 3, 3) * (torch.rand(64, 32, 3, 3) > 0.5) for i in range(6)}
+    sd.update({f"bn{i}.bias": torch.randn(64) for i in range(6)})
+    one, many = tmp_path / "one.mbz", tmp_path / "many.mbz"
+    mbz.save(sd, one, wbits=6, workers=1)
+    mbz.save(sd, many, wbits=6, workers=3)
+    assert one.read_bytes() == many.read_bytes()
+    monkeypatch.setattr(api, "PARALLEL_MIN_ELEMENTS", 1000)  # the conv weights go to the pool
+    with mbz.open(many) as r:
+        serial, pooled = r.decode_all(workers=1), r.decode_all(workers=3)
+    assert list(serial) == list(sd) == list(pooled)
+    assert all(bits_equal(serial[k], pooled[k]) for k in sd)
