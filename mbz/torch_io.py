@@ -54,19 +54,27 @@ def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
 
 # --------------------------------------------------------------------------- architectures
 def mobilenet_v2_cifar(num_classes: int = 10, width_mult: float = 1.0, dropout: float = 0.2,
-                       folded_bn: bool = False, act_bits: int = 32, act_alpha: dict | None = None, **_):
+                       folded_bn: bool = False, act_bits: int = 32, act_alpha: dict | None = None,
+                       hidden: list | None = None, **_):
     """torchvision MobileNet-v2 for 32x32 inputs.
 
     The stem conv (features[0][0]) and the first stride-2 block
     (features[2].conv[1][0]) run at stride 1, so the last feature map is 4x4
     rather than 1x1: at 32x32 the ImageNet strides would discard too much.
     `folded_bn` builds convs with bias and no BatchNorm; `act_bits` < 32 adds
-    the activation quantizers of mbz.pipeline.qat with ranges `act_alpha`.
+    the activation quantizers of mbz.pipeline.qat with ranges `act_alpha`;
+    `hidden` (hidden channels of features[1..17]) rebuilds blocks thinned by
+    structured pruning (mbz.pipeline.channels).
     """
     from torchvision.models import mobilenet_v2
     m = mobilenet_v2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
     m.features[0][0].stride = (1, 1)
     m.features[2].conv[1][0].stride = (1, 1)
+    if hidden:
+        from .pipeline.channels import set_hidden
+        if len(hidden) != len(m.features) - 2:
+            raise MbzError(f"arch 'hidden' lists {len(hidden)} blocks; MobileNet-v2 has {len(m.features) - 2}")
+        set_hidden(m, [int(h) for h in hidden])
     if folded_bn or act_bits < 32:
         from .pipeline.qat import folded_skeleton, insert_act_quant
         if folded_bn:
@@ -82,9 +90,22 @@ def guess_arch(sd) -> dict | None:
     """Recognise a MobileNet-v2 state_dict (for `pack` without --arch)."""
     if "features.0.0.weight" in sd and "classifier.1.weight" in sd and "features.18.0.weight" in sd:
         stem = sd["features.0.0.weight"].shape[0]
-        return {"name": "mobilenet_v2_cifar", "num_classes": int(sd["classifier.1.weight"].shape[0]),
+        arch = {"name": "mobilenet_v2_cifar", "num_classes": int(sd["classifier.1.weight"].shape[0]),
                 "width_mult": round(stem / 32, 4)}
+        from .pipeline.channels import expand_blocks, hidden_widths
+        hidden = hidden_widths(sd)
+        if any(hidden[i - 1] != 6 * sd[f"features.{i}.conv.0.0.weight"].shape[1] for i in expand_blocks(sd)):
+            arch["hidden"] = hidden  # thinned by structured pruning
+        return arch
     return None
+
+
+def arch_of(sd, dropout: float = 0.2) -> dict:
+    """The architecture metadata of a MobileNet-v2 state_dict (width, thinned blocks) for training tools."""
+    arch = guess_arch(sd)
+    if arch is None:
+        raise CheckpointError("not a MobileNet-v2 (CIFAR) state_dict: features.0.0 / features.18.0 / classifier.1 missing")
+    return dict(arch, dropout=dropout)
 
 
 def build_model(arch: dict) -> nn.Module:

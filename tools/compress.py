@@ -21,9 +21,10 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from mbz.codecs.filters import zstd_available  # noqa: E402
 from mbz.pipeline.compress import QatConfig, prune_schedule, qat_run  # noqa: E402
+from mbz.pipeline.sweep_run import load_caps  # noqa: E402
 from mbz.pipeline.data import load_dataset  # noqa: E402
 from mbz.pipeline.train import TrainConfig  # noqa: E402
-from mbz.torch_io import mobilenet_v2_cifar, read_checkpoint  # noqa: E402
+from mbz.torch_io import arch_of, mobilenet_v2_cifar, read_checkpoint  # noqa: E402
 
 
 def parse_name(name: str, epochs: int, lr: float) -> QatConfig:
@@ -41,6 +42,7 @@ def main():
     ap.add_argument("--prune", default="0.9", help="comma-separated sparsity levels, reached in this order")
     ap.add_argument("--prune-epochs", type=int, default=4)
     ap.add_argument("--prune-lr", type=float, default=0.05)
+    ap.add_argument("--caps", default="", help="caps.json of tools/sensitivity.py (per-layer sparsity caps)")
     ap.add_argument("--qat", required=True, help="comma-separated names s<S>_w<W>_a<A>")
     ap.add_argument("--qat-epochs", type=int, default=12)
     ap.add_argument("--qat-lr", type=float, default=0.02)
@@ -56,9 +58,7 @@ def main():
         tr, te = tr.subset(a.subset), te.subset(max(100, a.subset // 5))
     tr, te = tr.to(dev), te.to(dev)
     base = read_checkpoint(a.baseline)
-    arch_kw = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 1.0, "dropout": 0.2}
-    if base["features.0.0.weight"].shape[0] != 32:
-        arch_kw["width_mult"] = base["features.0.0.weight"].shape[0] / 32
+    arch_kw = arch_of(base)
     log = os.path.join(a.out, "compress_log.jsonl")
     results = os.path.join(a.out, "results.jsonl")
     qats = [parse_name(n, a.qat_epochs, a.qat_lr) for n in a.qat.split(",") if n]
@@ -67,7 +67,8 @@ def main():
     model = mobilenet_v2_cifar(**arch_kw).to(dev)
     model.load_state_dict(base)
     base_cfg = TrainConfig(batch=min(512, len(tr)))
-    for s, sd, _ in prune_schedule(model, tr, te, levels, a.prune_epochs, a.prune_lr, log, dev, base_cfg):
+    for s, sd, _ in prune_schedule(model, tr, te, levels, a.prune_epochs, a.prune_lr, log, dev, base_cfg,
+                                   caps=load_caps(a.caps)):
         pruned[s] = sd
         print(f"pruned to {s:.2f} at {time.time() - t0:.0f}s", flush=True)
     for q in qats:

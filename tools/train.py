@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from mbz.pipeline.data import MEAN, STD, load_dataset  # noqa: E402
 from mbz.pipeline.train import TrainConfig, plot_curves, train  # noqa: E402
-from mbz.torch_io import mobilenet_v2_cifar  # noqa: E402
+from mbz.torch_io import arch_of, build_model, mobilenet_v2_cifar, read_checkpoint  # noqa: E402
 
 
 def main():
@@ -36,6 +36,9 @@ def main():
     ap.add_argument("--width-mult", type=float, default=1.0)
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default="",
+                    help="start from this checkpoint (.pt or .mbz; e.g. one thinned by tools/prune_channels.py) "
+                         "instead of random weights; its shapes set the architecture")
     ap.add_argument("--subset", type=int, default=0, help="train/test on N images (CPU smoke test)")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; stop early and save OUT/resume.pt")
     ap.add_argument("--fit-budget", type=float, default=0,
@@ -50,7 +53,14 @@ def main():
     cfg = TrainConfig(epochs=a.epochs, batch=min(a.batch, len(tr)), lr=a.lr, wd=a.wd, label_smoothing=a.label_smoothing,
                       ema=a.ema, trivial=not a.no_trivial, cutout=a.cutout, seed=a.seed,
                       fit_budget=a.fit_budget)
-    model = mobilenet_v2_cifar(width_mult=a.width_mult, dropout=a.dropout)
+    if a.init:
+        init = read_checkpoint(a.init)
+        arch = arch_of(init, a.dropout)
+        model = build_model(arch)
+        model.load_state_dict(init)
+    else:
+        arch = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": a.width_mult, "dropout": a.dropout}
+        model = mobilenet_v2_cifar(width_mult=a.width_mult, dropout=a.dropout)
     log = os.path.join(a.out, "train_log.jsonl")
     resume = os.path.join(a.out, "resume.pt")
     if not os.path.exists(resume) and os.path.exists(log):
@@ -67,8 +77,7 @@ def main():
         os.remove(resume)
     last = r["history"][-1]
     summary = {"top1": last.get("test_acc"), "test_loss": last.get("test_loss"), "epochs": cfg.epochs,
-               "config": r["config"], "arch": {"name": "mobilenet_v2_cifar", "num_classes": 10,
-                                                "width_mult": a.width_mult, "dropout": a.dropout},
+               "config": r["config"], "arch": arch, "init": a.init or None,
                "data": tr.source, "normalization": {"mean": MEAN, "std": STD},
                "train_seconds": sum(h["epoch_s"] for h in r["history"]),
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -28,10 +28,13 @@ class QatConfig:
 
 
 def prune_schedule(model, train_ds, test_ds, targets, epochs_per_step, lr, log, device, cfg_base: TrainConfig,
-                   teacher=None):
-    """Gradual global magnitude pruning; yields (sparsity, state_dict copy, masks) at each target."""
+                   teacher=None, caps: dict | None = None):
+    """Gradual global magnitude pruning; yields (sparsity, state_dict copy, masks) at each target.
+
+    caps: {tensor name: max sparsity} from a sensitivity scan (tools/sensitivity.py).
+    """
     for s in targets:
-        masks = global_magnitude_masks(model.state_dict(), s)
+        masks = global_magnitude_masks(model.state_dict(), s, caps=caps)
         apply_masks(model, masks)
         cfg = TrainConfig(**{**asdict(cfg_base), "epochs": epochs_per_step, "lr": lr, "warmup": 0.3, "ema": 0})
         train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=f"prune{s:.2f}", device=device,

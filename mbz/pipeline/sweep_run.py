@@ -19,7 +19,7 @@ import mbz
 from ..codecs.filters import zstd_available
 from ..codecs.raw import bits_equal
 from ..summary import summarize
-from ..torch_io import mobilenet_v2_cifar, read_checkpoint
+from ..torch_io import arch_of, mobilenet_v2_cifar, read_checkpoint
 from .compress import QatConfig, prune_schedule, qat_run
 from .data import ArrayDataset, evaluate, load_dataset
 from .sweep import RunConfig, append_jsonl, read_jsonl
@@ -74,23 +74,37 @@ def activation_metrics(path: str) -> dict:
             "act_method": "packed with mbz's bit packer during a batch-1 inference"}
 
 
+def load_caps(path: str) -> dict:
+    """{tensor name: max sparsity} from a sensitivity scan's caps.json ('' = none)."""
+    if not path:
+        return {}
+    with open(path) as f:
+        caps = json.load(f)
+    if not isinstance(caps, dict) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in caps.values()):
+        raise ValueError(f"{path}: expected {{tensor name: max sparsity in [0, 1]}}")
+    return {str(k): float(v) for k, v in caps.items()}
+
+
+def caps_digest(caps: dict) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(caps, sort_keys=True).encode()).hexdigest()[:8]
+
+
 class SweepRunner:
     """Shared state of one sweep on one machine: data, baseline (teacher), pruned cache, output folder."""
 
     def __init__(self, out: str, baseline: str, data: str = "jpeg", prune_epochs: int = 5, prune_lr: float = 0.05,
-                 prune_kd: float = 0.5, subset: int = 0, device=None, worker: str = ""):
+                 prune_kd: float = 0.5, subset: int = 0, device=None, worker: str = "", caps: str = ""):
         self.out, self.data_spec, self.subset = out, data, subset
         self.prune_epochs, self.prune_lr, self.prune_kd = prune_epochs, prune_lr, prune_kd
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.worker = worker
+        self.caps = load_caps(caps)
         os.makedirs(os.path.join(out, "models"), exist_ok=True)
         os.makedirs(os.path.join(out, "cache"), exist_ok=True)
         self.baseline_path = baseline
         self.base = read_checkpoint(baseline)
-        self.arch_kw = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 1.0, "dropout": 0.2}
-        stem = self.base["features.0.0.weight"].shape[0]
-        if stem != 32:
-            self.arch_kw["width_mult"] = stem / 32
+        self.arch_kw = arch_of(self.base)
         self._data = None
         self._teacher = None
         self._baseline_top1 = None
@@ -138,7 +152,8 @@ class SweepRunner:
 
     # ------------------------------------------------------------------ pruned starting points
     def pruned_path(self, s: float) -> str:
-        return os.path.join(self.out, "cache", f"pruned_s{s:g}_e{self.prune_epochs}_kd{self.prune_kd:g}.mbz")
+        tag = f"_caps{caps_digest(self.caps)}" if self.caps else ""
+        return os.path.join(self.out, "cache", f"pruned_s{s:g}_e{self.prune_epochs}_kd{self.prune_kd:g}{tag}.mbz")
 
     def prepare(self, sparsities) -> None:
         """Gradual pruning chain from the baseline, saving each requested level (skips cached ones)."""
@@ -154,11 +169,12 @@ class SweepRunner:
         cfg = TrainConfig(batch=min(512, len(tr)), kd=self.prune_kd)
         teacher = self.teacher() if self.prune_kd else None
         for s, sd, _ in prune_schedule(model, tr, te, chain, self.prune_epochs, self.prune_lr, self.log_path,
-                                       self.device, cfg, teacher=teacher):
+                                       self.device, cfg, teacher=teacher, caps=self.caps):
             if s in want:
                 ev = evaluate(model, te, device=self.device, amp=False)
                 meta = {"arch": self.arch_kw, "pruning": {"sparsity": s, "chain": chain, "epochs_per_step":
-                                                          self.prune_epochs, "kd": self.prune_kd},
+                                                          self.prune_epochs, "kd": self.prune_kd,
+                                                          "caps": self.caps or None},
                         "top1": ev["top1"], "baseline": os.path.basename(self.baseline_path)}
                 mbz.save({k: v.cpu() for k, v in sd.items()}, self.pruned_path(s), metadata=meta,
                          zstd=zstd_available())

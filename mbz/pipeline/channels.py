@@ -1,0 +1,128 @@
+"""Structured pruning: drop hidden channels of MobileNet-v2's inverted residuals and rebuild thinner layers.
+
+A block with an expansion conv computes  x -> expand 1x1 -> BN -> ReLU6 -> depthwise 3x3 -> BN -> ReLU6
+-> project 1x1 -> BN.  Its h hidden channels are independent until the projection, so removing
+channel c means deleting row c of the expansion conv, its BN entries, depthwise filter c and its BN
+entries, and column c of the projection: the layers get thinner (fewer parameters and FLOPs) instead
+of holding zeros, and no index bytes are needed for them in a .mbz file.  The block's output channels
+(the residual stream) are kept.
+
+Channels are ranked per block by  mean|a_c| * ||W_proj[:, c]||_2  (a_c: the channel's activation
+after the depthwise ReLU6, measured on calibration images), i.e. by how much each contributes to the
+block's output.  The mean activation of a removed channel is folded into the projection BN's running
+mean, so that the block's output keeps its expectation (bias compensation).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def expand_blocks(sd: dict) -> list[int]:
+    """Indices i of features[i] that have an expansion conv (all inverted residuals but the first)."""
+    out, i = [], 1
+    while f"features.{i}.conv.0.0.weight" in sd:
+        if f"features.{i}.conv.3.weight" in sd:  # expand, depthwise, project, BN
+            out.append(i)
+        i += 1
+    return out
+
+
+def hidden_widths(sd: dict) -> list[int]:
+    """Hidden channels of features[1..17] as stored (the depthwise conv's channel count)."""
+    out, i = [], 1
+    while f"features.{i}.conv.0.0.weight" in sd:
+        dw = f"features.{i}.conv.1.0.weight" if f"features.{i}.conv.3.weight" in sd else f"features.{i}.conv.0.0.weight"
+        out.append(int(sd[dw].shape[0]))
+        i += 1
+    return out
+
+
+@torch.no_grad()
+def channel_stats(model: nn.Module, images: torch.Tensor, batch: int = 256) -> dict:
+    """{block i: (mean a_c, mean |a_c|)} of the depthwise ReLU6 outputs over `images` (normalized NCHW)."""
+    sums, counts, hooks = {}, {}, []
+    model.eval()
+    for i in expand_blocks(model.state_dict()):
+        def hook(mod, inp, out, i=i):
+            a = out.float()
+            s = sums.setdefault(i, [0, 0])
+            s[0] = s[0] + a.sum(dim=(0, 2, 3))
+            s[1] = s[1] + a.abs().sum(dim=(0, 2, 3))
+            counts[i] = counts.get(i, 0) + a.shape[0] * a.shape[2] * a.shape[3]
+        hooks.append(model.features[i].conv[1].register_forward_hook(hook))
+    try:
+        for k in range(0, len(images), batch):
+            model(images[k:k + batch])
+    finally:
+        for h in hooks:
+            h.remove()
+    return {i: (s[0] / counts[i], s[1] / counts[i]) for i, s in sums.items()}
+
+
+def keep_count(h: int, ratio: float, multiple: int = 8) -> int:
+    """Channels kept of h when removing `ratio` of them, rounded to a multiple (at least one multiple)."""
+    if ratio <= 0:
+        return h
+    k = int(round(h * (1 - ratio) / multiple)) * multiple
+    return max(multiple, min(h, k))
+
+
+def choose_channels(sd: dict, stats: dict, ratio: float, multiple: int = 8) -> dict:
+    """{block i: sorted LongTensor of kept hidden channels}, the same share removed in every block."""
+    keep = {}
+    for i in expand_blocks(sd):
+        proj = sd[f"features.{i}.conv.2.weight"].float()
+        score = stats[i][1].float() * proj.flatten(1).norm(dim=0)
+        k = keep_count(score.numel(), ratio, multiple)
+        keep[i] = torch.sort(torch.topk(score, k).indices).values
+    return keep
+
+
+def thin_state_dict(sd: dict, keep: dict, stats: dict | None = None) -> dict:
+    """A new state_dict whose blocks hold only the kept hidden channels (BN bias compensation with stats)."""
+    out = dict(sd)
+    for i, idx in keep.items():
+        p = f"features.{i}.conv."
+        for name in (p + "0.0.weight", p + "1.0.weight"):
+            out[name] = sd[name][idx].clone()
+        for bn in (p + "0.1.", p + "1.1."):
+            for leaf in ("weight", "bias", "running_mean", "running_var"):
+                out[bn + leaf] = sd[bn + leaf][idx].clone()
+        proj = sd[p + "2.weight"]
+        out[p + "2.weight"] = proj[:, idx].clone()
+        if stats is not None:
+            gone = torch.ones(proj.shape[1], dtype=torch.bool)
+            gone[idx] = False
+            lost = proj[:, gone, 0, 0].float() @ stats[i][0].float()[gone]   # E[projection] of removed channels
+            rm = sd[p + "3.running_mean"]
+            out[p + "3.running_mean"] = (rm.float() - lost).to(rm.dtype)
+    return out
+
+
+def set_hidden(model: nn.Module, hidden: list[int]) -> nn.Module:
+    """Rebuild features[i] (i >= 1) of a torchvision MobileNet-v2 with hidden[i-1] hidden channels."""
+    for i, h in enumerate(hidden, start=1):
+        conv = model.features[i].conv
+        if len(conv) != 4 or conv[1][0].out_channels == h:
+            continue
+        exp, dw, proj = conv[0][0], conv[1][0], conv[2]
+        conv[0][0] = nn.Conv2d(exp.in_channels, h, 1, bias=False)
+        conv[0][1] = nn.BatchNorm2d(h)
+        conv[1][0] = nn.Conv2d(h, h, 3, dw.stride, 1, groups=h, bias=False)
+        conv[1][1] = nn.BatchNorm2d(h)
+        conv[2] = nn.Conv2d(h, proj.out_channels, 1, bias=False)
+    return model
+
+
+def report(before: dict, after: dict) -> list[dict]:
+    """Per block: hidden channels and parameters before and after."""
+    rows = []
+    hb, ha = hidden_widths(before), hidden_widths(after)
+    for i in expand_blocks(before):
+        p = f"features.{i}."
+        n_b = sum(v.numel() for k, v in before.items() if k.startswith(p))
+        n_a = sum(v.numel() for k, v in after.items() if k.startswith(p))
+        rows.append({"block": i, "hidden_before": hb[i - 1], "hidden_after": ha[i - 1],
+                     "params_before": n_b, "params_after": n_a})
+    return rows
