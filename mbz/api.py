@@ -18,7 +18,33 @@ from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
 from .spec import Encoding, Sparsity
 from .torch_io import as_state_dict, build_model, guess_arch
 
-PARALLEL_MIN_ELEMENTS = 1 << 16  # tensors this large are decoded on the thread pool (see decode_all)
+PARALLEL_MIN_ELEMENTS = 1 << 16  # tensors this large are encoded / decoded on a thread pool
+
+
+def map_small_first(fn, items: list, sizes: list, workers: int, tick=None) -> list:
+    """[fn(x) for x in items]: small items here, then items of PARALLEL_MIN_ELEMENTS or more on threads.
+
+    Encoding or decoding a large tensor is numpy and zstd work that releases the
+    GIL, so it scales with threads; a small one is mostly Python and would only
+    slow the pool down by contending for the GIL, so small ones go first, serially.
+    Large ones run largest first, so that the pool does not end on one big tensor.
+    """
+    big = sorted((i for i, n in enumerate(sizes) if n >= PARALLEL_MIN_ELEMENTS), key=lambda i: -sizes[i])
+    out = [None] * len(items)
+    pooled = set(big) if workers > 1 and len(big) > 1 else set()
+    for i, x in enumerate(items):
+        if i not in pooled:
+            out[i] = fn(x)
+            if tick is not None:
+                tick()
+    if pooled:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(workers) as pool:
+            for i, r in zip(big, pool.map(fn, (items[i] for i in big))):
+                out[i] = r
+                if tick is not None:
+                    tick()
+    return out
 
 
 @dataclass
@@ -37,15 +63,15 @@ class SaveReport:
     tensors: list
 
 
-def _progress(items, enabled: bool, desc: str, total: int | None = None):
-    """tqdm over items when enabled and installed; with items None, a bar to update by hand (or None)."""
+def _progress_bar(enabled: bool, desc: str, total: int):
+    """A tqdm bar to update by hand, or None (disabled, or tqdm not installed)."""
     if not enabled:
-        return items
+        return None
     try:
         from tqdm import tqdm
     except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="tensor", leave=False, total=total)
+        return None
+    return tqdm(desc=desc, unit="tensor", leave=False, total=total)
 
 
 def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", axis: int = 0,
@@ -78,31 +104,12 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         return et, rep
 
     items = list(sd.items())
-    workers = workers or min(4, os.cpu_count() or 1)
-    big = [i for i, (_, t) in enumerate(items) if t.numel() >= PARALLEL_MIN_ELEMENTS]
-    done = {}
-    if workers > 1 and len(big) > 1:
-        # as in decode_all: small tensors (Python-bound) here first, then the large ones on threads
-        # (numpy and zstd release the GIL), largest first
-        from concurrent.futures import ThreadPoolExecutor
-        big.sort(key=lambda i: -items[i][1].numel())
-        bar = _progress(None, progress, "pack", len(items))
-        tick = bar.update if bar is not None else (lambda: None)
-        skip = set(big)
-        for i, it in enumerate(items):
-            if i not in skip:
-                done[i] = encode(it)
-                tick()
-        with ThreadPoolExecutor(workers) as pool:
-            for i, r in zip(big, pool.map(encode, (items[i] for i in big))):
-                done[i] = r
-                tick()
-        if bar is not None:
-            bar.close()
-    else:
-        for i, it in enumerate(_progress(items, progress, "pack")):
-            done[i] = encode(it)
-    encoded, reports = [done[i][0] for i in range(len(items))], [done[i][1] for i in range(len(items))]
+    bar = _progress_bar(progress, "pack", len(items))
+    done = map_small_first(encode, items, [t.numel() for _, t in items], workers or min(4, os.cpu_count() or 1),
+                           tick=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    encoded, reports = [d[0] for d in done], [d[1] for d in done]
     size = write_file(path, encoded, meta, align=align)
     return SaveReport(os.fspath(path), size, reports)
 
@@ -157,23 +164,11 @@ class MbzReader:
             yield rec.name, self._decode(rec)
 
     def decode_all(self, workers: int | None = None) -> "OrderedDict[str, torch.Tensor]":
-        """All tensors: small ones here, then the large ones on a thread pool.
-
-        Decoding a large tensor is numpy and zstd work that releases the GIL, so
-        it scales with threads; a small one is mostly Python and only slows the
-        pool down by contending for the GIL, so small ones go first, serially.
-        """
+        """All tensors, in stored order; large ones decoded on `workers` threads (see map_small_first)."""
         recs = self.layout.records
-        workers = workers or min(8, os.cpu_count() or 1)
-        big = [r for r in recs if numel_of(r.shape) >= PARALLEL_MIN_ELEMENTS]
-        if workers <= 1 or len(big) < 2:
-            return OrderedDict(self.items())
-        from concurrent.futures import ThreadPoolExecutor
-        done = {r.name: self._decode(r) for r in recs if numel_of(r.shape) < PARALLEL_MIN_ELEMENTS}
-        big.sort(key=lambda r: -numel_of(r.shape))  # largest first: the pool does not end on one big tensor
-        with ThreadPoolExecutor(workers) as pool:
-            done.update(zip((r.name for r in big), pool.map(self._decode, big)))
-        return OrderedDict((r.name, done[r.name]) for r in recs)
+        out = map_small_first(self._decode, recs, [numel_of(r.shape) for r in recs],
+                              workers or min(8, os.cpu_count() or 1))
+        return OrderedDict((r.name, t) for r, t in zip(recs, out))
 
     @property
     def metadata(self) -> dict:

@@ -78,35 +78,6 @@ def decode_delta(buf, count: int, iw: int, numel: int) -> np.ndarray:
     return pos
 
 
-class Dense:
-    id = Sparsity.DENSE
-
-
-class Bitmap:
-    id = Sparsity.BITMAP
-
-    @staticmethod
-    def encode(mask: np.ndarray) -> bytes:
-        return pack_bits(mask)
-
-    @staticmethod
-    def decode(buf, numel: int) -> np.ndarray:
-        return unpack_bits(buf, numel)
-
-
-class Delta:
-    id = Sparsity.DELTA
-
-    @staticmethod
-    def encode(entries: np.ndarray, iw: int) -> bytes:
-        return pack_codes(entries, iw)
-
-    decode = staticmethod(decode_delta)
-
-
-SPARSITY = {c.id: c for c in (Dense, Bitmap, Delta)}
-
-
 def _popcount(b: np.ndarray) -> int:
     if hasattr(np, "bitwise_count"):
         return int(np.bitwise_count(b).sum(dtype=np.int64))
