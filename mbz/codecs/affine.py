@@ -43,38 +43,6 @@ def group_index(gran: Granularity, shape, axis: int, gs: int, positions=None) ->
     return pos // gs
 
 
-def apply_scales(f: np.ndarray, scales: np.ndarray, gran: Granularity, shape, axis: int, gs: int) -> np.ndarray:
-    """In-place f *= scale[group(i)] for a flat float32 array."""
-    if gran == Granularity.TENSOR:
-        f *= scales[0]
-    elif gran == Granularity.CHANNEL:
-        pre, c, post = numel_of(shape[:axis]), int(shape[axis]), numel_of(shape[axis + 1:])
-        f.reshape(pre, c, post)[...] *= scales.reshape(1, c, 1)
-    else:
-        full = (f.size // gs) * gs
-        if full:
-            f[:full].reshape(-1, gs)[...] *= scales[: full // gs, None]
-        if full < f.size:
-            f[full:] *= scales[-1]
-    return f
-
-
-@dataclass
-class Grid:
-    """value = float32(k) * scales[group]; k are integers (zero means exact 0.0)."""
-    k: np.ndarray            # int64, flat, row-major
-    scales: np.ndarray       # float32, one per group
-    gran: Granularity
-    shape: tuple
-    axis: int = 0
-    group_size: int = 0
-
-    def values(self) -> np.ndarray:
-        """The float32 values this grid decodes to (flat)."""
-        f = self.k.astype(np.float32)
-        return apply_scales(f, self.scales, self.gran, self.shape, self.axis, self.group_size)
-
-
 CHUNK_ELEMENTS = 1 << 17  # ~128K elements per decode step: its temporaries stay in L2 cache
 
 
@@ -111,6 +79,24 @@ def scale_into(out: np.ndarray, d: np.ndarray, s: int, scales: np.ndarray, gran:
                 dtype=np.float32, casting="unsafe")
     if rem:  # the last, partial group of a GROUP tensor
         np.multiply(d[full:], scales[r0 + rows], out=out[full:], dtype=np.float32, casting="unsafe")
+
+
+@dataclass
+class Grid:
+    """value = float32(k) * scales[group]; k are integers (zero means exact 0.0)."""
+    k: np.ndarray            # int64, flat, row-major
+    scales: np.ndarray       # float32, one per group
+    gran: Granularity
+    shape: tuple
+    axis: int = 0
+    group_size: int = 0
+
+    def values(self) -> np.ndarray:
+        """The float32 values this grid decodes to (flat)."""
+        f = np.empty(self.k.size, np.float32)
+        unit = row_unit(self.gran, self.shape, self.axis, self.group_size)
+        scale_into(f, self.k, 0, self.scales, self.gran, self.shape, self.axis, unit)
+        return f
 
 
 def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, layout, numel: int) -> torch.Tensor:
