@@ -72,9 +72,10 @@ def mobilenet_v2_cifar(num_classes: int = 10, width_mult: float = 1.0, dropout: 
     m.features[2].conv[1][0].stride = (1, 1)
     if hidden:
         from .pipeline.channels import set_hidden
-        if len(hidden) != len(m.features) - 2:
-            raise MbzError(f"arch 'hidden' lists {len(hidden)} blocks; MobileNet-v2 has {len(m.features) - 2}")
-        set_hidden(m, [int(h) for h in hidden])
+        if (not isinstance(hidden, list) or len(hidden) != len(m.features) - 2
+                or not all(type(h) is int and 0 < h <= 1 << 16 for h in hidden)):
+            raise MbzError(f"arch 'hidden' must list {len(m.features) - 2} channel counts in 1..65536, got {hidden!r}")
+        set_hidden(m, hidden)
     if folded_bn or act_bits < 32:
         from .pipeline.qat import folded_skeleton, insert_act_quant
         if folded_bn:
@@ -113,4 +114,9 @@ def build_model(arch: dict) -> nn.Module:
         name = arch.get("name") if isinstance(arch, dict) else arch
         raise MbzError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
     kwargs = {k: v for k, v in arch.items() if k != "name"}
-    return ARCHITECTURES[arch["name"]](**kwargs)
+    try:
+        return ARCHITECTURES[arch["name"]](**kwargs)
+    except MbzError:
+        raise
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError) as e:  # the metadata is untrusted input
+        raise MbzError(f"cannot build {arch['name']} from the file's 'arch' metadata {kwargs}: {e}") from None

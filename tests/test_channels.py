@@ -146,3 +146,20 @@ def test_prune_channels_then_train_init_cli(tiny_npz, tmp_path):
     assert summary["arch"]["hidden"] == row["hidden"]
     tuned = torch.load(run / "baseline.pt", weights_only=True)
     assert all(tuned[k].shape == v.shape for k, v in thin.items())
+
+
+def test_bad_arch_metadata_raises_mbz_error(tmp_path):
+    from mbz.errors import MbzError
+    sd = mobilenet_v2_cifar(width_mult=0.25).state_dict()
+    for arch in ({"name": "mobilenet_v2_cifar", "width_mult": 0.25, "hidden": [-3] * 17},
+                 {"name": "mobilenet_v2_cifar", "width_mult": 0.25, "hidden": [8] * 5},
+                 {"name": "mobilenet_v2_cifar", "width_mult": "wide"},
+                 {"name": "mobilenet_v2_cifar", "bogus": 1, "num_classes": -2}):
+        p = tmp_path / "m.mbz"
+        mbz.save(sd, p, arch=arch)
+        try:
+            mbz.load_model(p)
+        except MbzError as e:
+            assert "arch" in str(e) or "hidden" in str(e)
+        else:
+            raise AssertionError(f"{arch} loaded")
