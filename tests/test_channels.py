@@ -1,4 +1,5 @@
 """Structured (channel) pruning: thinner blocks compute what the masked model computes, and travel in .mbz."""
+import pytest
 import torch
 
 import mbz
@@ -115,10 +116,16 @@ def test_sensitivity_scan_restores_model_and_caps_fragile_layers():
     caps = caps_from(rows, 100.0, tolerance=100 - worst["top1"] - 0.01)
     assert worst["name"] in caps and caps[worst["name"]] in (0.0, 0.5)
     assert caps_from(rows, 100.0, tolerance=100.0) == {}                        # nothing breaks a loose tolerance
-    # the caps hold under global pruning
-    masks = global_magnitude_masks(m.state_dict(), 0.95, caps=caps)
+    # the caps hold under global pruning, and the other layers make up the target
+    sd = m.state_dict()
+    target = 0.3 * (1 + max(caps.values()))
+    masks = global_magnitude_masks(sd, target, caps=caps)
     for n, c in caps.items():
         assert 1 - masks[n].float().mean().item() <= c + 1e-6
+    zeros = sum(int((~mk).sum()) for mk in masks.values())
+    assert abs(zeros - target * sum(mk.numel() for mk in masks.values())) <= len(masks)
+    with pytest.raises(ValueError, match="caps"):
+        global_magnitude_masks(sd, 0.999, caps={n: 0.0 for n in names})
     assert layer_mask(torch.tensor([3.0, -1.0, 2.0, 0.5]), 0.5).tolist() == [True, False, True, False]
 
 

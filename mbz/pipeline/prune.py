@@ -12,26 +12,41 @@ def prunable(name: str, t: torch.Tensor) -> bool:
 def global_magnitude_masks(sd: dict, sparsity: float, caps: dict | None = None, exclude=()) -> dict:
     """{name: bool mask (True = keep)} removing the `sparsity` share of smallest |w| over all prunable tensors.
 
-    caps: optional {name: max sparsity} for sensitive layers; their threshold is clipped.
+    caps: optional {name: max sparsity} for sensitive layers (tools/sensitivity.py).  A capped
+    layer keeps its largest (1 - cap) share; the zeros it is spared are taken from the other
+    layers (the global threshold rises), so the overall sparsity still meets the target.
     """
     names = [n for n, t in sd.items() if prunable(n, t) and n not in exclude]
     if not names:
         return {}
-    flat = torch.cat([sd[n].detach().float().abs().reshape(-1) for n in names])
-    k = int(round(sparsity * flat.numel()))
-    if k <= 0:
-        return {n: torch.ones_like(sd[n], dtype=torch.bool) for n in names}
-    thr = torch.kthvalue(flat.cpu(), k).values.item() if k < flat.numel() else float("inf")
+    caps = {n: c for n, c in (caps or {}).items() if n in names}
+    mags = {n: sd[n].detach().float().abs().cpu() for n in names}
+    target = int(round(sparsity * sum(m.numel() for m in mags.values())))
+    capped: set = set()
+    while True:
+        free = [n for n in names if n not in capped]
+        k = target - sum(int(round(caps[n] * mags[n].numel())) for n in capped)
+        flat = torch.cat([mags[n].reshape(-1) for n in free]) if free else torch.zeros(0)
+        if capped and k >= flat.numel():
+            raise ValueError(f"caps on {len(capped)} layers leave only {flat.numel():,} prunable weights elsewhere, "
+                             f"{k:,} more zeros needed for sparsity {sparsity}: lower the target or loosen the caps")
+        if k <= 0:
+            thr = float("-inf")
+        elif k >= flat.numel():
+            thr = float("inf")
+        else:
+            thr = torch.kthvalue(flat, k).values.item()
+        over = {n for n in free if n in caps and (mags[n] <= thr).float().mean().item() > caps[n]}
+        if not over:
+            break
+        capped |= over
     masks = {}
     for n in names:
-        a = sd[n].detach().float().abs()
-        m = a > thr
-        cap = (caps or {}).get(n)
-        if cap is not None and (1 - m.float().mean().item()) > cap:
-            keep = max(1, int(round((1 - cap) * a.numel())))
-            local = torch.topk(a.reshape(-1), keep).values.min()
-            m = a >= local
-        masks[n] = m
+        if n in capped:
+            keep = max(1, int(round((1 - caps[n]) * mags[n].numel())))
+            masks[n] = mags[n] >= torch.topk(mags[n].reshape(-1), keep).values.min()
+        else:
+            masks[n] = mags[n] > thr
     return masks
 
 

@@ -75,11 +75,16 @@ def activation_metrics(path: str) -> dict:
 
 
 def load_caps(path: str) -> dict:
-    """{tensor name: max sparsity} from a sensitivity scan's caps.json ('' = none)."""
+    """{tensor name: max sparsity} from a sensitivity scan's caps.json ('' = none).
+
+    The file is tools/sensitivity.py's {"caps": {...}, "tolerance": ...} or a plain {name: cap}.
+    """
     if not path:
         return {}
     with open(path) as f:
         caps = json.load(f)
+    if isinstance(caps, dict) and isinstance(caps.get("caps"), dict):
+        caps = caps["caps"]
     if not isinstance(caps, dict) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in caps.values()):
         raise ValueError(f"{path}: expected {{tensor name: max sparsity in [0, 1]}}")
     return {str(k): float(v) for k, v in caps.items()}
