@@ -188,3 +188,16 @@ def _decode_every_candidate(shape, sparsity, gran, group, seed):
     for p, secs in cands:
         got = decode_record(DType.F32, shape, Encoding.AFFINE, p, dict(secs)).numpy().reshape(-1)
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), p
+
+
+@pytest.mark.parametrize("n,density", [(50000, 0.5), (50000, 0.05), (300000, 0.0005), (70000, 0.9)])
+def test_delta_width_histogram_matches_direct_count(n, density):
+    """best_delta_width counts fillers from a gap histogram; it must pick what counting every gap picks."""
+    from mbz.codecs.bitpack import packed_size
+    from mbz.codecs.sparse import best_delta_width, delta_count
+    rng = np.random.default_rng(int(n * density) + 1)
+    pos = np.flatnonzero(rng.random(n) < density)
+    centre = max(1, int(n / max(1, pos.size)).bit_length())
+    widths = range(max(1, centre - 4), min(16, centre + 4) + 1)
+    cost = {iw: packed_size(delta_count(pos, n, iw), iw) + packed_size(delta_count(pos, n, iw), 8) for iw in widths}
+    assert best_delta_width(pos, n, 8) == min(widths, key=lambda iw: (cost[iw], iw))
