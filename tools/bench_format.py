@@ -176,7 +176,7 @@ def main():
         with open(os.path.join(a.out, "figures.json")) as f:
             res = json.load(f)
         res["speed"] = speed(a.runs, tempfile.mkdtemp(prefix="mbzbench"))
-        res["speed_command"] = "python tools/bench_format.py --out " + a.out + " --speed-only"
+        res["speed_command"] = f"python tools/bench_format.py --out {a.out} --speed-only --runs {a.runs}"
         print(res["speed"], flush=True)
         with open(os.path.join(a.out, "figures.json"), "w") as f:
             json.dump(res, f, indent=1)
