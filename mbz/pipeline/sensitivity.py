@@ -3,8 +3,9 @@
 Global magnitude pruning ranks all weights on one scale, so a small layer whose weights happen
 to be small (the first conv, the depthwise filters of a narrow block) can be emptied although the
 network depends on it.  The scan prunes each prunable tensor alone at several sparsities (no
-fine-tuning) and records top-1 on images outside the test set (training images); `caps_from` turns that into {name: the highest
-sparsity whose drop stays within a tolerance}, which `global_magnitude_masks(caps=...)` enforces.
+fine-tuning) and records top-1 on images outside the test set (training images); `caps_from`
+turns that into {name: the highest sparsity whose drop stays within a tolerance}, which
+`global_magnitude_masks(caps=...)` enforces.
 """
 from __future__ import annotations
 
