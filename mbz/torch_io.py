@@ -90,15 +90,40 @@ ARCHITECTURES = {"mobilenet_v2_cifar": mobilenet_v2_cifar}
 def guess_arch(sd) -> dict | None:
     """Recognise a MobileNet-v2 state_dict (for `pack` without --arch)."""
     if "features.0.0.weight" in sd and "classifier.1.weight" in sd and "features.18.0.weight" in sd:
-        stem = sd["features.0.0.weight"].shape[0]
         arch = {"name": "mobilenet_v2_cifar", "num_classes": int(sd["classifier.1.weight"].shape[0]),
-                "width_mult": round(stem / 32, 4)}
+                "width_mult": _width_of(sd)}
         from .pipeline.channels import expand_blocks, hidden_widths
         hidden = hidden_widths(sd)
         if any(hidden[i - 1] != 6 * sd[f"features.{i}.conv.0.0.weight"].shape[1] for i in expand_blocks(sd)):
             arch["hidden"] = hidden  # thinned by structured pruning
         return arch
     return None
+
+
+# torchvision's MobileNet-v2: output channels of the stem, of each inverted-residual stage (repeats) and of the last conv
+_MNV2_STAGES = ((16, 1), (24, 2), (32, 3), (64, 4), (96, 3), (160, 3), (320, 1))
+
+
+def _mnv2_channels(w: float) -> list[int]:
+    from torchvision.models._utils import _make_divisible
+    out = [_make_divisible(32 * w, 8)]
+    for c, n in _MNV2_STAGES:
+        out += [_make_divisible(c * w, 8)] * n
+    return out + [_make_divisible(1280 * max(1.0, w), 8)]
+
+
+def _width_of(sd) -> float:
+    """The width multiplier whose channel counts are the state_dict's (stem/32 alone is wrong for 0.35, 1.4 ...)."""
+    have = [int(sd["features.0.0.weight"].shape[0])]
+    i = 1
+    while f"features.{i}.conv.0.0.weight" in sd:
+        proj = f"features.{i}.conv.2.weight" if f"features.{i}.conv.3.weight" in sd else f"features.{i}.conv.1.weight"
+        have.append(int(sd[proj].shape[0]))
+        i += 1
+    have.append(int(sd[f"features.{i}.0.weight"].shape[0]))
+    guess = round(have[0] / 32, 4)
+    candidates = [guess] + sorted((round(k * 0.05, 2) for k in range(1, 81)), key=lambda w: abs(w - guess))
+    return next((w for w in candidates if _mnv2_channels(w) == have), guess)
 
 
 def arch_of(sd, dropout: float = 0.2) -> dict:

@@ -170,3 +170,12 @@ def test_bad_arch_metadata_raises_mbz_error(tmp_path):
             assert "arch" in str(e) or "hidden" in str(e)
         else:
             raise AssertionError(f"{arch} loaded")
+
+
+@pytest.mark.parametrize("width", [0.35, 1.0, 1.4])
+def test_guess_arch_finds_the_width_whose_channels_match(width):
+    """stem/32 is wrong for 0.35 (stem 16) and 1.4 (stem 48): the guess must rebuild every shape."""
+    sd = mobilenet_v2_cifar(width_mult=width).state_dict()
+    arch = guess_arch(sd)
+    assert arch["width_mult"] == width
+    build_model(arch).load_state_dict(sd)  # strict: every shape matches
