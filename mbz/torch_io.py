@@ -114,13 +114,11 @@ def _mnv2_channels(w: float) -> list[int]:
 
 def _width_of(sd) -> float:
     """The width multiplier whose channel counts are the state_dict's (stem/32 alone is wrong for 0.35, 1.4 ...)."""
+    from .pipeline.channels import blocks
+    stages = blocks(sd)
     have = [int(sd["features.0.0.weight"].shape[0])]
-    i = 1
-    while f"features.{i}.conv.0.0.weight" in sd:
-        proj = f"features.{i}.conv.2.weight" if f"features.{i}.conv.3.weight" in sd else f"features.{i}.conv.1.weight"
-        have.append(int(sd[proj].shape[0]))
-        i += 1
-    have.append(int(sd[f"features.{i}.0.weight"].shape[0]))
+    have += [int(sd[f"features.{i}.conv.{2 if expand else 1}.weight"].shape[0]) for i, expand in stages]  # projections
+    have.append(int(sd[f"features.{len(stages) + 1}.0.weight"].shape[0]))
     guess = round(have[0] / 32, 4)
     candidates = [guess] + sorted((round(k * 0.05, 2) for k in range(1, 81)), key=lambda w: abs(w - guess))
     return next((w for w in candidates if _mnv2_channels(w) == have), guess)

@@ -18,24 +18,23 @@ import torch
 from torch import nn
 
 
-def expand_blocks(sd: dict) -> list[int]:
-    """Indices i of features[i] that have an expansion conv (all inverted residuals but the first)."""
+def blocks(sd: dict) -> list[tuple[int, bool]]:
+    """(i, has an expansion conv) for the inverted residuals features[1..] of a state_dict."""
     out, i = [], 1
     while f"features.{i}.conv.0.0.weight" in sd:
-        if f"features.{i}.conv.3.weight" in sd:  # expand, depthwise, project, BN
-            out.append(i)
+        out.append((i, f"features.{i}.conv.3.weight" in sd))  # expand, depthwise, project, BN
         i += 1
     return out
+
+
+def expand_blocks(sd: dict) -> list[int]:
+    """Indices i of features[i] that have an expansion conv (all inverted residuals but the first)."""
+    return [i for i, expand in blocks(sd) if expand]
 
 
 def hidden_widths(sd: dict) -> list[int]:
     """Hidden channels of features[1..17] as stored (the depthwise conv's channel count)."""
-    out, i = [], 1
-    while f"features.{i}.conv.0.0.weight" in sd:
-        dw = f"features.{i}.conv.1.0.weight" if f"features.{i}.conv.3.weight" in sd else f"features.{i}.conv.0.0.weight"
-        out.append(int(sd[dw].shape[0]))
-        i += 1
-    return out
+    return [int(sd[f"features.{i}.conv.{1 if expand else 0}.0.weight"].shape[0]) for i, expand in blocks(sd)]
 
 
 @torch.no_grad()
