@@ -45,7 +45,7 @@ def cmd_run(a):
         configs = shard(configs, i, n)
     worker = f"w{a.shard.split('/')[0]}" if a.shard else ""
     r = SweepRunner(a.out, a.baseline, a.data, a.prune_epochs, a.prune_lr, a.prune_kd, a.subset, worker=worker,
-                    caps=a.caps)
+                    caps=a.caps, prune_final_epochs=a.prune_final_epochs)
     todo = [c for c in configs if c.name not in r.done()]
     print(f"{len(configs)} configurations, {len(todo)} to run{' (shard ' + a.shard + ')' if a.shard else ''}",
           flush=True)
@@ -56,7 +56,8 @@ def cmd_run(a):
     if a.jobs > 1 and not a.shard:
         base = [sys.executable, os.path.abspath(__file__), "run", *a.sweep, "--out", a.out, "--baseline", a.baseline,
                 "--data", a.data, "--prune-epochs", str(a.prune_epochs), "--prune-lr", str(a.prune_lr),
-                "--prune-kd", str(a.prune_kd), "--subset", str(a.subset), "--seed", str(a.seed), "--caps", a.caps]
+                "--prune-kd", str(a.prune_kd), "--subset", str(a.subset), "--seed", str(a.seed), "--caps", a.caps,
+                "--prune-final-epochs", str(a.prune_final_epochs)]
         if a.count:
             base += ["--count", str(a.count)]
         for cond in a.where:
@@ -121,6 +122,9 @@ def main():
     r.add_argument("--prune-epochs", type=int, default=5, help="fine-tuning epochs per pruning step")
     r.add_argument("--prune-lr", type=float, default=0.05)
     r.add_argument("--prune-kd", type=float, default=0.5, help="distillation weight while pruning (0: off)")
+    r.add_argument("--prune-final-epochs", type=int, default=0,
+                   help="fine-tuning epochs at each sparsity the sweep keeps (the steps on the way there get "
+                        "--prune-epochs; 0: --prune-epochs everywhere)")
     r.add_argument("--caps", default="", help="caps.json of tools/sensitivity.py: per-layer sparsity caps for the "
                    "pruning chain (run names do not include it: give such a sweep its own --out)")
     r.add_argument("--subset", type=int, default=0, help="train on N images (CPU smoke tests)")

@@ -39,6 +39,8 @@ def main():
     ap.add_argument("--init", default="",
                     help="start from this checkpoint (.pt or .mbz; e.g. one thinned by tools/prune_channels.py) "
                          "instead of random weights; its shapes set the architecture")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the training step (CUDA; the first epoch pays for compilation)")
     ap.add_argument("--subset", type=int, default=0, help="train/test on N images (CPU smoke test)")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; stop early and save OUT/resume.pt")
     ap.add_argument("--fit-budget", type=float, default=0,
@@ -52,7 +54,7 @@ def main():
     print(f"data: {len(tr)} train / {len(te)} test from {tr.source} in {time.time() - t0:.1f}s", flush=True)
     cfg = TrainConfig(epochs=a.epochs, batch=min(a.batch, len(tr)), lr=a.lr, wd=a.wd, label_smoothing=a.label_smoothing,
                       ema=a.ema, trivial=not a.no_trivial, cutout=a.cutout, seed=a.seed,
-                      fit_budget=a.fit_budget)
+                      fit_budget=a.fit_budget, compile=a.compile)
     if a.init:
         init = read_checkpoint(a.init)
         arch = arch_of(init, a.dropout)

@@ -28,15 +28,18 @@ class QatConfig:
 
 
 def prune_schedule(model, train_ds, test_ds, targets, epochs_per_step, lr, log, device, cfg_base: TrainConfig,
-                   teacher=None, caps: dict | None = None):
+                   teacher=None, caps: dict | None = None, epochs_at: dict | None = None):
     """Gradual global magnitude pruning; yields (sparsity, state_dict copy, masks) at each target.
 
     caps: {tensor name: max sparsity} from a sensitivity scan (tools/sensitivity.py).
+    epochs_at: {sparsity: epochs} overriding `epochs_per_step` at some steps (e.g. a long
+    fine-tune at the level that is kept, short ones on the way there).
     """
     for s in targets:
         masks = global_magnitude_masks(model.state_dict(), s, caps=caps)
         apply_masks(model, masks)
-        cfg = TrainConfig(**{**asdict(cfg_base), "epochs": epochs_per_step, "lr": lr, "warmup": 0.3, "ema": 0})
+        epochs = (epochs_at or {}).get(s, epochs_per_step)
+        cfg = TrainConfig(**{**asdict(cfg_base), "epochs": epochs, "lr": lr, "warmup": 0.3, "ema": 0})
         train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=f"prune{s:.2f}", device=device,
               teacher=teacher)
         yield s, {k: v.detach().clone() for k, v in model.state_dict().items()}, masks

@@ -99,9 +99,11 @@ class SweepRunner:
     """Shared state of one sweep on one machine: data, baseline (teacher), pruned cache, output folder."""
 
     def __init__(self, out: str, baseline: str, data: str = "jpeg", prune_epochs: int = 5, prune_lr: float = 0.05,
-                 prune_kd: float = 0.5, subset: int = 0, device=None, worker: str = "", caps: str = ""):
+                 prune_kd: float = 0.5, subset: int = 0, device=None, worker: str = "", caps: str = "",
+                 prune_final_epochs: int = 0):
         self.out, self.data_spec, self.subset = out, data, subset
         self.prune_epochs, self.prune_lr, self.prune_kd = prune_epochs, prune_lr, prune_kd
+        self.prune_final_epochs = prune_final_epochs  # epochs at each kept level (0: prune_epochs)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.worker = worker
         self.caps = load_caps(caps)
@@ -157,7 +159,8 @@ class SweepRunner:
 
     # ------------------------------------------------------------------ pruned starting points
     def pruned_path(self, s: float) -> str:
-        tag = f"_caps{caps_digest(self.caps)}" if self.caps else ""
+        tag = f"_f{self.prune_final_epochs}" if self.prune_final_epochs else ""
+        tag += f"_caps{caps_digest(self.caps)}" if self.caps else ""
         return os.path.join(self.out, "cache", f"pruned_s{s:g}_e{self.prune_epochs}_kd{self.prune_kd:g}{tag}.mbz")
 
     def prepare(self, sparsities) -> None:
@@ -173,12 +176,14 @@ class SweepRunner:
         model.load_state_dict(self.base)
         cfg = TrainConfig(batch=min(512, len(tr)), kd=self.prune_kd)
         teacher = self.teacher() if self.prune_kd else None
+        epochs_at = {x: self.prune_final_epochs for x in want} if self.prune_final_epochs else None
         for s, sd, _ in prune_schedule(model, tr, te, chain, self.prune_epochs, self.prune_lr, self.log_path,
-                                       self.device, cfg, teacher=teacher, caps=self.caps):
+                                       self.device, cfg, teacher=teacher, caps=self.caps, epochs_at=epochs_at):
             if s in want:
                 ev = evaluate(model, te, device=self.device, amp=False)
                 meta = {"arch": self.arch_kw, "pruning": {"sparsity": s, "chain": chain, "epochs_per_step":
                                                           self.prune_epochs, "kd": self.prune_kd,
+                                                          "epochs_at_kept_levels": self.prune_final_epochs or None,
                                                           "caps": self.caps or None},
                         "top1": ev["top1"], "baseline": os.path.basename(self.baseline_path)}
                 mbz.save({k: v.cpu() for k, v in sd.items()}, self.pruned_path(s), metadata=meta,

@@ -45,6 +45,7 @@ class TrainConfig:
     fit_budget: float = 0.0         # seconds: after the warm-up, shrink `epochs` to fit (0: off)
     kd: float = 0.0                 # weight of the distillation term (needs a teacher), 0 disables
     kd_temp: float = 4.0            # distillation temperature
+    compile: bool = False           # torch.compile the training forward/backward (CUDA only)
     extra: dict = field(default_factory=dict)
 
 
@@ -122,10 +123,14 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
     if cuda:
         model.to(memory_format=torch.channels_last)
     train_ds, test_ds = train_ds.to(device), test_ds.to(device)
+    if masks:  # on the device once: a CPU mask copied in every step stalls the GPU
+        masks = {k: m.to(device) for k, m in masks.items()}
     if cfg.kd:
         teacher = teacher.to(device).eval()
         if cuda:
             teacher.to(memory_format=torch.channels_last)
+    # the compiled module shares its parameters with `model`; evaluation, masks and EMA use `model`
+    fwd = torch.compile(model) if cfg.compile and cuda else model
     opt = torch.optim.SGD(param_groups(model, cfg.wd), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     ema = Ema(model, cfg.ema) if cfg.ema else None
     n = len(train_ds)
@@ -185,7 +190,7 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and cuda):
-                out = model(x)
+                out = fwd(x)
                 loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
                 if cfg.kd:
                     with torch.no_grad():
