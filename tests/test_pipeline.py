@@ -7,7 +7,7 @@ import torch
 
 import mbz
 from mbz.cli import main
-from mbz.pipeline.data import augment_batch, evaluate, load_dataset, random_crop_flip
+from mbz.pipeline.data import augment_batch, evaluate, load_dataset, random_crop_flip, trivial_augment
 from mbz.pipeline.prune import apply_masks, global_magnitude_masks, sparsity_report
 from mbz.pipeline.qat import calibrate, export_state_dict, fold_bn, insert_act_quant, snap_for_export, to_qmodules
 from mbz.pipeline.train import TrainConfig, train
@@ -32,6 +32,36 @@ def test_npz_loader_and_augmentation(tiny_npz):
     a = augment_batch(ds.images[:8], trivial=True, cutout_size=8, gen=torch.Generator().manual_seed(1))
     b = augment_batch(ds.images[:8], trivial=True, cutout_size=8, gen=torch.Generator().manual_seed(1))
     assert a.shape == (8, 3, 32, 32) and torch.equal(a, b)
+
+
+def test_trivial_augment_warps_exactly_the_geometric_samples():
+    """The batch is warped whole and selected (no host sync); each sample must still get what it drew:
+    geometric ops (6-9) their own affine warp, the others an unwarped result."""
+    import torch.nn.functional as F
+    n = 64
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = trivial_augment(x, gen=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # replay the draws trivial_augment makes first
+    op = torch.randint(0, 11, (n,), generator=g)
+    mag = torch.rand(n, generator=g)
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    geo = ((op >= 6) & (op <= 9)).nonzero().flatten().tolist()
+    assert 0 < len(geo) < n
+    for i in geo:
+        m, sg, k = float(mag[i]), float(sign[i]), int(op[i])
+        ang = sg * m * 30 * torch.pi / 180 if k == 6 else 0.0
+        shear, tx, ty = (sg * m * 0.3 if k == j else 0.0 for j in (7, 8, 9))
+        theta = torch.tensor([[[np.cos(ang), -np.sin(ang) + shear, tx], [np.sin(ang), np.cos(ang), ty]]],
+                             dtype=torch.float32)
+        grid = F.affine_grid(theta, [1, 3, 32, 32], align_corners=False)
+        want = F.grid_sample(x[i:i + 1], grid, align_corners=False, padding_mode="zeros")[0]
+        assert torch.allclose(y[i], want, atol=1e-5), f"sample {i} (op {k})"
+    f = 1 + 0.9 * mag * sign
+    kept = [i for i in range(n) if int(op[i]) in (0, 1)]
+    assert kept
+    for i in kept:  # identity and brightness: not warped, and the colour op's result kept
+        want = x[i] if int(op[i]) == 0 else (x[i] * f[i]).clamp(0, 1)
+        assert torch.equal(y[i], want), f"sample {i} (op {int(op[i])})"
 
 
 def test_global_pruning_hits_target():

@@ -137,6 +137,28 @@ def test_runner_end_to_end_on_cpu(tiny_npz, tmp_path):
     assert b"bytes/indices" in blob and row["name"].encode() in blob
 
 
+def test_prune_chain_fine_tunes_longer_at_the_kept_level(tiny_npz, tmp_path):
+    """--prune-final-epochs: short steps on the way, the long fine-tune where the sweep keeps a model;
+    its cache name differs, so a chain made with other epochs is never reused for it."""
+    from mbz.pipeline.sweep_run import SweepRunner
+    torch.manual_seed(0)
+    torch.save(mobilenet_v2_cifar(width_mult=0.25).state_dict(), tmp_path / "base.pt")
+    out = str(tmp_path / "sweep")
+    r = SweepRunner(out, str(tmp_path / "base.pt"), f"npz:{tiny_npz}", prune_epochs=1, prune_kd=0.0,
+                    device=torch.device("cpu"), prune_final_epochs=3)
+    plain = SweepRunner(out, str(tmp_path / "base.pt"), f"npz:{tiny_npz}", prune_epochs=1, prune_kd=0.0,
+                        device=torch.device("cpu"))
+    assert r.pruned_path(0.7) != plain.pruned_path(0.7)
+    r.prepare([0.7])
+    epochs = {}
+    for h in map(json.loads, open(os.path.join(out, "train_log.jsonl"))):
+        epochs[h["run"]] = epochs.get(h["run"], 0) + 1
+    assert epochs == {"prune0.50": 1, "prune0.70": 3}
+    with mbz.open(r.pruned_path(0.7)) as rd:
+        assert rd.metadata["pruning"]["epochs_at_kept_levels"] == 3
+    assert not os.path.exists(plain.pruned_path(0.7))
+
+
 def test_report_is_current_and_reproducible(tmp_path):
     """REPORT.md regenerated from the committed files equals the committed REPORT.md, byte for byte."""
     from mbz.report.report import build
