@@ -10,7 +10,7 @@ from mbz.cli import main
 from mbz.pipeline.data import augment_batch, evaluate, load_dataset, random_crop_flip, trivial_augment
 from mbz.pipeline.prune import apply_masks, global_magnitude_masks, sparsity_report
 from mbz.pipeline.qat import calibrate, export_state_dict, fold_bn, insert_act_quant, snap_for_export, to_qmodules
-from mbz.pipeline.train import TrainConfig, train
+from mbz.pipeline.train import Ema, TrainConfig, train
 from mbz.spec import Encoding
 from mbz.torch_io import mobilenet_v2_cifar
 
@@ -62,6 +62,25 @@ def test_trivial_augment_warps_exactly_the_geometric_samples():
     for i in kept:  # identity and brightness: not warped, and the colour op's result kept
         want = x[i] if int(op[i]) == 0 else (x[i] * f[i]).clamp(0, 1)
         assert torch.equal(y[i], want), f"sample {i} (op {int(op[i])})"
+
+
+def test_ema_decay_warms_up_then_reaches_its_setting():
+    """The first updates follow the model ((1+t)/(10+t)); later ones use the configured decay."""
+    m = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        m.weight.zero_()
+    ema = Ema(m, 0.9995)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema.update(m)
+    assert torch.allclose(ema.model.weight, torch.full_like(m.weight, 1 - 2 / 11))
+    for _ in range(30000):
+        ema.updates += 1  # fast-forward the step count; the next update uses 0.9995
+    before = ema.model.weight.clone()
+    with torch.no_grad():
+        m.weight.fill_(2.0)
+    ema.update(m)
+    assert torch.allclose(ema.model.weight, before + (2.0 - before) * 0.0005)
 
 
 def test_global_pruning_hits_target():
