@@ -83,9 +83,10 @@ def param_groups(model, wd):
 class Ema:
     """Exponential moving average of the weights and BN buffers, decay warmed up as min(decay, (1+t)/(10+t)).
 
-    Without the warm-up the average keeps the random initialisation for thousands of steps (seen:
-    decay 0.9995, 97 steps/epoch: the EMA model at chance level until epoch ~60 and 88.58% after 149
-    epochs).  Pick the decay for the run length: the average spans about 1/(1-decay) steps.
+    Without the warm-up the average starts at the random initialisation and keeps a share of it, and
+    of the early high-learning-rate weights, for thousands of steps (seen: decay 0.9995, 97 steps per
+    epoch: the EMA model at chance level until epoch ~60 and 88.58% after 149 epochs; not yet rerun
+    with the warm-up).  Pick the decay for the run length: the average spans about 1/(1-decay) steps.
     """
 
     def __init__(self, model, decay):
