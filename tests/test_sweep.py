@@ -164,3 +164,19 @@ def test_report_is_current_and_reproducible(tmp_path):
     from mbz.report.report import build
     out = build(ROOT, str(tmp_path / "REPORT.md"), draw=False)
     assert open(out, "rb").read() == open(os.path.join(ROOT, "REPORT.md"), "rb").read()
+
+
+def test_epoch_times_pools_groups_and_skips_first_epochs(tmp_path):
+    import subprocess
+    import sys
+    log = tmp_path / "log.jsonl"
+    rows = [("prune0.50", 1, 9.0), ("prune0.50", 2, 2.0), ("prune0.70", 1, 8.0), ("prune0.70", 2, 4.0),
+            ("prune0.70", 3, 3.0), ("s0.9_w4", 1, 30.0), ("s0.9_w4", 2, 6.0)]
+    log.write_text("".join(json.dumps({"run": r, "epoch": e, "epoch_s": t}) + "\n" for r, e, t in rows))
+    out = tmp_path / "t.md"
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "epoch_times.py"), str(log), "--group", "prune",
+                    "-o", str(out)], check=True, capture_output=True)
+    text = out.read_text()
+    assert "| prune* | 3 | 3.00 |" in text      # 2, 4, 3: first epochs (9, 8) left out
+    assert "| s0.9_w4 | 1 | 6.00 |" in text
+    assert text.startswith("Command: `python tools/epoch_times.py")
