@@ -180,3 +180,25 @@ def test_epoch_times_pools_groups_and_skips_first_epochs(tmp_path):
     assert "| prune* | 3 | 3.00 |" in text      # 2, 4, 3: first epochs (9, 8) left out
     assert "| s0.9_w4 | 1 | 6.00 |" in text
     assert text.startswith("Command: `python tools/epoch_times.py")
+
+
+def test_carry_xz_round_trip_and_bad_magic(tmp_path):
+    import importlib.util
+    import numpy as np
+    spec = importlib.util.spec_from_file_location("carry_xz", os.path.join(ROOT, "tools", "carry_xz.py"))
+    cx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cx)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal(5000).astype(np.float32).tobytes() + b"tail!"   # not a multiple of 4
+    assert cx.shuffle(data) != data and cx.unshuffle(cx.shuffle(data)) == data
+    blob = cx.pack(data)
+    assert len(blob) < len(data) and cx.unpack(blob) == data
+    src, dst = tmp_path / "w.bin", tmp_path / "w.sxz"
+    src.write_bytes(data)
+    cx.main(["pack", str(src), str(dst)])
+    cx.main(["unpack", str(dst), str(tmp_path / "back.bin")])
+    assert (tmp_path / "back.bin").read_bytes() == data
+    with pytest.raises(ValueError, match="magic"):
+        cx.unpack(b"XXXX" + blob[4:])
+    with pytest.raises(ValueError, match="header says"):
+        cx.unpack(blob[:4] + (len(data) + 1).to_bytes(8, "little") + blob[12:])
