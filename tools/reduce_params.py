@@ -19,20 +19,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import torch  # noqa: E402
 
 import mbz  # noqa: E402
+from mbz.pipeline.cli import evaluate_file  # noqa: E402
 from mbz.pipeline.params import reduce_float_params  # noqa: E402
-
-
-def top1(path: str, ds, device: str) -> float:
-    from mbz.pipeline.data import MEAN, STD, evaluate
-    model = mbz.load_model(path)
-    with mbz.open(path) as r:
-        pre = r.metadata.get("preprocess", {})
-    dev = torch.device(device)
-    ev = evaluate(model.to(dev), ds, device=dev, mean=tuple(pre.get("mean", MEAN)), std=tuple(pre.get("std", STD)))
-    return ev["top1"]
 
 
 def main() -> int:
@@ -62,8 +52,8 @@ def main() -> int:
         row["device"] = a.device
         from mbz.pipeline.data import load_dataset
         ds = load_dataset(a.data, "test")  # decoded once for both evaluations
-        row["top1_before"] = top1(a.file, ds, a.device)
-        row["top1_after"] = top1(a.out, ds, a.device)
+        row["top1_before"] = evaluate_file(a.file, ds, a.device)["top1"]
+        row["top1_after"] = evaluate_file(a.out, ds, a.device)["top1"]
     print(json.dumps(row), flush=True)
     if a.data == "none":
         return 0

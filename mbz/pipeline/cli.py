@@ -4,22 +4,30 @@ from __future__ import annotations
 import json
 
 
-def cmd_eval(a) -> int:
+def evaluate_file(path: str, ds, device: str = "cpu") -> dict:
+    """evaluate() of the model rebuilt from a .mbz file, with the preprocessing its metadata records."""
     import torch
 
     from .. import api
+    from .data import MEAN, STD, evaluate
+    model = api.load_model(path)
+    with api.open(path) as r:
+        pre = r.metadata.get("preprocess", {})
+    dev = torch.device(device)
+    return evaluate(model.to(dev), ds, device=dev, mean=tuple(pre.get("mean", MEAN)), std=tuple(pre.get("std", STD)))
+
+
+def cmd_eval(a) -> int:
+    from .. import api
     from ..summary import summarize
-    from .data import MEAN, STD, evaluate, load_dataset
-    model = api.load_model(a.file)
+    from .data import load_dataset
     with api.open(a.file) as r:
         s = summarize(r, decode=False)
-        pre = r.metadata.get("preprocess", {})
+        arch = r.metadata.get("arch", {})
     ds = load_dataset(a.data, "test")
     if a.limit:
         ds = ds.subset(a.limit)
-    dev = torch.device(a.device)
-    ev = evaluate(model.to(dev), ds, device=dev, mean=tuple(pre.get("mean", MEAN)), std=tuple(pre.get("std", STD)))
-    arch = r.metadata.get("arch", {})
+    ev = evaluate_file(a.file, ds, a.device)
     abits = arch.get("act_bits", 32)
     out = {"file": a.file, "data": ds.source, "n": ev["n"], "top1": ev["top1"], "file_bytes": s["file_bytes"],
            "file_mb": s["file_mb"], "model_compression_ratio": s["model_compression_ratio"],

@@ -1,6 +1,6 @@
 """Runs made from the second baseline (results/baseline2): one reader for the frontier table and REPORT.md.
 
-Rows come from results/{final,final_a4,final200}/runs.jsonl (sweep rows: top-1 of the packed model on the
+Rows come from results/{final,final_a4,final200,final200_lr}/runs.jsonl (sweep rows: top-1 of the packed model on the
 GPU, drop against the baseline the runner evaluated) and from their reduced/reduce_log.jsonl
 (tools/reduce_params.py: top-1 before and after on the CPU, drop against baseline2's CPU top-1).
 """
@@ -11,7 +11,8 @@ import os
 
 FOLDERS = {"final": "baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep",
            "final_a4": "baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep",
-           "final200": "baseline2: prune+QAT+KD, 6 ep/level, 36 at the kept level + 20 QAT ep"}
+           "final200": "baseline2: prune+QAT+KD, 6 ep/level, 36 at the kept level + 20 QAT ep",
+           "final200_lr": "baseline2: capped prune chain, 6 ep/level, 36 at the kept level + QAT at lr 0.01"}
 
 
 def _jsonl(path: str) -> list:

@@ -68,6 +68,31 @@ def _draw(R, zrows, b1, ship):
                              f"examples/mobilenetv2_cifar10.mbz: {ship['file_bytes']:,} bytes by category")
 
 
+def _other_baselines(R) -> list[str]:
+    """One line per other baseline run (results/baseline2, results/baseline_attempts/*): settings, epochs,
+    top-1 and, for weight-EMA runs, how the average compared with the trained weights."""
+    lines = []
+    dirs = ["results/baseline2"] + sorted(os.path.join("results/baseline_attempts", d)
+                                          for d in os.listdir(R("results/baseline_attempts"))
+                                          if os.path.exists(R("results/baseline_attempts", d, "baseline.json")))
+    for d in dirs:
+        b = json.load(open(R(d, "baseline.json")))
+        c, log = b["config"], _jsonl(R(d, "train_log.jsonl"))
+        line = (f"  - {d}: wd {c['wd']:g}, cutout {c['cutout'] or 'off'}, EMA {c['ema'] or 'off'}: "
+                f"{b['top1']:.2f}% after {b['epochs']} epochs ({b['train_seconds']:.0f} s)")
+        if c["ema"]:
+            below = [h["epoch"] for h in log if h.get("test_acc", 100) < 20]
+            raw = [h for h in log if "test_acc_raw" in h]
+            if below:
+                line += f"; the average stayed below 20% until epoch {max(below)} (it began at the random weights)"
+            if raw:
+                mid = raw[len(raw) // 2]
+                line += (f"; average vs trained weights: {mid['test_acc']:.2f}% vs {mid['test_acc_raw']:.2f}% at "
+                         f"epoch {mid['epoch']}, {raw[-1]['test_acc']:.2f}% vs {raw[-1]['test_acc_raw']:.2f}% at the end")
+        lines.append(line + ".")
+    return lines
+
+
 def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt, shipped, ship, meta, b1):
     root = R()
     last = blog[-1]
@@ -133,6 +158,16 @@ def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt
         a(f"  - Run-to-run spread (the same {len(pairs)} configurations trained twice, results/sweep_repeat): "
           f"up to {max(d[0] for d in rest):.2f} points at 3-8-bit weights, up to {max(d[0] for d in w2):.2f} points "
           "at 2-bit weights, whose 4-epoch QAT is unstable.")
+    first = {r["name"]: r for r in _jsonl(R("results/final200_lr/first_command/runs_as_run.jsonl"))} \
+        if os.path.exists(R("results/final200_lr/first_command/runs_as_run.jsonl")) else {}
+    for r in _jsonl(R("results/final200_lr/runs.jsonl")) if first else []:
+        if r["name"] in first:
+            a(f"  - The same QAT configuration from the same pruned model in two GPU commands (results/final200_lr, "
+              f"`{r['name']}`): {first[r['name']]['top1']:.2f}% and {r['top1']:.2f}% (packed models on the GPU): "
+              "differences of this size between configurations at 0.93 sparsity are noise.")
+    a("- Other baseline runs (same recipe unless named; each fitted its epochs into one ≤ 10-minute H100 command):")
+    for line in _other_baselines(R):
+        a(line)
     a("")
     a("## 4. Compression method")
     a("")

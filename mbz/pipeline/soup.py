@@ -1,0 +1,110 @@
+"""Uniform weight averaging ("model soup") of fine-tuned copies of one pruned model.
+
+QAT runs that start from the same pruned model keep its zero pattern but end apart: two runs of
+one configuration gave 91.26% and 90.85% (session 6).  Averaging their weights is a cheap way
+to use every run instead of picking one on the test set.  The average of grid values is not on a
+grid, so each quantized weight is put back on a per-channel grid of its bits (error-minimising
+step, `qat.mse_step`, fp16-exact like the export); pruned zeros stay zero.  Biases and activation
+ranges are averaged.  The result is a new model: evaluate it (tools/soup.py does).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..detect import detect_grid
+from .qat import fp16_exact, mse_step
+
+
+def _grids(name: str, ts: list[torch.Tensor]) -> list | None:
+    """Every input's exact grid (mbz.detect), or None when input 0 has none."""
+    grids = []
+    for i, t in enumerate(ts):
+        g = detect_grid(t)
+        if g is None or not g.k.size:
+            if i:
+                raise ValueError(f"tensor '{name}': input 0 is on a grid, input {i} is not")
+            return None
+        grids.append(g)
+    return grids
+
+
+def average_state_dicts(sds: list[dict]) -> dict:
+    """Plain average of float tensors (weights left off any grid: not storable as they are, but
+    the figure that tells what re-snapping costs); integer tensors must agree."""
+    _check_alike(sds)
+    out = {}
+    for name, t0 in sds[0].items():
+        ts = [sd[name] for sd in sds]
+        if t0.is_floating_point():
+            out[name] = torch.stack([t.double() for t in ts]).mean(0).to(t0.dtype)
+        elif any(not torch.equal(t, t0) for t in ts[1:]):
+            raise ValueError(f"tensor '{name}': integer tensors differ between inputs")
+        else:
+            out[name] = t0
+    return out
+
+
+def _check_alike(sds: list[dict]) -> None:
+    if len(sds) < 2:
+        raise ValueError(f"a soup needs at least 2 models, got {len(sds)}")
+    names = list(sds[0])
+    for i, sd in enumerate(sds[1:], 1):
+        if list(sd) != names:
+            raise ValueError(f"input {i}: tensor names differ from input 0's "
+                             f"(only in one: {sorted(set(sd) ^ set(names))[:5]})")
+        for name in names:
+            t, t0 = sd[name], sds[0][name]
+            if t.shape != t0.shape or t.dtype != t0.dtype:
+                raise ValueError(f"tensor '{name}': input {i} is {tuple(t.shape)} {t.dtype}, "
+                                 f"input 0 is {tuple(t0.shape)} {t0.dtype}")
+
+
+def soup_state_dicts(sds: list[dict], steps: str = "mse") -> tuple[dict, dict]:
+    """(averaged state_dict, per-tensor report) of copies of one pruned model.
+
+    steps: "mse" puts each averaged weight on the per-channel step with the least rounding error
+    (`qat.mse_step`), "mean" on the mean of the inputs' steps (seen: 90.79% vs 90.68%, session 6).
+
+    Positions zero in every input (the pruned ones) stay zero; a weight that QAT rounded to zero
+    in some runs only gets the average, so the zero count can fall a little (the report has
+    'zeros_in' per input and 'zeros_out').
+    """
+    avg_all = average_state_dicts(sds)
+    out, report = {}, {}
+    for name, avg in avg_all.items():
+        ts = [sd[name] for sd in sds]
+        grids = _grids(name, ts) if ts[0].is_floating_point() and ts[0].dim() >= 2 else None
+        qmax = max(int(np.abs(g.k).max()) for g in grids) if grids else 0
+        if not qmax:
+            out[name] = avg
+            continue
+        bits = qmax.bit_length() + 1  # symmetric: codes in [-qmax, qmax], qmax = 2^(bits-1) - 1
+        if steps == "mse":
+            step = mse_step(avg, bits)
+        elif steps == "mean":
+            step = torch.from_numpy(np.mean([np.broadcast_to(np.asarray(g.scales, np.float64), (avg.shape[0],))
+                                             for g in grids], axis=0)).float()
+        else:
+            raise ValueError(f"steps must be 'mse' or 'mean', got {steps!r}")
+        step = fp16_exact(step).clamp_min(6.2e-5).view((-1,) + (1,) * (avg.dim() - 1))
+        snapped = (torch.clamp(torch.round(avg / step), -qmax, qmax) * step).float()
+        out[name] = snapped
+        report[name] = {"bits": bits, "rms_snap": float((snapped.double() - avg.double()).pow(2).mean().sqrt()),
+                        "zeros_in": [int((t == 0).sum()) for t in ts], "zeros_out": int((snapped == 0).sum())}
+    return out, report
+
+
+def soup_metadata(metas: list[dict], inputs: list[str]) -> dict:
+    """The first input's metadata, activation ranges averaged (fp16-exact), training figures dropped."""
+    meta = {k: v for k, v in metas[0].items() if k not in ("top1_qat_eval", "reduced_params")}
+    arch = dict(meta.get("arch", {}))
+    alphas = [m.get("arch", {}).get("act_alpha") for m in metas]
+    if alphas[0]:
+        if any(a is None or set(a) != set(alphas[0]) for a in alphas[1:]):
+            raise ValueError("inputs quantize different activations (arch.act_alpha keys differ)")
+        arch["act_alpha"] = {k: float(fp16_exact(torch.tensor(sum(a[k] for a in alphas) / len(alphas))))
+                             for k in alphas[0]}
+    meta["arch"] = arch
+    meta["soup"] = {"inputs": inputs, "weights": "uniform"}
+    return meta

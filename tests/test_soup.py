@@ -1,0 +1,82 @@
+"""Uniform soup of QAT copies of one pruned model: grids, zeros, averages and refusals."""
+import numpy as np
+import pytest
+import torch
+
+from mbz.detect import detect_grid
+from mbz.pipeline.soup import average_state_dicts, soup_metadata, soup_state_dicts
+
+
+def _copies_on_grid(rng, mask, n, qmax=7):
+    """n QAT-like copies: 4-bit per-channel weights near one another (codes +-1 apart, steps
+    1% apart) with the given zero pattern, and fp16 biases."""
+    k0 = torch.from_numpy(rng.integers(3, qmax, size=mask.shape) * rng.choice([-1, 1], size=mask.shape))
+    k0[0, 0, 0, 0], k0[:, -1, 0, 0] = qmax - 1, -(qmax - 1)
+    s0 = rng.uniform(0.01, 0.05, size=(mask.shape[0], 1, 1, 1))
+    out = []
+    for _ in range(n):
+        k = (k0 + torch.from_numpy(rng.integers(-1, 2, size=mask.shape))).float() * mask
+        s = torch.from_numpy(s0 * rng.uniform(0.99, 1.01, size=s0.shape)).float().half().float()
+        out.append({"conv.weight": (k * s).float(), "conv.bias": torch.from_numpy(rng.standard_normal(6)).half(),
+                    "steps": torch.tensor(3)})
+    return out
+
+
+def test_soup_puts_weights_back_on_a_4bit_grid_keeping_zeros():
+    rng = np.random.default_rng(0)
+    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.7).float()
+    mask[:, -1, 0, 0] = 1
+    sds = _copies_on_grid(rng, mask, 3)
+    out, report = soup_state_dicts(sds)
+    w = out["conv.weight"]
+    g = detect_grid(w)
+    assert g is not None and int(np.abs(g.k).max()) <= 7          # on a 4-bit symmetric grid
+    assert torch.equal(w == 0, mask == 0)                           # zeros exactly where they were
+    avg = torch.stack([sd["conv.weight"].double() for sd in sds]).mean(0)
+    assert torch.equal(average_state_dicts(sds)["conv.weight"], avg.float())   # the plain average, off the grid
+    assert detect_grid(avg.float()) is None or int(np.abs(detect_grid(avg.float()).k).max()) > 7
+    # each weight within half a step of the average, or clipped to +-7 steps (steps per output channel)
+    step = torch.from_numpy(np.asarray(g.scales, np.float64)).view(-1, 1, 1, 1)
+    inside = avg.abs() <= 7 * step
+    assert ((w.double() - avg).abs() <= step / 2 + 1e-7)[inside].all()
+    assert torch.equal(w.double()[~inside], (7 * step * avg.sign()).expand_as(avg)[~inside].float().double())
+    assert report["conv.weight"]["bits"] == 4
+    mean_step = torch.stack([torch.from_numpy(np.asarray(detect_grid(sd["conv.weight"]).scales, np.float64))
+                             for sd in sds]).mean(0).float().half().float()
+    g_mean = detect_grid(soup_state_dicts(sds, "mean")[0]["conv.weight"])
+    assert np.array_equal(np.asarray(g_mean.scales, np.float32), mean_step.numpy())
+    with pytest.raises(ValueError, match="steps must be"):
+        soup_state_dicts(sds, "median")
+    bias = torch.stack([sd["conv.bias"].double() for sd in sds]).mean(0)
+    assert out["conv.bias"].dtype == torch.float16 and torch.allclose(out["conv.bias"].double(), bias, atol=2e-3)
+    assert torch.equal(out["steps"], torch.tensor(3))
+
+
+def test_soup_zero_in_one_input_only_gets_the_average_and_refusals():
+    rng = np.random.default_rng(1)
+    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.5).float()
+    mask[:, -1, 0, 0] = 1
+    mask[1, 2, 1, 1] = 1
+    a, b = _copies_on_grid(rng, mask, 2)
+    b["conv.weight"][1, 2, 1, 1] = 0.0
+    out, report = soup_state_dicts([a, b])
+    assert out["conv.weight"][1, 2, 1, 1] > 0
+    assert report["conv.weight"]["zeros_out"] == int((mask == 0).sum())
+    assert report["conv.weight"]["zeros_in"][1] == int((mask == 0).sum()) + 1
+    with pytest.raises(ValueError, match="names differ"):
+        soup_state_dicts([a, {"other": a["conv.weight"]}])
+    with pytest.raises(ValueError, match="at least 2"):
+        soup_state_dicts([a])
+    c = dict(b, **{"conv.weight": b["conv.weight"] * 1.001 + 1e-4})   # not on any grid
+    with pytest.raises(ValueError, match="conv.weight.*input 1 is not"):
+        soup_state_dicts([a, c])
+
+
+def test_soup_metadata_averages_activation_ranges():
+    m1 = {"arch": {"act_bits": 8, "act_alpha": {"a": 2.0, "b": 6.0}}, "top1_qat_eval": 91.0}
+    m2 = {"arch": {"act_bits": 8, "act_alpha": {"a": 4.0, "b": 5.0}}, "top1_qat_eval": 90.0}
+    meta = soup_metadata([m1, m2], ["x.mbz", "y.mbz"])
+    assert meta["arch"]["act_alpha"] == {"a": 3.0, "b": 5.5}
+    assert "top1_qat_eval" not in meta and meta["soup"]["inputs"] == ["x.mbz", "y.mbz"]
+    with pytest.raises(ValueError, match="act_alpha"):
+        soup_metadata([m1, {"arch": {"act_alpha": {"a": 1.0}}}], ["x", "y"])
