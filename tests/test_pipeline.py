@@ -193,3 +193,35 @@ def test_inplace_activation_quantizers_at_inference_change_no_bit():
     assert torch.equal(x, x0)                                  # the caller's input is never touched
     assert torch.equal(a.view(torch.int32), b.view(torch.int32))
     assert not torch.equal(a, tiny().eval()(x))                # quantizers are active (the test can fail)
+
+
+def test_qat_resume_starts_exactly_where_the_file_ends(tiny_npz, tmp_path):
+    from mbz.pipeline.compress import QatConfig, qat_resume, qat_run
+    tr = load_dataset(f"npz:{tiny_npz}", "train")
+    te = load_dataset(f"npz:{tiny_npz}", "test")
+    m = tiny().eval()
+    apply_masks(m, global_magnitude_masks(dict(m.named_parameters()), 0.8))
+    cpu = torch.device("cpu")
+    arch_kw = {"name": "mobilenet_v2_cifar", "width_mult": 0.25}
+    a = qat_run(m.state_dict(), QatConfig("a", 0.8, 4, 8, epochs=1, lr=0.01), tr, te, str(tmp_path), None, cpu,
+                arch_kw, save_pt=False)
+    pa = str(tmp_path / "a.mbz")
+    # no epochs: steps from the file's grids, ranges from its metadata -> the very same tensors and top-1
+    b = qat_resume(pa, "b", 0, 0.01, 0.0, tr, te, str(tmp_path), None, cpu)
+    sa, sb = mbz.load(pa), mbz.load(str(tmp_path / "b.mbz"))
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert b["top1_packed"] == a["top1_packed"] and b["top1_equal"]
+    with mbz.open(str(tmp_path / "b.mbz")) as r:
+        assert r.metadata["resumed_from"] == "a.mbz" and r.metadata["arch"]["act_alpha"] == a["arch"]["act_alpha"]
+    # two epochs: parameters move (weights start mid-bin, so one tiny run may keep every code: the
+    # biases show the training), pruned zeros stay zero, the export stays on its grids
+    c = qat_resume(pa, "c", 2, 0.05, 0.0, tr, te, str(tmp_path), None, cpu)
+    sc = mbz.load(str(tmp_path / "c.mbz"))
+    w = [k for k in sa if k.endswith("weight") and sa[k].dim() >= 2]
+    assert all(torch.equal(sc[k][sa[k] == 0], torch.zeros_like(sc[k][sa[k] == 0])) for k in w)
+    assert any(not torch.equal(sc[k], sa[k]) for k in sa)
+    assert c["top1_equal"] and c["config"]["epochs"] == 2 and c["config"]["wbits"] == 4
+    with pytest.raises(ValueError, match="not a packed QAT model"):
+        p = tmp_path / "plain.mbz"
+        mbz.save(m.state_dict(), p, metadata={"arch": arch_kw})
+        qat_resume(str(p), "d", 0, 0.01, 0.0, tr, te, str(tmp_path), None, cpu)

@@ -32,6 +32,7 @@ def test_soup_puts_weights_back_on_a_4bit_grid_keeping_zeros():
     g = detect_grid(w)
     assert g is not None and int(np.abs(g.k).max()) <= 7          # on a 4-bit symmetric grid
     assert torch.equal(w == 0, mask == 0)                           # zeros exactly where they were
+    assert not torch.signbit(w[w == 0]).any()                        # and +0.0, never -0.0
     avg = torch.stack([sd["conv.weight"].double() for sd in sds]).mean(0)
     assert torch.equal(average_state_dicts(sds)["conv.weight"], avg.float())   # the plain average, off the grid
     assert detect_grid(avg.float()) is None or int(np.abs(detect_grid(avg.float()).k).max()) > 7
@@ -63,6 +64,12 @@ def test_soup_zero_in_one_input_only_gets_the_average_and_refusals():
     assert out["conv.weight"][1, 2, 1, 1] > 0
     assert report["conv.weight"]["zeros_out"] == int((mask == 0).sum())
     assert report["conv.weight"]["zeros_in"][1] == int((mask == 0).sum()) + 1
+    # a small negative average rounds to -0.0 unless the soup turns it into +0.0
+    a2 = dict(a, **{"conv.weight": a["conv.weight"].clone()})
+    step1 = float(np.asarray(detect_grid(a["conv.weight"]).scales).reshape(-1)[1])
+    a2["conv.weight"][1, 2, 1, 1] = -step1                           # code -1 in one input, 0 in two
+    w2 = soup_state_dicts([a2, b, b])[0]["conv.weight"]
+    assert w2[1, 2, 1, 1] == 0 and not torch.signbit(w2[1, 2, 1, 1])
     with pytest.raises(ValueError, match="names differ"):
         soup_state_dicts([a, {"other": a["conv.weight"]}])
     with pytest.raises(ValueError, match="at least 2"):

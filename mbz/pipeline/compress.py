@@ -73,6 +73,12 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
                           kd=q.kd, batch=min(512, len(train_ds)))
         train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=q.name, device=device,
               teacher=teacher if q.kd else None)
+    return _export(model, q, arch_kw, test_ds, out_dir, device, pack, zstd, save_pt, t0)
+
+
+def _export(model, q: QatConfig, arch_kw: dict, test_ds, out_dir: str, device, pack: bool, zstd: bool,
+            save_pt: bool, t0: float, extra_meta: dict | None = None) -> dict:
+    """Snap, evaluate, export and (optionally) pack a QAT model; the packed file is evaluated again."""
     model.eval()
     snap_for_export(model)
     ev_qat = evaluate(model, test_ds.to(device), device=device, amp=False)
@@ -89,7 +95,7 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
         meta = {"arch": arch, "preprocess": {"mean": list(MEAN), "std": list(STD), "input_size": [3, 32, 32],
                                              "input_bits": 8},
                 "compression": asdict(q), "top1_qat_eval": ev_qat["top1"],
-                "dataset": "CIFAR-10 (JPEG q75 export)"}
+                "dataset": "CIFAR-10 (JPEG q75 export)", **(extra_meta or {})}
         path = os.path.join(out_dir, f"{q.name}.mbz")
         rep = mbz.save(sd, path, metadata=meta, zstd=zstd)
         m2 = mbz.load_model(path).to(device)
@@ -98,3 +104,71 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
                    top1_equal=ev_packed["top1"] == ev_qat["top1"])
     res["seconds"] = round(time.time() - t0, 1)
     return res
+
+
+def _file_steps(w: torch.Tensor, scales: torch.Tensor, rows: int, qmax: int, fallback: torch.Tensor) -> torch.Tensor:
+    """Per-row QAT steps that reproduce a packed weight exactly and survive the export's fp16 rounding.
+
+    mbz.detect returns the coarsest exact grid: a row whose codes are all even comes back at twice
+    its step, with codes <= 3.  The finest step scale/d (d*max|code| <= qmax) that is fp16-exact
+    and reproduces the row is taken, so QAT goes on at the row's full resolution; all-zero rows
+    keep `fallback` (the error-minimising step).
+    """
+    w2 = w.float().reshape(rows, -1)
+    sc = scales.reshape(-1).expand(rows) if scales.numel() == 1 else scales.reshape(rows)
+    kmax = torch.round(w2 / sc[:, None]).abs().amax(dim=1)
+    best = torch.where(kmax > 0, sc, fallback.float().reshape(rows))
+    done = kmax == 0
+    for d in range(qmax, 0, -1):
+        s = sc / d
+        ok = (~done) & (kmax * d <= qmax) & (s.half().float() == s) & (s > 0)
+        ok &= (torch.round(w2 / s[:, None]) * s[:, None] == w2).all(dim=1)
+        best = torch.where(ok, s, best)
+        done |= ok
+    return best
+
+
+ARCH_ONLY = ("folded_bn", "act_bits", "act_alpha")  # set again by the export
+
+
+def qat_resume(path: str, name: str, epochs: int, lr: float, kd: float, train_ds: ArrayDataset,
+               test_ds: ArrayDataset, out_dir: str, log: str | None, device, teacher=None,
+               pack: bool = True, zstd: bool = True) -> dict:
+    """More QAT epochs for a packed quantized model (e.g. a soup of runs, tools/soup.py).
+
+    Everything comes from the file: architecture, zero pattern (kept by masks), weight bits and
+    granularity (its 'compression' metadata), steps initialised at the file's exact grids, and
+    the activation ranges, which are learned on from there.
+    """
+    import mbz
+    from ..detect import detect_grid
+    t0 = time.time()
+    with mbz.open(path) as r:
+        meta, sd = dict(r.metadata), r.decode_all()
+    arch, comp = meta.get("arch", {}), meta.get("compression")
+    if not arch.get("folded_bn") or not comp:
+        raise ValueError(f"{path}: not a packed QAT model (needs arch.folded_bn and 'compression' metadata)")
+    known = {k: comp[k] for k in QatConfig.__dataclass_fields__ if k in comp}
+    q = QatConfig(**{**known, "name": name, "epochs": epochs, "lr": lr, "kd": kd})
+    arch_kw = {k: v for k, v in arch.items() if k not in ARCH_ONLY}
+    model = mobilenet_v2_cifar(**arch_kw, folded_bn=True)
+    model.load_state_dict(sd)
+    masks = {n: (p != 0) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2}
+    if q.wbits < 32:
+        to_qmodules(model, q.wbits, per_channel=q.granularity == "channel")
+        qmax = (1 << (q.wbits - 1)) - 1
+        for n, m in model.named_modules():
+            if hasattr(m, "step") and isinstance(m.step, torch.nn.Parameter):
+                g = detect_grid(m.weight.detach())
+                if g is None:
+                    raise ValueError(f"{path}: tensor '{n}.weight' is not on an exact grid")
+                m.step.data = _file_steps(m.weight.detach(), torch.as_tensor(g.scales, dtype=torch.float32),
+                                          m.step.numel(), qmax, m.step.detach())
+    insert_act_quant(model, q.abits, learn=True, alphas=arch.get("act_alpha"))
+    model.to(device)
+    cfg = TrainConfig(epochs=epochs, lr=lr, warmup=0.5, ema=0, wd=0.0 if q.wbits < 32 else 5e-5, kd=kd,
+                      batch=min(512, len(train_ds)))
+    train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=name, device=device,
+          teacher=teacher if kd else None)
+    return _export(model, q, arch_kw, test_ds, out_dir, device, pack, zstd, False, t0,
+                   extra_meta={"resumed_from": os.path.basename(path)})

@@ -88,7 +88,8 @@ def soup_state_dicts(sds: list[dict], steps: str = "mse") -> tuple[dict, dict]:
         else:
             raise ValueError(f"steps must be 'mse' or 'mean', got {steps!r}")
         step = fp16_exact(step).clamp_min(6.2e-5).view((-1,) + (1,) * (avg.dim() - 1))
-        snapped = (torch.clamp(torch.round(avg / step), -qmax, qmax) * step).float()
+        # + 0.0 turns the -0.0 of small negative averages into +0.0: zeros are stored as +0.0 only
+        snapped = (torch.clamp(torch.round(avg / step), -qmax, qmax) * step).float() + 0.0
         out[name] = snapped
         report[name] = {"bits": bits, "rms_snap": float((snapped.double() - avg.double()).pow(2).mean().sqrt()),
                         "zeros_in": [int((t == 0).sum()) for t in ts], "zeros_out": int((snapped == 0).sum())}
