@@ -53,15 +53,8 @@ def main(argv=None) -> int:
         from mbz.pipeline.data import load_dataset
         ds = load_dataset(a.data, "test")
         row.update(data=a.data, device=a.device, top1=evaluate_file(a.out, ds, a.device)["top1"])
-        if a.float_average:
-            import torch
-            from mbz.pipeline.data import MEAN, STD, evaluate
-            model = mbz.load_model(a.out)  # the soup's architecture and activation ranges
-            model.load_state_dict(average_state_dicts(sds))
-            dev = torch.device(a.device)
-            pre = meta.get("preprocess", {})
-            row["top1_float_average"] = evaluate(model.to(dev), ds, device=dev, mean=tuple(pre.get("mean", MEAN)),
-                                                 std=tuple(pre.get("std", STD)))["top1"]
+        if a.float_average:  # the soup's architecture and activation ranges, the weights before re-snapping
+            row["top1_float_average"] = evaluate_file(a.out, ds, a.device, average_state_dicts(sds))["top1"]
     print(json.dumps(row), flush=True)
     if a.data != "none":
         log = a.log or os.path.join(os.path.dirname(os.path.abspath(a.out)), "soup_log.jsonl")

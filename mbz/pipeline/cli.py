@@ -4,13 +4,16 @@ from __future__ import annotations
 import json
 
 
-def evaluate_file(path: str, ds, device: str = "cpu") -> dict:
-    """evaluate() of the model rebuilt from a .mbz file, with the preprocessing its metadata records."""
+def evaluate_file(path: str, ds, device: str = "cpu", state_dict: dict | None = None) -> dict:
+    """evaluate() of the model rebuilt from a .mbz file, with the preprocessing its metadata records
+    (`state_dict`: other tensors for the same model, e.g. a soup's weights before re-snapping)."""
     import torch
 
     from .. import api
     from .data import MEAN, STD, evaluate
     model = api.load_model(path)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
     with api.open(path) as r:
         pre = r.metadata.get("preprocess", {})
     dev = torch.device(device)
