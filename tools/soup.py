@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", choices=["mse", "mean"], default="mse",
                     help="per-channel steps of the averaged weights: least rounding error, or the inputs' mean")
+    ap.add_argument("--no-zstd", action="store_true",
+                    help="no entropy stage (a copy to carry to a GPU machine without zstandard, e.g. for qat_resume)")
     ap.add_argument("--float-average", action="store_true",
                     help="also evaluate the plain average before re-snapping (weights off their grids, not stored)")
     ap.add_argument("--log", default=None, help="JSONL to append the result to (default: OUT's folder/soup_log.jsonl)")
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     sd, report = soup_state_dicts(sds, a.steps)
     meta = soup_metadata(metas, [os.path.basename(f) for f in a.files])
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    mbz.save(sd, a.out, metadata=meta)
+    mbz.save(sd, a.out, metadata=meta, zstd=not a.no_zstd)
     row = {"files": a.files, "out": a.out, "steps": a.steps, "bytes": os.path.getsize(a.out),
            "bytes_inputs": [os.path.getsize(f) for f in a.files],
            "largest_rms_snap": max((v["rms_snap"] for v in report.values()), default=0.0)}
