@@ -202,3 +202,17 @@ def test_carry_xz_round_trip_and_bad_magic(tmp_path):
         cx.unpack(b"XXXX" + blob[4:])
     with pytest.raises(ValueError, match="header says"):
         cx.unpack(blob[:4] + (len(data) + 1).to_bytes(8, "little") + blob[12:])
+
+
+def test_index_bound_iid_and_per_row_entropy():
+    import importlib.util
+    import torch
+    spec = importlib.util.spec_from_file_location("index_bound", os.path.join(ROOT, "tools", "index_bound.py"))
+    ib = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ib)
+    w = torch.zeros(4, 500)
+    w[0, :250] = 1.0           # row densities 0.5, 0, 0, 0: overall density 1/8
+    out = ib.bounds({"a.weight": w, "a.bias": torch.ones(4), "small.weight": torch.ones(2, 10)})
+    assert out["positions"] == 2000                                        # bias and the small tensor skipped
+    assert abs(out["iid_bytes"] - 2000 * 0.5435644431995964 / 8) <= 0.5     # H(1/8) bits per position
+    assert abs(out["per_row_bytes"] - (500 * 1.0 + 8 * 4) / 8) <= 0.5       # one row at H(0.5) + 8 bits per row
