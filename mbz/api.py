@@ -110,7 +110,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     if bar is not None:
         bar.close()
     encoded, reports = [d[0] for d in done], [d[1] for d in done]
-    size = write_file(path, encoded, meta, align=align)
+    size = write_file(path, encoded, meta, align=align, compress_header=ent.zstd)
     return SaveReport(os.fspath(path), size, reports)
 
 

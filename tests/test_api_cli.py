@@ -149,3 +149,17 @@ def test_threads_change_nothing(tmp_path, monkeypatch):
         serial, pooled = r.decode_all(workers=1), r.decode_all(workers=3)
     assert list(serial) == list(sd) == list(pooled)
     assert all(bits_equal(serial[k], pooled[k]) for k in sd)
+
+
+def test_no_zstd_means_no_zstd_anywhere(tmp_mbz):
+    """zstd=False files are for machines without zstandard: the header must not be compressed either."""
+    from mbz.spec import PREAMBLE_SIZE, HeaderCodec
+    sd = tiny_model().state_dict()
+    meta = {"notes": ["the same words again and again"] * 50}  # a header zstd would shrink
+    for use_z, want in ((True, HeaderCodec.ZSTD), (False, HeaderCodec.NONE)):
+        mbz.save(sd, tmp_mbz, metadata=meta, zstd=use_z)
+        with open(tmp_mbz, "rb") as f:
+            pre = f.read(PREAMBLE_SIZE)
+        assert pre[12] == want, (use_z, pre[12])
+        back = mbz.load(tmp_mbz)
+        assert back.keys() == sd.keys() and all(bits_equal(back[k], sd[k]) for k in sd)
