@@ -158,6 +158,24 @@ def test_prune_chain_fine_tunes_longer_at_the_kept_level(tiny_npz, tmp_path):
         assert rd.metadata["pruning"]["epochs_at_kept_levels"] == 3
     assert not os.path.exists(plain.pruned_path(0.7))
 
+    # --prune-restart: a second cycle from the cached chain, zeros held, cached under its own name
+    again = SweepRunner(out, str(tmp_path / "base.pt"), f"npz:{tiny_npz}", prune_epochs=1, prune_kd=0.0,
+                        device=torch.device("cpu"), prune_final_epochs=3, prune_restart=2)
+    assert again.pruned_path(0.7) != r.pruned_path(0.7) and again.pruned_path(0.7, 0) == r.pruned_path(0.7)
+    again.prepare([0.7])
+    epochs = {}
+    for h in map(json.loads, open(os.path.join(out, "train_log.jsonl"))):
+        epochs[h["run"]] = epochs.get(h["run"], 0) + 1
+    assert epochs == {"prune0.50": 1, "prune0.70": 5}  # the chain was reused, not rerun
+    first, second = mbz.load(r.pruned_path(0.7)), mbz.load(again.pruned_path(0.7))
+    ws = [k for k, t in first.items() if k.endswith("weight") and t.dim() >= 2]
+    assert all(torch.equal(first[k] == 0, second[k] == 0) for k in ws)
+    assert any(not torch.equal(first[k], second[k]) for k in ws)
+    with mbz.open(again.pruned_path(0.7)) as rd:
+        p = rd.metadata["pruning"]
+    assert p["restart_epochs"] == 2 and p["restart_from"] == os.path.basename(r.pruned_path(0.7))
+    assert p["epochs_at_kept_levels"] == 3
+
 
 def test_report_is_current_and_reproducible(tmp_path):
     """REPORT.md regenerated from the committed files equals the committed REPORT.md, byte for byte."""

@@ -45,7 +45,7 @@ def cmd_run(a):
         configs = shard(configs, i, n)
     worker = f"w{a.shard.split('/')[0]}" if a.shard else ""
     r = SweepRunner(a.out, a.baseline, a.data, a.prune_epochs, a.prune_lr, a.prune_kd, a.subset, worker=worker,
-                    caps=a.caps, prune_final_epochs=a.prune_final_epochs)
+                    caps=a.caps, prune_final_epochs=a.prune_final_epochs, prune_restart=a.prune_restart)
     todo = [c for c in configs if c.name not in r.done()]
     print(f"{len(configs)} configurations, {len(todo)} to run{' (shard ' + a.shard + ')' if a.shard else ''}",
           flush=True)
@@ -57,7 +57,7 @@ def cmd_run(a):
         base = [sys.executable, os.path.abspath(__file__), "run", *a.sweep, "--out", a.out, "--baseline", a.baseline,
                 "--data", a.data, "--prune-epochs", str(a.prune_epochs), "--prune-lr", str(a.prune_lr),
                 "--prune-kd", str(a.prune_kd), "--subset", str(a.subset), "--seed", str(a.seed), "--caps", a.caps,
-                "--prune-final-epochs", str(a.prune_final_epochs)]
+                "--prune-final-epochs", str(a.prune_final_epochs), "--prune-restart", str(a.prune_restart)]
         if a.count:
             base += ["--count", str(a.count)]
         for cond in a.where:
@@ -125,6 +125,9 @@ def main():
     r.add_argument("--prune-final-epochs", type=int, default=0,
                    help="fine-tuning epochs at each sparsity the sweep keeps (the steps on the way there get "
                         "--prune-epochs; 0: --prune-epochs everywhere)")
+    r.add_argument("--prune-restart", type=int, default=0, metavar="EPOCHS",
+                   help="then a second cosine cycle of EPOCHS at each kept sparsity, from the chain's cached model "
+                        "with its zeros held (cached separately: a chain already run is reused)")
     r.add_argument("--caps", default="", help="caps.json of tools/sensitivity.py: per-layer sparsity caps for the "
                    "pruning chain (run names do not include it: give such a sweep its own --out)")
     r.add_argument("--subset", type=int, default=0, help="train on N images (CPU smoke tests)")

@@ -100,8 +100,9 @@ class SweepRunner:
 
     def __init__(self, out: str, baseline: str, data: str = "jpeg", prune_epochs: int = 5, prune_lr: float = 0.05,
                  prune_kd: float = 0.5, subset: int = 0, device=None, worker: str = "", caps: str = "",
-                 prune_final_epochs: int = 0):
+                 prune_final_epochs: int = 0, prune_restart: int = 0):
         self.out, self.data_spec, self.subset = out, data, subset
+        self.prune_restart = prune_restart  # a second cosine cycle of this many epochs at each kept level
         self.prune_epochs, self.prune_lr, self.prune_kd = prune_epochs, prune_lr, prune_kd
         self.prune_final_epochs = prune_final_epochs  # epochs at each kept level (0: prune_epochs)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -158,18 +159,38 @@ class SweepRunner:
         return self._baseline_top1
 
     # ------------------------------------------------------------------ pruned starting points
-    def pruned_path(self, s: float) -> str:
+    def pruned_path(self, s: float, restart: int | None = None) -> str:
+        restart = self.prune_restart if restart is None else restart
         tag = f"_f{self.prune_final_epochs}" if self.prune_final_epochs else ""
         tag += f"_caps{caps_digest(self.caps)}" if self.caps else ""
+        tag += f"_r{restart}" if restart else ""
         return os.path.join(self.out, "cache", f"pruned_s{s:g}_e{self.prune_epochs}_kd{self.prune_kd:g}{tag}.mbz")
 
     def prepare(self, sparsities) -> None:
-        """Gradual pruning chain from the baseline, saving each requested level (skips cached ones)."""
+        """Gradual pruning chain from the baseline, saving each requested level (skips cached ones);
+        with prune_restart, then a second cosine cycle at each level, from the chain's cached model."""
         want = sorted({float(s) for s in sparsities if s > 0})
         missing = [s for s in want if not os.path.exists(self.pruned_path(s))]
         if not missing:
             return
-        top = max(missing)
+        chain_missing = [s for s in missing if not os.path.exists(self.pruned_path(s, 0))]
+        if chain_missing:
+            self._chain(chain_missing)
+        if self.prune_restart:
+            for s in missing:
+                self._restart(s)
+
+    def _save_pruned(self, model, sd, s: float, pruning: dict) -> None:
+        _, te = self.data()
+        ev = evaluate(model, te, device=self.device, amp=False)
+        meta = {"arch": self.arch_kw, "pruning": pruning, "top1": ev["top1"],
+                "baseline": os.path.basename(self.baseline_path)}
+        path = self.pruned_path(s, pruning.get("restart_epochs") or 0)
+        mbz.save({k: v.cpu() for k, v in sd.items()}, path, metadata=meta, zstd=zstd_available())
+        print(f"[prepare] sparsity {s:g}: top-1 {ev['top1']:.2f} -> {path}", flush=True)
+
+    def _chain(self, want: list) -> None:
+        top = max(want)
         chain = sorted({x for x in PRUNE_STEPS if x < top} | set(want))
         tr, te = self.data()
         model = mobilenet_v2_cifar(**self.arch_kw).to(self.device)
@@ -180,15 +201,30 @@ class SweepRunner:
         for s, sd, _ in prune_schedule(model, tr, te, chain, self.prune_epochs, self.prune_lr, self.log_path,
                                        self.device, cfg, teacher=teacher, caps=self.caps, epochs_at=epochs_at):
             if s in want:
-                ev = evaluate(model, te, device=self.device, amp=False)
-                meta = {"arch": self.arch_kw, "pruning": {"sparsity": s, "chain": chain, "epochs_per_step":
-                                                          self.prune_epochs, "kd": self.prune_kd,
-                                                          "epochs_at_kept_levels": self.prune_final_epochs or None,
-                                                          "caps": self.caps or None},
-                        "top1": ev["top1"], "baseline": os.path.basename(self.baseline_path)}
-                mbz.save({k: v.cpu() for k, v in sd.items()}, self.pruned_path(s), metadata=meta,
-                         zstd=zstd_available())
-                print(f"[prepare] sparsity {s:g}: top-1 {ev['top1']:.2f} -> {self.pruned_path(s)}", flush=True)
+                self._save_pruned(model, sd, s, {"sparsity": s, "chain": chain, "epochs_per_step": self.prune_epochs,
+                                                 "kd": self.prune_kd,
+                                                 "epochs_at_kept_levels": self.prune_final_epochs or None,
+                                                 "caps": self.caps or None})
+
+    def _restart(self, s: float) -> None:
+        """prune_restart more epochs at sparsity s (warm-up, then cosine from prune_lr) with the chain's zeros
+        held: its masks are those of the cached model, re-derived and checked, so no weight comes back."""
+        tr, te = self.data()
+        src = self.pruned_path(s, 0)
+        with mbz.open(src) as rd:
+            pruning = dict(rd.metadata.get("pruning", {}))
+        model = mobilenet_v2_cifar(**self.arch_kw).to(self.device)
+        model.load_state_dict(mbz.load(src))
+        zeros = {k: (v == 0) for k, v in model.state_dict().items()}
+        cfg = TrainConfig(batch=min(512, len(tr)), kd=self.prune_kd)
+        teacher = self.teacher() if self.prune_kd else None
+        for _, sd, masks in prune_schedule(model, tr, te, [s], self.prune_restart, self.prune_lr, self.log_path,
+                                           self.device, cfg, teacher=teacher, caps=self.caps):
+            for k, m in masks.items():
+                if not torch.equal(~m.bool().cpu(), zeros[k].cpu()):
+                    raise RuntimeError(f"{src}: re-derived mask of {k} differs from the cached zeros")
+            pruning.update(restart_epochs=self.prune_restart, restart_from=os.path.basename(src))
+            self._save_pruned(model, sd, s, pruning)
 
     # ------------------------------------------------------------------ one run
     def done(self) -> dict:
