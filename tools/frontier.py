@@ -4,7 +4,7 @@
     python tools/frontier.py
 
 Reads results/baseline{,2}/, results/{compress,compress_long,compress_qat45,compress_a4,ptq}/results.jsonl,
-results/{final,final_a4,final200,final200_lr}/runs.jsonl and their reduced/reduce_log.jsonl;
+results/{final,final_a4,final200,final200_lr,final200_restart}/runs.jsonl and their reduced/reduce_log.jsonl;
 writes results/frontier.md, results/frontier.png and results/shipped_model_layers.md.
 No number here is typed by hand.
 """

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Re-pack the .mbz files of a compress run on a machine with zstandard, losslessly.
+"""Re-pack the .mbz files of a compress or qat_resume run on a machine with zstandard, losslessly.
 
-GPU machines may lack zstandard, so tools/compress.py writes files there without the
-entropy stage; this rewrites each one here (bit-identical tensors, checked), copies
-the logs and updates file_bytes in results.jsonl (the GPU size kept as file_bytes_gpu_nozstd).
+GPU machines may lack zstandard, so tools/compress.py and tools/qat_resume.py write files there
+without the entropy stage; this rewrites each one here (bit-identical tensors, checked), copies
+the logs and updates file_bytes in results.jsonl / runs.jsonl (the GPU size kept as
+file_bytes_gpu_nozstd).
 
     python tools/repack.py RUN_DIR results/compress_long
 """
@@ -23,8 +24,11 @@ def main():
     ap.add_argument("dst")
     a = ap.parse_args()
     os.makedirs(a.dst, exist_ok=True)
-    rows = [json.loads(line) for line in open(os.path.join(a.src, "results.jsonl"))]
-    with open(os.path.join(a.dst, "results.jsonl"), "w") as f:
+    table = next((n for n in ("results.jsonl", "runs.jsonl") if os.path.exists(os.path.join(a.src, n))), None)
+    if table is None:
+        raise SystemExit(f"{a.src}: neither results.jsonl (tools/compress.py) nor runs.jsonl (tools/qat_resume.py)")
+    rows = [json.loads(line) for line in open(os.path.join(a.src, table))]
+    with open(os.path.join(a.dst, table), "w") as f:
         for r in rows:
             nbytes = repack(os.path.join(a.src, r["mbz"]), os.path.join(a.dst, r["mbz"]), zstd=True)
             r.setdefault("file_bytes_gpu_nozstd", r["file_bytes"])
@@ -32,7 +36,7 @@ def main():
             f.write(json.dumps(r) + "\n")
             print(r["name"], r["top1_packed"], r["file_bytes_gpu_nozstd"], "->", nbytes)
     for name in os.listdir(a.src):
-        if name.endswith((".jsonl", ".json")) and name != "results.jsonl":
+        if name.endswith((".jsonl", ".json")) and name != table:
             shutil.copy(os.path.join(a.src, name), os.path.join(a.dst, name))
 
 

@@ -68,6 +68,14 @@ def _draw(R, zrows, b1, ship):
                              f"examples/mobilenetv2_cifar10.mbz: {ship['file_bytes']:,} bytes by category")
 
 
+def _qat_repeats(R) -> list:
+    """[(run name, top-1 first command, top-1 second command)]: final200_lr's configuration run twice."""
+    path = R("results/final200_lr/first_command/runs_as_run.jsonl")
+    first = {r["name"]: r for r in _jsonl(path)} if os.path.exists(path) else {}
+    return [(r["name"], first[r["name"]]["top1"], r["top1"]) for r in _jsonl(R("results/final200_lr/runs.jsonl"))
+            if r["name"] in first]
+
+
 def _other_baselines(R) -> list[str]:
     """One line per other baseline run (results/baseline2, results/baseline_attempts/*): settings, epochs,
     top-1 and, for weight-EMA runs, how the average compared with the trained weights."""
@@ -158,13 +166,10 @@ def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt
         a(f"  - Run-to-run spread (the same {len(pairs)} configurations trained twice, results/sweep_repeat): "
           f"up to {max(d[0] for d in rest):.2f} points at 3-8-bit weights, up to {max(d[0] for d in w2):.2f} points "
           "at 2-bit weights, whose 4-epoch QAT is unstable.")
-    first = {r["name"]: r for r in _jsonl(R("results/final200_lr/first_command/runs_as_run.jsonl"))} \
-        if os.path.exists(R("results/final200_lr/first_command/runs_as_run.jsonl")) else {}
-    for r in _jsonl(R("results/final200_lr/runs.jsonl")) if first else []:
-        if r["name"] in first:
-            a(f"  - The same QAT configuration from the same pruned model in two GPU commands (results/final200_lr, "
-              f"`{r['name']}`): {first[r['name']]['top1']:.2f}% and {r['top1']:.2f}% (packed models on the GPU): "
-              "differences of this size between configurations at 0.93 sparsity are noise.")
+    for name, t1, t2 in _qat_repeats(R):
+        a(f"  - The same QAT configuration from the same pruned model in two GPU commands (results/final200_lr, "
+          f"`{name}`): {t1:.2f}% and {t2:.2f}% (packed models on the GPU): "
+          "differences of this size between configurations at 0.93 sparsity are noise.")
     a("- Other baseline runs (same recipe unless named; each fitted its epochs into one ≤ 10-minute H100 command):")
     for line in _other_baselines(R):
         a(line)
@@ -251,7 +256,12 @@ def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt
           f"{STUDENT_DROP} points is `{b['run']}`, {b['file_bytes']:,} B, {worst_drop(b):+.2f} "
           f"({'CPU' if b['top1'] is None else 'GPU' if b['cpu_drop'] is None else 'worse of GPU and CPU'}), "
           f"{STUDENT_MB * 1e6 / b['file_bytes']:.1f}x smaller than the student file"
-          + (". The 5x target is met." if STUDENT_MB * 1e6 / b["file_bytes"] >= 5 else ". The 5x target is not met."))
+          + (". The 5x target is met" if STUDENT_MB * 1e6 / b["file_bytes"] >= 5 else ". The 5x target is not met")
+          + (f", with {STUDENT_DROP - worst_drop(b):.2f} points to spare; the same QAT run repeated at 0.93 moved by "
+             f"{max(abs(t1 - t2) for _, t1, t2 in reps):.2f} points (results/final200_lr), and this is the best of "
+             f"{sum(1 for r in later_runs(R('results')) if r['file_bytes'] <= 200_000)} recorded files of at most "
+             "200 KB, picked by their test-set top-1: a rerun may land on either side of the target."
+             if (reps := _qat_repeats(R)) else "."))
     a("")
     a("## 7. Best compression ratios")
     a("")
