@@ -24,20 +24,16 @@ def _jsonl(path: str) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _baseline2_top1(results: str, name: str) -> float | None:
+    p = os.path.join(results, "baseline2", name)
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return json.load(f)["top1"]
+
+
 def baseline2_cpu_top1(results: str) -> float | None:
-    p = os.path.join(results, "baseline2", "cpu_eval.json")
-    if not os.path.exists(p):
-        return None
-    with open(p) as f:
-        return json.load(f)["top1"]
-
-
-def _gpu_baseline(results: str) -> float | None:
-    p = os.path.join(results, "baseline2", "baseline.json")
-    if not os.path.exists(p):
-        return None
-    with open(p) as f:
-        return json.load(f)["top1"]
+    return _baseline2_top1(results, "cpu_eval.json")
 
 
 def later_runs(results: str, cpu: dict | None = None) -> list[dict]:
@@ -51,15 +47,15 @@ def later_runs(results: str, cpu: dict | None = None) -> list[dict]:
     base_cpu = baseline2_cpu_top1(results)
     if base_cpu is None:
         return []
-    base_gpu = _gpu_baseline(results)
+    base_gpu = _baseline2_top1(results, "baseline.json")
     cpu = cpu or {}
     out = []
     for d, label in FOLDERS.items():
         sweep_base = next((r["baseline_top1"] for r in _jsonl(os.path.join(results, d, "runs.jsonl"))), base_gpu)
-        for sub, models in (("", "models"), ("soup", "soup")):
+        for sub, models in (("", "models"), ("soup", "")):
             here = os.path.join(d, sub) if sub else d
             for r in _jsonl(os.path.join(results, here, "runs.jsonl")):
-                f = os.path.normpath(os.path.join(results, here, models if not sub else "", r["name"] + ".mbz"))
+                f = os.path.normpath(os.path.join(results, here, models, r["name"] + ".mbz"))
                 c = r["config"]
                 if sub:  # qat_resume rows
                     method = f"{label}; uniform soup of its QAT runs + {c['epochs']} QAT ep at lr {c['lr']:g}"

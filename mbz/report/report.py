@@ -249,7 +249,8 @@ def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt
     if smallest_1pt:
         a(f"- smallest run within 1.0 point: `{smallest_1pt['name']}`, {smallest_1pt['file_bytes']:,} B "
           f"({smallest_1pt['top1']:.2f}%).")
-    ok = [r for r in later_runs(R("results")) if worst_drop(r) is not None and worst_drop(r) <= STUDENT_DROP]
+    later = later_runs(R("results"))
+    ok = [r for r in later if worst_drop(r) is not None and worst_drop(r) <= STUDENT_DROP]
     if ok:
         b = min(ok, key=lambda r: r["file_bytes"])
         a(f"- later runs from results/baseline2 (results/final*, drop against that baseline): smallest within "
@@ -259,7 +260,7 @@ def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt
           + (". The 5x target is met" if STUDENT_MB * 1e6 / b["file_bytes"] >= 5 else ". The 5x target is not met")
           + (f", with {STUDENT_DROP - worst_drop(b):.2f} points to spare; the same QAT run repeated at 0.93 moved by "
              f"{max(abs(t1 - t2) for _, t1, t2 in reps):.2f} points (results/final200_lr), and this is the best of "
-             f"{sum(1 for r in later_runs(R('results')) if r['file_bytes'] <= 200_000)} recorded files of at most "
+             f"{sum(1 for r in later if r['file_bytes'] <= 200_000)} recorded files of at most "
              "200 KB, picked by their test-set top-1: a rerun may land on either side of the target."
              if (reps := _qat_repeats(R)) else "."))
     a("")
