@@ -173,9 +173,8 @@ class SweepRunner:
         missing = [s for s in want if not os.path.exists(self.pruned_path(s))]
         if not missing:
             return
-        chain_missing = [s for s in missing if not os.path.exists(self.pruned_path(s, 0))]
-        if chain_missing:
-            self._chain(chain_missing)
+        if any(not os.path.exists(self.pruned_path(s, 0)) for s in missing):
+            self._chain(want)  # every requested level, as before: each gets its final epochs on the way
         if self.prune_restart:
             for s in missing:
                 self._restart(s)
