@@ -41,6 +41,13 @@ def main():
                          "instead of random weights; its shapes set the architecture")
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the training step (CUDA; the first epoch pays for compilation)")
+    ap.add_argument("--compile-mode", default="default",
+                    choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                    help="torch.compile mode with --compile (reduce-overhead replays CUDA graphs)")
+    ap.add_argument("--no-cudnn-benchmark", action="store_true",
+                    help="do not let cuDNN time its convolution algorithms (CUDA; on by default)")
+    ap.add_argument("--eval-every", type=int, default=1,
+                    help="evaluate on the test set every N epochs (and after the last); each costs GPU time")
     ap.add_argument("--subset", type=int, default=0, help="train/test on N images (CPU smoke test)")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; stop early and save OUT/resume.pt")
     ap.add_argument("--fit-budget", type=float, default=0,
@@ -54,7 +61,8 @@ def main():
     print(f"data: {len(tr)} train / {len(te)} test from {tr.source} in {time.time() - t0:.1f}s", flush=True)
     cfg = TrainConfig(epochs=a.epochs, batch=min(a.batch, len(tr)), lr=a.lr, wd=a.wd, label_smoothing=a.label_smoothing,
                       ema=a.ema, trivial=not a.no_trivial, cutout=a.cutout, seed=a.seed,
-                      fit_budget=a.fit_budget, compile=a.compile)
+                      fit_budget=a.fit_budget, compile=a.compile, compile_mode=a.compile_mode,
+                      cudnn_benchmark=not a.no_cudnn_benchmark, eval_every=a.eval_every)
     if a.init:
         init = read_checkpoint(a.init)
         arch = arch_of(init, a.dropout)

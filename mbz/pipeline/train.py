@@ -46,6 +46,8 @@ class TrainConfig:
     kd: float = 0.0                 # weight of the distillation term (needs a teacher), 0 disables
     kd_temp: float = 4.0            # distillation temperature
     compile: bool = False           # torch.compile the training forward/backward (CUDA only)
+    compile_mode: str = "default"   # torch.compile mode: default | reduce-overhead | max-autotune-no-cudagraphs
+    cudnn_benchmark: bool = True    # let cuDNN time its algorithms for the fixed batch shape (CUDA only)
     extra: dict = field(default_factory=dict)
 
 
@@ -143,8 +145,12 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
         if cuda:
             teacher.to(memory_format=torch.channels_last)
     # the compiled module shares its parameters with `model`; evaluation, masks and EMA use `model`
-    fwd = torch.compile(model) if cfg.compile and cuda else model
-    opt = torch.optim.SGD(param_groups(model, cfg.wd), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    fwd = torch.compile(model, mode=cfg.compile_mode) if cfg.compile and cuda else model
+    if cuda:
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    # fused: one kernel for the whole update instead of a handful of multi-tensor launches
+    opt = torch.optim.SGD(param_groups(model, cfg.wd), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                          fused=cuda or None)
     ema = Ema(model, cfg.ema) if cfg.ema else None
     n = len(train_ds)
     spe = n // cfg.batch
