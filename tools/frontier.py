@@ -3,8 +3,8 @@
 
     python tools/frontier.py
 
-Reads results/baseline{,2}/, results/{compress,compress_long,compress_qat45,compress_a4,ptq}/results.jsonl,
-results/{final,final_a4,final200,final200_lr,final200_restart}/runs.jsonl and their reduced/reduce_log.jsonl;
+Reads results/baseline{,2,3}/, results/{compress,compress_long,compress_qat45,compress_a4,ptq}/results.jsonl,
+results/{final,final_a4,final200,final200_lr,final200_restart,b3}/runs.jsonl and their reduced/reduce_log.jsonl;
 writes results/frontier.md, results/frontier.png and results/shipped_model_layers.md.
 No number here is typed by hand.
 """
@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mbz  # noqa: E402
-from mbz.report.later_runs import baseline2_cpu_top1, later_runs, worst_drop  # noqa: E402
+from mbz.report.later_runs import baseline_top1, later_runs, worst_drop  # noqa: E402
 from mbz.summary import summarize  # noqa: E402
 
 R = "results"
@@ -48,11 +48,13 @@ def runs():
                         "top1": r["top1_packed"], "drop": round(base["top1"] - r["top1_packed"], 2),
                         "cpu_top1": cpu.get(os.path.normpath(os.path.join(R, d, r.get("mbz", r["name"] + ".mbz"))))})
             out[-1]["cpu_drop"] = round(base["top1"] - out[-1]["cpu_top1"], 2) if out[-1]["cpu_top1"] is not None else None
-    # session 3: a second baseline (results/baseline2, wd 5e-4 + cutout), sweep-format runs and reduced files
-    base2 = json.load(open(os.path.join(R, "baseline2", "baseline.json")))
-    base2_cpu = baseline2_cpu_top1(R)
+    for r in out:
+        r["baseline"] = "baseline"
+    # sessions 3 and 8: later baselines (results/baseline2: wd 5e-4 + cutout; results/baseline3: batch 1024, 265
+    # epochs), sweep-format runs and reduced files
     out += later_runs(R, cpu)
-    base["baseline2"] = {**base2, "cpu_top1": base2_cpu}
+    for b in ("baseline2", "baseline3"):
+        base[b] = {**json.load(open(os.path.join(R, b, "baseline.json"))), "cpu_top1": baseline_top1(R, b)}
     return base, sorted(out, key=lambda r: r["file_bytes"])
 
 
@@ -85,23 +87,42 @@ def main():
         L.append(f"| {r['run']} | {r['method']} | {r['sparsity']} | {r['wbits']} | {r['abits']} | {r['file_bytes']:,} | "
                  f"{r['file_bytes'] / 1000:.1f} | {fmt(r['top1'], '.2f')} | {fmt(r['cpu_top1'], '.2f')} | "
                  f"{fmt(r['drop'], '+.2f')} | {fmt(r['cpu_drop'], '+.2f')} | {'yes' if on else ''} |")
-    b2 = base["baseline2"]
+    b2, b3 = base["baseline2"], base["baseline3"]
     L += ["", f"Drops are against each run's own baseline: results/baseline ({base['top1']}%) for the session-1 runs, "
           f"results/baseline2 ({b2['top1']}% in training, {b2['cpu_top1']}% in fp32 on the CPU, the figure the "
-          "session-3 runs compare with) for the rows marked baseline2. 'reduced' rows are the same trained model with "
+          "session-3 runs compare with) for the rows marked baseline2, results/baseline3 "
+          f"({b3['top1']}% in training, {b3['cpu_top1']}% in fp32 on the CPU) for the rows marked baseline3. "
+          "'reduced' rows are the same trained model with "
           "weight scales and biases at reduced precision (tools/reduce_params.py), evaluated on the CPU only.", "",
-          "Targets of issue 4 (a row meets a target only on every device it was evaluated on):", ""]
+          "Targets of issue 4 (a row meets a target only on every device it was evaluated on; each row against its "
+          "own baseline, then against a baseline of at least 92.5%):", ""]
+    # a baseline meets the 92.5% target if its training-time and CPU figures both do (session 1's has no CPU one)
+    strong = {b for b in ("baseline2", "baseline3") if min(base[b]["top1"], base[b]["cpu_top1"] or 0) >= 92.5}
+    strong |= {"baseline"} if base["top1"] >= 92.5 else set()
+
+    def closest(rs):
+        r = min(rs, key=worst_drop, default=None)
+        return f"closest {r['run']} ({r['file_bytes']:,} B, drop {worst_drop(r):+.2f})" if r else "no run"
+
+    def against_strong(ok, rs):
+        hit = [r for r in ok if r["baseline"] in strong]
+        return (f"; from a baseline ≥ 92.5% ({', '.join(sorted(strong)) or 'none'}): "
+                + ("met" if hit else "NOT met, " + closest([r for r in rs if r["baseline"] in strong
+                                                              and worst_drop(r) is not None])))
     for kb, drop in [(200, 1.0), (400, 0.3)]:
         ok = [r for r in rows if meets(r, kb, drop)]
         L.append(f"- ≤ {kb} KB within {drop} pt: " + ("met by " + ", ".join(
             f"{r['run']} ({r['file_bytes']:,} B, drop {worst_drop(r):+.2f})"
-            for r in ok) if ok else "NOT met"))
+            for r in ok) if ok else "NOT met")
+            + against_strong(ok, [r for r in rows if r["file_bytes"] <= kb * 1000]))
     a4 = [r for r in rows if r["abits"] == 4]
     L.append("- 4-bit activations within 1.0 pt: " + (", ".join(
         f"{r['run']} drop {fmt(r['drop'], '+.2f')} (GPU) / {fmt(r['cpu_drop'], '+.2f')} (CPU)" for r in a4) or "no run")
-        + (" — met on every device measured" if any(meets(r, 1e9, 1.0) for r in a4) else " — NOT met"))
-    L.append(f"- baseline ≥ 92.5%: {'met' if max(base['top1'], b2['top1']) >= 92.5 else 'NOT met'} "
-             f"({base['top1']}% session 1, {b2['top1']}% session 3)")
+        + (" — met on every device measured" if any(meets(r, 1e9, 1.0) for r in a4) else " — NOT met")
+        + against_strong([r for r in a4 if meets(r, 1e9, 1.0)], a4))
+    L.append(f"- baseline ≥ 92.5%: {'met by ' + ', '.join(sorted(strong)) if strong else 'NOT met'} "
+             f"({base['top1']}% session 1, {b2['top1']}% session 3, {b3['top1']}% in training and "
+             f"{b3['cpu_top1']}% in fp32 on the CPU session 8)")
     with open(os.path.join(R, "frontier.md"), "w") as f:
         f.write("\n".join(L) + "\n")
 
@@ -120,6 +141,7 @@ def main():
     ax.plot([r["file_bytes"] / 1000 for r in frontier], [acc(r) for r in frontier], "k--", lw=0.8, label="frontier")
     ax.axhline(base["top1"], color="gray", lw=0.8, label=f"fp32 baseline (session 1) {base['top1']}%")
     ax.axhline(b2["cpu_top1"], color="gray", lw=0.8, ls=":", label=f"fp32 baseline2 {b2['cpu_top1']}%")
+    ax.axhline(b3["cpu_top1"], color="gray", lw=0.8, ls="--", label=f"fp32 baseline3 {b3['cpu_top1']}%")
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter, NullFormatter
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

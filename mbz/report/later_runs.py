@@ -1,20 +1,25 @@
-"""Runs made from the second baseline (results/baseline2): one reader for the frontier table and REPORT.md.
+"""Sweep-format runs made from the later baselines (results/baseline2, results/baseline3): one reader for the
+frontier table and REPORT.md.
 
-Rows come from results/{final,final_a4,final200,final200_lr,final200_restart}/runs.jsonl (sweep rows: top-1 of the packed model on the
-GPU, drop against the baseline the runner evaluated) and from their reduced/reduce_log.jsonl
-(tools/reduce_params.py: top-1 before and after on the CPU, drop against baseline2's CPU top-1).
+Rows come from results/{final,final_a4,final200,final200_lr,final200_restart,b3}/runs.jsonl (sweep rows: top-1
+of the packed model on the GPU, drop against the baseline the runner evaluated) and from their
+reduced/reduce_log.jsonl (tools/reduce_params.py: top-1 before and after on the CPU, drop against the CPU top-1
+of the folder's own baseline, its cpu_eval.json).
 """
 from __future__ import annotations
 
 import json
 import os
 
-FOLDERS = {"final": "baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep",
-           "final_a4": "baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep",
-           "final200": "baseline2: prune+QAT+KD, 6 ep/level, 36 at the kept level + 20 QAT ep",
-           "final200_lr": "baseline2: capped prune chain, 6 ep/level, 36 at the kept level + QAT at lr 0.01",
-           "final200_restart": "baseline2: capped prune chain, 6 ep/level, 36 + a second 60-ep cycle at the kept level "
-                               "+ QAT at lr 0.01"}
+# folder -> (method label, the baseline folder it was pruned from and distilled from)
+FOLDERS = {"final": ("baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep", "baseline2"),
+           "final_a4": ("baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep", "baseline2"),
+           "final200": ("baseline2: prune+QAT+KD, 6 ep/level, 36 at the kept level + 20 QAT ep", "baseline2"),
+           "final200_lr": ("baseline2: capped prune chain, 6 ep/level, 36 at the kept level + QAT at lr 0.01",
+                           "baseline2"),
+           "final200_restart": ("baseline2: capped prune chain, 6 ep/level, 36 + a second 60-ep cycle at the kept "
+                                "level + QAT at lr 0.01", "baseline2"),
+           "b3": ("baseline3: prune+QAT+KD, 8 ep/level + 14 QAT ep", "baseline3")}
 
 
 def _jsonl(path: str) -> list:
@@ -24,8 +29,9 @@ def _jsonl(path: str) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _baseline2_top1(results: str, name: str) -> float | None:
-    p = os.path.join(results, "baseline2", name)
+def baseline_top1(results: str, base: str, name: str = "cpu_eval.json") -> float | None:
+    """top-1 recorded in results/<base>/<name> (cpu_eval.json: fp32 on the CPU; baseline.json: in training)."""
+    p = os.path.join(results, base, name)
     if not os.path.exists(p):
         return None
     with open(p) as f:
@@ -33,24 +39,24 @@ def _baseline2_top1(results: str, name: str) -> float | None:
 
 
 def baseline2_cpu_top1(results: str) -> float | None:
-    return _baseline2_top1(results, "cpu_eval.json")
+    return baseline_top1(results, "baseline2")
 
 
 def later_runs(results: str, cpu: dict | None = None) -> list[dict]:
-    """Rows {run, method, sparsity, wbits, abits, file_bytes, top1, drop, cpu_top1, cpu_drop}.
+    """Rows {run, method, baseline, sparsity, wbits, abits, file_bytes, top1, drop, cpu_top1, cpu_drop}.
 
     top1/drop are the GPU figures (None for reduced files), cpu_top1/cpu_drop the CPU ones where
     measured: `cpu` ({normalized path: top-1}, e.g. from cpu_eval.jsonl) or reduce_params' "before".
     A folder's soup/ holds tools/qat_resume.py runs of a soup of its QAT runs; those rows carry no
     baseline, so their GPU drop is against the one the folder's sweep runner measured.
     """
-    base_cpu = baseline2_cpu_top1(results)
-    if base_cpu is None:
-        return []
-    base_gpu = _baseline2_top1(results, "baseline.json")
     cpu = cpu or {}
     out = []
-    for d, label in FOLDERS.items():
+    for d, (label, base) in FOLDERS.items():
+        base_cpu = baseline_top1(results, base)
+        if base_cpu is None:
+            continue
+        base_gpu = baseline_top1(results, base, "baseline.json")
         sweep_base = next((r["baseline_top1"] for r in _jsonl(os.path.join(results, d, "runs.jsonl"))), base_gpu)
         for sub, models in (("", "models"), ("soup", "")):
             here = os.path.join(d, sub) if sub else d
@@ -62,7 +68,8 @@ def later_runs(results: str, cpu: dict | None = None) -> list[dict]:
                     top1, drop = r["top1_packed"], round(sweep_base - r["top1_packed"], 2) if sweep_base else None
                 else:
                     method, top1, drop = label, r["top1"], round(r["baseline_top1"] - r["top1"], 2)
-                out.append({"run": f"{here}/{r['name']}", "method": method, "sparsity": c["sparsity"],
+                out.append({"run": f"{here}/{r['name']}", "method": method, "baseline": base,
+                            "sparsity": c["sparsity"],
                             "wbits": c["wbits"], "abits": c["abits"], "file_bytes": r["file_bytes"], "top1": top1,
                             "drop": drop, "cpu_top1": cpu.get(f),
                             "cpu_drop": round(base_cpu - cpu[f], 2) if f in cpu else None})
