@@ -234,3 +234,33 @@ def test_index_bound_iid_and_per_row_entropy():
     assert out["positions"] == 2000                                        # bias and the small tensor skipped
     assert abs(out["iid_bytes"] - 2000 * 0.5435644431995964 / 8) <= 0.5     # H(1/8) bits per position
     assert abs(out["per_row_bytes"] - (500 * 1.0 + 8 * 4) / 8) <= 0.5       # one row at H(0.5) + 8 bits per row
+
+
+def test_later_runs_measure_each_folder_against_its_own_baseline(tmp_path):
+    """A run made from baseline3 is judged against baseline3's CPU top-1, not baseline2's."""
+    from mbz.report.later_runs import later_runs, worst_drop
+
+    def put(path, rows):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+    for base, gpu, cpu in (("baseline2", 91.9, 91.8), ("baseline3", 92.6, 92.7)):
+        put(str(tmp_path / base / "cpu_eval.json"), [{"top1": cpu}])
+        put(str(tmp_path / base / "baseline.json"), [{"top1": gpu}])
+    cfg = {"sparsity": 0.8, "wbits": 4, "abits": 8}
+    for folder, base_gpu in (("final", 91.9), ("b3", 92.6)):
+        put(str(tmp_path / folder / "runs.jsonl"),
+            [{"name": "m", "config": cfg, "file_bytes": 1000, "top1": 91.5, "baseline_top1": base_gpu}])
+        put(str(tmp_path / folder / "reduced" / "reduce_log.jsonl"),
+            [{"out": f"{folder}/reduced/m.mbz", "scale_bits": 8, "bias_bits": 8, "top1_before": 91.4,
+              "top1_after": 91.6}])
+        (tmp_path / folder / "reduced" / "m.mbz").write_bytes(b"x" * 900)
+    rows = {r["run"]: r for r in later_runs(str(tmp_path))}
+    assert rows["final/m"]["baseline"] == "baseline2" and rows["b3/m"]["baseline"] == "baseline3"
+    assert rows["final/m"]["drop"] == pytest.approx(0.4) and rows["b3/m"]["drop"] == pytest.approx(1.1)
+    assert rows["final/m"]["cpu_drop"] == pytest.approx(0.4) and rows["b3/m"]["cpu_drop"] == pytest.approx(1.3)
+    assert rows["final/reduced/m"]["cpu_drop"] == pytest.approx(0.2)
+    assert rows["b3/reduced/m"]["cpu_drop"] == pytest.approx(1.1)
+    assert rows["b3/reduced/m"]["file_bytes"] == 900
+    assert worst_drop(rows["b3/m"]) == pytest.approx(1.3)
