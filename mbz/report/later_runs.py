@@ -38,10 +38,6 @@ def baseline_top1(results: str, base: str, name: str = "cpu_eval.json") -> float
         return json.load(f)["top1"]
 
 
-def baseline2_cpu_top1(results: str) -> float | None:
-    return baseline_top1(results, "baseline2")
-
-
 def later_runs(results: str, cpu: dict | None = None) -> list[dict]:
     """Rows {run, method, baseline, sparsity, wbits, abits, file_bytes, top1, drop, cpu_top1, cpu_drop}.
 
