@@ -264,3 +264,37 @@ def test_later_runs_measure_each_folder_against_its_own_baseline(tmp_path):
     assert rows["b3/reduced/m"]["cpu_drop"] == pytest.approx(1.1)
     assert rows["b3/reduced/m"]["file_bytes"] == 900
     assert worst_drop(rows["b3/m"]) == pytest.approx(1.3)
+
+
+def test_later_runs_cpu_rows_and_the_source_of_a_shipped_copy(tmp_path):
+    """A run made on the CPU reports its figure as the CPU one; a shipped copy is traced to its run and baseline."""
+    from mbz.report.later_runs import later_runs, source_of
+
+    def put(path, rows):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+    for base, top1 in (("baseline2", 91.9), ("baseline3", 92.7)):
+        put(str(tmp_path / base / "cpu_eval.json"), [{"top1": top1}])
+        put(str(tmp_path / base / "baseline.json"), [{"top1": top1}])
+    cfg = {"sparsity": 0.93, "wbits": 5, "abits": 8}
+    put(str(tmp_path / "b3_200k" / "ptq" / "runs.jsonl"),
+        [{"name": "p", "config": cfg, "file_bytes": 1000, "top1": 91.5, "baseline_top1": 92.7, "device": "cpu"}])
+    put(str(tmp_path / "final" / "runs.jsonl"),
+        [{"name": "m", "config": cfg, "file_bytes": 1000, "top1": 91.0, "baseline_top1": 91.9, "device": "H100"}])
+    for run, data in (("b3_200k/ptq/models/p.mbz", b"ptq file"), ("final/models/m.mbz", b"gpu file")):
+        os.makedirs(os.path.dirname(tmp_path / run), exist_ok=True)
+        (tmp_path / run).write_bytes(data)
+    rows = later_runs(str(tmp_path))
+    by = {r["run"]: r for r in rows}
+    p = by["b3_200k/ptq/p"]
+    assert p["top1"] is None and p["drop"] is None
+    assert p["cpu_top1"] == 91.5 and p["cpu_drop"] == pytest.approx(1.2)
+    assert by["final/m"]["top1"] == 91.0 and by["final/m"]["cpu_top1"] is None
+    shipped = tmp_path / "shipped.mbz"
+    shipped.write_bytes(b"gpu file")
+    assert source_of(rows, str(shipped))["run"] == "final/m"
+    assert source_of(rows, str(shipped))["baseline"] == "baseline2"
+    shipped.write_bytes(b"gpu filE")  # same size, other bytes: no source
+    assert source_of(rows, str(shipped)) is None

@@ -4,7 +4,7 @@
     python tools/frontier.py
 
 Reads results/baseline{,2,3}/, results/{compress,compress_long,compress_qat45,compress_a4,ptq}/results.jsonl,
-results/{final,final_a4,final200,final200_lr,final200_restart,b3}/runs.jsonl and their reduced/reduce_log.jsonl;
+the runs.jsonl of every folder in mbz.report.later_runs.FOLDERS and their reduced/reduce_log.jsonl;
 writes results/frontier.md, results/frontier.png and results/shipped_model_layers.md.
 No number here is typed by hand.
 """

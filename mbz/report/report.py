@@ -13,7 +13,7 @@ import mbz
 from ..pipeline.data import MEAN, STD
 from ..summary import summarize
 from . import charts
-from .later_runs import later_runs, worst_drop
+from .later_runs import baseline_top1, later_runs, source_of, worst_drop
 
 STUDENT_MB, STUDENT_DROP = 0.99, 0.40   # the answer users compare with (issue 5)
 
@@ -114,9 +114,11 @@ def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt
     abits = sorted({r["config"]["abits"] for r in rows})
     sps = sorted({r["config"]["sparsity"] for r in rows})
     ship_cpu = cpu.get("examples/mobilenetv2_cifar10.mbz", {})
-    b2 = R("results/baseline2/cpu_eval.json")
-    ship_base = (f"its fp32 baseline's {json.load(open(b2))['top1']:.2f}% on the CPU (results/baseline2, the teacher "
-                 "and starting point of the session-3 runs)" if os.path.exists(b2) else f"the fp32 baseline's {b1:.2f}%")
+    src = source_of(later_runs(R("results")), shipped)  # the run the shipped file is a byte-identical copy of
+    b_cpu = baseline_top1(R("results"), src["baseline"]) if src else None
+    ship_base = (f"its fp32 baseline's {b_cpu:.2f}% on the CPU (results/{src['baseline']}, the teacher and starting "
+                 f"point of `{os.path.relpath(src['file'], R())}`, of which the shipped file is a byte-identical copy)"
+                 if b_cpu is not None else f"the fp32 baseline's {b1:.2f}%")
     L = []
     a = L.append
     a("# MobileNet-v2 on CIFAR-10 (JPEG q75 export): compression report")
