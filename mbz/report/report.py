@@ -114,7 +114,8 @@ def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt
     abits = sorted({r["config"]["abits"] for r in rows})
     sps = sorted({r["config"]["sparsity"] for r in rows})
     ship_cpu = cpu.get("examples/mobilenetv2_cifar10.mbz", {})
-    src = source_of(later_runs(R("results")), shipped)  # the run the shipped file is a byte-identical copy of
+    later = later_runs(R("results"))
+    src = source_of(later, shipped)  # the run the shipped file is a byte-identical copy of
     b_cpu = baseline_top1(R("results"), src["baseline"]) if src else None
     ship_base = (f"its fp32 baseline's {b_cpu:.2f}% on the CPU (results/{src['baseline']}, the teacher and starting "
                  f"point of `{os.path.relpath(src['file'], R())}`, of which the shipped file is a byte-identical copy)"
@@ -252,7 +253,6 @@ def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt
     if smallest_1pt:
         a(f"- smallest run within 1.0 point: `{smallest_1pt['name']}`, {smallest_1pt['file_bytes']:,} B "
           f"({smallest_1pt['top1']:.2f}%).")
-    later = later_runs(R("results"))
     ok = [r for r in later if worst_drop(r) is not None and worst_drop(r) <= STUDENT_DROP]
     if ok:
         b = min(ok, key=lambda r: r["file_bytes"])
