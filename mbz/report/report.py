@@ -256,7 +256,7 @@ def _write(R, out, base, blog, rows, zrows, repeat, prune, acts, acts4, cpu, fmt
     ok = [r for r in later if worst_drop(r) is not None and worst_drop(r) <= STUDENT_DROP]
     if ok:
         b = min(ok, key=lambda r: r["file_bytes"])
-        a(f"- later runs (results/final* from results/baseline2, results/b3 from results/baseline3; drop against "
+        a(f"- later runs (results/final* from results/baseline2, results/b3* from results/baseline3; drop against "
           f"each run's own baseline): smallest within "
           f"{STUDENT_DROP} points is `{b['run']}`, {b['file_bytes']:,} B, {worst_drop(b):+.2f} "
           f"({'CPU' if b['top1'] is None else 'GPU' if b['cpu_drop'] is None else 'worse of GPU and CPU'}), "
