@@ -298,3 +298,32 @@ def test_later_runs_cpu_rows_and_the_source_of_a_shipped_copy(tmp_path):
     assert source_of(rows, str(shipped))["baseline"] == "baseline2"
     shipped.write_bytes(b"gpu filE")  # same size, other bytes: no source
     assert source_of(rows, str(shipped)) is None
+
+
+def test_later_runs_name_how_many_runs_went_into_each_soup(tmp_path):
+    """Two soups resumed in one folder (of 2 and of 4 runs) are told apart by soup_log.jsonl's inputs."""
+    from mbz.report.later_runs import later_runs
+
+    def put(path, rows):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+
+    put(str(tmp_path / "baseline3" / "cpu_eval.json"), [{"top1": 92.7}])
+    put(str(tmp_path / "baseline3" / "baseline.json"), [{"top1": 92.6}])
+    cfg = {"sparsity": 0.93, "wbits": 4, "abits": 8}
+    q = tmp_path / "b3_200k" / "qat"
+    put(str(q / "runs.jsonl"), [{"name": f"m{i}", "config": cfg, "file_bytes": 1000, "top1": 91.9,
+                                 "baseline_top1": 92.6} for i in range(4)])
+    resumed = {**cfg, "epochs": 4, "lr": 0.005}
+    put(str(q / "soup" / "runs.jsonl"),
+        [{"name": "s2", "config": resumed, "file_bytes": 1000, "top1_packed": 92.0, "resumed_from": "/tmp/a.mbz"},
+         {"name": "s4", "config": resumed, "file_bytes": 1000, "top1_packed": 92.1, "resumed_from": "b.mbz"},
+         {"name": "s?", "config": resumed, "file_bytes": 1000, "top1_packed": 92.1}])
+    put(str(q / "soup" / "soup_log.jsonl"), [{"files": ["m0", "m1"], "out": "/tmp/a.mbz"},
+                                             {"files": ["m0", "m1", "m2", "m3"], "out": "b.mbz"}])
+    by = {r["run"]: r for r in later_runs(str(tmp_path))}
+    assert "uniform soup of 2 of its QAT runs + 4 QAT ep" in by["b3_200k/qat/soup/s2"]["method"]
+    assert "uniform soup of 4 of its QAT runs + 4 QAT ep" in by["b3_200k/qat/soup/s4"]["method"]
+    assert "uniform soup of its QAT runs" in by["b3_200k/qat/soup/s?"]["method"]
+    assert by["b3_200k/qat/soup/s4"]["drop"] == pytest.approx(0.5)

@@ -24,6 +24,8 @@ FOLDERS = {"final": ("baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep", "baselin
                       "baseline3"),
            "b3_200k/ptq": ("baseline3: capped prune chain, 6 ep/level, 36 + a second 60-ep cycle at the kept level "
                            "+ PTQ (no QAT)", "baseline3"),
+           "b3_200k/qat": ("baseline3: capped prune chain, 6 ep/level, 36 + a second 60-ep cycle at the kept level "
+                           "+ QAT+KD (epochs and lr in the run name)", "baseline3"),
            **{f"b3_a4_dense/call{i}": ("baseline3: dense QAT+KD, 20 QAT ep", "baseline3") for i in (1, 2, 3)}}
 
 
@@ -65,8 +67,10 @@ def later_runs(results: str, cpu: dict | None = None) -> list[dict]:
             for r in _jsonl(os.path.join(results, here, "runs.jsonl")):
                 f = os.path.normpath(os.path.join(results, here, models, r["name"] + ".mbz"))
                 c = r["config"]
-                if sub:  # qat_resume rows
-                    method = f"{label}; uniform soup of its QAT runs + {c['epochs']} QAT ep at lr {c['lr']:g}"
+                if sub:  # qat_resume rows; soup_log.jsonl (tools/soup.py) says how many runs went into the soup
+                    n = {s["out"]: len(s["files"]) for s in _jsonl(os.path.join(results, here, "soup_log.jsonl"))}
+                    of = f"{n[r['resumed_from']]} of " if r.get("resumed_from") in n else ""
+                    method = f"{label}; uniform soup of {of}its QAT runs + {c['epochs']} QAT ep at lr {c['lr']:g}"
                     top1, drop = r["top1_packed"], round(sweep_base - r["top1_packed"], 2) if sweep_base else None
                 else:
                     method, top1, drop = label, r["top1"], round(r["baseline_top1"] - r["top1"], 2)
