@@ -26,6 +26,8 @@ FOLDERS = {"final": ("baseline2: prune+QAT+KD, 8 ep/level + 14 QAT ep", "baselin
                            "+ PTQ (no QAT)", "baseline3"),
            "b3_200k/qat": ("baseline3: capped prune chain, 6 ep/level, 36 + a second 60-ep cycle at the kept level "
                            "+ QAT+KD (epochs and lr in the run name)", "baseline3"),
+           "b3_200k/replicate": ("baseline3: the recipe of b3_200k/qat again from scratch (a second pruned model)",
+                                 "baseline3"),
            **{f"b3_a4_dense/call{i}": ("baseline3: dense QAT+KD, 20 QAT ep", "baseline3") for i in (1, 2, 3)}}
 
 
