@@ -16,9 +16,8 @@ import msgpack
 
 from .codecs.affine import n_groups, numel_of
 from .codecs.bitpack import packed_size
-from .codecs.filters import FILTERS, max_decoded, zstd_available
+from .codecs.filters import FILTERS, max_decoded, unfilter, zstd_available
 from .codecs.raw import ITEMSIZE
-from .decoder import unfilter
 from .errors import ChecksumError, FormatError, LimitError, TruncatedError, VersionError
 from .spec import (ENCODING_ROLES, H_ALIGN, H_CRCS, H_FORMAT, H_META, H_PAYLOAD, H_TENSORS, MAGIC,
                    MAX_ALIGN, MAX_HEADER_BYTES, MAX_RANK, MAX_WIDTH, PREAMBLE, PREAMBLE_SIZE, T_DTYPE,
@@ -75,6 +74,10 @@ def atomic_write(path, chunks) -> None:
     """Write to a temporary file beside `path`, fsync, then rename: never a partial file."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise FileNotFoundError(2, "output folder does not exist", d)
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "output is a directory", path)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -374,6 +377,8 @@ class Source:
         if data is not None:
             self.buf = memoryview(data)
             return
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "is a directory, not a .mbz file", os.fspath(path))
         self._f = open(path, "rb")
         size = os.fstat(self._f.fileno()).st_size
         if size == 0:

@@ -5,15 +5,11 @@ import torch
 
 from .codecs.affine import decode_affine, numel_of
 from .codecs.codebook import decode_codebook
-from .codecs.filters import get_filter
+from .codecs.filters import unfilter
 from .codecs.raw import ITEMSIZE, TORCH_DTYPE, tensor_from_bytes
 from .codecs.sparse import StoredLayout
 from .errors import FormatError
-from .spec import Encoding, Role, role_stride
-
-
-def unfilter(role: Role, fid: int, stored, decoded_len: int, itemsize: int):
-    return get_filter(fid).decode(stored, decoded_len, role_stride(role, itemsize))
+from .spec import Encoding, Role
 
 
 def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torch.Tensor:

@@ -35,3 +35,11 @@ class CheckpointError(MbzError):
 
 class MismatchError(MbzError):
     """verify: decoded tensors differ from the checkpoint."""
+
+
+class DataError(MbzError):
+    """A dataset spec (--data, MBZ_DATA) names nothing readable."""
+
+
+class UsageError(MbzError):
+    """A command's arguments cannot be carried out as given (e.g. an output that exists without --force)."""

@@ -10,7 +10,8 @@ import pytest
 from mbz.codecs.raw import bits_equal  # noqa: F401  (re-exported for the tests)
 from mbz.spec import MAGIC, PREAMBLE, PREAMBLE_SIZE
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+os.environ.setdefault("MBZ_DATA", SHARED)  # the CIFAR-10 JPEG export beside this checkout (data.load_dataset)
 REFERENCE = os.path.join(SHARED, "reference_mnv2_cifar10_fp32.pt")
 
 

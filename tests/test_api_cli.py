@@ -10,7 +10,7 @@ import torch
 import mbz
 from mbz.cli import main
 from mbz.errors import CheckpointError, MbzError
-from mbz.torch_io import mobilenet_v2_cifar
+from mbz.models import mobilenet_v2_cifar
 
 from conftest import bits_equal
 
@@ -125,7 +125,7 @@ def test_console_script_help():
 
 
 def test_read_checkpoint_accepts_mbz_files(tmp_path):
-    from mbz.torch_io import read_checkpoint
+    from mbz.checkpoint import read_checkpoint
     sd = {"a.weight": torch.randn(4, 3), "a.bias": torch.arange(4, dtype=torch.int64)}
     torch.save(sd, tmp_path / "c.pt")
     mbz.save(sd, tmp_path / "c.mbz")

@@ -4,7 +4,7 @@ import torch
 
 import mbz
 from mbz.pipeline import channels
-from mbz.torch_io import build_model, guess_arch, mobilenet_v2_cifar
+from mbz.models import build_model, guess_arch, mobilenet_v2_cifar
 
 from conftest import bits_equal
 

@@ -12,7 +12,7 @@ from mbz.pipeline.prune import apply_masks, global_magnitude_masks, sparsity_rep
 from mbz.pipeline.qat import calibrate, export_state_dict, fold_bn, insert_act_quant, snap_for_export, to_qmodules
 from mbz.pipeline.train import Ema, TrainConfig, train
 from mbz.spec import Encoding
-from mbz.torch_io import mobilenet_v2_cifar
+from mbz.models import mobilenet_v2_cifar
 
 
 def tiny():

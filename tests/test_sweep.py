@@ -11,7 +11,7 @@ import mbz
 from mbz.detect import detect_grid
 from mbz.pipeline.qat import grad_scale, lsq_fake_quant, mse_step, round_ste
 from mbz.pipeline.sweep import RunConfig, expand, load_sweep, shard
-from mbz.torch_io import mobilenet_v2_cifar
+from mbz.models import mobilenet_v2_cifar
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SWEEPS = os.path.join(ROOT, "sweeps")

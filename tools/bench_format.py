@@ -25,7 +25,8 @@ import mbz  # noqa: E402
 from mbz.cli import main as mbz_cli  # noqa: E402
 from mbz.codecs.raw import bits_equal  # noqa: E402
 from mbz.quantize import QuantPolicy, quantize_state_dict, quantize_tensor  # noqa: E402
-from mbz.torch_io import mobilenet_v2_cifar, read_checkpoint  # noqa: E402
+from mbz.checkpoint import read_checkpoint  # noqa: E402
+from mbz.models import mobilenet_v2_cifar  # noqa: E402
 from mbz.pipeline.prune import apply_masks, global_magnitude_masks  # noqa: E402
 
 REF = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "reference_mnv2_cifar10_fp32.pt")

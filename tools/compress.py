@@ -24,7 +24,8 @@ from mbz.pipeline.compress import QatConfig, prune_schedule, qat_run  # noqa: E4
 from mbz.pipeline.sweep_run import load_caps  # noqa: E402
 from mbz.pipeline.data import load_dataset  # noqa: E402
 from mbz.pipeline.train import TrainConfig  # noqa: E402
-from mbz.torch_io import arch_of, mobilenet_v2_cifar, read_checkpoint  # noqa: E402
+from mbz.checkpoint import read_checkpoint  # noqa: E402
+from mbz.models import arch_of, mobilenet_v2_cifar  # noqa: E402
 
 
 def parse_name(name: str, epochs: int, lr: float) -> QatConfig:

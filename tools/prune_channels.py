@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import mbz  # noqa: E402
 from mbz.pipeline import channels  # noqa: E402
 from mbz.pipeline.data import evaluate, load_dataset, normalize  # noqa: E402
-from mbz.torch_io import arch_of, build_model, read_checkpoint  # noqa: E402
+from mbz.checkpoint import read_checkpoint  # noqa: E402
+from mbz.models import arch_of, build_model, guess_arch  # noqa: E402
 
 
 def main():
@@ -67,7 +68,7 @@ def main():
             m.load_state_dict(thin)
             row["top1_compensated" if comp else "top1_plain"] = evaluate(m, te)["top1"]
         path = os.path.join(a.out, f"thin_r{r:g}.mbz")
-        rep = mbz.save(thin, path, metadata={"structured_pruning": {"ratio": r, "source": os.path.basename(a.checkpoint),
+        rep = mbz.save(thin, path, arch=guess_arch(thin), metadata={"structured_pruning": {"ratio": r, "source": os.path.basename(a.checkpoint),
                                                                      "bias_compensation": True}})
         layers = channels.report(sd, thin)
         with open(os.path.join(a.out, f"thin_r{r:g}.layers.json"), "w") as f:

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import mbz  # noqa: E402
 from mbz.pipeline.data import evaluate, load_dataset  # noqa: E402
-from mbz.torch_io import read_checkpoint  # noqa: E402
+from mbz.checkpoint import read_checkpoint  # noqa: E402
 
 
 def main():

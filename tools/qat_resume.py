@@ -23,7 +23,8 @@ import torch  # noqa: E402
 from mbz.codecs.filters import zstd_available  # noqa: E402
 from mbz.pipeline.compress import qat_resume  # noqa: E402
 from mbz.pipeline.data import load_dataset  # noqa: E402
-from mbz.torch_io import arch_of, mobilenet_v2_cifar, read_checkpoint  # noqa: E402
+from mbz.checkpoint import read_checkpoint  # noqa: E402
+from mbz.models import arch_of, mobilenet_v2_cifar  # noqa: E402
 
 
 def main(argv=None) -> int:

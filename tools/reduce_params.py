@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import mbz  # noqa: E402
-from mbz.pipeline.cli import evaluate_file  # noqa: E402
+from mbz.pipeline.evaluate import evaluate_file  # noqa: E402
 from mbz.pipeline.params import reduce_float_params  # noqa: E402
 
 

@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from mbz.pipeline.data import evaluate, load_dataset  # noqa: E402
 from mbz.pipeline.sensitivity import LEVELS, caps_from, scan  # noqa: E402
-from mbz.torch_io import arch_of, build_model, read_checkpoint  # noqa: E402
+from mbz.checkpoint import read_checkpoint  # noqa: E402
+from mbz.models import arch_of, build_model  # noqa: E402
 
 
 def plot(rows, baseline, path):

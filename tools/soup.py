@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import mbz  # noqa: E402
-from mbz.pipeline.cli import evaluate_file  # noqa: E402
+from mbz.pipeline.evaluate import evaluate_file  # noqa: E402
 from mbz.pipeline.soup import average_state_dicts, soup_metadata, soup_state_dicts  # noqa: E402
 
 

@@ -16,9 +16,22 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from mbz.pipeline.data import MEAN, STD, load_dataset  # noqa: E402
+from mbz.pipeline.data import MEAN, STD, ArrayDataset, load_dataset  # noqa: E402
 from mbz.pipeline.train import TrainConfig, plot_curves, train  # noqa: E402
-from mbz.torch_io import arch_of, build_model, mobilenet_v2_cifar, read_checkpoint  # noqa: E402
+from mbz.checkpoint import read_checkpoint  # noqa: E402
+from mbz.models import arch_of, build_model, mobilenet_v2_cifar  # noqa: E402
+
+
+VAL_SEED = 2024
+
+
+def split_val(ds, n: int):
+    """(train, val): a fixed permutation of `ds` (seed VAL_SEED), its last n images held out."""
+    if not 0 < n < len(ds):
+        raise SystemExit(f"--val {n}: need 0 < N < {len(ds)}")
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(VAL_SEED))
+    pick = lambda idx, tag: ArrayDataset(ds.images[idx], ds.labels[idx], ds.classes, f"{ds.source}[{tag}]")  # noqa: E731
+    return pick(perm[:-n], f"train-{n}"), pick(perm[-n:], f"val{n}")
 
 
 def main():
@@ -46,6 +59,12 @@ def main():
                     help="torch.compile mode with --compile (reduce-overhead replays CUDA graphs)")
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="do not let cuDNN time its convolution algorithms (CUDA; on by default)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="capture the whole training step as one CUDA graph and replay it (CUDA; not with --compile)")
+    ap.add_argument("--warmup", type=float, default=2.0, help="epochs of linear learning-rate warm-up")
+    ap.add_argument("--val", type=int, default=0,
+                    help="hold the last N of a fixed permutation of the training images out and evaluate on them "
+                         "instead of the test set (which is then not loaded)")
     ap.add_argument("--eval-every", type=int, default=1,
                     help="evaluate on the test set every N epochs (and after the last); each costs GPU time")
     ap.add_argument("--subset", type=int, default=0, help="train/test on N images (CPU smoke test)")
@@ -55,14 +74,20 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     t0 = time.time()
-    tr, te = load_dataset(a.data, "train"), load_dataset(a.data, "test")
+    tr = load_dataset(a.data, "train")
+    if a.val:
+        tr, te = split_val(tr, a.val)
+    else:
+        te = load_dataset(a.data, "test")
     if a.subset:
         tr, te = tr.subset(a.subset), te.subset(max(100, a.subset // 5))
-    print(f"data: {len(tr)} train / {len(te)} test from {tr.source} in {time.time() - t0:.1f}s", flush=True)
+    print(f"data: {len(tr)} train / {len(te)} {'val' if a.val else 'test'} from {tr.source} in {time.time() - t0:.1f}s",
+          flush=True)
     cfg = TrainConfig(epochs=a.epochs, batch=min(a.batch, len(tr)), lr=a.lr, wd=a.wd, label_smoothing=a.label_smoothing,
                       ema=a.ema, trivial=not a.no_trivial, cutout=a.cutout, seed=a.seed,
                       fit_budget=a.fit_budget, compile=a.compile, compile_mode=a.compile_mode,
-                      cudnn_benchmark=not a.no_cudnn_benchmark, eval_every=a.eval_every)
+                      cudnn_benchmark=not a.no_cudnn_benchmark, eval_every=a.eval_every,
+                      cuda_graph=a.cuda_graph, warmup=a.warmup)
     if a.init:
         init = read_checkpoint(a.init)
         arch = arch_of(init, a.dropout)
@@ -87,6 +112,7 @@ def main():
         os.remove(resume)
     last = r["history"][-1]
     summary = {"top1": last.get("test_acc"), "test_loss": last.get("test_loss"), "epochs": cfg.epochs,
+               "eval_on": f"val: last {a.val} of the training images (seed {VAL_SEED})" if a.val else "test",
                "config": r["config"], "arch": arch, "init": a.init or None,
                "data": tr.source, "normalization": {"mean": MEAN, "std": STD},
                "train_seconds": sum(h["epoch_s"] for h in r["history"]),

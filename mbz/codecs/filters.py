@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EncodeError, FormatError, LimitError
-from ..spec import EXPANSION_SLACK, MAX_EXPANSION, Filter
+from ..spec import EXPANSION_SLACK, MAX_EXPANSION, Filter, role_stride
 
 
 def _zstd():
@@ -96,3 +96,8 @@ def zstd_available() -> bool:
         return True
     except ImportError:
         return False
+
+
+def unfilter(role, fid: int, stored, decoded_len: int, itemsize: int):
+    """The decoded bytes of one section: filter `fid` undone with the role's element stride (spec §5.6)."""
+    return get_filter(fid).decode(stored, decoded_len, role_stride(role, itemsize))

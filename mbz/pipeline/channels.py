@@ -17,24 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def blocks(sd: dict) -> list[tuple[int, bool]]:
-    """(i, has an expansion conv) for the inverted residuals features[1..] of a state_dict."""
-    out, i = [], 1
-    while f"features.{i}.conv.0.0.weight" in sd:
-        out.append((i, f"features.{i}.conv.3.weight" in sd))  # expand, depthwise, project, BN
-        i += 1
-    return out
-
-
-def expand_blocks(sd: dict) -> list[int]:
-    """Indices i of features[i] that have an expansion conv (all inverted residuals but the first)."""
-    return [i for i, expand in blocks(sd) if expand]
-
-
-def hidden_widths(sd: dict) -> list[int]:
-    """Hidden channels of features[1..17] as stored (the depthwise conv's channel count)."""
-    return [int(sd[f"features.{i}.conv.{1 if expand else 0}.0.weight"].shape[0]) for i, expand in blocks(sd)]
+from ..models.mobilenet_v2 import blocks, expand_blocks, hidden_widths, set_hidden  # noqa: F401
 
 
 @torch.no_grad()
@@ -97,21 +80,6 @@ def thin_state_dict(sd: dict, keep: dict, stats: dict | None = None) -> dict:
             rm = sd[p + "3.running_mean"]
             out[p + "3.running_mean"] = (rm.float() - lost).to(rm.dtype)
     return out
-
-
-def set_hidden(model: nn.Module, hidden: list[int]) -> nn.Module:
-    """Rebuild features[i] (i >= 1) of a torchvision MobileNet-v2 with hidden[i-1] hidden channels."""
-    for i, h in enumerate(hidden, start=1):
-        conv = model.features[i].conv
-        if len(conv) != 4 or conv[1][0].out_channels == h:
-            continue
-        exp, dw, proj = conv[0][0], conv[1][0], conv[2]
-        conv[0][0] = nn.Conv2d(exp.in_channels, h, 1, bias=False)
-        conv[0][1] = nn.BatchNorm2d(h)
-        conv[1][0] = nn.Conv2d(h, h, 3, dw.stride, 1, groups=h, bias=False)
-        conv[1][1] = nn.BatchNorm2d(h)
-        conv[2] = nn.Conv2d(h, proj.out_channels, 1, bias=False)
-    return model
 
 
 def report(before: dict, after: dict) -> list[dict]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..torch_io import mobilenet_v2_cifar
+from ..models import mobilenet_v2_cifar
 from .data import MEAN, STD, ArrayDataset, augment_batch, evaluate
 from .prune import apply_masks, global_magnitude_masks, sparsity_report
 from .qat import calibrate, export_state_dict, fold_bn, insert_act_quant, snap_for_export, to_qmodules

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
-SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
 
 
 @dataclass
@@ -60,11 +59,15 @@ def load_npz(path: str) -> ArrayDataset:
     return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), classes, f"npz:{path}")
 
 
-def load_torchvision_cifar10(root: str, train: bool, download: bool = True) -> ArrayDataset:
-    from torchvision.datasets import CIFAR10
-    ds = CIFAR10(root, train=train, download=download)
+def load_torchvision_cifar(root: str, train: bool, download: bool = True, classes: int = 10) -> ArrayDataset:
+    """torchvision.datasets.CIFAR10 / CIFAR100 (`classes` 10 or 100) as uint8 arrays."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+    ds = (CIFAR100 if classes == 100 else CIFAR10)(root, train=train, download=download)
     return ArrayDataset(torch.from_numpy(np.asarray(ds.data)), torch.tensor(ds.targets, dtype=torch.int64),
-                        list(ds.classes), f"cifar10:{root}")
+                        list(ds.classes), f"cifar{classes}:{root}")
+
+
+load_torchvision_cifar10 = load_torchvision_cifar
 
 
 def load_folder(root: str) -> ArrayDataset:
@@ -74,20 +77,40 @@ def load_folder(root: str) -> ArrayDataset:
     return ArrayDataset(torch.from_numpy(imgs), torch.tensor(ds.targets, dtype=torch.int64), ds.classes, f"folder:{root}")
 
 
+DATA_ENV = "MBZ_DATA"  # folder holding cifar10_jpeg_{train,test}.npz when --data is 'jpeg'
+
+
 def load_dataset(spec: str, split: str) -> ArrayDataset:
-    """spec: 'jpeg' (the shared export), 'npz:DIR_OR_FILE', 'cifar10:ROOT' or 'folder:ROOT'."""
+    """One split ('train' or 'test') of a dataset named by `spec`.
+
+    'jpeg' (the CIFAR-10 JPEG q75 export in the folder $MBZ_DATA), 'npz:DIR_OR_FILE',
+    'cifar10:ROOT' / 'cifar100:ROOT' (torchvision; downloads when online) or
+    'folder:ROOT' (ImageFolder with ROOT/train and ROOT/test).  Raises DataError
+    (one line naming the path) when nothing readable is there."""
+    from ..errors import DataError
     kind, _, arg = spec.partition(":")
     if kind in ("jpeg", "npz"):
-        base = arg or os.environ.get("MBZ_DATA", SHARED_DATA)
+        base = arg or os.environ.get(DATA_ENV, "")
+        if not base:
+            raise DataError(f"no data: pass --data npz:DIR (a folder with cifar10_jpeg_{split}.npz) or set {DATA_ENV}=DIR")
         path = base if base.endswith(".npz") else os.path.join(base, f"cifar10_jpeg_{split}.npz")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found (set MBZ_DATA or pass --data npz:DIR)")
-        return load_npz(path)
-    if kind == "cifar10":
-        return load_torchvision_cifar10(arg or "./data", split == "train")
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file (pass --data npz:DIR or set {DATA_ENV}=DIR)")
+        try:
+            return load_npz(path)
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"{path}: not a JPEG export npz (arrays jpeg, offsets, labels, classes): {e}") from None
+    if kind in ("cifar10", "cifar100"):
+        try:
+            return load_torchvision_cifar(arg or "./data", split == "train", classes=100 if kind == "cifar100" else 10)
+        except (OSError, RuntimeError) as e:
+            raise DataError(f"{spec}: {e}") from None
     if kind == "folder":
-        return load_folder(os.path.join(arg, split))
-    raise ValueError(f"unknown data source {spec!r}: use jpeg, npz:PATH, cifar10:ROOT or folder:ROOT")
+        root = os.path.join(arg, split)
+        if not os.path.isdir(root):
+            raise DataError(f"{root}: no such folder (folder:ROOT needs ROOT/train and ROOT/test)")
+        return load_folder(root)
+    raise DataError(f"unknown data source {spec!r}: use jpeg, npz:PATH, cifar10:ROOT, cifar100:ROOT or folder:ROOT")
 
 
 _STATS: dict = {}
@@ -208,10 +231,11 @@ def augment_batch(x_uint8: torch.Tensor, *, trivial: bool = False, cutout_size: 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, ds: ArrayDataset, batch: int | None = None, device=None, amp: bool = False,
-             mean=MEAN, std=STD) -> dict:
-    """Top-1 accuracy and mean cross-entropy on a whole dataset (eval mode).
+             mean=MEAN, std=STD, progress=None) -> dict:
+    """Top-1 accuracy (%) and mean cross-entropy on a whole dataset (eval mode).
 
-    Batch 25 on the CPU (cache-friendly), 1000 on a GPU.
+    Batch 25 on the CPU (cache-friendly), 1000 on a GPU.  `progress(n_done, n_total)`,
+    when given, is called after every batch.
     """
     device = device or next(model.parameters()).device
     batch = batch or (1000 if device.type == "cuda" else 25)
@@ -231,4 +255,6 @@ def evaluate(model: torch.nn.Module, ds: ArrayDataset, batch: int | None = None,
             logits = model(x)
         loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
+        if progress is not None:
+            progress(min(i + batch, len(ds)), len(ds))
     return {"top1": 100.0 * correct / len(ds), "loss": loss_sum / len(ds), "n": len(ds)}

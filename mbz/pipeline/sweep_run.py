@@ -19,7 +19,8 @@ import mbz
 from ..codecs.filters import zstd_available
 from ..codecs.raw import bits_equal
 from ..summary import summarize
-from ..torch_io import arch_of, mobilenet_v2_cifar, read_checkpoint
+from ..checkpoint import read_checkpoint
+from ..models import arch_of, mobilenet_v2_cifar
 from .compress import QatConfig, prune_schedule, qat_run
 from .data import ArrayDataset, evaluate, load_dataset
 from .sweep import RunConfig, append_jsonl, read_jsonl

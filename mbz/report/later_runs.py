@@ -66,12 +66,13 @@ def later_runs(results: str, cpu: dict | None = None) -> list[dict]:
         sweep_base = next((r["baseline_top1"] for r in _jsonl(os.path.join(results, d, "runs.jsonl"))), base_gpu)
         for sub, models in (("", "models"), ("soup", "")):
             here = os.path.join(d, sub) if sub else d
+            # soup_log.jsonl (tools/soup.py): how many runs went into each soup that qat_resume started from
+            n_in = {s["out"]: len(s["files"]) for s in _jsonl(os.path.join(results, here, "soup_log.jsonl"))}
             for r in _jsonl(os.path.join(results, here, "runs.jsonl")):
                 f = os.path.normpath(os.path.join(results, here, models, r["name"] + ".mbz"))
                 c = r["config"]
-                if sub:  # qat_resume rows; soup_log.jsonl (tools/soup.py) says how many runs went into the soup
-                    n = {s["out"]: len(s["files"]) for s in _jsonl(os.path.join(results, here, "soup_log.jsonl"))}
-                    of = f"{n[r['resumed_from']]} of " if r.get("resumed_from") in n else ""
+                if sub:  # qat_resume rows
+                    of = f"{n_in[r['resumed_from']]} of " if r.get("resumed_from") in n_in else ""
                     method = f"{label}; uniform soup of {of}its QAT runs + {c['epochs']} QAT ep at lr {c['lr']:g}"
                     top1, drop = r["top1_packed"], round(sweep_base - r["top1_packed"], 2) if sweep_base else None
                 else:

@@ -1,20 +1,20 @@
-"""The `mbz` command line: pack, unpack, inspect, verify (and the pipeline's eval)."""
+"""Format verbs: pack, unpack, inspect, verify (the core only; no pipeline imports)."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
 
 import torch
 
-from . import api
-from .codecs.raw import bits_equal
-from .container import atomic_write
-from .errors import MbzError, MismatchError
-from .quantize import DEFAULT_INCLUDE
-from .summary import format_table, summarize
-from .torch_io import ARCHITECTURES, read_checkpoint
+from .. import api
+from ..checkpoint import read_checkpoint
+from ..codecs.raw import bits_equal
+from ..container import atomic_write
+from ..errors import MbzError, MismatchError
+from ..models import ARCHITECTURES, guess_arch
+from ..quantize import DEFAULT_INCLUDE
+from ..summary import format_table, summarize
+from .common import add_force, input_file, output_file, print_json, show_progress
 
 
 def _meta_pairs(pairs):
@@ -31,14 +31,14 @@ def _meta_pairs(pairs):
 
 
 def cmd_pack(a) -> int:
+    input_file(a.checkpoint, "checkpoint")
+    output_file(a.output, inputs=[a.checkpoint], force=a.force)
     sd = read_checkpoint(a.checkpoint)
-    arch = None
-    if a.arch:
-        arch = {"name": a.arch, "num_classes": a.num_classes}
+    arch = {"name": a.arch, "num_classes": a.num_classes} if a.arch else guess_arch(sd)
     rep = api.save(sd, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                    group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
                    detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
-                   metadata=_meta_pairs(a.meta), arch=arch, progress=sys.stderr.isatty() and not a.quiet)
+                   metadata=_meta_pairs(a.meta), arch=arch, progress=show_progress(a.quiet))
     fp32 = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in sd.values())
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32,
@@ -62,6 +62,8 @@ def cmd_pack(a) -> int:
 
 
 def cmd_unpack(a) -> int:
+    input_file(a.file, ".mbz file")
+    output_file(a.output, inputs=[a.file], force=a.force)
     sd = api.load(a.file)
     buf = io.BytesIO()
     torch.save(sd, buf)
@@ -71,10 +73,11 @@ def cmd_unpack(a) -> int:
 
 
 def cmd_inspect(a) -> int:
+    input_file(a.file, ".mbz file")
     with api.open(a.file) as r:
         s = summarize(r, decode=not a.no_decode)
     if a.json:
-        print(json.dumps(s, indent=1, default=str))
+        print_json(s)
     else:
         arch = s["metadata"].get("arch") or {}
         brief = {k: v for k, v in arch.items() if k != "act_alpha"}
@@ -84,6 +87,8 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_verify(a) -> int:
+    input_file(a.file, ".mbz file")
+    input_file(a.checkpoint, "checkpoint")
     sd = read_checkpoint(a.checkpoint)
     bad = []
     with api.open(a.file) as r:
@@ -105,15 +110,13 @@ def cmd_verify(a) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mbz", description="Store compressed neural networks in .mbz files, byte-exact, every byte accounted.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
+def register(sub) -> None:
     p = sub.add_parser("pack", help="checkpoint (.pt/.pth) -> .mbz",
                        description="Pack a PyTorch checkpoint. Without --wbits the packing is lossless: weights already on a "
                                    "quantization grid are detected and stored as integer codes; other tensors stay exact.")
     p.add_argument("checkpoint", help="state_dict or wrapped checkpoint ({'state_dict': ...} / {'model': ...}), read with weights_only=True")
-    p.add_argument("-o", "--output", required=True, help="output .mbz path (written atomically)")
+    p.add_argument("-o", "--output", required=True, help="output .mbz path (written atomically; never one of the inputs)")
+    add_force(p)
     q = p.add_argument_group("lossy quantization (only when --wbits is given)")
     q.add_argument("--wbits", type=int, help="quantize matching tensors to N bits (1..16) before packing")
     q.add_argument("--granularity", choices=["tensor", "channel", "group"], default="channel")
@@ -134,45 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_pack)
 
-    p = sub.add_parser("unpack", help=".mbz -> PyTorch state_dict (.pt)")
-    p.add_argument("file")
-    p.add_argument("-o", "--output", required=True)
+    p = sub.add_parser("unpack", help=".mbz -> PyTorch state_dict (.pt)",
+                       description="Decode every tensor of a .mbz file (bit-exact) and write them as a state_dict with "
+                                   "torch.save, atomically.")
+    p.add_argument("file", help=".mbz file")
+    p.add_argument("-o", "--output", required=True, help="output .pt path")
+    add_force(p)
     p.set_defaults(fn=cmd_unpack)
 
-    p = sub.add_parser("inspect", help="per-tensor encodings and every byte by category")
-    p.add_argument("file")
+    p = sub.add_parser("inspect", help="per-tensor encodings and every byte by category",
+                       description="Validate a .mbz file and list its tensors (shape, dtype, encoding, bits, sparsity, "
+                                   "bytes) and the file's bytes by category (spec table 8); the categories sum to the "
+                                   "file size.")
+    p.add_argument("file", help=".mbz file")
     p.add_argument("--json", action="store_true", help="machine-readable: file_bytes, categories, tensors[].bytes")
     p.add_argument("--all", action="store_true", help="list every tensor (default: first 40)")
     p.add_argument("--no-decode", action="store_true", help="skip decoding (no sparsity column)")
     p.set_defaults(fn=cmd_inspect)
 
-    p = sub.add_parser("verify", help="bit-for-bit check of a .mbz against a checkpoint (exit 1 on mismatch)")
-    p.add_argument("file")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("verify", help="bit-for-bit check of a .mbz against a checkpoint (exit 1 on mismatch)",
+                       description="Decode every tensor of FILE and compare it bit for bit with CHECKPOINT; lists "
+                                   "missing, extra and mismatched tensors; exit 0 when identical, 1 otherwise.")
+    p.add_argument("file", help=".mbz file")
+    p.add_argument("checkpoint", help="the checkpoint it was packed from (.pt/.pth, read with weights_only=True)")
     p.set_defaults(fn=cmd_verify)
-    try:
-        from .pipeline.cli import add_commands
-    except ImportError:
-        pass
-    else:
-        add_commands(sub)
-    return ap
-
-
-def main(argv=None) -> int:
-    ap = build_parser()
-    a = ap.parse_args(argv)
-    try:
-        return a.fn(a)
-    except MismatchError as e:
-        print(f"mbz: {e}", file=sys.stderr)
-        return 1
-    except MbzError as e:
-        print(f"mbz: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

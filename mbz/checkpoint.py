@@ -1,0 +1,52 @@
+"""Reading PyTorch checkpoints safely: torch.load(weights_only=True), wrapped checkpoints, .mbz inputs."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .reader import load as load_mbz
+from .spec import MAGIC
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "module")
+
+
+def as_state_dict(obj) -> "OrderedDict[str, torch.Tensor]":
+    """A flat {name: tensor} from a module, a state_dict or a wrapped checkpoint."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in WRAPPER_KEYS:
+            if isinstance(obj.get(key), (dict, nn.Module)):
+                return as_state_dict(obj[key])
+    if isinstance(obj, dict):
+        out = OrderedDict()
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"state_dict key {k!r} is not a string")
+            if not isinstance(v, torch.Tensor):
+                raise CheckpointError(f"entry '{k}' is a {type(v).__name__}, not a tensor "
+                                      f"(wrapped checkpoints are recognised under {WRAPPER_KEYS})")
+            out[k] = v.detach().cpu()
+        if not out:
+            raise CheckpointError("checkpoint holds no tensors")
+        return out
+    raise CheckpointError(f"expected a state_dict, a module or a wrapped checkpoint, got {type(obj).__name__}")
+
+
+def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
+    """torch.load with weights_only=True (no code runs), mapped to the CPU; a .mbz file through mbz.load."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        is_mbz = f.read(len(MAGIC)) == MAGIC
+    if is_mbz:  # a .mbz file is a checkpoint too (e.g. a baseline kept losslessly)
+        return load_mbz(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True: {e}") from None
+    return as_state_dict(obj)

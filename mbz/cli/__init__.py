@@ -1,0 +1,68 @@
+"""The `mbz` command: one verb per user-facing job, each in a module of this package.
+
+Every verb module exposes `register(subparsers)`; it imports what its job needs
+inside the command function, so `mbz --help` and the format verbs work with the
+core dependencies alone.  Errors a user can cause end in one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, verbs it registers), in the order `mbz --help` lists them
+VERB_MODULES = (
+    ("files", "pack unpack inspect verify"),
+    ("evaluate", "eval"),
+    ("bench", "bench"),
+    ("data", "data"),
+    ("training", "train finetune soup reduce sensitivity prune-channels activations"),
+    ("compress", "compress"),
+    ("sweep", "sweep"),
+    ("report", "report"),
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'mbz VERB: error: ... (see mbz VERB --help)', exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = Parser(prog="mbz", description="Store, audit and evaluate compressed neural networks: .mbz files that load "
+                "back bit-exact with every byte accounted, and the pipeline (train, prune, QAT, soup, sweep, report) "
+                "that makes them. `mbz VERB --help` explains each verb.")
+    from .. import __version__
+    ap.add_argument("--version", action="version", version=f"mbz {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="VERB", parser_class=Parser)
+    for mod, _ in VERB_MODULES:
+        importlib.import_module(f"{__name__}.{mod}").register(sub)
+    return ap
+
+
+def main(argv=None) -> int:
+    from ..errors import MbzError, MismatchError
+    a = build_parser().parse_args(argv)
+    prog = f"mbz {a.cmd}"
+    try:
+        return a.fn(a) or 0
+    except MismatchError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except MbzError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # missing / unreadable file, a directory, a full disk ...
+        what = f"{e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {what}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (nothing half-written is left; resumable jobs continue when run again)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

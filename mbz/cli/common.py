@@ -1,0 +1,68 @@
+"""What every verb shares: input and output checks (no command destroys data), --data, progress."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ..errors import UsageError
+
+DATA_HELP = ("dataset: 'jpeg' (the CIFAR-10 JPEG q75 export in the folder $MBZ_DATA), npz:DIR_OR_FILE, "
+             "cifar10:ROOT, cifar100:ROOT (torchvision) or folder:ROOT (ImageFolder with train/ and test/)")
+
+
+def input_file(path: str, what: str = "input") -> str:
+    """`path` if it is a readable file; UsageError naming it otherwise."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file ({what})")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory, expected a file ({what})")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: not readable ({what})")
+    return path
+
+
+def output_file(path: str, *, inputs=(), force: bool = False) -> str:
+    """`path` if a file may be written there: its folder exists, it is none of `inputs`, and it does not
+    exist yet unless `force`.  UsageError otherwise (nothing is written)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{path}: output folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory; give a file name")
+    for i in inputs:
+        if i and os.path.exists(i) and os.path.exists(path) and os.path.samefile(i, path) \
+                or i and os.path.abspath(i) == os.path.abspath(path):
+            raise UsageError(f"{path}: the output would overwrite an input; choose another name")
+    if os.path.exists(path) and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    return path
+
+
+def output_dir(path: str, *, create: bool = True) -> str:
+    """A folder for a job's outputs (made if missing; its parent must exist)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{path}: exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{path}: parent folder {parent} does not exist")
+    if create:
+        os.makedirs(path, exist_ok=True)
+    return path
+
+
+def add_force(p) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+
+def add_data(p, default: str = "jpeg") -> None:
+    p.add_argument("--data", default=default, help=DATA_HELP)
+
+
+def show_progress(quiet: bool = False) -> bool:
+    """Progress bars on an interactive terminal, unless --quiet."""
+    return not quiet and sys.stderr.isatty()
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=1, default=str))

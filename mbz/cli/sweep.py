@@ -1,0 +1,11 @@
+"""Verbs: sweep (to be filled in)."""
+from __future__ import annotations
+
+
+def _todo(a) -> int:
+    from ..errors import UsageError
+    raise UsageError(f"'{a.cmd}' is not available yet")
+
+
+def register(sub) -> None:
+    sub.add_parser("sweep", help="wandb sweeps: run / agent / finalize / replay").set_defaults(fn=_todo)

@@ -1,0 +1,46 @@
+"""BatchNorm folding: Conv2d -> BatchNorm2d pairs become one Conv2d with bias.
+
+w' = w * g,  b' = beta + (b - running_mean) * g,  g = gamma / sqrt(running_var + eps)
+(Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", section 3.2).  `folded_skeleton` builds the same
+structure with uninitialised weights, for loading a folded state_dict.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn_pairs(model: nn.Module):
+    """(sequential, conv key, conv, bn key, bn) for every Conv2d directly followed by a BatchNorm2d."""
+    for m in list(model.modules()):
+        if isinstance(m, nn.Sequential):
+            mods = list(m._modules.items())
+            for (kc, c), (kb, b) in zip(mods, mods[1:]):
+                if isinstance(c, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                    yield m, kc, c, kb, b
+
+
+def _biased_like(c: nn.Conv2d) -> nn.Conv2d:
+    return nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups,
+                     bias=True).to(c.weight.device)
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """Replace every Conv2d -> BatchNorm2d pair of MobileNet-v2 with one Conv2d with bias (in place)."""
+    for seq, kc, c, kb, b in conv_bn_pairs(model):
+        g = b.weight / (b.running_var + b.eps).sqrt()
+        conv = _biased_like(c)
+        with torch.no_grad():
+            conv.weight.copy_(c.weight * g.view(-1, 1, 1, 1))
+            b0 = c.bias if c.bias is not None else torch.zeros_like(b.running_mean)
+            conv.bias.copy_(b.bias + (b0 - b.running_mean) * g)
+        seq._modules[kc], seq._modules[kb] = conv, nn.Identity()
+    return model
+
+
+def folded_skeleton(model: nn.Module) -> nn.Module:
+    """Same structure as fold_bn's output, weights uninitialised (for load_model)."""
+    for seq, kc, c, kb, _ in conv_bn_pairs(model):
+        seq._modules[kc], seq._modules[kb] = _biased_like(c), nn.Identity()
+    return model
