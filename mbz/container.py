@@ -22,7 +22,8 @@ from .errors import ChecksumError, FormatError, LimitError, TruncatedError, Vers
 from .spec import (ENCODING_ROLES, H_ALIGN, H_CRCS, H_FORMAT, H_META, H_PAYLOAD, H_TENSORS, MAGIC,
                    MAX_ALIGN, MAX_HEADER_BYTES, MAX_RANK, MAX_WIDTH, PREAMBLE, PREAMBLE_SIZE, T_DTYPE,
                    T_ENC, T_NAME, T_PARAMS, T_SECTIONS, T_SHAPE, VERSION_MAJOR, VERSION_MINOR, DType,
-                   Encoding, Filter, Granularity, HeaderCodec, Role, Sparsity)
+                   P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_WIDTH,
+                   P_ZPWIDTH, Encoding, Filter, Granularity, HeaderCodec, Role, Sparsity)
 
 
 def align_up(x: int, a: int) -> int:
@@ -306,11 +307,11 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     required, allowed = ENCODING_ROLES[enc]
     required = set(required)
     if enc != Encoding.RAW:
-        sp = p["sp"]
+        sp = p[P_SPARSE]
         required |= {Role.MASK} if sp == Sparsity.BITMAP else {Role.DELTAS} if sp == Sparsity.DELTA else set()
-        if p.get("zb"):
+        if p.get(P_ZPWIDTH):
             required.add(Role.ZERO_POINTS)
-        if p.get("nz"):
+        if p.get(P_NEGZERO):
             required.add(Role.NEGZERO)
     if roles != required:
         raise FormatError(f"{where}: sections {sorted(x.name for x in roles)}, expected {sorted(x.name for x in required)}")
@@ -321,33 +322,33 @@ def _params(enc: Encoding, p: dict, shape, numel: int, where: str) -> dict:
     if enc == Encoding.RAW:
         return {}
     w = f"{where} params"
-    out = {"b": _int(p.get("b"), f"{w} 'b' (code width)", 1, MAX_WIDTH),
-           "sp": int(_enum(Sparsity, p.get("sp"), f"{w} 'sp' (sparsity)")),
-           "m": _int(p.get("m"), f"{w} 'm' (stored codes)", 0, 1 << 48)}
-    if out["sp"] == Sparsity.DELTA:
-        out["iw"] = _int(p.get("iw"), f"{w} 'iw' (index width)", 1, MAX_WIDTH)
-        if numel > (out["m"] + 1) << out["iw"]:
+    out = {P_WIDTH: _int(p.get(P_WIDTH), f"{w} 'b' (code width)", 1, MAX_WIDTH),
+           P_SPARSE: int(_enum(Sparsity, p.get(P_SPARSE), f"{w} 'sp' (sparsity)")),
+           P_COUNT: _int(p.get(P_COUNT), f"{w} 'm' (stored codes)", 0, 1 << 48)}
+    if out[P_SPARSE] == Sparsity.DELTA:
+        out[P_IWIDTH] = _int(p.get(P_IWIDTH), f"{w} 'iw' (index width)", 1, MAX_WIDTH)
+        if numel > (out[P_COUNT] + 1) << out[P_IWIDTH]:
             raise LimitError(f"{where}: {out['m']} delta entries of {out['iw']} bits cannot cover {numel} elements")
-    elif out["sp"] == Sparsity.BITMAP and out["m"] > numel:
+    elif out[P_SPARSE] == Sparsity.BITMAP and out[P_COUNT] > numel:
         raise FormatError(f"{where}: {out['m']} stored codes for {numel} elements")
     if enc == Encoding.AFFINE:
-        g = int(_enum(Granularity, p.get("g"), f"{w} 'g' (granularity)"))
-        out["g"] = g
+        g = int(_enum(Granularity, p.get(P_GRAN), f"{w} 'g' (granularity)"))
+        out[P_GRAN] = g
         if g == Granularity.CHANNEL:
-            out["ax"] = _int(p.get("ax", 0), f"{w} 'ax' (axis)", 0, max(0, len(shape) - 1))
+            out[P_AXIS] = _int(p.get(P_AXIS, 0), f"{w} 'ax' (axis)", 0, max(0, len(shape) - 1))
             if not shape:
                 raise FormatError(f"{where}: per-channel scales need a tensor of rank >= 1")
         if g == Granularity.GROUP:
-            out["gs"] = _int(p.get("gs"), f"{w} 'gs' (group size)", 1, 1 << 48)
-        out["zb"] = _int(p.get("zb", 0), f"{w} 'zb' (zero-point width)", 0, MAX_WIDTH)
-        for key in ("sg", "nz"):
+            out[P_GROUP] = _int(p.get(P_GROUP), f"{w} 'gs' (group size)", 1, 1 << 48)
+        out[P_ZPWIDTH] = _int(p.get(P_ZPWIDTH, 0), f"{w} 'zb' (zero-point width)", 0, MAX_WIDTH)
+        for key in (P_SIGNED, P_NEGZERO):
             v = p.get(key, False)
             if not isinstance(v, bool):
                 raise FormatError(f"{w} '{key}' must be a boolean, got {v!r}")
             out[key] = v
     else:
-        out["k"] = _int(p.get("k"), f"{w} 'k' (codebook entries)", 1, 1 << MAX_WIDTH)
-        if out["k"] > 1 << out["b"]:
+        out[P_K] = _int(p.get(P_K), f"{w} 'k' (codebook entries)", 1, 1 << MAX_WIDTH)
+        if out[P_K] > 1 << out[P_WIDTH]:
             raise FormatError(f"{where}: {out['k']} codebook entries cannot be indexed with {out['b']} bits")
     return out
 
@@ -356,16 +357,16 @@ def _expected_len(role: Role, enc: Encoding, p: dict, dtype: DType, shape, numel
     if role == Role.RAW:
         return numel * ITEMSIZE[dtype]
     if role == Role.CODES:
-        return packed_size(p["m"], p["b"])
+        return packed_size(p[P_COUNT], p[P_WIDTH])
     if role == Role.MASK:
         return (numel + 7) // 8
     if role == Role.DELTAS:
-        return packed_size(p["m"], p["iw"])
+        return packed_size(p[P_COUNT], p[P_IWIDTH])
     if role in (Role.SCALES, Role.ZERO_POINTS):
-        g = n_groups(Granularity(p["g"]), shape, p.get("ax", 0), p.get("gs", 0))
-        return 4 * g if role == Role.SCALES else packed_size(g, p["zb"])
+        g = n_groups(Granularity(p[P_GRAN]), shape, p.get(P_AXIS, 0), p.get(P_GROUP, 0))
+        return 4 * g if role == Role.SCALES else packed_size(g, p[P_ZPWIDTH])
     if role == Role.CODEBOOK:
-        return p["k"] * ITEMSIZE[dtype]
+        return p[P_K] * ITEMSIZE[dtype]
     return None  # NEGZERO: one bit per zero element, known only after decoding
 
 

@@ -21,7 +21,8 @@ from .codecs.sparse import best_delta_width, delta_count, delta_entries
 from .errors import EncodeError
 from .decoder import decode_tensor
 from .detect import detect_codebook, detect_grid
-from .spec import Encoding, Filter, Role, Sparsity, role_stride
+from .spec import (P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_NEGZERO, P_SIGNED, P_SPARSE, P_ZPWIDTH, Encoding,
+                   Filter, Role, Sparsity, role_stride)
 
 BIG = 1 << 16  # above this many elements, search fewer candidates
 
@@ -82,7 +83,7 @@ def _sparse_layouts(codes_full: np.ndarray, stored: np.ndarray, numel: int, widt
     """Yield (params, index sections, stored codes) for dense / bitmap / delta."""
     layouts = []
     positions = np.flatnonzero(stored)
-    dense = ({"sp": int(Sparsity.DENSE), "m": numel}, [], codes_full)
+    dense = ({P_SPARSE: int(Sparsity.DENSE), P_COUNT: numel}, [], codes_full)
     bitmap_cost = (numel + 7) // 8 + packed_size(positions.size, width)
     iw = best_delta_width(positions, numel, width)
     n_entries = delta_count(positions, numel, iw)
@@ -94,12 +95,12 @@ def _sparse_layouts(codes_full: np.ndarray, stored: np.ndarray, numel: int, widt
     if Sparsity.DENSE in keep:
         layouts.append(dense)
     if Sparsity.BITMAP in keep:
-        layouts.append(({"sp": int(Sparsity.BITMAP), "m": int(positions.size)},
+        layouts.append(({P_SPARSE: int(Sparsity.BITMAP), P_COUNT: int(positions.size)},
                         [(Role.MASK, pack_bits(stored))], codes_full[positions]))
     if Sparsity.DELTA in keep:
         entries, _ = delta_entries(positions, numel, iw)
         all_pos = np.cumsum(entries.astype(np.int64) + 1) - 1
-        layouts.append(({"sp": int(Sparsity.DELTA), "m": int(entries.size), "iw": iw},
+        layouts.append(({P_SPARSE: int(Sparsity.DELTA), P_COUNT: int(entries.size), P_IWIDTH: iw},
                         [(Role.DELTAS, pack_codes(entries, iw))], codes_full[all_pos]))
     return layouts
 
@@ -130,11 +131,11 @@ def affine_candidates(grid: Grid, signbits: np.ndarray | None, big: bool):
     k = grid.k
     n = k.size
     g = n_groups(grid.gran, grid.shape, grid.axis, grid.group_size)
-    base = {"g": int(grid.gran)}
+    base = {P_GRAN: int(grid.gran)}
     if grid.gran == 1:
-        base["ax"] = grid.axis
+        base[P_AXIS] = grid.axis
     if grid.gran == 2:
-        base["gs"] = grid.group_size
+        base[P_GROUP] = grid.group_size
     kmin, kmax = (int(k.min()), int(k.max())) if n else (0, 0)
     signed = kmin < 0
     w_plain = signed_width(kmin, kmax) if signed else unsigned_width(kmax)
@@ -164,11 +165,11 @@ def affine_candidates(grid: Grid, signbits: np.ndarray | None, big: bool):
         for width in _widths(w, big):
             p = dict(base, b=width, **sp_params)
             if signed:
-                p["sg"] = True
+                p[P_SIGNED] = True
             if zb:
-                p["zb"] = zb
+                p[P_ZPWIDTH] = zb
             if nz_sec:
-                p["nz"] = True
+                p[P_NEGZERO] = True
             secs = [(Role.CODES, pack_codes(codes, width, signed))] + idx_secs + scales + zsec + nz_sec
             out.append((p, secs))
     return out
@@ -180,7 +181,7 @@ def codebook_candidates(uniq: np.ndarray, inv: np.ndarray, itemsize: int, big: b
     book = [(Role.CODEBOOK, uniq.astype(uniq.dtype.newbyteorder("<")).tobytes())]
     stored = uniq[inv] != 0
     if stored.all() or uniq[0] != 0:
-        layouts = [({"sp": int(Sparsity.DENSE), "m": inv.size}, [], inv)]
+        layouts = [({P_SPARSE: int(Sparsity.DENSE), P_COUNT: inv.size}, [], inv)]
     else:
         layouts = _sparse_layouts(inv, stored, inv.size, w, big)
     out = []

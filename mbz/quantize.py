@@ -16,6 +16,8 @@ from .codecs.affine import Grid
 from .errors import EncodeError
 from .spec import Granularity
 
+GRANULARITY_NAMES = tuple(g.name.lower() for g in Granularity)  # tensor, channel, group (spec table 4)
+
 DEFAULT_INCLUDE = r".*weight$"
 
 
@@ -34,8 +36,8 @@ class QuantPolicy:
             raise EncodeError(f"--wbits must be in 1..16, got {self.bits}")
         if self.symmetric and self.bits < 2:
             raise EncodeError("symmetric quantization needs at least 2 bits (use --asymmetric for 1 bit)")
-        if self.granularity not in ("tensor", "channel", "group"):
-            raise EncodeError(f"granularity must be tensor, channel or group, got {self.granularity!r}")
+        if self.granularity not in GRANULARITY_NAMES:
+            raise EncodeError(f"granularity must be one of {', '.join(GRANULARITY_NAMES)}, got {self.granularity!r}")
         if self.granularity == "group" and self.group_size < 1:
             raise EncodeError(f"group size must be >= 1, got {self.group_size}")
 

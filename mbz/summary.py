@@ -4,6 +4,12 @@ from __future__ import annotations
 import torch
 
 from .codecs.raw import TORCH_DTYPE
+from .spec import Category
+
+# the per-tensor columns of `mbz inspect` (spec table 8 without the file header) and their short titles
+TENSOR_COLUMNS = {Category.VALUES: "values", Category.INDICES: "index", Category.SCALES: "scales",
+                  Category.CODEBOOKS: "cbook", Category.RAW: "raw", Category.TENSOR_RECORDS: "record",
+                  Category.CHECKSUMS: "crc", Category.PADDING: "pad"}
 
 
 def is_weight(name: str, rank: int) -> bool:
@@ -52,9 +58,8 @@ def summarize(reader, decode: bool = True) -> dict:
 
 
 def format_table(s: dict, limit: int | None = None) -> str:
-    cats = ["values", "indices", "scales", "codebooks", "raw", "tensor_records", "checksums", "padding"]
-    short = {"values": "values", "indices": "index", "scales": "scales", "codebooks": "cbook", "raw": "raw",
-             "tensor_records": "record", "checksums": "crc", "padding": "pad"}
+    cats = [c.value for c in TENSOR_COLUMNS]
+    short = {c.value: v for c, v in TENSOR_COLUMNS.items()}
     head = f"{'tensor':<36} {'shape':<16} {'enc':<8} {'bits':>4} {'layout':<6} {'zeros':>6} " + \
         " ".join(f"{short[c]:>7}" for c in cats) + f" {'total':>8}"
     lines = [head, "-" * len(head)]

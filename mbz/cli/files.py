@@ -12,7 +12,7 @@ from ..codecs.raw import bits_equal
 from ..container import atomic_write
 from ..errors import MbzError, MismatchError
 from ..models import ARCHITECTURES, guess_arch
-from ..quantize import DEFAULT_INCLUDE
+from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
 from ..summary import format_table, summarize
 from .common import add_force, input_file, output_file, print_json, show_progress
 
@@ -119,7 +119,8 @@ def register(sub) -> None:
     add_force(p)
     q = p.add_argument_group("lossy quantization (only when --wbits is given)")
     q.add_argument("--wbits", type=int, help="quantize matching tensors to N bits (1..16) before packing")
-    q.add_argument("--granularity", choices=["tensor", "channel", "group"], default="channel")
+    q.add_argument("--granularity", choices=GRANULARITY_NAMES, default="channel",
+                   help="one scale per tensor, per output channel (--axis) or per group of --group-size elements")
     q.add_argument("--axis", type=int, default=0, help="channel axis for --granularity channel (default 0 = output channels)")
     q.add_argument("--group-size", type=int, default=64, help="elements per group for --granularity group")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric range with zero points (default symmetric)")

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
-from ..spec import Granularity, Role
+from ..spec import (P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_NEGZERO, P_SIGNED, P_WIDTH, P_ZPWIDTH, Granularity,
+                    Role)
 from .bitpack import unpack_bits, unpack_codes
 
 
@@ -101,21 +102,21 @@ class Grid:
 
 def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, layout, numel: int) -> torch.Tensor:
     """Decode AFFINE given validated params, decoded sections and the StoredLayout of its codes."""
-    gran, axis, gs = Granularity(p["g"]), p.get("ax", 0), p.get("gs", 0)
+    gran, axis, gs = Granularity(p[P_GRAN]), p.get(P_AXIS, 0), p.get(P_GROUP, 0)
     g = n_groups(gran, shape, axis, gs)
     sbuf = secs[Role.SCALES]
     if len(sbuf) != 4 * g:
         raise FormatError(f"SCALES holds {len(sbuf)} bytes; {g} groups need {4 * g}")
     scales = np.frombuffer(sbuf, "<f4")
-    codes = unpack_codes(secs[Role.CODES], p["m"], p["b"], p.get("sg", False))
-    if p.get("zb", 0):  # subtract zero points from the stored codes only: unstored elements are exact zeros
-        zp = unpack_codes(secs[Role.ZERO_POINTS], g, p["zb"], False).astype(np.int32)
+    codes = unpack_codes(secs[Role.CODES], p[P_COUNT], p[P_WIDTH], p.get(P_SIGNED, False))
+    if p.get(P_ZPWIDTH, 0):  # subtract zero points from the stored codes only: unstored elements are exact zeros
+        zp = unpack_codes(secs[Role.ZERO_POINTS], g, p[P_ZPWIDTH], False).astype(np.int32)
         codes = codes.astype(np.int32) - zp[group_index(gran, shape, axis, gs, layout.positions())]
     f = np.empty(numel, np.float32)
     unit = row_unit(gran, shape, axis, gs)
     for s, e, d in layout.chunks(codes, chunk_step(unit)):
         scale_into(f[s:e], d, s, scales, gran, shape, axis, unit)
-    if p.get("nz", False):
+    if p.get(P_NEGZERO, False):
         z = np.flatnonzero(f == 0)
         neg = unpack_bits(secs[Role.NEGZERO], z.size)
         f[z[neg]] = -0.0

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError
-from ..spec import Role
+from ..spec import P_COUNT, P_K, P_WIDTH, Role
 from .bitpack import unpack_codes
 
 UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -23,12 +23,12 @@ def value_bits(t: torch.Tensor) -> np.ndarray:
 
 
 def decode_codebook(p: dict, secs: dict, dtype: torch.dtype, itemsize: int, shape, positions, numel: int) -> torch.Tensor:
-    k = p["k"]
+    k = p[P_K]
     book = secs[Role.CODEBOOK]
     if len(book) != k * itemsize:
         raise FormatError(f"CODEBOOK holds {len(book)} bytes; {k} entries of {itemsize} bytes need {k * itemsize}")
     entries = np.frombuffer(book, UINT_OF_SIZE[itemsize])
-    codes = unpack_codes(secs[Role.CODES], p["m"], p["b"], False)
+    codes = unpack_codes(secs[Role.CODES], p[P_COUNT], p[P_WIDTH], False)
     if codes.size and int(codes.max()) >= k:
         raise FormatError(f"codebook index {int(codes.max())} out of range for {k} entries")
     if positions is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FormatError
-from ..spec import Role, Sparsity
+from ..spec import P_COUNT, P_IWIDTH, P_SPARSE, Role, Sparsity
 from .bitpack import pack_bits, pack_codes, packed_size, unpack_bits, unpack_codes
 
 
@@ -119,12 +119,12 @@ class StoredLayout:
 
     @classmethod
     def from_sections(cls, p: dict, secs: dict, numel: int) -> "StoredLayout":
-        sp = Sparsity(p["sp"])
+        sp = Sparsity(p[P_SPARSE])
         if sp == Sparsity.BITMAP:
-            return cls(sp, numel, p["m"], mask=secs[Role.MASK])
+            return cls(sp, numel, p[P_COUNT], mask=secs[Role.MASK])
         if sp == Sparsity.DELTA:
-            return cls(sp, numel, p["m"], positions=decode_delta(secs[Role.DELTAS], p["m"], p["iw"], numel))
-        return cls(sp, numel, p["m"])
+            return cls(sp, numel, p[P_COUNT], positions=decode_delta(secs[Role.DELTAS], p[P_COUNT], p[P_IWIDTH], numel))
+        return cls(sp, numel, p[P_COUNT])
 
     @property
     def dense(self) -> bool:
