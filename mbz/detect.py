@@ -53,6 +53,28 @@ def _solve_rows(v: np.ndarray):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         guesses = [np.rint(amax / (amin / d)) for d in range(1, 17)]
         guesses += [np.full(r, float(q)) for q in _QMAX]
+    # (rows, <= 5): the first four elements and the largest one of each row
+    probe_all = np.concatenate([v[:, :4], v[np.arange(r), imax][:, None]], axis=1)
+
+    def screen(kk_list) -> np.ndarray:
+        """(len(kk_list), rows): which rows some candidate scale of each guess fits on a few elements.
+
+        attempt() finds nothing for a row that fails here, so guesses no open row passes are skipped."""
+        kk = np.stack(kk_list)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            valid = (kk >= 1) & (kk <= MAX_K) & np.isfinite(kk)
+            base = (amax[None] / np.where(valid, kk, 1).astype(np.float32)).astype(np.float32)
+            up = down = base
+            ok = np.zeros(kk.shape, bool)
+            for i in range(4):
+                for c in ((base,) if i == 0 else (up, down)):
+                    k2 = np.rint(probe_all[None] / c[..., None])
+                    ok_k2 = np.abs(k2) <= MAX_K
+                    ok |= ((np.where(ok_k2, k2, 0).astype(np.float32) * c[..., None] == probe_all[None])
+                           & ok_k2).all(axis=2)
+                up = np.nextafter(up, np.float32(np.inf)).astype(np.float32)
+                down = np.nextafter(down, np.float32(-np.inf)).astype(np.float32)
+        return ok & valid
 
     def attempt(kk_all):
         todo = np.flatnonzero(~done)
@@ -67,12 +89,25 @@ def _solve_rows(v: np.ndarray):
         sub = np.concatenate([v[todo][:, cols], v[todo, imax[todo]][:, None]], axis=1)
         found = np.zeros(todo.size, bool)
         pick = base.copy()
-        for step in (0, 1, -1, 2, -2, 3, -3):
-            cand = base
-            direction = np.float32(np.inf if step > 0 else -np.inf)
-            for _ in range(abs(step)):
-                cand = np.nextafter(cand, direction).astype(np.float32)
+        # the candidates base, next fp32 up, down, 2 up, ... (in this order of preference)
+        up, down = [base], [base]
+        for _ in range(3):
+            up.append(np.nextafter(up[-1], np.float32(np.inf)).astype(np.float32))
+            down.append(np.nextafter(down[-1], np.float32(-np.inf)).astype(np.float32))
+        cands = [base, up[1], down[1], up[2], down[2], up[3], down[3]]
+        # screen all of them at once on two elements (the first and the largest): a candidate that
+        # fails there fails on the sample, so only survivors are checked on the sample
+        probe = sub[:, [0, -1]]
+        c = np.stack(cands)[:, :, None]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            k2 = np.rint(probe[None] / c)
+            ok_k2 = np.abs(k2) <= MAX_K
+            screen = ((np.where(ok_k2, k2, 0).astype(np.float32) * c == probe[None]) & ok_k2).all(axis=2)
+        for cand, passed in zip(cands, screen):
+            if not (passed & ~found).any():
+                continue
             _, ok = _exact(sub, cand)
+            ok &= passed
             newly = ok & ~found
             pick[newly] = cand[newly]
             found |= ok
@@ -87,10 +122,11 @@ def _solve_rows(v: np.ndarray):
         kmat[good] = k_full[ok_full]
         done[good] = True
 
-    for kk in guesses:
+    for kk, fits in zip(guesses, screen(guesses)):
         if done.all():
             break
-        attempt(kk)
+        if (fits & ~done).any():
+            attempt(kk)
     if not done.all():
         # pruned rows: the smallest surviving code can be large (48 in an 8-bit row seen), so
         # neither amin nor qmax names the step; the smallest gap between distinct magnitudes does
@@ -104,10 +140,12 @@ def _solve_rows(v: np.ndarray):
             for d in range(1, 5):
                 attempt(np.rint(amax / (gap / d)))
         # short rows (3x3 depthwise) with few distinct codes: try every largest code up to 8 bits
-        for kk in range(1, 256):
+        small = [np.full(r, float(kk)) for kk in range(1, 256)]
+        for kk, fits in zip(small, screen(small)):
             if done.all():
                 break
-            attempt(np.full(r, float(kk)))
+            if (fits & ~done).any():
+                attempt(kk)
     if not done.all():
         return None
     return kmat, scales

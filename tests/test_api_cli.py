@@ -61,7 +61,7 @@ def test_wrapped_and_cuda_saved_checkpoints(tmp_path):
 
 def test_load_model_rebuilds_and_matches(tmp_mbz):
     m = tiny_model().eval()
-    mbz.save(m, tmp_mbz)
+    mbz.save(m, tmp_mbz, arch={"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 0.25})
     m2 = mbz.load_model(tmp_mbz)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -91,7 +91,8 @@ def test_cli_pack_inspect_unpack_verify(tmp_path, capsys):
     bad[len(bad) // 2] ^= 1
     (tmp_path / "bad.mbz").write_bytes(bytes(bad))
     assert main(["inspect", str(tmp_path / "bad.mbz")]) == 2
-    assert "mbz: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("mbz inspect: error:") and err.count("\n") == 1, err
 
 
 def test_failed_pack_leaves_no_file(tmp_path, monkeypatch):
@@ -124,6 +125,14 @@ def test_console_script_help():
     assert r.returncode == 0 and "--wbits" in r.stdout and "lossless" in r.stdout
 
 
+def test_save_records_only_the_arch_it_is_given(tmp_mbz):
+    mbz.save(tiny_model().state_dict(), tmp_mbz)  # the core guesses nothing; `mbz pack` does, and says so
+    with mbz.open(tmp_mbz) as r:
+        assert "arch" not in r.metadata
+    with pytest.raises(mbz.MbzError, match="no 'arch' metadata"):
+        mbz.load_model(tmp_mbz)
+
+
 def test_read_checkpoint_accepts_mbz_files(tmp_path):
     from mbz.checkpoint import read_checkpoint
     sd = {"a.weight": torch.randn(4, 3), "a.bias": torch.arange(4, dtype=torch.int64)}
@@ -144,7 +153,7 @@ def test_threads_change_nothing(tmp_path, monkeypatch):
     mbz.save(sd, one, wbits=6, workers=1)
     mbz.save(sd, many, wbits=6, workers=3)
     assert one.read_bytes() == many.read_bytes()
-    monkeypatch.setattr(api, "PARALLEL_MIN_ELEMENTS", 1000)  # the conv weights go to the pool
+    monkeypatch.setattr(mbz.reader, "PARALLEL_MIN_ELEMENTS", 1000)  # the conv weights go to the pool
     with mbz.open(many) as r:
         serial, pooled = r.decode_all(workers=1), r.decode_all(workers=3)
     assert list(serial) == list(sd) == list(pooled)
