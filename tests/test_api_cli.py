@@ -87,6 +87,7 @@ def test_cli_pack_inspect_unpack_verify(tmp_path, capsys):
     assert main(["unpack", str(out), "-o", str(tmp_path / "u.pt")]) == 0
     assert main(["verify", str(out), str(tmp_path / "u.pt")]) == 0
     # a corrupt file: clean error, exit 2
+    capsys.readouterr()
     bad = bytearray(out.read_bytes())
     bad[len(bad) // 2] ^= 1
     (tmp_path / "bad.mbz").write_bytes(bytes(bad))
