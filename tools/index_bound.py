@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How far a file's sparse indices are from two entropy bounds of its zero masks.
 
-    python tools/index_bound.py results/final/models/s0.9_w4_a8_e14_kd0.5_lr0.02.mbz -o results/index_bound/s0.9.json
+    python tools/index_bound.py examples/mobilenetv2_cifar10.mbz -o results/format/index_bound_400k.json
 
 For every conv/linear weight with at least 1,000 positions: (a) the i.i.d. bound, n * H(density)
 per tensor; (b) a per-row model, sum over output channels of m * H(row density), plus 8 bits
@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import mbz  # noqa: E402
+import mbz
 
 
 def h2(p: np.ndarray) -> np.ndarray:
