@@ -130,7 +130,7 @@ def test_sensitivity_scan_restores_model_and_caps_fragile_layers():
 
 
 def test_prune_channels_then_train_init_cli(tiny_npz, tmp_path):
-    """tools/prune_channels.py writes a thinner .mbz; tools/train.py --init fine-tunes it with its own shapes."""
+    """tools/prune_channels.py writes a thinner .mbz; `mbz train --init` fine-tunes it with its own shapes."""
     import json
     import subprocess
     import sys
@@ -146,7 +146,7 @@ def test_prune_channels_then_train_init_cli(tiny_npz, tmp_path):
     thin = mbz.load(out / "thin_r0.25.mbz")
     assert channels.hidden_widths(thin) == row["hidden"] == mbz.open(out / "thin_r0.25.mbz").metadata["arch"]["hidden"]
     run = tmp_path / "ft"
-    subprocess.run([sys.executable, str(root / "tools/train.py"), "--data", f"npz:{tiny_npz}", "--init",
+    subprocess.run([sys.executable, "-m", "mbz.cli", "train", "--data", f"npz:{tiny_npz}", "--init",
                     str(out / "thin_r0.25.mbz"), "--epochs", "1", "--batch", "32", "--lr", "0.01", "--out", str(run)],
                    check=True, capture_output=True)
     summary = json.loads((run / "baseline.json").read_text())

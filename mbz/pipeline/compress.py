@@ -27,27 +27,43 @@ class QatConfig:
     kd: float = 0.0                # distillation weight (teacher: the fp32 baseline)
 
 
+def prune_step(model, train_ds, test_ds, s: float, epochs: int, lr: float, log, device, cfg_base: TrainConfig,
+               teacher=None, caps: dict | None = None, ckpt_path: str | None = None,
+               time_budget: float | None = None) -> tuple[dict, bool]:
+    """One step of gradual pruning: global magnitude masks at sparsity `s` (with `caps`), then `epochs` of
+    fine-tuning (warm-up 0.3 epochs, cosine from `lr`) with the masks held.  Returns (masks, complete);
+    with `ckpt_path` and `time_budget` it can stop between epochs (complete False) and continue later."""
+    masks = global_magnitude_masks(model.state_dict(), s, caps=caps)
+    apply_masks(model, masks)
+    cfg = TrainConfig(**{**asdict(cfg_base), "epochs": epochs, "lr": lr, "warmup": 0.3, "ema": 0})
+    r = train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=f"prune{s:.2f}", device=device,
+              teacher=teacher, ckpt_path=ckpt_path, time_budget=time_budget)
+    return masks, r["complete"]
+
+
 def prune_schedule(model, train_ds, test_ds, targets, epochs_per_step, lr, log, device, cfg_base: TrainConfig,
                    teacher=None, caps: dict | None = None, epochs_at: dict | None = None):
     """Gradual global magnitude pruning; yields (sparsity, state_dict copy, masks) at each target.
 
-    caps: {tensor name: max sparsity} from a sensitivity scan (tools/sensitivity.py).
+    caps: {tensor name: max sparsity} from a sensitivity scan (`mbz sensitivity`).
     epochs_at: {sparsity: epochs} overriding `epochs_per_step` at some steps (e.g. a long
     fine-tune at the level that is kept, short ones on the way there).
     """
     for s in targets:
-        masks = global_magnitude_masks(model.state_dict(), s, caps=caps)
-        apply_masks(model, masks)
-        epochs = (epochs_at or {}).get(s, epochs_per_step)
-        cfg = TrainConfig(**{**asdict(cfg_base), "epochs": epochs, "lr": lr, "warmup": 0.3, "ema": 0})
-        train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=f"prune{s:.2f}", device=device,
-              teacher=teacher)
+        masks, _ = prune_step(model, train_ds, test_ds, s, (epochs_at or {}).get(s, epochs_per_step), lr, log,
+                              device, cfg_base, teacher=teacher, caps=caps)
         yield s, {k: v.detach().clone() for k, v in model.state_dict().items()}, masks
 
 
 def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayDataset, out_dir: str, log: str,
             device, arch_kw: dict, pack: bool = True, zstd: bool = True, save_pt: bool = True,
-            teacher=None) -> dict:
+            teacher=None, seed: int = 0, ckpt_path: str | None = None, time_budget: float | None = None,
+            extra_meta: dict | None = None) -> dict | None:
+    """QAT of one configuration from the pruned (or dense) state_dict `base_sd`: fold BN, fake-quantize
+    weights and activations (ranges calibrated on 8 batches), train, snap, export, pack, evaluate.
+
+    Returns the result row, or None when `time_budget` stopped training between epochs (its state is
+    then in `ckpt_path`; the same call continues from it)."""
     if q.granularity not in ("channel", "tensor"):
         raise ValueError(f"{q.name}: granularity must be 'channel' or 'tensor', got {q.granularity!r}")
     t0 = time.time()
@@ -70,10 +86,12 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
         calibrate(model, batches)
     if q.epochs and (q.wbits < 32 or q.abits < 32):
         cfg = TrainConfig(epochs=q.epochs, lr=q.lr, warmup=0.5, ema=0, wd=0.0 if q.wbits < 32 else 5e-5,
-                          kd=q.kd, batch=min(512, len(train_ds)))
-        train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=q.name, device=device,
-              teacher=teacher if q.kd else None)
-    return _export(model, q, arch_kw, test_ds, out_dir, device, pack, zstd, save_pt, t0)
+                          kd=q.kd, batch=min(512, len(train_ds)), seed=seed)
+        r = train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=q.name, device=device,
+                  teacher=teacher if q.kd else None, ckpt_path=ckpt_path, time_budget=time_budget)
+        if not r["complete"]:
+            return None
+    return _export(model, q, arch_kw, test_ds, out_dir, device, pack, zstd, save_pt, t0, extra_meta)
 
 
 def _export(model, q: QatConfig, arch_kw: dict, test_ds, out_dir: str, device, pack: bool, zstd: bool,
@@ -133,12 +151,14 @@ ARCH_ONLY = ("folded_bn", "act_bits", "act_alpha")  # set again by the export
 
 def qat_resume(path: str, name: str, epochs: int, lr: float, kd: float, train_ds: ArrayDataset,
                test_ds: ArrayDataset, out_dir: str, log: str | None, device, teacher=None,
-               pack: bool = True, zstd: bool = True) -> dict:
-    """More QAT epochs for a packed quantized model (e.g. a soup of runs, tools/soup.py).
+               pack: bool = True, zstd: bool = True, seed: int = 0, ckpt_path: str | None = None,
+               time_budget: float | None = None, extra_meta: dict | None = None) -> dict | None:
+    """More QAT epochs for a packed quantized model (e.g. a soup of runs, `mbz soup`); writes OUT_DIR/NAME.mbz.
 
     Everything comes from the file: architecture, zero pattern (kept by masks), weight bits and
     granularity (its 'compression' metadata), steps initialised at the file's exact grids, and
-    the activation ranges, which are learned on from there.
+    the activation ranges, which are learned on from there.  Returns the result row, or None when
+    `time_budget` stopped it between epochs (state in `ckpt_path`; the same call continues).
     """
     import mbz
     from ..detect import detect_grid
@@ -167,8 +187,10 @@ def qat_resume(path: str, name: str, epochs: int, lr: float, kd: float, train_ds
     insert_act_quant(model, q.abits, learn=True, alphas=arch.get("act_alpha"))
     model.to(device)
     cfg = TrainConfig(epochs=epochs, lr=lr, warmup=0.5, ema=0, wd=0.0 if q.wbits < 32 else 5e-5, kd=kd,
-                      batch=min(512, len(train_ds)))
-    train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=name, device=device,
-          teacher=teacher if kd else None)
+                      batch=min(512, len(train_ds)), seed=seed)
+    r = train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=name, device=device,
+              teacher=teacher if kd else None, ckpt_path=ckpt_path, time_budget=time_budget)
+    if not r["complete"]:
+        return None
     return _export(model, q, arch_kw, test_ds, out_dir, device, pack, zstd, False, t0,
-                   extra_meta={"resumed_from": os.path.basename(path)})
+                   extra_meta={"resumed_from": os.path.basename(path), **(extra_meta or {})})

@@ -9,7 +9,7 @@ In a small pruned + 4-bit file the per-channel weight scales (fp32) and the fold
 - biases put on a per-tensor symmetric grid of `bias_bits` bits (one fp32 scale each), so
   that they pack as integer codes instead of raw fp16.
 
-The result is a different model: evaluate it (tools/reduce_params.py does) before using it.
+The result is a different model: evaluate it (`mbz reduce` does) before using it.
 """
 from __future__ import annotations
 
@@ -64,3 +64,25 @@ def reduce_float_params(sd: dict, scale_bits: int | None = 8, bias_bits: int | N
                             "max_rel_to_range": float(d.max() / ref) if d.numel() else 0.0}
         out[name] = new
     return out, report
+
+
+def reduce_file(src: str, out: str, scale_bits: int = 8, bias_bits: int = 8,
+                extra_meta: dict | None = None) -> dict:
+    """Hold the weight scales and biases of the packed model `src` at reduced precision and write `out`
+    (.mbz, atomically); every other metadata entry is kept, 'reduced_params' says what was done.
+    Returns a row: sizes before / after, the largest change relative to a tensor's range."""
+    import os
+
+    import mbz
+    with mbz.open(src) as r:
+        meta = dict(r.metadata)
+        sd = r.decode_all()
+    new, report = reduce_float_params(sd, scale_bits or None, bias_bits or None)
+    meta["reduced_params"] = {"from": os.path.basename(src), "scale_bits": scale_bits, "bias_bits": bias_bits}
+    if "top1_qat_eval" in meta:  # that figure was of the model before this step
+        meta["reduced_params"]["top1_qat_eval_before"] = meta.pop("top1_qat_eval")
+    meta.update(extra_meta or {})
+    mbz.save(new, out, metadata=meta)
+    return {"file": src, "out": out, "scale_bits": scale_bits, "bias_bits": bias_bits,
+            "bytes_before": os.path.getsize(src), "bytes_after": os.path.getsize(out),
+            "largest_rel_change": max((v["max_rel_to_range"] for v in report.values()), default=0.0)}

@@ -12,7 +12,7 @@ def prunable(name: str, t: torch.Tensor) -> bool:
 def global_magnitude_masks(sd: dict, sparsity: float, caps: dict | None = None, exclude=()) -> dict:
     """{name: bool mask (True = keep)} removing the `sparsity` share of smallest |w| over all prunable tensors.
 
-    caps: optional {name: max sparsity} for sensitive layers (tools/sensitivity.py).  A capped
+    caps: optional {name: max sparsity} for sensitive layers (`mbz sensitivity`).  A capped
     layer keeps its largest (1 - cap) share; the zeros it is spared are taken from the other
     layers (the global threshold rises), so the overall sparsity still meets the target.
     """

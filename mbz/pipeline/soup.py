@@ -1,11 +1,11 @@
 """Uniform weight averaging ("model soup") of fine-tuned copies of one pruned model.
 
 QAT runs that start from the same pruned model keep its zero pattern but end apart: two runs of
-one configuration gave 91.26% and 90.85% (session 6).  Averaging their weights is a cheap way
+one configuration gave 91.26% and 90.85%.  Averaging their weights is a cheap way
 to use every run instead of picking one on the test set.  The average of grid values is not on a
 grid, so each quantized weight is put back on a per-channel grid of its bits (error-minimising
 step, `qat.mse_step`, fp16-exact like the export); pruned zeros stay zero.  Biases and activation
-ranges are averaged.  The result is a new model: evaluate it (tools/soup.py does).
+ranges are averaged.  The result is a new model: evaluate it (`mbz soup` does).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def soup_state_dicts(sds: list[dict], steps: str = "mse") -> tuple[dict, dict]:
     """(averaged state_dict, per-tensor report) of copies of one pruned model.
 
     steps: "mse" puts each averaged weight on the per-channel step with the least rounding error
-    (`qat.mse_step`), "mean" on the mean of the inputs' steps (seen: 90.79% vs 90.68%, session 6).
+    (`qat.mse_step`), "mean" on the mean of the inputs' steps (seen: 90.79% vs 90.68% on one soup).
 
     Positions zero in every input (the pruned ones) stay zero; a weight that QAT rounded to zero
     in some runs only gets the average, so the zero count can fall a little (the report has
@@ -109,3 +109,26 @@ def soup_metadata(metas: list[dict], inputs: list[str]) -> dict:
     meta["arch"] = arch
     meta["soup"] = {"inputs": inputs, "weights": "uniform"}
     return meta
+
+
+def soup_files(files: list[str], out: str, steps: str = "mse", zstd: bool = True,
+               extra_meta: dict | None = None) -> dict:
+    """Average packed models (`files`) into `out` (.mbz, written atomically); returns a result row
+    (inputs, bytes, the largest re-snapping error) and, under 'float_average', the plain average's
+    state_dict for an evaluation before re-snapping (not stored)."""
+    import os
+
+    import mbz
+    sds, metas = [], []
+    for f in files:
+        with mbz.open(f) as r:
+            metas.append(dict(r.metadata))
+            sds.append(r.decode_all())
+    sd, report = soup_state_dicts(sds, steps)
+    meta = soup_metadata(metas, [os.path.basename(f) for f in files])
+    meta.update(extra_meta or {})
+    mbz.save(sd, out, metadata=meta, zstd=zstd)
+    return {"files": list(files), "out": out, "steps": steps, "bytes": os.path.getsize(out),
+            "bytes_inputs": [os.path.getsize(f) for f in files],
+            "largest_rms_snap": max((v["rms_snap"] for v in report.values()), default=0.0),
+            "float_average": average_state_dicts(sds)}

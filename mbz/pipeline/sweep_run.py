@@ -78,7 +78,7 @@ def activation_metrics(path: str) -> dict:
 def load_caps(path: str) -> dict:
     """{tensor name: max sparsity} from a sensitivity scan's caps.json ('' = none).
 
-    The file is tools/sensitivity.py's {"caps": {...}, "tolerance": ...} or a plain {name: cap}.
+    The file is `mbz sensitivity`'s {"caps": {...}, "tolerance": ...} or a plain {name: cap}.
     """
     if not path:
         return {}
