@@ -39,7 +39,7 @@ def tmp_mbz(tmp_path):
     return tmp_path / "t.mbz"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_npz(tmp_path_factory):
     from PIL import Image
     d = tmp_path_factory.mktemp("npz")
