@@ -89,7 +89,7 @@ class Ema:
     Without the warm-up the average starts at the random initialisation and keeps a share of it, and
     of the early high-learning-rate weights, for thousands of steps (seen: decay 0.9995, 97 steps per
     epoch: the EMA model at chance level until epoch ~60 and 88.58% after 149 epochs).  With the
-    warm-up (decay 0.999, session 6) the average led the trained weights by 3-10 points mid-run and
+    warm-up (decay 0.999) the average led the trained weights by 3-10 points mid-run and
     ended level with them (91.48 vs 91.55): at the end of a cosine schedule it adds nothing.
     Pick the decay for the run length: the average spans about 1/(1-decay) steps.
     """
