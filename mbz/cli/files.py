@@ -58,6 +58,11 @@ def cmd_pack(a) -> int:
     print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
           f"); fp32 tensors {fp32:,d} bytes, ratio {fp32 / rep.file_bytes:.2f}x")
+    if arch and not a.arch:
+        print(f"arch guessed from the tensor names and shapes: {arch} (mbz.load_model rebuilds it; "
+              "pass --arch to name it yourself)")
+    elif not arch:
+        print("no architecture recorded (mbz.load / unpack work; for mbz eval and mbz.load_model pass --arch)")
     return 0
 
 
