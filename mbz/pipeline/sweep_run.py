@@ -1,9 +1,9 @@
 """Execute sweep configurations: pruned starting points, QAT, pack, measure, one JSONL row per run.
 
-Imports neither wandb nor zstandard: this runs on GPU machines that have
-neither.  Without zstandard a file is packed without the entropy stage and
-marked `entropy_applied: false`; `finalize` re-packs it on a CPU machine
-(bit-identical tensors, checked) and recomputes its sizes.
+Imports no wandb (the agent and replay do, in mbz.pipeline.wandb_log).  Where zstandard is
+missing a file is packed without the entropy stage and marked `entropy_applied: false`;
+`finalize` re-packs it where zstandard is installed (bit-identical tensors, checked) and
+recomputes its sizes.  `run_sweep` drives a whole sweep (`mbz sweep run`, `mbz compress`).
 """
 from __future__ import annotations
 
@@ -101,8 +101,11 @@ class SweepRunner:
 
     def __init__(self, out: str, baseline: str, data: str = "jpeg", prune_epochs: int = 5, prune_lr: float = 0.05,
                  prune_kd: float = 0.5, subset: int = 0, device=None, worker: str = "", caps: str = "",
-                 prune_final_epochs: int = 0, prune_restart: int = 0):
+                 prune_final_epochs: int = 0, prune_restart: int = 0, extra_meta: dict | None = None,
+                 seed: int = 0):
         self.out, self.data_spec, self.subset = out, data, subset
+        self.extra_meta = dict(extra_meta or {})  # added to every file's metadata (e.g. the recipe)
+        self.seed = seed  # training seed of the pruning and QAT runs
         self.prune_restart = prune_restart  # a second cosine cycle of this many epochs at each kept level
         self.prune_epochs, self.prune_lr, self.prune_kd = prune_epochs, prune_lr, prune_kd
         self.prune_final_epochs = prune_final_epochs  # epochs at each kept level (0: prune_epochs)
@@ -184,7 +187,7 @@ class SweepRunner:
         _, te = self.data()
         ev = evaluate(model, te, device=self.device, amp=False)
         meta = {"arch": self.arch_kw, "pruning": pruning, "top1": ev["top1"],
-                "baseline": os.path.basename(self.baseline_path)}
+                "baseline": os.path.basename(self.baseline_path), **self.extra_meta}
         path = self.pruned_path(s, pruning.get("restart_epochs") or 0)
         mbz.save({k: v.cpu() for k, v in sd.items()}, path, metadata=meta, zstd=zstd_available())
         print(f"[prepare] sparsity {s:g}: top-1 {ev['top1']:.2f} -> {path}", flush=True)
@@ -195,7 +198,7 @@ class SweepRunner:
         tr, te = self.data()
         model = mobilenet_v2_cifar(**self.arch_kw).to(self.device)
         model.load_state_dict(self.base)
-        cfg = TrainConfig(batch=min(512, len(tr)), kd=self.prune_kd)
+        cfg = TrainConfig(batch=min(512, len(tr)), kd=self.prune_kd, seed=self.seed)
         teacher = self.teacher() if self.prune_kd else None
         epochs_at = {x: self.prune_final_epochs for x in want} if self.prune_final_epochs else None
         for s, sd, _ in prune_schedule(model, tr, te, chain, self.prune_epochs, self.prune_lr, self.log_path,
@@ -216,7 +219,7 @@ class SweepRunner:
         model = mobilenet_v2_cifar(**self.arch_kw).to(self.device)
         model.load_state_dict(mbz.load(src))
         zeros = {k: (v == 0) for k, v in model.state_dict().items()}
-        cfg = TrainConfig(batch=min(512, len(tr)), kd=self.prune_kd)
+        cfg = TrainConfig(batch=min(512, len(tr)), kd=self.prune_kd, seed=self.seed)
         teacher = self.teacher() if self.prune_kd else None
         for _, sd, masks in prune_schedule(model, tr, te, [s], self.prune_restart, self.prune_lr, self.log_path,
                                            self.device, cfg, teacher=teacher, caps=self.caps):
@@ -252,7 +255,7 @@ class SweepRunner:
             with mbz.open(src) as rd:
                 comp = dict(rd.metadata.get("compression", {}), entropy=cfg.entropy)
             use_z = cfg.entropy == "zstd" and zstd_available()
-            repack(src, model_path, use_z, {"compression": comp})
+            repack(src, model_path, use_z, {"compression": comp, **self.extra_meta})
             row = {k: sibling[k] for k in ("top1", "top1_qat_eval", "top1_equal", "baseline_top1", "drop",
                                             "act_cr", "act_cr_peak", "act_method", "device", "torch")}
             row["trained_in"] = sibling["name"]
@@ -267,7 +270,7 @@ class SweepRunner:
             use_z = cfg.entropy == "zstd" and zstd_available()
             r = qat_run(start, q, tr, te, os.path.join(self.out, "models"), self.log_path, self.device,
                         self.arch_kw, pack=True, zstd=use_z, save_pt=False,
-                        teacher=self.teacher() if cfg.kd else None)
+                        teacher=self.teacher() if cfg.kd else None, seed=self.seed, extra_meta=self.extra_meta)
             if r["mbz"] != os.path.basename(model_path):
                 raise RuntimeError(f"{cfg.name}: unexpected output {r['mbz']}")
             b = self.baseline_top1()
@@ -319,3 +322,104 @@ def finalize(out: str, order: list[str] | None = None) -> list[dict]:
                 os.remove(p)
     return merged
 
+
+
+# ---------------------------------------------------------------------------------------------- driving
+def sweep_configs(paths, count: int = 0, seed: int = 0, where=()) -> list[RunConfig]:
+    """The configurations of sweep files, in file order, each name once; `where`: 'key=value' filters."""
+    from .sweep import expand, load_sweep
+    out, seen = [], set()
+    for p in paths:
+        for c in expand(load_sweep(p), count or None, seed):
+            if c.name not in seen:
+                seen.add(c.name)
+                out.append(c)
+    for cond in where:
+        k, eq, v = cond.partition("=")
+        if not eq or k not in RunConfig.__dataclass_fields__:
+            raise ValueError(f"--where {cond!r}: expected KEY=VALUE, KEY one of {sorted(RunConfig.__dataclass_fields__)}")
+        out = [c for c in out if str(getattr(c, k)) == v]
+    return out
+
+
+def _worker(kw: dict) -> None:
+    run_sweep(**kw)
+
+
+def run_sweep(paths, out: str, baseline: str, data: str = "jpeg", *, jobs: int = 1, shard_of: tuple | None = None,
+              count: int = 0, seed: int = 0, where=(), time_budget: float = 0.0, log=print, **runner_kw) -> dict:
+    """Run every configuration of the sweep files `paths` that OUT has not recorded yet (resumable).
+
+    The pruned starting points are made first (one chain for every sparsity still needed); then
+    the configurations run one after another, or in `jobs` processes sharing the device, each a
+    shard of whole training groups.  No configuration starts after `time_budget` seconds.
+    `runner_kw` go to SweepRunner (prune_epochs, prune_lr, prune_kd, prune_final_epochs,
+    prune_restart, caps, subset, extra_meta; the training seed as `train_seed`).
+    Returns {'configs', 'todo', 'done', 'left'}."""
+    from .sweep import shard
+    t0 = time.time()
+    configs = sweep_configs(paths, count, seed, where)
+    if shard_of:
+        configs = shard(configs, *shard_of)
+    worker = f"w{shard_of[0]}" if shard_of else ""
+    train_seed = runner_kw.pop("train_seed", 0)
+    r = SweepRunner(out, baseline, data, worker=worker, seed=train_seed, **runner_kw)
+    todo = [c for c in configs if c.name not in r.done()]
+    log(f"{len(configs)} configurations, {len(todo)} to run"
+        + (f" (shard {shard_of[0]}/{shard_of[1]})" if shard_of else ""))
+    if not todo:
+        return {"configs": len(configs), "todo": 0, "done": 0, "left": 0}
+    done = r.done()
+    r.prepare({c.sparsity for c in todo if r.sibling(c, done) is None})
+    if jobs > 1 and not shard_of:
+        import multiprocessing as mp
+        ctx = mp.get_context("spawn")
+        left = max(1.0, time_budget - (time.time() - t0)) if time_budget else 0.0
+        procs = []
+        for i in range(jobs):
+            kw = dict(paths=list(paths), out=out, baseline=baseline, data=data, shard_of=(i, jobs), count=count,
+                      seed=seed, where=list(where), time_budget=left, train_seed=train_seed, **runner_kw)
+            procs.append(ctx.Process(target=_worker, args=(kw,)))
+            procs[-1].start()
+        for p in procs:
+            p.join()
+        rc = [p.exitcode for p in procs]
+        if any(rc):
+            raise RuntimeError(f"sweep workers ended with exit codes {rc}")
+        left_over = [c for c in configs if c.name not in r.done()]
+        return {"configs": len(configs), "todo": len(todo), "done": len(todo) - len(left_over),
+                "left": len(left_over)}
+    n_done = 0
+    for k, c in enumerate(todo):
+        if time_budget and time.time() - t0 > time_budget:
+            log(f"time budget reached: {len(todo) - k} configurations left for the next call")
+            break
+        row = r.run(c)
+        n_done += 1
+        log(f"[{k + 1}/{len(todo)}] {c.name}: top-1 {row['top1']:.2f}, {row['file_bytes']:,} B, {row['seconds']:.0f}s")
+    return {"configs": len(configs), "todo": len(todo), "done": n_done, "left": len(todo) - n_done}
+
+
+def repack_dir(src: str, dst: str, log=print) -> list[dict]:
+    """Re-pack the .mbz files of a run folder (results.jsonl or runs.jsonl rows with 'mbz' and 'file_bytes')
+    into `dst` with the entropy stage, losslessly (tensors checked), and copy its other JSON / JSONL
+    files; file_bytes is updated and the size as run kept as file_bytes_gpu_nozstd."""
+    import shutil
+    table = next((n for n in ("results.jsonl", "runs.jsonl") if os.path.exists(os.path.join(src, n))), None)
+    if table is None:
+        raise FileNotFoundError(f"{src}: neither results.jsonl nor runs.jsonl (not a run folder)")
+    os.makedirs(dst, exist_ok=True)
+    rows = read_jsonl(os.path.join(src, table))
+    for r in rows:
+        os.makedirs(os.path.dirname(os.path.join(dst, r["mbz"])) or dst, exist_ok=True)
+        nbytes = repack(os.path.join(src, r["mbz"]), os.path.join(dst, r["mbz"]), zstd=True)
+        r.setdefault("file_bytes_gpu_nozstd", r["file_bytes"])
+        r["file_bytes"] = nbytes
+        log(f"{r['name']}: {r['file_bytes_gpu_nozstd']:,} -> {nbytes:,} B")
+    with open(os.path.join(dst, table), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    for name in os.listdir(src):
+        if name.endswith((".jsonl", ".json")) and name != table:
+            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+    return rows
