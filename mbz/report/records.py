@@ -90,7 +90,7 @@ def recipe_runs(results: str, index: dict, base_cpu: float) -> list[dict]:
                    "sparsity": c["sparsity"], "wbits": c["wbits"], "abits": c["abits"], "kd": c.get("kd"),
                    "epochs": epochs, "lr": c.get("lr"), "file_bytes": r["file_bytes"],
                    "kept": os.path.exists(os.path.join(folder, r.get("mbz", r["name"] + ".mbz"))),
-                   "device": r.get("device", "GPU"),
+                   "device": r.get("device"),
                    "gpu_top1": None if on_cpu else top1, "cpu_top1": top1 if on_cpu else cpu.get(r["name"])}
             here.append(row)
         for r in read_jsonl(os.path.join(folder, "reduced", "reduce_log.jsonl")):
