@@ -9,6 +9,15 @@ from mbz.models import build_model, guess_arch, mobilenet_v2_cifar
 from conftest import bits_equal
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models on a shared 2-core machine run several times faster on one torch thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def trained_like_model(seed=0):
     """A width-0.5 MobileNet-v2 with non-trivial BN statistics (random init has mean 0 / var 1)."""
     torch.manual_seed(seed)
@@ -51,9 +60,9 @@ def test_thin_blocks_equal_masked_projection_and_reload(tmp_path):
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in m.parameters())
     with torch.no_grad():
         assert torch.allclose(small(x), ref(x), atol=1e-5)
-    # the file carries the thinner architecture: load_model rebuilds it without being told
+    # the file carries the thinner architecture (guess_arch finds it): load_model rebuilds it from the metadata
     p = tmp_path / "thin.mbz"
-    mbz.save(thin, p)
+    mbz.save(thin, p, arch=guess_arch(thin), detect=False)  # random weights: no grids to find
     back = mbz.load_model(p)
     assert all(bits_equal(back.state_dict()[k], v) for k, v in thin.items())
     with torch.no_grad():
@@ -129,22 +138,47 @@ def test_sensitivity_scan_restores_model_and_caps_fragile_layers():
     assert layer_mask(torch.tensor([3.0, -1.0, 2.0, 0.5]), 0.5).tolist() == [True, False, True, False]
 
 
-def test_prune_channels_then_train_init_cli(tiny_npz, tmp_path):
-    """tools/prune_channels.py writes a thinner .mbz; `mbz train --init` fine-tunes it with its own shapes."""
+def test_prune_channels_cli(tiny_npz, tmp_path, capsys):
+    """`mbz prune-channels` writes a thinner .mbz that load_model rebuilds, its layers and a row of channels.jsonl."""
+    prune_channels_cli(tiny_npz, tmp_path, capsys)
+
+
+def prune_channels_cli(tiny_npz, tmp_path, capsys):
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
+    from mbz.cli import main
     ck = tmp_path / "base.pt"
     torch.save(trained_like_model(3).state_dict(), ck)
     out = tmp_path / "thin"
-    subprocess.run([sys.executable, str(root / "tools/prune_channels.py"), str(ck), "--ratios", "0.25",
-                    "--data", f"npz:{tiny_npz}", "--calib", "32", "--out", str(out)], check=True, capture_output=True)
-    row = json.loads((out / "channels.jsonl").read_text().splitlines()[0])
+    argv = ["prune-channels", str(ck), "--ratios", "0.25", "--data", f"npz:{tiny_npz}", "--calib", "32",
+            "--out", str(out)]
+    assert main(argv) == 0
+    lines = (out / "channels.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    assert json.loads(lines[-1]) == {"command": "mbz " + " ".join(argv)}
     assert row["params_after"] < row["params_before"] and row["fine_tuned"] is False
+    assert row["test_images"] == 40 and 0 <= row["top1_plain"] <= 100
     thin = mbz.load(out / "thin_r0.25.mbz")
     assert channels.hidden_widths(thin) == row["hidden"] == mbz.open(out / "thin_r0.25.mbz").metadata["arch"]["hidden"]
+    assert row["file_bytes"] == (out / "thin_r0.25.mbz").stat().st_size
+    assert mbz.load_model(out / "thin_r0.25.mbz") is not None
+    layers = json.loads((out / "thin_r0.25.layers.json").read_text())
+    assert layers and [b["hidden_after"] for b in layers] == [row["hidden"][b["block"] - 1] for b in layers]
+    # an existing output is kept without --force
+    capsys.readouterr()
+    before = (out / "channels.jsonl").read_bytes()
+    assert main(argv) == 2 and "--force" in capsys.readouterr().err
+    assert (out / "channels.jsonl").read_bytes() == before
+    return out, row
+
+
+@pytest.mark.slow
+def test_prune_channels_then_train_init_cli(tiny_npz, tmp_path, capsys):
+    """`mbz prune-channels` writes a thinner .mbz; `mbz train --init` fine-tunes it with its own shapes."""
+    import json
+    import subprocess
+    import sys
+    out, row = prune_channels_cli(tiny_npz, tmp_path, capsys)
+    thin = mbz.load(out / "thin_r0.25.mbz")
     run = tmp_path / "ft"
     subprocess.run([sys.executable, "-m", "mbz.cli", "train", "--data", f"npz:{tiny_npz}", "--init",
                     str(out / "thin_r0.25.mbz"), "--epochs", "1", "--batch", "32", "--lr", "0.01", "--out", str(run)],
@@ -155,6 +189,40 @@ def test_prune_channels_then_train_init_cli(tiny_npz, tmp_path):
     assert all(tuned[k].shape == v.shape for k, v in thin.items())
 
 
+def test_sensitivity_and_activations_cli(tiny_npz, tmp_path, capsys):
+    """`mbz sensitivity` writes the scan, the heat map and the caps; --recap recomputes the caps (with --force);
+    `mbz activations` writes its JSON and Markdown and finds the logits unchanged."""
+    import json
+    from mbz.cli import main
+    from mbz.models import guess_arch
+    ck = tmp_path / "base.pt"
+    torch.manual_seed(2)
+    sd = mobilenet_v2_cifar(width_mult=0.25).state_dict()
+    torch.save(sd, ck)
+    out = tmp_path / "sens"
+    assert main(["sensitivity", str(ck), "--data", f"npz:{tiny_npz}", "--images", "4", "--levels", "1",
+                 "--tolerance", "0", "--out", str(out), "-q"]) == 0
+    head, *rows = [json.loads(x) for x in (out / "sensitivity.jsonl").read_text().splitlines()]
+    assert head["images"] == 4 and head["command"].startswith("mbz sensitivity ")
+    n_layers = len({r["name"] for r in rows})
+    assert len(rows) == n_layers > 50 and {r["sparsity"] for r in rows} == {1.0}
+    assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    caps = json.loads((out / "caps.json").read_text())
+    assert caps["tolerance"] == 0 and caps["baseline_top1"] == head["baseline_top1"]
+    assert main(["sensitivity", "--recap", "--tolerance", "100", "--out", str(out)]) == 2     # caps.json exists
+    assert main(["sensitivity", "--recap", "--tolerance", "100", "--out", str(out), "--force"]) == 0
+    assert json.loads((out / "caps.json").read_text())["caps"] == {}
+    # activations of a packed model
+    p = tmp_path / "m.mbz"
+    mbz.save(sd, p, arch=guess_arch(sd), detect=False)
+    capsys.readouterr()
+    assert main(["activations", str(p), "--batch", "2", "--out", str(tmp_path / "act"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res == json.loads((tmp_path / "act" / "activations.json").read_text())
+    assert res["batch1"]["logits_unchanged"] and res["batch2"]["batch"] == 2
+    assert (tmp_path / "act" / "activations.md").read_text().startswith(f"# Activation memory of {p}")
+
+
 def test_bad_arch_metadata_raises_mbz_error(tmp_path):
     from mbz.errors import MbzError
     sd = mobilenet_v2_cifar(width_mult=0.25).state_dict()
@@ -163,7 +231,7 @@ def test_bad_arch_metadata_raises_mbz_error(tmp_path):
                  {"name": "mobilenet_v2_cifar", "width_mult": "wide"},
                  {"name": "mobilenet_v2_cifar", "bogus": 1, "num_classes": -2}):
         p = tmp_path / "m.mbz"
-        mbz.save(sd, p, arch=arch)
+        mbz.save(sd, p, arch=arch, detect=False)
         try:
             mbz.load_model(p)
         except MbzError as e:

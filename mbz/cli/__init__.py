@@ -16,7 +16,8 @@ VERB_MODULES = (
     ("evaluate", "eval"),
     ("bench", "bench"),
     ("data", "data"),
-    ("training", "train finetune soup reduce sensitivity prune-channels activations"),
+    ("training", "train finetune soup reduce"),
+    ("analysis", "sensitivity prune-channels activations"),
     ("compress", "compress"),
     ("sweep", "sweep"),
     ("report", "report"),
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from ..errors import MbzError, MismatchError
     a = build_parser().parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)  # what the command was, for the records it writes
     prog = f"mbz {a.cmd}"
     try:
         return a.fn(a) or 0

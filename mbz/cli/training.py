@@ -315,6 +315,3 @@ def register(sub) -> None:
     _add_finetune(sub)
     _add_soup(sub)
     _add_reduce(sub)
-    sub.add_parser("sensitivity", help="per-layer pruning sensitivity scan").set_defaults(fn=_todo)
-    sub.add_parser("prune-channels", help="structured pruning of hidden channels").set_defaults(fn=_todo)
-    sub.add_parser("activations", help="activation memory of a packed model").set_defaults(fn=_todo)

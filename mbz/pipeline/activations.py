@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..codecs.bitpack import pack_codes, unpack_codes
-from .qat import ActQuant
+from ..models.act_quant import ActQuant
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, input_bits: int = 8) -> dict:
@@ -75,3 +75,40 @@ def measure(model: torch.nn.Module, x: torch.Tensor, input_bits: int = 8) -> dic
     return {"batch": x.shape[0], "layers": rows, "total_fp32_bytes": tot_f, "total_packed_bytes": tot_p,
             "total_ratio": tot_f / tot_p, "peak_fp32_bytes": peak_fp32, "peak_packed_bytes": peak_packed,
             "peak_ratio": peak_fp32 / peak_packed, "output": y}
+
+
+def activation_report(model: torch.nn.Module, batch: int = 32, input_size=(3, 32, 32), seed: int = 0) -> dict:
+    """{'batch1': measure(...), 'batch{B}': ...} on random inputs, each with 'logits_unchanged': whether
+    holding the activations as packed bytes left every logit of the model bit-identical."""
+    res = {}
+    g = torch.Generator().manual_seed(seed)
+    for b in dict.fromkeys((1, batch)):
+        x = torch.randn(b, *input_size, generator=g)
+        with torch.no_grad():
+            ref = model(x)
+        m = measure(model, x)
+        m["logits_unchanged"] = bool(torch.equal(m.pop("output"), ref))
+        res[f"batch{b}"] = m
+    return res
+
+
+def markdown(res: dict, batch: int) -> list[str]:
+    """The lines of activations.md for `res` = {'file', 'command', 'batch1', 'batch{B}'}."""
+    b1, bb = res["batch1"], res[f"batch{batch}"]
+    L = [f"# Activation memory of {res['file']}", "", f"Command: `{res['command']}`", "",
+         "Measured by packing every inter-layer activation with mbz's bit packer during a real inference "
+         "(method: mbz/pipeline/activations.py). Logits identical to the unpacked run: "
+         f"{b1['logits_unchanged'] and bb['logits_unchanged']}.", "",
+         "| batch | all activations fp32 | packed | ratio | peak live fp32 | peak live packed | ratio |",
+         "|---:|---:|---:|---:|---:|---:|---:|"]
+    for k in dict.fromkeys(("batch1", f"batch{batch}")):
+        r = res[k]
+        L.append(f"| {r['batch']} | {r['total_fp32_bytes']:,} | {r['total_packed_bytes']:,} | {r['total_ratio']:.2f}x | "
+                 f"{r['peak_fp32_bytes']:,} | {r['peak_packed_bytes']:,} | {r['peak_ratio']:.2f}x |")
+    L += ["", "Per layer (batch 1): measured packed bytes and the graph figure numel x bits / 8.", "",
+          "| activation | numel | bits | fp32 bytes | packed bytes (measured) | graph bytes |",
+          "|---|---:|---:|---:|---:|---:|"]
+    for r in b1["layers"]:
+        L.append(f"| {r['name']} | {r['numel']:,} | {r['bits']} | {r['fp32_bytes']:,} | {r['packed_bytes']:,} | "
+                 f"{r['graph_bytes']:,} |")
+    return L

@@ -64,3 +64,53 @@ def caps_from(rows: list[dict], baseline_top1: float, tolerance: float) -> dict:
         safe = [s for s in ok if s < first_bad]
         caps[n] = max(safe) if safe else 0.0
     return caps
+
+
+def plot(rows: list[dict], baseline_top1: float, path: str, data_name: str = "CIFAR-10 (JPEG q75 export)") -> None:
+    """Heat map of the top-1 drop per layer (rows) and sparsity level (columns), written to `path` (PNG)."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..container import atomic_write
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    levels = sorted({r["sparsity"] for r in rows})
+    drop = np.full((len(names), len(levels)), np.nan)
+    for r in rows:
+        drop[names.index(r["name"]), levels.index(r["sparsity"])] = baseline_top1 - r["top1"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(levels) + 4, 0.18 * len(names) + 1.5))
+    im = ax.imshow(np.clip(drop, 0, 10), aspect="auto", cmap="magma_r", vmin=0, vmax=10)
+    ax.set_xticks(range(len(levels)), [f"{s:g}" for s in levels])
+    ax.set_yticks(range(len(names)), [n.replace(".weight", "") for n in names], fontsize=6)
+    ax.set_xlabel("sparsity of this layer alone (others dense)")
+    fig.colorbar(im, ax=ax, label="top-1 drop (points, clipped at 10)")
+    ax.set_title(f"Pruning sensitivity per layer, no fine-tuning\n{data_name}, training images", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, [buf.getvalue()])
+
+
+def read_scan(path: str) -> tuple[dict, list[dict]]:
+    """(header, rows) of a sensitivity.jsonl (its first line is the header); DataError if it is not one."""
+    import json
+
+    from ..errors import DataError
+    try:
+        with open(path) as f:
+            head, *rows = [json.loads(line) for line in f if line.strip()]
+        head["baseline_top1"], [(r["name"], r["sparsity"], r["top1"]) for r in rows]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a sensitivity scan (a header line, then one row per layer and level): {e}") \
+            from None
+    return head, rows
+
+
+def caps_file(head: dict, rows: list[dict], tolerance: float) -> dict:
+    """The content of caps.json: {'tolerance', 'baseline_top1', 'caps': {layer: cap}}."""
+    return {"tolerance": tolerance, "baseline_top1": head["baseline_top1"],
+            "caps": caps_from(rows, head["baseline_top1"], tolerance)}
