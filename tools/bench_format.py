@@ -1,9 +1,14 @@
 #!/usr/bin/env python
-"""Figures of issue 3 (the .mbz format): sizes, accuracy equality, entropy bound, speed.
+"""Figures of the .mbz format: sizes, accuracy equality, entropy bound, pack and load speed.
 
-    python tools/bench_format.py --out results/format
+    MBZ_DATA=../shared/data python tools/bench_format.py --out results/format
+    python tools/bench_format.py --out results/format --speed-only --runs 15     # speed figures only, merged
+    python tools/bench_format.py --out results/format --load-breakdown --runs 7  # torch.load vs mbz.load
 
-Writes results/format/figures.json and figures.md.  Top-1 is on CIFAR-10 (JPEG q75 export).
+Writes OUT/figures.json and OUT/figures.md (OUT/load_breakdown.json with --load-breakdown).  The
+reference checkpoint is --reference (default: reference_mnv2_cifar10_fp32.pt in $MBZ_DATA); top-1
+is on the test split of --data (default: the CIFAR-10 JPEG q75 export in $MBZ_DATA).  Uses the
+installed mbz package (pip install -e ".[test]").
 """
 from __future__ import annotations
 
@@ -20,16 +25,15 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import mbz  # noqa: E402
-from mbz.cli import main as mbz_cli  # noqa: E402
-from mbz.codecs.raw import bits_equal  # noqa: E402
-from mbz.quantize import QuantPolicy, quantize_state_dict, quantize_tensor  # noqa: E402
-from mbz.checkpoint import read_checkpoint  # noqa: E402
-from mbz.models import mobilenet_v2_cifar  # noqa: E402
-from mbz.pipeline.prune import apply_masks, global_magnitude_masks  # noqa: E402
+import mbz
+from mbz.checkpoint import read_checkpoint
+from mbz.cli import main as mbz_cli
+from mbz.codecs.raw import bits_equal
+from mbz.models import mobilenet_v2_cifar
+from mbz.pipeline.prune import apply_masks, global_magnitude_masks
+from mbz.quantize import QuantPolicy, quantize_state_dict, quantize_tensor
 
-REF = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "reference_mnv2_cifar10_fp32.pt")
+REFERENCE = "reference_mnv2_cifar10_fp32.pt"
 
 
 def top1(sd, test):
@@ -55,7 +59,7 @@ def binary_entropy_bits(n: int, k: int) -> float:
 
 
 def bound_bytes(sd: dict, policy: QuantPolicy) -> dict:
-    """Issue 3's bound: per quantized tensor H0(nonzero codes) + H(zero mask) + 4 B/scale; zstd-19 of the rest."""
+    """The entropy bound: per quantized tensor H0(nonzero codes) + H(zero mask) + 4 B/scale; zstd-19 of the rest."""
     import zstandard
     q_bits, scale_bytes, raw = 0.0, 0, []
     for name, t in sd.items():
@@ -117,8 +121,8 @@ def load_breakdown(runs: int, tmp: str) -> dict:
     res = {"default_malloc": alternating_loads(pt, out, runs)}
     # the same in a process whose glibc keeps freed memory (no fresh pages to fault in)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1000000000", MALLOC_TRIM_THRESHOLD_="1000000000")
-    code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            f"import bench_format as b; print(json.dumps(b.alternating_loads({pt!r}, {out!r}, {runs})))")
+    code = (f"import json, runpy; b = runpy.run_path({os.path.abspath(__file__)!r}); "
+            f"print(json.dumps(b['alternating_loads']({pt!r}, {out!r}, {runs})))")
     res["malloc_keeps_memory"] = json.loads(subprocess.run([sys.executable, "-c", code], env=env, check=True,
                                                            capture_output=True, text=True).stdout)
     # the largest tensor: its stored sections vs its 8-bit codes stored DENSE under zstd
@@ -159,6 +163,9 @@ def speed(runs: int, tmp: str) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/format")
+    ap.add_argument("--reference", default=os.path.join(os.environ.get("MBZ_DATA", ""), REFERENCE),
+                    help=f"the fp32 reference checkpoint (default: $MBZ_DATA/{REFERENCE})")
+    ap.add_argument("--data", default="jpeg", help="dataset for top-1 (default: the JPEG export in $MBZ_DATA)")
     ap.add_argument("--no-eval", action="store_true", help="skip the CPU top-1 evaluations")
     ap.add_argument("--runs", type=int, default=7, help="timed load runs of each kind")
     ap.add_argument("--speed-only", action="store_true",
@@ -187,17 +194,17 @@ def main():
     tmp = tempfile.mkdtemp(prefix="mbzbench")
     res = {"command": "python tools/bench_format.py --out " + a.out, "machine": platform.platform(),
            "cpus": os.cpu_count(), "torch": torch.__version__, "mbz": mbz.__version__}
-    ref = read_checkpoint(REF)
+    ref = read_checkpoint(a.reference)
     test = None
     if not a.no_eval:
         from mbz.pipeline.data import load_dataset
-        test = load_dataset("jpeg", "test")
+        test = load_dataset(a.data, "test")
 
     # 1. reference: lossless, --wbits 8, --wbits 4 (per channel)
     rows = {}
     for label, extra in [("lossless", []), ("wbits8", ["--wbits", "8"]), ("wbits4", ["--wbits", "4"])]:
         out = os.path.join(tmp, f"ref_{label}.mbz")
-        secs = pack_cli(REF, out, *extra)
+        secs = pack_cli(a.reference, out, *extra)
         back = mbz.load(out)
         want = ref if not extra else quantize_state_dict(ref, QuantPolicy(int(extra[1])))
         row = {"file_bytes": os.path.getsize(out), "pack_s": round(secs, 2),
@@ -244,7 +251,7 @@ def main():
 
 
 def write_md(r, path):
-    L = ["# .mbz format figures (issue 3)", "", f"Command: `{r['command']}`  ", f"Machine: {r['machine']}, {r['cpus']} CPUs, torch {r['torch']}", "",
+    L = ["# .mbz format figures", "", f"Command: `{r['command']}`  ", f"Machine: {r['machine']}, {r['cpus']} CPUs, torch {r['torch']}", "",
          "## Reference MobileNet-v2 (dense fp32, 9.2 MB .pt)", "",
          "| mode | file bytes | bit-exact | top-1 unpacked | top-1 without mbz |", "|---|---:|---|---:|---:|"]
     for k, v in r["reference"].items():

@@ -1,7 +1,15 @@
-"""Regenerate tests/data/golden_v1.mbz and its expected hashes (run only when the format changes).
+"""Write a golden file (golden_v1.mbz) and its expected hashes (golden_v1.json) with today's encoder.
 
-    python tests/make_golden.py
+    python tools/make_golden.py --out /tmp/golden          # look at what the encoder writes now
+    python tools/make_golden.py --force                    # replace tests/data/golden_v1.* (format change only)
+
+tests/test_golden.py checks that the committed tests/data/golden_v1.mbz keeps decoding to the
+hashes in golden_v1.json, forever.  The encoder may choose other encodings for the same tensors
+than the one that wrote the committed file (the bytes differ, the decoded tensors do not), so
+the committed file is never replaced for that: only a new format version needs a new golden
+file, and the old one stays.  Uses the installed mbz package.
 """
+import argparse
 import hashlib
 import json
 import os
@@ -10,7 +18,7 @@ import torch
 
 import mbz
 
-HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
 
 
 def golden_state_dict():
@@ -37,17 +45,30 @@ def golden_state_dict():
 
 
 def digest(t: torch.Tensor) -> str:
+    """sha256 of the tensor's raw bytes (the same function as tests/test_golden.py's)."""
     b = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
     return hashlib.sha256(b).hexdigest()
 
 
-if __name__ == "__main__":
-    os.makedirs(HERE, exist_ok=True)
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.normpath(HERE), help="folder (default: tests/data)")
+    ap.add_argument("--force", action="store_true", help="replace golden_v1.mbz / .json if they exist")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    path, expect_path = os.path.join(a.out, "golden_v1.mbz"), os.path.join(a.out, "golden_v1.json")
+    for p in (path, expect_path):
+        if os.path.exists(p) and not a.force:
+            ap.error(f"{p} exists; pass --force to replace it (see the note above: usually you should not)")
     sd = golden_state_dict()
-    path = os.path.join(HERE, "golden_v1.mbz")
     mbz.save(sd, path, metadata={"purpose": "golden file; must keep decoding"})
     expect = {k: {"dtype": str(v.dtype), "shape": list(v.shape), "sha256": digest(v)} for k, v in sd.items()}
-    with open(os.path.join(HERE, "golden_v1.json"), "w") as f:
+    with open(expect_path, "w") as f:
         json.dump(expect, f, indent=1, sort_keys=True)
     with mbz.open(path) as r:
         print(path, r.layout.file_size, "bytes", [x.encoding.name for x in r.layout.records])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
