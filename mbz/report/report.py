@@ -26,8 +26,6 @@ def _diff(top1: float | None, base: float) -> str:
     return "-" if top1 is None else f"{top1 - base:+.2f}"
 
 
-def _kb(b: int) -> str:
-    return f"{b / 1000:.1f}"
 
 
 def _pins(constraints: str) -> list[str]:
@@ -36,11 +34,6 @@ def _pins(constraints: str) -> list[str]:
     return [line.strip() for line in open(constraints) if re.match(r"^[A-Za-z0-9_.\-]+==", line.strip())]
 
 
-def _runs_by_name(log: list[dict]) -> dict:
-    out: dict = {}
-    for h in log:
-        out.setdefault(h["run"], []).append(h)
-    return out
 
 
 class _Inputs:
@@ -78,14 +71,17 @@ class _Inputs:
         self.pins = _pins(os.path.join(root, "constraints.txt"))
 
 
-def build(root: str = ".", out: str | None = None, figures: str | None = None) -> dict:
+def build(root: str = ".", out: str | None = None, figures: str | None = None, draw: bool = True,
+          pdf: bool = True) -> dict:
     """Write REPORT.md (`out`, default ROOT/REPORT.md), REPORT.pdf beside it and the charts into `figures`
-    (default ROOT/results/<index 'figures'>).  Returns {"md", "pdf", "figures": [...]}."""
+    (default ROOT/results/<index 'figures'>).  Returns {"md", "pdf", "figures": [...]}.
+
+    draw=False keeps the charts already in `figures`; pdf=False writes the Markdown only (quick checks)."""
     inp = _Inputs(root)
     out = out or os.path.join(root, "REPORT.md")
     figures = figures or os.path.join(inp.results, inp.index.get("figures", "figures"))
     os.makedirs(figures, exist_ok=True)
-    figs = _draw(inp, figures)
+    figs = _draw(inp, figures) if draw else {n: os.path.join(figures, n + ".png") for n in FIGURES}
     doc = _document(inp, figs)
     md_dir = os.path.dirname(os.path.abspath(out))
     text = to_markdown(doc, md_dir)
@@ -93,9 +89,10 @@ def build(root: str = ".", out: str | None = None, figures: str | None = None) -
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, out)
-    pdf = os.path.splitext(out)[0] + ".pdf"
-    to_pdf(doc, pdf)
-    return {"md": out, "pdf": pdf, "figures": sorted(figs.values())}
+    pdf_path = os.path.splitext(out)[0] + ".pdf"
+    if pdf:
+        to_pdf(doc, pdf_path)
+    return {"md": out, "pdf": pdf_path if pdf else None, "figures": sorted(figs.values())}
 
 
 def outputs(root: str = ".", out: str | None = None, figures: str | None = None) -> dict:
@@ -479,7 +476,7 @@ def _ratios(doc, inp):
         ev = next((r for r in records.read_jsonl(os.path.join(inp.results, a4["dir"], "cpu_eval.jsonl"))), None)
         items.append((path, ev, a4, "a4"))
     for path, ev, r, key in items:
-        act = inp.acts.get({"400k": "mnv2_400k", "a4": "mnv2_a4"}.get(key, ""), None)
+        act = inp.acts.get(key)
         meas = (f"{act['batch1']['total_ratio']:.2f}x / {act['batch1']['peak_ratio']:.2f}x" if act else "-")
         rows.append([f"`{path}`", f"{ev['file_bytes']:,}", f"{ev['model_compression_ratio']:.2f}x",
                      f"{ev['weight_compression_ratio']:.2f}x", f"{ev['activation_bits']}",
@@ -497,8 +494,7 @@ def _ratios(doc, inp):
         "Activation CR: 32 bits over the activation bits of every inter-layer tensor (the 8-bit input image counts as "
         "8 bits). Measured (`mbz activations`): every inter-layer activation bit-packed with mbz's packer during a real "
         "batch-1 inference and unpacked before the next layer; all activations together and the peak of live ones, "
-        "logits unchanged ("
-        + ", ".join(f"{k}: {v['batch1']['logits_unchanged']}" for k, v in inp.acts.items()) + ")."]))
+        f"logits unchanged in every measurement: {all(v['batch1']['logits_unchanged'] for v in inp.acts.values())}."]))
 
 
 def _final(doc, inp, figs):
