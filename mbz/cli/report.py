@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .common import add_force, output_file
+from .common import output_file
 
 DESCRIPTION = (
     "Write REPORT.md and REPORT.pdf (beside it) from the recorded results: the files that "
@@ -48,5 +48,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", default=None,
                    help="the Markdown report to write (default: ROOT/REPORT.md); the PDF goes beside it")
     p.add_argument("--figures", default=None, help="folder for the PNG charts (default: ROOT/results/figures)")
-    add_force(p)
+    p.add_argument("--force", action="store_true",
+                   help="overwrite REPORT.md, REPORT.pdf and the charts (without it an existing one is refused and "
+                        "nothing is written); `mbz report --force` regenerates the report in place")
     p.set_defaults(fn=cmd_report)
