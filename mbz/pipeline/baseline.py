@@ -77,11 +77,13 @@ def clear_outputs(out: str) -> None:
 
 def train_baseline(out: str, data: str, cfg: TrainConfig, arch: dict, init: str | None = None, val: int = 0,
                    subset: int = 0, time_budget: float = 0.0, metadata: dict | None = None,
-                   title: str = "MobileNet-v2 baseline, CIFAR-10 (JPEG q75 export)", quiet: bool = False) -> dict:
+                   title: str = "MobileNet-v2 baseline, CIFAR-10 (JPEG q75 export)", quiet: bool = False,
+                   splits=None) -> dict:
     """Train (or continue training) the baseline in folder `out`; returns {'complete', 'epochs_done', 'summary'}.
 
     Refuses (UsageError) to continue a run in `out` that was started with other settings, and to
-    overwrite a finished one: clear the folder first (`clear_outputs`) to start again."""
+    overwrite a finished one: clear the folder first (`clear_outputs`) to start again.  `splits`: the
+    (train, test) datasets already loaded (else read from `data`)."""
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
     args = {"data": data, "config": asdict(cfg), "arch": arch, "init": init, "val": val, "subset": subset}
@@ -100,7 +102,7 @@ def train_baseline(out: str, data: str, cfg: TrainConfig, arch: dict, init: str 
                 os.remove(os.path.join(out, n))
         with open(args_path, "w") as f:
             json.dump(args, f, indent=1)
-    tr, te = load_splits(data, subset, val)
+    tr, te = splits if splits is not None else load_splits(data, subset, val)
     if not quiet:
         print(f"data: {len(tr)} train / {len(te)} {'val' if val else 'test'} from {tr.source} "
               f"in {time.time() - t0:.1f}s", flush=True)
