@@ -11,7 +11,7 @@ from .codecs.affine import numel_of
 from .codecs.raw import TORCH_DTYPE
 from .container import Source, parse, read_sections
 from .decoder import decode_record
-from .errors import MbzError
+from .errors import FormatError, MbzError
 from .spec import P_GRAN, P_SPARSE, P_WIDTH, Encoding, Granularity, Sparsity
 
 PARALLEL_MIN_ELEMENTS = 1 << 16  # tensors this large are encoded / decoded on a thread pool
@@ -55,6 +55,11 @@ class MbzReader:
         self._src = Source(path, data)
         try:
             self.layout = parse(self._src.buf)
+        except FormatError as e:  # name the file: "x.mbz: not an .mbz file: bad magic ..."
+            self._src.close()
+            if path is None:
+                raise
+            raise type(e)(f"{os.fspath(path)}: {e}") from None
         except BaseException:
             self._src.close()
             raise

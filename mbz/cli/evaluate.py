@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from .common import add_data, input_file, print_json, show_progress
 
@@ -34,9 +35,13 @@ def cmd_eval(a) -> int:
         s = summarize(r, decode=False)
         arch = r.metadata.get("arch", {}) if isinstance(r.metadata.get("arch"), dict) else {}
     load_model(a.file)  # fail fast (one line) before the data is read
-    if not a.quiet:
+    # on a terminal, say what is being read; in a log, say it once it has been (an error stays one line)
+    if show_progress(a.quiet):
         print(f"reading {a.data} (test split) ...", file=sys.stderr, flush=True)
+    t0 = time.time()
     ds = load_dataset(a.data, "test")
+    if not a.quiet and not show_progress(a.quiet):
+        print(f"read {len(ds):,d} test images of {ds.source} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     if a.limit:
         ds = ds.subset(a.limit)
     bar, tick = _bar(show_progress(a.quiet))
