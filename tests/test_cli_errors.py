@@ -1,0 +1,363 @@
+"""Every verb of `mbz --help`, driven with the errors a user can cause: exit 2, one line on stderr, no traceback.
+
+The verbs and their arguments come from `mbz.cli.build_parser()`, so a new verb is covered without
+editing this file: its positional arguments and required options are inputs (a folder when their
+help says "folder", a file otherwise), and `-o/--output`, `--out`, `dst` are outputs.  Inputs are
+replaced by a missing path, a directory, a text file, a truncated .mbz; outputs by a path in a
+missing folder, an existing file (no --force), an input; --data by a bad spec.  No case may start
+real work: the fixtures are tiny, cheap options are set where a verb has them (--limit, --epochs ...),
+and a case that runs for more than CASE_SECONDS fails.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import mbz
+from mbz.cli import build_parser, main
+
+CASE_SECONDS = 60
+OUTPUT_DESTS = ("output", "out", "dst")
+# options that keep a verb's work small when its arguments are valid
+CHEAP = {"--limit": "8", "--epochs": "1", "--images": "4", "--calib": "4", "--test": "4", "--runs": "1",
+         "--subset": "8", "--warmup": "0", "--batch": "2", "--device": "cpu"}
+
+
+@dataclass
+class Slot:
+    action: argparse.Action
+    kind: str          # 'in-file', 'in-dir', 'out-file', 'out-dir'
+
+    @property
+    def flag(self):
+        return self.action.option_strings[-1] if self.action.option_strings else None
+
+    @property
+    def many(self):
+        return self.action.nargs in ("+", "*")
+
+
+def _leaves(p, path=()):
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, p
+        return
+    for name, sp in subs[0].choices.items():
+        yield from _leaves(sp, path + (name,))
+
+
+def _slots(p) -> list[Slot]:
+    out = []
+    for a in p._actions:
+        if isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        folder = "folder" in (a.help or "").lower()
+        if a.dest in OUTPUT_DESTS:
+            out.append(Slot(a, "out-dir" if folder else "out-file"))
+        elif not a.option_strings or a.required:
+            out.append(Slot(a, "in-dir" if folder else "in-file"))
+    return out
+
+
+VERBS = {path: p for path, p in _leaves(build_parser())}
+
+
+def test_every_verb_is_driven():
+    names = {" ".join(v) for v in VERBS}
+    for verb in ("pack", "unpack", "inspect", "verify", "eval", "bench", "data cifar10-jpeg", "sensitivity",
+                 "prune-channels", "activations"):
+        assert verb in names
+    assert len(names) >= 15
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Tiny inputs: a MobileNet-v2 checkpoint and its .mbz, one without 'arch', a ResNet packed as MobileNet-v2,
+    a text file, a truncated .mbz, an empty folder."""
+    d = tmp_path_factory.mktemp("inputs")
+    from mbz.models import guess_arch, mobilenet_v2_cifar
+    torch.manual_seed(0)
+    sd = mobilenet_v2_cifar(width_mult=0.25).state_dict()
+    f = {"pt": d / "model.pt", "mbz": d / "model.mbz", "mbz2": d / "model2.mbz", "noarch": d / "noarch.mbz",
+         "resnet": d / "resnet.mbz", "text": d / "notes.txt", "trunc": d / "truncated.mbz", "dir": d / "folder"}
+    torch.save(sd, f["pt"])
+    mbz.save(sd, f["mbz"], arch=guess_arch(sd), detect=False)
+    f["mbz2"].write_bytes(f["mbz"].read_bytes())
+    mbz.save(sd, f["noarch"], detect=False)
+    import torchvision
+    rn = {k: v for k, v in torchvision.models.resnet18(num_classes=10).state_dict().items()
+          if k.startswith(("conv1", "bn1", "layer1.0", "fc"))}
+    torch.save(rn, d / "resnet.pt")
+    assert main(["pack", str(d / "resnet.pt"), "-o", str(f["resnet"]), "--arch", "mobilenet_v2_cifar", "-q",
+                 "--no-detect"]) == 0
+    f["text"].write_text("this is not a model\n")
+    f["trunc"].write_bytes(f["mbz"].read_bytes()[: f["mbz"].stat().st_size // 2])
+    f["dir"].mkdir()
+    return {k: str(v) for k, v in f.items()}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Overrun(BaseException):
+    """Not an Exception: no verb's `except Exception` swallows it."""
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch, capsys):
+    """run(argv) -> (rc, stderr) of mbz.cli.main in-process, in a fresh working folder, with a time limit."""
+    monkeypatch.chdir(tmp_path)
+
+    def overrun(*_):
+        raise Overrun(f"still running after {CASE_SECONDS} s: the verb started work before checking its arguments")
+
+    old = signal.signal(signal.SIGALRM, overrun)
+
+    def go(argv):
+        capsys.readouterr()
+        signal.alarm(CASE_SECONDS)
+        try:
+            try:
+                rc = main(argv)
+            except SystemExit as e:  # argparse
+                rc = e.code
+        finally:
+            signal.alarm(0)
+        return rc, capsys.readouterr().err
+    yield go
+    signal.signal(signal.SIGALRM, old)
+
+
+def _valid_inputs(slot: Slot, f) -> list[str]:
+    d = slot.action.dest
+    if slot.kind == "in-dir":
+        return [f["dir"]]
+    if d in ("file", "baseline"):
+        return [f["mbz"]]
+    if d == "files":
+        return [f["mbz"], f["mbz2"]]
+    if d == "checkpoint":
+        return [f["pt"]]
+    return [f["text"]]  # a recipe, a sweep file ...: nothing valid to hand; the verb must say so in one line
+
+
+def _argv(path, parser, f, tmp, *, inputs=None, outputs=None, data=None) -> list[str]:
+    """argv for a verb: every input / output slot filled (valid values unless given), cheap options."""
+    argv = list(path)
+    for s in _slots(parser):
+        if s.kind.startswith("in"):
+            vals = inputs(s) if inputs else None
+            vals = _valid_inputs(s, f) if vals is None else vals
+        else:
+            vals = outputs(s) if outputs else None
+            if vals is None:
+                os.makedirs(tmp / "out", exist_ok=True)
+                vals = [str(tmp / "out" / ("made" if s.kind == "out-dir" else "made.out"))]
+        if s.flag:
+            argv += [s.flag, vals[0]]
+        else:
+            argv += vals if s.many else vals[:1]
+    opts = {o for a in parser._actions for o in a.option_strings}
+    if "--data" in opts:
+        argv += ["--data", data or f.get("npz", "npz:/nonexistent")]
+    for o, v in CHEAP.items():
+        if o in opts:
+            argv += [o, v]
+    return argv
+
+
+def _one_line(rc, err, argv):
+    assert "Traceback" not in err, (argv, err)
+    assert rc == 2, (argv, rc, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, (argv, err)
+    assert lines[0].startswith("mbz"), (argv, err)
+
+
+def _in_slots(parser, kinds=("in-file", "in-dir")):
+    return [s for s in _slots(parser) if s.kind in kinds]
+
+
+def _out_slots(parser, kinds=("out-file", "out-dir")):
+    return [s for s in _slots(parser) if s.kind in kinds]
+
+
+def _cases(scenario):
+    ids = [" ".join(v) for v in VERBS]
+    return pytest.mark.parametrize("path", list(VERBS), ids=[f"{i}:{scenario}" for i in ids])
+
+
+@pytest.fixture
+def f(files, tiny_npz):
+    return dict(files, npz=f"npz:{tiny_npz}")
+
+
+# --------------------------------------------------------------------------- inputs
+@_cases("missing-input")
+def test_missing_input(path, f, run, tmp_path):
+    p = VERBS[path]
+    if not _in_slots(p):
+        pytest.skip("no input argument")
+    for target in _in_slots(p):
+        argv = _argv(path, p, f, tmp_path,
+                     inputs=lambda s: [str(tmp_path / "missing" / "nothing.here")] if s.action is target.action
+                     else None)
+        _one_line(*run(argv), argv)
+    assert not (tmp_path / "out" / "made.out").exists()
+
+
+@_cases("directory-as-input")
+def test_directory_as_input(path, f, run, tmp_path):
+    p = VERBS[path]
+    targets = _in_slots(p, ("in-file",))
+    if not targets:
+        pytest.skip("no file input")
+    for target in targets:
+        argv = _argv(path, p, f, tmp_path, inputs=lambda s: [f["dir"]] if s.action is target.action else None)
+        _one_line(*run(argv), argv)
+
+
+@_cases("text-file-as-input")
+def test_text_file_as_input(path, f, run, tmp_path):
+    p = VERBS[path]
+    targets = [s for s in _in_slots(p) if _valid_inputs(s, f) != [f["text"]]]
+    if not targets:
+        pytest.skip("no model or folder input")
+    for target in targets:
+        argv = _argv(path, p, f, tmp_path, inputs=lambda s: [f["text"]] if s.action is target.action else None)
+        _one_line(*run(argv), argv)
+
+
+@_cases("truncated-mbz")
+def test_truncated_mbz(path, f, run, tmp_path):
+    p = VERBS[path]
+    targets = [s for s in _in_slots(p, ("in-file",)) if f["mbz"] in _valid_inputs(s, f) or
+               s.action.dest == "checkpoint"]
+    if not targets:
+        pytest.skip("no model input")
+    for target in targets:
+        argv = _argv(path, p, f, tmp_path, inputs=lambda s: [f["trunc"]] if s.action is target.action else None)
+        _one_line(*run(argv), argv)
+
+
+# --------------------------------------------------------------------------- outputs
+@_cases("output-in-missing-folder")
+def test_output_in_missing_folder(path, f, run, tmp_path):
+    p = VERBS[path]
+    if not _out_slots(p):
+        pytest.skip("no output argument")
+    for target in _out_slots(p):
+        argv = _argv(path, p, f, tmp_path, outputs=lambda s: [str(tmp_path / "absent" / "sub" / "x.out")]
+                     if s.action is target.action else None)
+        rc, err = run(argv)
+        _one_line(rc, err, argv)
+        assert ".tmp" not in err and not (tmp_path / "absent").exists(), err
+
+
+@_cases("existing-output")
+def test_existing_output_needs_force(path, f, run, tmp_path):
+    p = VERBS[path]
+    targets = _out_slots(p, ("out-file",))
+    if not targets:
+        pytest.skip("no output file")
+    for target in targets:
+        there = tmp_path / "precious.out"
+        there.write_bytes(b"keep me")
+        argv = _argv(path, p, f, tmp_path, outputs=lambda s: [str(there)] if s.action is target.action else None)
+        _one_line(*run(argv), argv)
+        assert there.read_bytes() == b"keep me"
+
+
+@_cases("output-is-input")
+def test_output_is_an_input(path, f, run, tmp_path):
+    p = VERBS[path]
+    outs, ins = _out_slots(p, ("out-file",)), _in_slots(p, ("in-file",))
+    if not outs or not ins:
+        pytest.skip("no output file or no input file")
+    for target in outs:
+        for src in ins:
+            copy = tmp_path / ("input" + os.path.splitext(_valid_inputs(src, f)[0])[1])
+            copy.write_bytes(open(_valid_inputs(src, f)[0], "rb").read())
+            before = copy.read_bytes()
+            for force in ([], ["--force"]):
+                if force and "--force" not in {o for a in p._actions for o in a.option_strings}:
+                    continue
+                argv = _argv(path, p, f, tmp_path,
+                             inputs=lambda s: [str(copy)] * (2 if s.many else 1) if s.action is src.action else None,
+                             outputs=lambda s: [str(copy)] if s.action is target.action else None) + force
+                _one_line(*run(argv), argv)
+                assert copy.read_bytes() == before, f"{argv} changed its input"
+
+
+# --------------------------------------------------------------------------- data specs
+@_cases("bad-data-spec")
+def test_bad_data_spec(path, f, run, tmp_path):
+    p = VERBS[path]
+    if "--data" not in {o for a in p._actions for o in a.option_strings}:
+        pytest.skip("no --data")
+    for spec in ("npz:/missing", "bogus:x", f"folder:{tmp_path / 'nowhere'}"):
+        argv = _argv(path, p, f, tmp_path, data=spec)
+        _one_line(*run(argv), argv)
+
+
+# --------------------------------------------------------------------------- particular files
+def test_model_verbs_refuse_files_without_a_fitting_arch(f, run):
+    for verb in ("eval", "bench", "activations"):
+        for bad in (f["noarch"], f["resnet"]):
+            argv = [verb, bad] + (["--data", f["npz"], "--limit", "4"] if verb == "eval" else []) + \
+                   (["--runs", "1", "--batch", "1", "--device", "cpu"] if verb == "bench" else [])
+            rc, err = run(argv)
+            _one_line(rc, err, argv)
+            assert "arch" in err, err
+
+
+def test_inspect_refuses_what_is_not_an_mbz(f, run):
+    for bad in (f["text"], f["trunc"], f["pt"]):
+        rc, err = run(["inspect", bad])
+        _one_line(rc, err, bad)
+        assert bad in err
+
+
+def test_pack_never_overwrites_its_checkpoint(f, run, tmp_path):
+    ck = tmp_path / "x.pt"
+    ck.write_bytes(open(f["pt"], "rb").read())
+    before = ck.read_bytes()
+    for extra in ([], ["--force"]):
+        _one_line(*run(["pack", str(ck), "-o", str(ck), *extra]), "pack x.pt -o x.pt")
+        _one_line(*run(["pack", str(ck), "-o", str(tmp_path / "." / "x.pt"), *extra]), "pack x.pt -o ./x.pt")
+    os.link(ck, tmp_path / "hard.pt")
+    _one_line(*run(["pack", str(ck), "-o", str(tmp_path / "hard.pt"), "--force"]), "pack x.pt -o hardlink")
+    assert ck.read_bytes() == before
+
+
+def test_usage_errors_are_one_line(run):
+    for argv in (["no-such-verb"], ["pack"], ["eval", "--limit", "many", "x.mbz"]):
+        rc, err = run(argv)
+        _one_line(rc, err, argv)
+
+
+# --------------------------------------------------------------------------- the real entry point
+def test_entry_point_subprocess(f, tmp_path):
+    """`python -m mbz.cli` exits 2 with one line (the same main, through the interpreter)."""
+    ck = tmp_path / "x.pt"
+    ck.write_bytes(open(f["pt"], "rb").read())
+    cases = [["pack", str(ck), "-o", str(ck)], ["eval", f["mbz"], "--data", "npz:/missing"]]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "mbz.cli", *c], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, cwd=tmp_path) for c in cases]
+    for c, pr in zip(cases, procs):
+        _, err = pr.communicate(timeout=120)
+        _one_line(pr.returncode, err, c)
+    assert ck.read_bytes() == open(f["pt"], "rb").read()
