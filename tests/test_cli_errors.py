@@ -361,3 +361,20 @@ def test_entry_point_subprocess(f, tmp_path):
         _, err = pr.communicate(timeout=120)
         _one_line(pr.returncode, err, c)
     assert ck.read_bytes() == open(f["pt"], "rb").read()
+
+
+def test_folded_checkpoints_are_refused_or_packed_without_a_guess(run, tmp_path):
+    """A folded (QAT) MobileNet-v2 has MobileNet-v2's names but no BatchNorm: the verbs that need BatchNorm refuse
+    it in one line, and pack stores it without guessing an architecture (no KeyError from the guess)."""
+    shipped = os.path.join(os.path.dirname(__file__), "..", "examples", "mobilenetv2_cifar10.mbz")
+    if not os.path.exists(shipped):
+        pytest.skip("no shipped file")
+    folded = tmp_path / "folded.pt"
+    torch.save(mbz.load(shipped), folded)
+    for argv in (["prune-channels", str(folded), "--out", str(tmp_path / "thin")],
+                 ["sensitivity", str(folded), "--out", str(tmp_path / "sens")]):
+        _one_line(*run(argv), argv)
+    rc, err = run(["pack", str(folded), "-o", str(tmp_path / "f.mbz"), "-q"])
+    assert rc == 0 and "Traceback" not in err
+    with mbz.open(tmp_path / "f.mbz") as r:
+        assert "arch" not in r.metadata

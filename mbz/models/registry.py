@@ -15,13 +15,18 @@ ARCHITECTURES = {"mobilenet_v2_cifar": mobilenet_v2_cifar}
 
 
 def guess_arch(sd) -> dict | None:
-    """The `arch` metadata of a CIFAR MobileNet-v2 state_dict (width, thinned blocks), or None."""
+    """The `arch` metadata of a CIFAR MobileNet-v2 state_dict (width, thinned blocks), or None.
+
+    None also for a state_dict with MobileNet-v2's names but another layout (e.g. BatchNorm folded)."""
     if "features.0.0.weight" in sd and "classifier.1.weight" in sd and "features.18.0.weight" in sd:
-        arch = {"name": "mobilenet_v2_cifar", "num_classes": int(sd["classifier.1.weight"].shape[0]),
-                "width_mult": _width_of(sd)}
-        hidden = hidden_widths(sd)
-        if any(hidden[i - 1] != 6 * sd[f"features.{i}.conv.0.0.weight"].shape[1] for i in expand_blocks(sd)):
-            arch["hidden"] = hidden  # thinned by structured pruning
+        try:
+            arch = {"name": "mobilenet_v2_cifar", "num_classes": int(sd["classifier.1.weight"].shape[0]),
+                    "width_mult": _width_of(sd)}
+            hidden = hidden_widths(sd)
+            if any(hidden[i - 1] != 6 * sd[f"features.{i}.conv.0.0.weight"].shape[1] for i in expand_blocks(sd)):
+                arch["hidden"] = hidden  # thinned by structured pruning
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError):
+            return None
         return arch
     return None
 
