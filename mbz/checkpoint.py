@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import OrderedDict
 
 import torch
@@ -48,5 +49,20 @@ def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True: {e}") from None
-    return as_state_dict(obj)
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True: "
+                              f"{_first_line(e)}") from None
+    try:
+        return as_state_dict(obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _first_line(e: Exception) -> str:
+    """torch.load's errors run over several lines: the one that names the problem."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if m:
+        return (f"it holds a {m.group(1)} object, which only an unsafe unpickling rebuilds "
+                f"(save a state_dict of tensors instead)")
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    return lines[0] if lines else type(e).__name__

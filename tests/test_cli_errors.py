@@ -378,3 +378,18 @@ def test_folded_checkpoints_are_refused_or_packed_without_a_guess(run, tmp_path)
     assert rc == 0 and "Traceback" not in err
     with mbz.open(tmp_path / "f.mbz") as r:
         assert "arch" not in r.metadata
+
+
+def test_unreadable_checkpoints_are_one_line_naming_the_file(run, tmp_path):
+    import collections
+
+    import numpy as np
+    cases = {"numpy.pt": {"w": np.zeros(3)},                        # refused by weights_only: torch says it in 5 lines
+             "counter.pt": {"w": torch.zeros(2), "n": collections.Counter()}}
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / name)
+        for argv in (["pack", str(tmp_path / name), "-o", str(tmp_path / "o.mbz")],
+                     ["verify", str(tmp_path / name), str(tmp_path / name)]):
+            rc, err = run(argv)
+            _one_line(rc, err, argv)
+            assert name in err
