@@ -1,4 +1,4 @@
-"""The training / compression pipeline on tiny data, on the CPU."""
+"""The training / compression pipeline on tiny data, on the CPU; `mbz train` and `mbz finetune`."""
 import json
 
 import numpy as np
@@ -132,6 +132,7 @@ def test_qat_export_packs_losslessly_and_evaluates_identically(tmp_path):
         assert torch.equal(m2(x), y_qat)
 
 
+@pytest.mark.slow
 def test_train_smoke_and_eval_cli(tiny_npz, tmp_path, capsys):
     tr = load_dataset(f"npz:{tiny_npz}", "train")
     te = load_dataset(f"npz:{tiny_npz}", "test")
@@ -195,6 +196,7 @@ def test_inplace_activation_quantizers_at_inference_change_no_bit():
     assert not torch.equal(a, tiny().eval()(x))                # quantizers are active (the test can fail)
 
 
+@pytest.mark.slow
 def test_qat_resume_starts_exactly_where_the_file_ends(tiny_npz, tmp_path, monkeypatch):
     from mbz.pipeline.compress import QatConfig, qat_resume, qat_run
     tr = load_dataset(f"npz:{tiny_npz}", "train")
@@ -238,6 +240,7 @@ def test_qat_resume_starts_exactly_where_the_file_ends(tiny_npz, tmp_path, monke
         qat_resume(str(p), "d", 0, 0.01, 0.0, tr, te, str(tmp_path), None, cpu)
 
 
+@pytest.mark.slow
 def test_train_keeps_masked_weights_at_exact_zero(tiny_npz):
     """Masks are re-applied after every step: pruned weights stay +0.0 while the kept ones train."""
     tr = load_dataset(f"npz:{tiny_npz}", "train")
@@ -254,3 +257,57 @@ def test_train_keeps_masked_weights_at_exact_zero(tiny_npz):
         pruned = after[k][~keep]
         assert torch.equal(pruned, torch.zeros_like(pruned)) and not torch.signbit(pruned).any(), k
         assert (after[k][keep] != before[k][keep]).float().mean() > 0.5, k  # the kept weights did train
+
+
+@pytest.mark.slow
+def test_train_verb_stops_resumes_and_writes_the_baseline(tiny_npz, tmp_path, capsys):
+    out = tmp_path / "base"
+    cmd = ["train", "--data", f"npz:{tiny_npz}", "--out", str(out), "--epochs", "2", "--batch", "32",
+           "--width-mult", "0.25", "--lr", "0.05", "--warmup", "0.5", "--subset", "32"]
+    assert main(cmd + ["--time-budget", "0.001"]) == 0          # one epoch, then a clean stop
+    assert "run the same command again" in capsys.readouterr().out
+    assert (out / "resume.pt").exists() and not (out / "baseline.mbz").exists()
+    assert main(cmd[:-2] + ["--subset", "16"]) == 2              # other settings: refused, nothing lost
+    assert "other settings (subset)" in capsys.readouterr().err and (out / "resume.pt").exists()
+    assert main(cmd) == 0
+    rows = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    assert [r["epoch"] for r in rows] == [1, 2] and not (out / "resume.pt").exists()
+    summary = json.loads((out / "baseline.json").read_text())
+    assert summary["epochs"] == 2 and summary["config"]["batch"] == 32 and summary["arch"]["width_mult"] == 0.25
+    sd = torch.load(out / "baseline.pt", weights_only=True)
+    packed = mbz.load(out / "baseline.mbz")                       # lossless, with what mbz eval needs
+    assert list(sd) == list(packed) and all(torch.equal(sd[k], packed[k]) for k in sd)
+    with mbz.open(out / "baseline.mbz") as r:
+        assert r.metadata["arch"]["width_mult"] == 0.25 and "preprocess" in r.metadata
+    assert main(cmd) == 2                                         # a finished baseline is not overwritten
+    assert "--force" in capsys.readouterr().err
+
+
+def _qat_file(tiny_npz, tmp_path, name="a", epochs=0):
+    """A packed QAT model of a tiny pruned MobileNet-v2 (epochs=0: calibrated, not trained)."""
+    from mbz.pipeline.compress import QatConfig, qat_run
+    tr = load_dataset(f"npz:{tiny_npz}", "train")
+    te = load_dataset(f"npz:{tiny_npz}", "test")
+    m = tiny().eval()
+    apply_masks(m, global_magnitude_masks(dict(m.named_parameters()), 0.8))
+    qat_run(m.state_dict(), QatConfig(name, 0.8, 4, 8, epochs=epochs, lr=0.01), tr, te, str(tmp_path), None,
+            torch.device("cpu"), {"name": "mobilenet_v2_cifar", "width_mult": 0.25}, save_pt=False)
+    return tmp_path / f"{name}.mbz"
+
+
+@pytest.mark.slow
+def test_finetune_verb_with_no_epochs_writes_the_same_tensors(tiny_npz, tmp_path, capsys):
+    src = _qat_file(tiny_npz, tmp_path)
+    out = tmp_path / "ft" / "a0.mbz"
+    out.parent.mkdir()
+    assert main(["finetune", str(src), "-o", str(out), "--epochs", "0", "--kd", "0.5"]) == 2   # no teacher
+    assert "--baseline" in capsys.readouterr().err
+    assert main(["finetune", str(src), "-o", str(out), "--epochs", "0", "--kd", "0", "--device", "cpu",
+                 "--data", f"npz:{tiny_npz}"]) == 0
+    a, b = mbz.load(src), mbz.load(out)
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    row = json.loads((tmp_path / "ft" / "runs.jsonl").read_text().splitlines()[-1])
+    assert row["resumed_from"] == str(src) and row["top1_equal"]
+    assert main(["finetune", str(src), "-o", str(out), "--epochs", "0", "--kd", "0"]) == 2   # exists
+    assert main(["finetune", str(out), "-o", str(out), "--epochs", "0", "--kd", "0", "--force"]) == 2  # input
+    assert "overwrite an input" in capsys.readouterr().err

@@ -1,4 +1,6 @@
 """Uniform soup of QAT copies of one pruned model: grids, zeros, averages and refusals."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,44 @@ def test_soup_metadata_averages_activation_ranges():
     assert "top1_qat_eval" not in meta and meta["soup"]["inputs"] == ["x.mbz", "y.mbz"]
     with pytest.raises(ValueError, match="act_alpha"):
         soup_metadata([m1, {"arch": {"act_alpha": {"a": 1.0}}}], ["x", "y"])
+
+
+def test_soup_and_reduce_verbs_write_new_files_and_refuse_to_overwrite(tmp_path, capsys):
+    import json
+
+    import mbz
+    from mbz.cli import main
+    rng = np.random.default_rng(2)
+    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.6).float()
+    mask[:, -1, 0, 0] = 1
+    files = []
+    for i, sd in enumerate(_copies_on_grid(rng, mask, 3)):
+        files.append(str(tmp_path / f"run{i}.mbz"))
+        mbz.save(sd, files[-1], metadata={"compression": {"wbits": 4}, "top1_qat_eval": 90.0 + i})
+    out = str(tmp_path / "soup.mbz")
+    assert main(["soup", *files, "-o", out, "--data", "none"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["files"] == files and row["bytes"] == os.path.getsize(out) and "float_average" not in row
+    with mbz.open(out) as r:
+        assert r.metadata["soup"]["inputs"] == [os.path.basename(f) for f in files]
+        assert "top1_qat_eval" not in r.metadata and r.metadata["compression"] == {"wbits": 4}
+    want = soup_state_dicts([mbz.load(f) for f in files])[0]
+    got = mbz.load(out)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert main(["soup", *files, "-o", out, "--data", "none"]) == 2          # exists: --force needed
+    assert main(["soup", files[0], "-o", str(tmp_path / "one.mbz"), "--data", "none"]) == 2
+    assert main(["soup", *files, "-o", files[0], "--data", "none", "--force"]) == 2   # the output is an input
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "--force" in err[0] and "two" in err[1] and "input" in err[2]
+
+    small = str(tmp_path / "soup.small.mbz")
+    assert main(["reduce", out, "-o", small, "--scale-bits", "8", "--bias-bits", "8", "--data", "none"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["bytes_after"] == os.path.getsize(small) and row["scale_bits"] == 8
+    red = mbz.load(small)
+    assert torch.equal(red["conv.weight"] == 0, got["conv.weight"] == 0) and torch.equal(red["steps"], got["steps"])
+    with mbz.open(small) as r:
+        assert r.metadata["reduced_params"] == {"from": "soup.mbz", "scale_bits": 8, "bias_bits": 8}
+    assert main(["reduce", out, "-o", small, "--data", "none"]) == 2
+    assert main(["reduce", out, "-o", str(tmp_path / "x.mbz"), "--scale-bits", "30", "--data", "none"]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 2

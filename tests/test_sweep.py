@@ -1,4 +1,4 @@
-"""Sweeps (wandb YAML -> configurations -> runs -> wandb / charts / REPORT.md) and the QAT pieces they rely on."""
+"""Sweeps (wandb YAML -> configurations -> runs -> wandb / charts), `mbz sweep`, and the QAT pieces they rely on."""
 import glob
 import json
 import os
@@ -100,6 +100,7 @@ def test_detection_of_pruned_rows_whose_smallest_code_is_large():
     assert torch.equal(torch.from_numpy(g.values()).reshape(w.shape), w)
 
 
+@pytest.mark.slow
 def test_runner_end_to_end_on_cpu(tiny_npz, tmp_path):
     """Prune, QAT, pack, measure, re-pack a sibling, finalize, replay into offline wandb runs."""
     from mbz.pipeline.sweep_run import SweepRunner, finalize
@@ -137,6 +138,7 @@ def test_runner_end_to_end_on_cpu(tiny_npz, tmp_path):
     assert b"bytes/indices" in blob and row["name"].encode() in blob
 
 
+@pytest.mark.slow
 def test_prune_chain_fine_tunes_longer_at_the_kept_level(tiny_npz, tmp_path):
     """--prune-final-epochs: short steps on the way, the long fine-tune where the sweep keeps a model;
     its cache name differs, so a chain made with other epochs is never reused for it."""
@@ -179,28 +181,6 @@ def test_prune_chain_fine_tunes_longer_at_the_kept_level(tiny_npz, tmp_path):
 
 
 
-def test_carry_xz_round_trip_and_bad_magic(tmp_path):
-    import importlib.util
-    import numpy as np
-    spec = importlib.util.spec_from_file_location("carry_xz", os.path.join(ROOT, "tools", "carry_xz.py"))
-    cx = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cx)
-    rng = np.random.default_rng(0)
-    data = rng.standard_normal(5000).astype(np.float32).tobytes() + b"tail!"   # not a multiple of 4
-    assert cx.shuffle(data) != data and cx.unshuffle(cx.shuffle(data)) == data
-    blob = cx.pack(data)
-    assert len(blob) < len(data) and cx.unpack(blob) == data
-    src, dst = tmp_path / "w.bin", tmp_path / "w.sxz"
-    src.write_bytes(data)
-    cx.main(["pack", str(src), str(dst)])
-    cx.main(["unpack", str(dst), str(tmp_path / "back.bin")])
-    assert (tmp_path / "back.bin").read_bytes() == data
-    with pytest.raises(ValueError, match="magic"):
-        cx.unpack(b"XXXX" + blob[4:])
-    with pytest.raises(ValueError, match="header says"):
-        cx.unpack(blob[:4] + (len(data) + 1).to_bytes(8, "little") + blob[12:])
-
-
 def test_index_bound_iid_and_per_row_entropy():
     import importlib.util
     import torch
@@ -215,3 +195,49 @@ def test_index_bound_iid_and_per_row_entropy():
     assert abs(out["per_row_bytes"] - (500 * 1.0 + 8 * 4) / 8) <= 0.5       # one row at H(0.5) + 8 bits per row
 
 
+def test_sweep_files_call_the_console_command_with_arguments_the_agent_takes():
+    import yaml
+    from mbz.cli import build_parser
+    files = sorted(glob.glob(os.path.join(SWEEPS, "*.yaml")))
+    assert len(files) >= 6
+    for f in files:
+        sw = yaml.safe_load(open(f))
+        cmd = sw["command"]
+        assert cmd[:3] == ["mbz", "sweep", "agent"] and cmd[-1] == "${args}", f
+        c = expand(load_sweep(f))[0]           # what wandb's ${args} expands to: --key=value per parameter
+        args = [f"--{k}={getattr(c, k)}" for k in sw["parameters"]]
+        a = build_parser().parse_args(cmd[1:-1] + args)
+        assert a.fn.__name__ == "cmd_agent" and float(a.sparsity) == c.sparsity, f
+        assert "tools/" not in open(f).read(), f
+
+
+@pytest.mark.slow
+def test_sweep_verbs_run_finalize_agent_charts(tiny_npz, tmp_path, capsys):
+    from mbz.cli import main
+    torch.manual_seed(0)
+    torch.save(mobilenet_v2_cifar(width_mult=0.25).state_dict(), tmp_path / "base.pt")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("method: grid\nparameters:\n  sparsity: {value: 0.5}\n  wbits: {value: 4}\n"
+                     "  abits: {value: 8}\n  qat_epochs: {value: 1}\n  entropy: {values: [zstd, none]}\n")
+    out = str(tmp_path / "sw")
+    base = ["--baseline", str(tmp_path / "base.pt"), "--data", f"npz:{tiny_npz}", "--prune-epochs", "1"]
+    assert main(["sweep", "run", str(sweep), "--out", out, *base]) == 0
+    assert "all 2 configurations recorded" in capsys.readouterr().out
+    assert main(["sweep", "run", str(sweep), "--out", out, *base]) == 0      # resumable: nothing left to run
+    assert "2 configurations, 0 to run" in capsys.readouterr().out
+    assert main(["sweep", "finalize", out, str(sweep)]) == 0
+    rows = [json.loads(line) for line in open(os.path.join(out, "runs.jsonl"))]
+    assert [r["name"] for r in rows] == ["s0.5_w4_a8_e1_kd0.5_lr0.02", "s0.5_w4_a8_e1_kd0.5_lr0.02_noz"]
+    assert rows[1]["trained_in"] == rows[0]["name"] and rows[1]["file_bytes"] > rows[0]["file_bytes"]
+    capsys.readouterr()
+    assert main(["sweep", "agent", "--sparsity=0.5", "--wbits=4", "--abits=8", "--qat_epochs=1", "--out", out,
+                 *base, "--no-wandb"]) == 0                                   # recorded: returns its row
+    assert capsys.readouterr().out.startswith(f"{rows[0]['name']}: top-1 {rows[0]['top1']:.2f}")
+    charts = tmp_path / "charts"                                             # the recorded sweep's rows
+    charts.mkdir()
+    (charts / "runs.jsonl").write_bytes(open(os.path.join(ROOT, "results", "sweep", "runs.jsonl"), "rb").read())
+    assert main(["sweep", "charts", str(charts), "--baseline-json", str(tmp_path / "none.json")]) == 0
+    assert (charts / "parallel_coordinates.png").stat().st_size > 10000 and (charts / "frontier.png").exists()
+    assert main(["sweep", "agent", "--wbits=1", "--out", out, *base, "--no-wandb"]) == 2   # one line, exit 2
+    assert main(["sweep", "run", str(sweep), "--out", out, *base, "--where", "bits=4"]) == 2
+    assert main(["sweep", "replay", str(tmp_path)]) == 2                     # no runs.jsonl there

@@ -13,7 +13,7 @@ def cmd_compress(a) -> int:
         for name, state in Compress(recipe, a.out, force=True).status():
             print(f"{name:<40} {state}")
         return 0
-    output_dir(a.out)
+    output_dir(a.out, create=False)  # its parent must exist; the folder is made once the recipe's inputs are checked
     job = Compress(recipe, a.out, force=a.force, time_budget=a.time_budget)
     r = job.run()
     for m in r["summary"]["models"]:

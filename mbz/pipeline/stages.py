@@ -34,7 +34,12 @@ MANIFEST = "manifest.json"
 
 
 class _Stop(Exception):
-    """The time budget ends the run here (everything finished so far is recorded)."""
+    """The time budget ends the run here (everything finished so far is recorded); `idle`: before the
+    stage did any work."""
+
+    def __init__(self, where: str, idle: bool = False):
+        super().__init__(where)
+        self.idle = idle
 
 
 def _sha_file(path: str) -> str:
@@ -169,7 +174,7 @@ class Compress:
         self.manifest["recipe"] = {"file": self.r.file, "path": self.r.path, "sha256": self.r.sha256}
         tmp = self._p(MANIFEST + ".tmp")
         with open(tmp, "w") as f:
-            json.dump(self.manifest, f, indent=1, sort_keys=True)
+            json.dump(self.manifest, f, indent=1)
         os.replace(tmp, self._p(MANIFEST))
 
     def _entry(self, name: str) -> dict:
@@ -236,7 +241,7 @@ class Compress:
             return max(left, 1e-3)
         need = 1.3 * self._epoch_seconds(runs, log)
         if left <= max(need, 1.0):
-            raise _Stop(name)
+            raise _Stop(name, idle=True)
         return left
 
     # ------------------------------------------------------------------ shared inputs
@@ -578,6 +583,9 @@ class Compress:
                 ran.append(name)
         except _Stop as s:
             stopped = str(s)
+            e = self.manifest["stages"].get(name)
+            if s.idle and e is not None and e.get("state") != "done" and not e.get("seconds"):
+                del self.manifest["stages"][name]  # nothing of it ran
         complete = stopped is None
         self.manifest["complete"] = complete
         self._save_manifest()
