@@ -11,7 +11,7 @@ import yaml
 import mbz
 from mbz.cli import main
 from mbz.models import mobilenet_v2_cifar
-from mbz.pipeline.recipe import RecipeError, load_recipe
+from mbz.pipeline.recipe import PIPELINE_MODELS, RecipeError, load_recipe
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
@@ -40,7 +40,7 @@ def test_shipped_recipes_load_with_every_setting():
     for p in RECIPES:
         r = load_recipe(p)
         s = r.settings
-        assert s["data"]["source"] == "jpeg" and s["model"]["name"] == "mobilenet_v2_cifar", p
+        assert s["data"]["source"] == "jpeg" and s["model"]["name"] in PIPELINE_MODELS, p
         assert s["baseline"]["checkpoint"] or s["baseline"]["train"]["epochs"] >= 1, p
     s400 = load_recipe(os.path.join(ROOT, "recipes", "mnv2_400k.yaml")).settings
     assert s400["prune"]["levels"] == [0.5, 0.7, 0.8] and s400["restart"]["cycles"] == [60]

@@ -12,7 +12,15 @@ from torch import nn
 
 
 def conv_bn_pairs(model: nn.Module):
-    """(sequential, conv key, conv, bn key, bn) for every Conv2d directly followed by a BatchNorm2d."""
+    """(parent, conv key, conv, bn key, bn) for every Conv2d whose output goes only into a BatchNorm2d.
+
+    Found in the module graph (torch.fx symbolic trace), so attribute pairs such as a ResNet
+    block's conv1 -> bn1 are found as well as Sequential neighbours; a model that cannot be traced
+    falls back to Conv2d -> BatchNorm2d neighbours inside nn.Sequential containers."""
+    pairs = _traced_pairs(model)
+    if pairs is not None:
+        yield from pairs
+        return
     for m in list(model.modules()):
         if isinstance(m, nn.Sequential):
             mods = list(m._modules.items())
@@ -21,14 +29,36 @@ def conv_bn_pairs(model: nn.Module):
                     yield m, kc, c, kb, b
 
 
+def _traced_pairs(model: nn.Module) -> list | None:
+    import torch.fx
+    try:
+        graph = torch.fx.Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - any untraceable model falls back to the Sequential scan
+        return None
+    mods = dict(model.named_modules())
+    out = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(mods.get(src.target), nn.Conv2d)
+                and len(src.users) == 1):
+            cparent, _, ckey = src.target.rpartition(".")
+            bparent, _, bkey = node.target.rpartition(".")
+            if cparent == bparent:
+                parent = model.get_submodule(cparent) if cparent else model
+                out.append((parent, ckey, mods[src.target], bkey, mods[node.target]))
+    return out
+
+
 def _biased_like(c: nn.Conv2d) -> nn.Conv2d:
     return nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups,
                      bias=True).to(c.weight.device)
 
 
 def fold_bn(model: nn.Module) -> nn.Module:
-    """Replace every Conv2d -> BatchNorm2d pair of MobileNet-v2 with one Conv2d with bias (in place)."""
-    for seq, kc, c, kb, b in conv_bn_pairs(model):
+    """Replace every Conv2d -> BatchNorm2d pair (conv_bn_pairs) with one Conv2d with bias (in place)."""
+    for seq, kc, c, kb, b in list(conv_bn_pairs(model)):
         g = b.weight / (b.running_var + b.eps).sqrt()
         conv = _biased_like(c)
         with torch.no_grad():
@@ -41,6 +71,6 @@ def fold_bn(model: nn.Module) -> nn.Module:
 
 def folded_skeleton(model: nn.Module) -> nn.Module:
     """Same structure as fold_bn's output, weights uninitialised (for load_model)."""
-    for seq, kc, c, kb, _ in conv_bn_pairs(model):
+    for seq, kc, c, kb, _ in list(conv_bn_pairs(model)):
         seq._modules[kc], seq._modules[kb] = _biased_like(c), nn.Identity()
     return model

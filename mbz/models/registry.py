@@ -9,9 +9,12 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import CheckpointError, MbzError
+from .cifar_resnet import resnet18_cifar
+from .cifar_vgg import vgg11_bn_cifar, vgg16_bn_cifar
 from .mobilenet_v2 import _width_of, expand_blocks, hidden_widths, mobilenet_v2_cifar
 
-ARCHITECTURES = {"mobilenet_v2_cifar": mobilenet_v2_cifar}
+ARCHITECTURES = {"mobilenet_v2_cifar": mobilenet_v2_cifar, "resnet18_cifar": resnet18_cifar,
+                 "vgg11_bn_cifar": vgg11_bn_cifar, "vgg16_bn_cifar": vgg16_bn_cifar}
 
 
 def guess_arch(sd) -> dict | None:
@@ -39,6 +42,17 @@ def arch_of(sd, dropout: float = 0.2) -> dict:
     if arch is None:
         raise CheckpointError("not a MobileNet-v2 (CIFAR) state_dict: features.0.0 / features.18.0 / classifier.1 missing")
     return dict(arch, dropout=dropout)
+
+
+def pipeline_arch(model: dict, sd: dict | None = None) -> dict:
+    """The `arch` of a recipe's model settings ({'name', 'num_classes', 'width_mult', 'dropout'}).
+
+    For MobileNet-v2 the state_dict `sd`, where given, sets width and thinned blocks (arch_of)."""
+    if model["name"] == "mobilenet_v2_cifar":
+        if sd is not None:
+            return arch_of(sd, model.get("dropout", 0.2))
+        return {k: model[k] for k in ("name", "num_classes", "width_mult", "dropout") if k in model}
+    return {"name": model["name"], "num_classes": model.get("num_classes", 10)}
 
 
 def build_model(arch: dict) -> nn.Module:

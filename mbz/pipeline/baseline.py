@@ -20,7 +20,7 @@ import torch
 
 from ..checkpoint import read_checkpoint
 from ..errors import UsageError
-from ..models import arch_of, build_model, mobilenet_v2_cifar
+from ..models import build_model, pipeline_arch
 from .data import MEAN, STD, ArrayDataset, load_dataset
 from .train import TrainConfig, plot_curves, train
 
@@ -58,12 +58,12 @@ def initial_model(arch: dict, init: str | None = None):
     """(model, arch): random weights of `arch`, or the checkpoint `init` (.pt or .mbz), whose shapes set it."""
     if init:
         sd = read_checkpoint(init)
-        arch = arch_of(sd, arch.get("dropout", 0.2))
+        arch = pipeline_arch(arch, sd)
         model = build_model(arch)
         model.load_state_dict(sd)
         return model, arch
-    kw = {k: v for k, v in arch.items() if k != "name"}
-    return mobilenet_v2_cifar(**kw), {"name": "mobilenet_v2_cifar", **kw}
+    arch = dict(arch, name=arch.get("name", "mobilenet_v2_cifar"))
+    return build_model(arch), arch
 
 
 def existing_outputs(out: str) -> list[str]:

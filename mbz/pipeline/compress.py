@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..models import mobilenet_v2_cifar
+from ..models import build_model
 from .data import MEAN, STD, ArrayDataset, augment_batch, evaluate
 from .prune import apply_masks, global_magnitude_masks, sparsity_report
 from .qat import calibrate, export_state_dict, fold_bn, insert_act_quant, snap_for_export, to_qmodules
@@ -67,7 +67,10 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
     if q.granularity not in ("channel", "tensor"):
         raise ValueError(f"{q.name}: granularity must be 'channel' or 'tensor', got {q.granularity!r}")
     t0 = time.time()
-    model = mobilenet_v2_cifar(**arch_kw)
+    if q.abits < 32 and arch_kw.get("name", "mobilenet_v2_cifar") != "mobilenet_v2_cifar":
+        raise ValueError(f"{q.name}: activation quantization (abits {q.abits}) is built for mobilenet_v2_cifar only; "
+                         f"use abits: 32 for {arch_kw.get('name')}")
+    model = build_model(dict(arch_kw))
     model.load_state_dict(base_sd)
     model.to(device).eval()
     if q.fold_bn:
@@ -171,7 +174,7 @@ def qat_resume(path: str, name: str, epochs: int, lr: float, kd: float, train_ds
     known = {k: comp[k] for k in QatConfig.__dataclass_fields__ if k in comp}
     q = QatConfig(**{**known, "name": name, "epochs": epochs, "lr": lr, "kd": kd})
     arch_kw = {k: v for k, v in arch.items() if k not in ARCH_ONLY}
-    model = mobilenet_v2_cifar(**arch_kw, folded_bn=True)
+    model = build_model(dict(arch_kw, folded_bn=True))
     model.load_state_dict(sd)
     masks = {n: (p != 0) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2}
     if q.wbits < 32:

@@ -7,7 +7,10 @@ chain, restart cycles, QAT runs, a soup, a reduction and the seeds; `mbz compres
   name         str    [the file name]              description  str  [""]
   seed         int    [0]   training seed of pruning, restart, QAT and the soup's fine-tuning
   data:        source str (an --data spec: jpeg, npz:DIR, cifar10:ROOT, ...)   subset int [0]
-  model:       name [mobilenet_v2_cifar], num_classes [10], width_mult [1.0], dropout [0.2]
+               val int [0]: training images held out (fixed permutation) for every evaluation during the
+               run; each final file is then evaluated once on the test set (summary: top1_test)
+  model:       name [mobilenet_v2_cifar | resnet18_cifar | vgg11_bn_cifar | vgg16_bn_cifar],
+               num_classes [10], width_mult [1.0], dropout [0.2] (the last two: MobileNet-v2 only)
   baseline:    checkpoint PATH (.pt or .mbz)  -- or --  train: {TrainConfig fields}, init PATH
   prune:       levels [list in (0, 1), increasing; the last is kept], epochs_per_step [5],
                final_epochs [0: epochs_per_step], lr [0.05], kd [0.5], caps [none: a caps.json]
@@ -70,8 +73,11 @@ def _str_list(v):
 
 
 DATA = {"source": _spec(lambda v: isinstance(v, str) and v != "", REQUIRED, "a --data spec (jpeg, npz:DIR, ...)"),
-        "subset": _spec(lambda v: _int(v) and v >= 0, 0, "an integer >= 0 (0: every image)")}
-MODEL = {"name": _spec(lambda v: v == "mobilenet_v2_cifar", "mobilenet_v2_cifar", "'mobilenet_v2_cifar'"),
+        "subset": _spec(lambda v: _int(v) and v >= 0, 0, "an integer >= 0 (0: every image)"),
+        "val": _spec(lambda v: _int(v) and v >= 0, 0,
+                     "an integer >= 0 (training images held out for every choice; 0: the test set)")}
+PIPELINE_MODELS = ("mobilenet_v2_cifar", "resnet18_cifar", "vgg11_bn_cifar", "vgg16_bn_cifar")
+MODEL = {"name": _spec(lambda v: v in PIPELINE_MODELS, "mobilenet_v2_cifar", "one of " + ", ".join(PIPELINE_MODELS)),
          "num_classes": _spec(lambda v: _int(v) and v >= 2, 10, "an integer >= 2"),
          "width_mult": _spec(lambda v: _num(v) and v > 0, 1.0, "a number > 0"),
          "dropout": _spec(lambda v: _num(v) and 0 <= v < 1, 0.2, "a number in [0, 1)")}

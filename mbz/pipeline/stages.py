@@ -250,10 +250,18 @@ class Compress:
             from .baseline import load_splits
             d = self.s["data"]
             t = time.time()
-            tr, te = load_splits(d["source"], d["subset"])
+            tr, te = load_splits(d["source"], d["subset"], d["val"])
             self._data = (tr.to(self.device), te.to(self.device))
-            self.log(f"data: {len(tr)} train / {len(te)} test images of {tr.source} in {time.time() - t:.1f}s")
+            held = "validation (held out of the training set)" if d["val"] else "test"
+            self.log(f"data: {len(tr)} train / {len(te)} {held} images of {tr.source} in {time.time() - t:.1f}s")
         return self._data
+
+    def test_set(self):
+        """The test split, for the one evaluation of each final file when a validation split selects."""
+        from .baseline import load_splits
+        d = self.s["data"]
+        _, te = load_splits(d["source"], d["subset"])
+        return te.to(self.device)
 
     def baseline_path(self) -> str:
         b = self.s["baseline"]
@@ -266,13 +274,13 @@ class Compress:
         return self._base
 
     def arch_kw(self) -> dict:
-        from ..models import arch_of
-        return arch_of(self.base(), self.s["model"]["dropout"])
+        from ..models import pipeline_arch
+        return pipeline_arch(self.s["model"], self.base())
 
     def teacher(self):
         if self._teacher is None:
-            from ..models import mobilenet_v2_cifar
-            m = mobilenet_v2_cifar(**self.arch_kw())
+            from ..models import build_model
+            m = build_model(self.arch_kw())
             m.load_state_dict(self.base())
             self._teacher = m.to(self.device).eval()
         return self._teacher
@@ -303,11 +311,11 @@ class Compress:
         cfg = TrainConfig(**b["train"])
         self._entry(name)["outputs"] = ["baseline"]
         self._save_manifest()
-        arch = {"name": self.s["model"]["name"], "num_classes": self.s["model"]["num_classes"],
-                "width_mult": self.s["model"]["width_mult"], "dropout": self.s["model"]["dropout"]}
+        from ..models import pipeline_arch
+        arch = pipeline_arch(self.s["model"])
         d = self.s["data"]
         t = time.time()
-        r = train_baseline(self._p("baseline"), d["source"], cfg, arch, init=b["init"], subset=d["subset"],
+        r = train_baseline(self._p("baseline"), d["source"], cfg, arch, init=b["init"], subset=d["subset"], val=d["val"],
                            time_budget=left or 0.0, metadata=self.meta, quiet=True, splits=self.data())
         if not r["complete"]:
             self._entry(name)["seconds"] = round(self._entry(name).get("seconds", 0) + time.time() - t, 1)
@@ -342,8 +350,8 @@ class Compress:
 
     def _model_from(self, path: str | None):
         import mbz
-        from ..models import mobilenet_v2_cifar
-        model = mobilenet_v2_cifar(**self.arch_kw()).to(self.device)
+        from ..models import build_model
+        model = build_model(self.arch_kw()).to(self.device)
         model.load_state_dict(mbz.load(path) if path else self.base())
         return model
 
@@ -589,6 +597,8 @@ class Compress:
         complete = stopped is None
         self.manifest["complete"] = complete
         self._save_manifest()
+        if complete and self.s["data"]["val"]:
+            self._test_once()
         summary = self.summary()
         if complete:
             with open(self._p("summary.json"), "w") as f:
@@ -597,6 +607,21 @@ class Compress:
                 os.rmdir(self._p("resume"))
         return {"complete": complete, "stopped_in": stopped, "ran": ran, "summary": summary}
 
+    def _test_once(self) -> None:
+        """Each final file (and the baseline) evaluated once on the test set; selection used the validation split."""
+        from .evaluate import evaluate_file
+        done = self.manifest.setdefault("test_top1", {})
+        files = [("baseline", self.baseline_path())]
+        for m in self.summary()["models"]:
+            files.append((m["file"], self._p(m["file"])))
+        te = None
+        for key, path in files:
+            if key not in done and os.path.exists(path):
+                te = te if te is not None else self.test_set()
+                done[key] = evaluate_file(path, te, str(self.device))["top1"]
+                self.log(f"[test] {key}: top-1 {done[key]:.2f} on the {len(te)} test images ({self.device.type})")
+        self._save_manifest()
+
     def summary(self) -> dict:
         models = []
         for name, _ in self.plan:
@@ -604,5 +629,13 @@ class Compress:
             if res.get("file", "").endswith(".mbz") and "top1" in res and not name.startswith(("prune", "restart")):
                 models.append({"stage": name, **{k: res[k] for k in ("file", "file_bytes", "top1", "device")
                                                  if k in res}})
-        return {"recipe": self.r.file, "sha256": self.r.sha256,
-                "baseline_top1": self.manifest.get("baseline_top1", {}), "models": models}
+        out = {"recipe": self.r.file, "sha256": self.r.sha256,
+               "baseline_top1": self.manifest.get("baseline_top1", {}), "models": models}
+        if self.s["data"]["val"]:
+            test = self.manifest.get("test_top1", {})
+            for m in models:
+                if m["file"] in test:
+                    m["top1_test"] = test[m["file"]]
+            out.update(selected_on=f"validation split: {self.s['data']['val']} training images held out",
+                       top1="validation", baseline_top1_test=test.get("baseline"))
+        return out
