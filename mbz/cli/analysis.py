@@ -55,6 +55,18 @@ def _bn_model(path: str):
     return sd, model.eval()
 
 
+def _file_arch(path: str) -> dict | None:
+    """The 'arch' metadata of a .mbz file (None for another file or a .mbz without one)."""
+    from ..reader import MbzReader
+    from ..spec import MAGIC
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            return None
+    with MbzReader(path) as r:
+        arch = r.metadata.get("arch")
+    return arch if isinstance(arch, dict) else None
+
+
 def _scan_model(path: str):
     """The model to scan: a .mbz with 'arch' metadata through mbz.load_model, otherwise a MobileNet-v2 checkpoint."""
     from ..reader import MbzReader
@@ -137,13 +149,28 @@ def cmd_prune_channels(a) -> int:
     paths = _outputs(a.out, output_names(ratios), [a.checkpoint], a.force)
     from ..container import atomic_write
     from ..pipeline.data import load_dataset
-    sd, _ = _bn_model(a.checkpoint)
-    tr, te = load_dataset(a.data, "train"), load_dataset(a.data, "test")
-    if a.test:
-        te = te.subset(a.test)
-    output_dir(a.out)
-    rows = prune_ratios(sd, ratios, tr, te, a.out, calib=a.calib, multiple=a.multiple, source=a.checkpoint,
-                        log=lambda s: print(s, flush=True))
+    arch = _file_arch(a.checkpoint)
+    if arch is not None and arch.get("name") != "mobilenet_v2_cifar":
+        from .. import load
+        from ..pipeline.channels import prune_ratios_graph
+        sd = load(a.checkpoint)
+        te = load_dataset(a.data, "test")
+        if a.test:
+            te = te.subset(a.test)
+        output_dir(a.out)
+        try:
+            rows = prune_ratios_graph(sd, arch, ratios, te, a.out, multiple=a.multiple, source=a.checkpoint,
+                                      log=lambda s: print(s, flush=True))
+        except ValueError as e:
+            raise UsageError(f"{a.checkpoint}: {e}") from None
+    else:
+        sd, _ = _bn_model(a.checkpoint)
+        tr, te = load_dataset(a.data, "train"), load_dataset(a.data, "test")
+        if a.test:
+            te = te.subset(a.test)
+        output_dir(a.out)
+        rows = prune_ratios(sd, ratios, tr, te, a.out, calib=a.calib, multiple=a.multiple, source=a.checkpoint,
+                            log=lambda s: print(s, flush=True))
     lines = [json.dumps(r, sort_keys=True) for r in rows] + [json.dumps({"command": _command(a, "prune-channels")})]
     atomic_write(paths["channels.jsonl"], [("\n".join(lines) + "\n").encode()])
     return 0
@@ -203,7 +230,7 @@ def register(sub) -> None:
     p.set_defaults(fn=cmd_sensitivity)
 
     p = sub.add_parser("prune-channels", help="structured pruning: remove a share of every block's hidden channels",
-                       description="Remove a share of the hidden channels of every inverted-residual block of a "
+                       description="MobileNet-v2: remove a share of the hidden channels of every inverted-residual block of a "
                                    "MobileNet-v2 checkpoint with BatchNorm (the layers get thinner instead of "
                                    "holding zeros). Channels are ranked per block by mean|activation| x the norm "
                                    "of their projection column on --calib training images; a removed channel's "
@@ -212,8 +239,14 @@ def register(sub) -> None:
                                    "blocks from its 'arch' metadata), OUT/thin_r{ratio}.layers.json (channels and "
                                    "parameters per block) and a row of OUT/channels.jsonl: parameters, file bytes "
                                    "and top-1 on the test split without fine-tuning, with and without bias "
-                                   "compensation. Recover the accuracy with `mbz train --init OUT/thin_r0.25.mbz`.")
-    p.add_argument("checkpoint", help="fp32 MobileNet-v2 state_dict with BatchNorm (.pt, or a lossless .mbz)")
+                                   "compensation. Any other network of the registry (a .mbz with 'arch' metadata, e.g. "
+                                   "resnet18_cifar, vgg11_bn_cifar): the channel groups are found in the module graph "
+                                   "(a conv whose output reaches one other conv through BN, activations, pooling and "
+                                   "depthwise convs only), ranked by the norm of the BN-folded filter (no data), and "
+                                   "thinned alike; OUT/thin_r{ratio}.mbz records the kept channels in its 'arch'. "
+                                   "Recover the accuracy with `mbz train --init OUT/thin_r0.25.mbz`.")
+    p.add_argument("checkpoint", help="fp32 MobileNet-v2 state_dict with BatchNorm (.pt, or a lossless .mbz), or a "
+                                      "lossless .mbz of another registry network with its 'arch' metadata")
     p.add_argument("--out", required=True, help="output folder (made if missing; its parent must exist)")
     p.add_argument("--ratios", default="0.125,0.25,0.5", help="shares of hidden channels to remove, in [0, 1), "
                                                               "comma-separated")

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from ..pipeline.recipe import PIPELINE_MODELS
 from .common import DATA_HELP, add_data, add_force, input_file, output_dir, output_file, show_progress
 
 
@@ -80,7 +81,13 @@ def cmd_train(a) -> int:
                       ema=a.ema, trivial=not a.no_trivial, cutout=a.cutout, seed=a.seed, fit_budget=a.fit_budget,
                       compile=a.compile, compile_mode=a.compile_mode, cudnn_benchmark=not a.no_cudnn_benchmark,
                       eval_every=a.eval_every, cuda_graph=a.cuda_graph, warmup=a.warmup)
-    arch = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": a.width_mult, "dropout": a.dropout}
+    arch = {"name": a.arch, "num_classes": 10}
+    if a.init:
+        from .analysis import _file_arch
+        input_file(a.init, "--init checkpoint")
+        arch = dict(_file_arch(a.init) or arch)
+    if arch["name"] == "mobilenet_v2_cifar":
+        arch.update(width_mult=a.width_mult, dropout=a.dropout)
     r = train_baseline(a.out, a.data, cfg, arch, init=a.init or None, val=a.val, subset=a.subset,
                        time_budget=a.time_budget, quiet=a.quiet)
     if not r["complete"]:
@@ -96,7 +103,8 @@ def cmd_train(a) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train", help="train the fp32 baseline (GPU; resumable across commands with --time-budget)",
-        description="Train MobileNet-v2 (CIFAR variant: stride 1 in the stem and the first stride-2 block) from "
+        description="Train MobileNet-v2 (CIFAR variant: stride 1 in the stem and the first stride-2 block; --arch for "
+                    "ResNet-18 or VGG-11/16-BN with CIFAR stems) from "
                     "random weights or from --init: SGD + Nesterov, linear warm-up then cosine, label smoothing, "
                     "augmentation on the device (crop + flip, TrivialAugment-style op, optional cutout), bf16 on "
                     "CUDA. One JSONL line and a progress update per epoch. Writes OUT/baseline.mbz (lossless, "
@@ -115,6 +123,8 @@ def _add_train(sub) -> None:
     p.add_argument("--ema", type=float, default=0.0, help="weight EMA decay (0: off)")
     p.add_argument("--no-trivial", action="store_true", help="plain crop + flip augmentation only")
     p.add_argument("--cutout", type=int, default=0, help="cutout square side in pixels (0: off)")
+    p.add_argument("--arch", default="mobilenet_v2_cifar", choices=PIPELINE_MODELS,
+                   help="network (default mobilenet_v2_cifar); a .mbz given to --init sets it from its 'arch'")
     p.add_argument("--width-mult", type=float, default=1.0, help="MobileNet-v2 width multiplier (default 1.0)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of Python, NumPy, torch and CUDA (default 0)")

@@ -52,7 +52,14 @@ def pipeline_arch(model: dict, sd: dict | None = None) -> dict:
         if sd is not None:
             return arch_of(sd, model.get("dropout", 0.2))
         return {k: model[k] for k in ("name", "num_classes", "width_mult", "dropout") if k in model}
-    return {"name": model["name"], "num_classes": model.get("num_classes", 10)}
+    arch = {"name": model["name"], "num_classes": model.get("num_classes", 10)}
+    if sd is not None:
+        from .thinning import channel_groups, widths_of
+        full = build_model(arch)
+        channels = widths_of(sd, channel_groups(full), full)
+        if channels:
+            arch["channels"] = channels
+    return arch
 
 
 def build_model(arch: dict) -> nn.Module:
@@ -60,9 +67,15 @@ def build_model(arch: dict) -> nn.Module:
     if not isinstance(arch, dict) or arch.get("name") not in ARCHITECTURES:
         name = arch.get("name") if isinstance(arch, dict) else arch
         raise MbzError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    kwargs = {k: v for k, v in arch.items() if k != "name"}
+    kwargs = {k: v for k, v in arch.items() if k not in ("name", "channels")}
     try:
-        return ARCHITECTURES[arch["name"]](**kwargs)
+        model = ARCHITECTURES[arch["name"]](**kwargs)
+        if arch.get("channels"):
+            from .thinning import apply_widths
+            if not isinstance(arch["channels"], dict):
+                raise ValueError(f"'channels' must be a map of layer name to kept channels, got {arch['channels']!r}")
+            apply_widths(model, arch["channels"])
+        return model
     except MbzError:
         raise
     except (TypeError, ValueError, RuntimeError, KeyError, IndexError, AttributeError, OverflowError) as e:

@@ -144,6 +144,56 @@ def prune_ratios(sd: dict, ratios, train, test, out_dir: str, *, calib: int = 20
     return rows
 
 
+def prune_ratios_graph(sd: dict, arch: dict, ratios, test, out_dir: str, *, multiple: int = 8, source: str = "",
+                       log=None) -> list[dict]:
+    """Structured pruning of any registry CNN (mbz.models.thinning: channel groups from the module graph, channels
+    ranked by the norm of their BN-folded filter, no data needed to choose them).  For every ratio, writes
+    OUT/thin_r{ratio}.mbz (lossless; 'arch' with the kept channels, so mbz.load_model rebuilds the thinner layers)
+    and OUT/thin_r{ratio}.layers.json; returns one row per ratio: parameters, file bytes, top-1 on `test` before
+    fine-tuning (None when `test` is None)."""
+    import json
+    import os
+
+    from ..api import save
+    from ..container import atomic_write
+    from ..models import build_model
+    from ..models.thinning import channel_groups, choose_channels, thin_state_dict, widths_of
+    from .data import evaluate
+    model = build_model(arch)
+    model.load_state_dict(sd)
+    groups = channel_groups(model)
+    if not groups:
+        raise ValueError(f"{arch.get('name')}: no channel group (conv -> BN/activation/pool -> conv) to prune")
+    base_top1 = evaluate(model.eval(), test)["top1"] if test is not None else None
+    if log:
+        log(f"{len(groups)} channel groups; baseline top-1 {base_top1}")
+    rows = []
+    for r in ratios:
+        keep = choose_channels(sd, groups, r, multiple)
+        thin = thin_state_dict(sd, groups, keep)
+        channels = widths_of(thin, groups, model)
+        tarch = {k: v for k, v in arch.items() if k != "channels"}
+        tarch = dict(tarch, channels={**arch.get("channels", {}), **channels}) if channels or arch.get("channels") else tarch
+        m = build_model(tarch)
+        m.load_state_dict(thin)
+        path = os.path.join(out_dir, f"thin_r{r:g}.mbz")
+        rep = save(thin, path, arch=tarch,
+                   metadata={"structured_pruning": {"ratio": r, "source": os.path.basename(source),
+                                                    "method": "graph channel groups, BN-folded filter norm"}})
+        layers = [{"producer": g["producer"], "consumer": g["consumer"], "before": int(sd[g["producer"] + ".weight"].shape[0]),
+                   "after": int(thin[g["producer"] + ".weight"].shape[0])} for g in groups]
+        atomic_write(os.path.join(out_dir, f"thin_r{r:g}.layers.json"), [json.dumps(layers, indent=1).encode()])
+        row = {"ratio": r, "checkpoint": source, "method": "graph", "baseline_top1": base_top1,
+               "params_before": sum(v.numel() for v in sd.values()), "params_after": sum(v.numel() for v in thin.values()),
+               "top1_plain": evaluate(m.eval(), test)["top1"] if test is not None else None,
+               "test_images": len(test) if test is not None else 0,
+               "file": os.path.basename(path), "file_bytes": rep.file_bytes, "fine_tuned": False}
+        rows.append(row)
+        if log:
+            log(json.dumps({k: row[k] for k in ("ratio", "params_after", "file_bytes", "top1_plain")}))
+    return rows
+
+
 def output_names(ratios) -> list[str]:
     """The files `prune_ratios` writes for `ratios` (and channels.jsonl)."""
     return [f"thin_r{r:g}{ext}" for r in ratios for ext in (".mbz", ".layers.json")] + ["channels.jsonl"]
