@@ -226,7 +226,7 @@ def sweep_frontier(rows: list[dict], path: str, teacher_top1: float, floor: floa
 def _log_kb(ax, lo: float, hi: float):
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
     ax.set_xscale("log")
-    nice = [50, 100, 150, 200, 250, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 10000]
+    nice = [50, 100, 150, 200, 250, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 10000, 20000, 50000]
     ax.xaxis.set_major_locator(FixedLocator([v for v in nice if lo <= v <= hi]))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -313,6 +313,46 @@ def frontier(rows: list[dict], path: str, baseline_top1: float, targets: list[di
             seen.setdefault(lb, hd)
     fig.tight_layout(rect=(0, 0.035 * ((len(seen) + 1) // 2) + 0.02, 1, 1))
     _legend_below(fig, list(seen.values()), 2, list(seen))
+    return _save(fig, path)
+
+
+def networks_frontier(nets: list[dict], path: str, mnv2: list[dict], mnv2_base: float) -> str:
+    """top-1 vs file KB of every network: compressed files (filled, one per seed) and their fp32 checkpoints
+    (open squares at the bytes of torch.save of the fp32 state_dict), each network's baseline a dashed line.
+
+    nets: {name, seeds: seeds.json (rows: file_bytes, top1_test, baseline_test, fp32_checkpoint_bytes)};
+    mnv2: {label, file_kb, top1} of the MobileNet-v2 files beside them, mnv2_base its baseline top-1."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(WIDTH, 4.0))
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    kbs = []
+    for c, n in zip(colors, nets):
+        rows = n["seeds"]["rows"]
+        xs = [r["file_bytes"] / 1000 for r in rows]
+        ax.scatter(xs, [r["top1_test"] for r in rows], color=c, s=30, zorder=3,
+                   label=f"{n['name']}: compressed, {len(rows)} seeds")
+        base = n["seeds"]["baseline_test"]["mean"]
+        ax.scatter([rows[0]["fp32_checkpoint_bytes"] / 1000], [base], marker="s", s=34, facecolors="white",
+                   edgecolors=c, linewidths=1.2, zorder=3, label=f"{n['name']}: fp32 checkpoint (baseline, mean)")
+        ax.axhline(base, color=c, lw=0.8, ls="--")
+        kbs += xs + [rows[0]["fp32_checkpoint_bytes"] / 1000]
+    c = colors[len(nets) % len(colors)]
+    if mnv2:
+        ax.scatter([m["file_kb"] for m in mnv2], [m["top1"] for m in mnv2], marker="*", s=90, color=c,
+                   edgecolors="k", linewidths=0.5, zorder=4,
+                   label="MobileNet-v2: shipped files (CPU; section 8 says how they were chosen)")
+        ax.axhline(mnv2_base, color=c, lw=0.8, ls="--", label="dashed: each network's baseline")
+        kbs += [m["file_kb"] for m in mnv2]
+    from matplotlib.ticker import FixedLocator
+    lo, hi = min(kbs) * 0.8, max(kbs) * 1.25
+    _log_kb(ax, lo, hi)
+    ax.xaxis.set_major_locator(FixedLocator([v for v in (100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+                                             if lo <= v <= hi]))
+    ax.set_ylabel("top-1 % (test set)")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.035 * ((len(labels) + 1) // 2) + 0.02, 1, 1))
+    _legend_below(fig, handles, 2, labels)
     return _save(fig, path)
 
 

@@ -156,3 +156,15 @@ def sweep(results: str, index: dict) -> dict:
             "prune_log": read_jsonl(os.path.join(d, "prune_log.jsonl")),
             "teacher_record": read_json(os.path.join(results, s["teacher"])),
             "repeat_rows": read_jsonl(os.path.join(results, s["repeat"], "runs.jsonl"))}
+
+
+def networks(results: str, index: dict) -> list[dict]:
+    """index 'networks' entries with their seed table (seeds.json: one row per seed, mean / min / max) and the
+    seed-0 CPU evaluation (seed0/cpu_eval.json) where present."""
+    out = []
+    for n in index.get("networks", []):
+        d = os.path.join(results, n["dir"])
+        cpu = os.path.join(d, "seed0", "cpu_eval.json")
+        out.append({**n, "seeds": read_json(os.path.join(d, "seeds.json")),
+                    "cpu_eval": read_json(cpu) if os.path.exists(cpu) else None})
+    return out

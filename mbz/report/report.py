@@ -69,6 +69,7 @@ class _Inputs:
         with mbz.open(os.path.join(R, idx["baseline"]["dir"], "baseline.mbz")) as rd:
             self.base_file = summarize(rd, decode=False)
         self.pins = _pins(os.path.join(root, "constraints.txt"))
+        self.nets = records.networks(R, idx)
 
 
 def build(root: str = ".", out: str | None = None, figures: str | None = None, draw: bool = True,
@@ -105,7 +106,7 @@ def outputs(root: str = ".", out: str | None = None, figures: str | None = None)
 
 
 FIGURES = ("baseline_curves", "pipeline_curves", "bytes_by_category", "sweep_parallel_coordinates",
-           "sweep_frontier", "frontier")
+           "sweep_frontier", "frontier", "networks_frontier")
 
 
 def _draw(inp: _Inputs, d: str) -> dict:
@@ -126,6 +127,7 @@ def _draw(inp: _Inputs, d: str) -> dict:
     pts = [{**r, "file_kb": r["file_bytes"] / 1000, "top1": records.accuracy(r)} for r in inp.rows]
     ship = [{"label": s["file"], "file_kb": s["bytes"] / 1000, "top1": records.accuracy(s["row"])} for s in inp.shipped]
     charts.frontier(pts, P["frontier"], inp.b, inp.index["targets"], ship)
+    charts.networks_frontier(inp.nets, P["networks_frontier"], ship, inp.b)
     return P
 
 
@@ -142,6 +144,7 @@ def _document(inp: _Inputs, figs: dict) -> Document:
     _sweep(doc, inp, figs)
     _ratios(doc, inp)
     _final(doc, inp, figs)
+    _networks(doc, inp, figs)
     _reproduce(doc, inp)
     _appendix(doc, inp)
     return doc
@@ -549,8 +552,39 @@ def _final(doc, inp, figs):
                           "are described by their rows):"))
 
 
+def _networks(doc, inp, figs):
+    doc.add(Heading(1, "9. ResNet-18 and VGG-11-BN"))
+    doc.add(Para("The same pipeline on two more CNNs with CIFAR stems, each recipe run from scratch once per seed "
+                 "(its own baseline included). Every choice during a run is made on 5,000 training images held out; "
+                 "each final file and its baseline are then evaluated once on the test set (GPU)."))
+    rows = []
+    for n in inp.nets:
+        s = n["seeds"]
+        for r in s["rows"]:
+            rows.append([n["name"], str(r["seed"]), _pct(r["baseline_test"]), f"{r['file_bytes']:,}", _pct(r["top1_test"]),
+                         f"{-r['drop_test']:+.2f}", f"{r['ratio_vs_fp32']:.1f}x",
+                         "yes" if r["drop_test"] <= n["max_drop"] and r["ratio_vs_fp32"] >= n["min_ratio"] else "no"])
+    doc.add(Table(["network", "seed", "baseline %", "bytes", "top-1 %", "vs own baseline", "x smaller", "target met"],
+                  rows, "lrrrrrrl", widths=[24, 10, 20, 20, 16, 26, 18, 18], size=7.5,
+                  caption="Per seed (`results/<network>/seeds.json`, `python tools/seed_table.py`); \"x smaller\": "
+                          "bytes of `torch.save` of the fp32 state_dict over the `.mbz` file's bytes; target: at least "
+                          "50x smaller within 1.0 point of the run's own baseline:"))
+    items = []
+    for n in inp.nets:
+        s = n["seeds"]
+        d = s["drop_test"]
+        line = (f"{n['name']} (`{n['recipe']}`: {n['method']}): {s['seeds']} seeds, drop {d['mean']:.2f} on average "
+                f"(min {d['min']:.2f}, max {d['max']:.2f}), files {s['file_bytes']['min']:,}-{s['file_bytes']['max']:,} B.")
+        if n["cpu_eval"]:
+            line += (f" Seed 0's file on the CPU (fp32, `mbz eval`): {n['cpu_eval']['top1']:.2f}% "
+                     f"(GPU: {s['rows'][0]['top1_test']:.2f}%).")
+        items.append(line)
+    doc.add(Items(items))
+    doc.add(Image(figs["networks_frontier"], "top-1 vs file size, three networks"))
+
+
 def _reproduce(doc, inp):
-    doc.add(Heading(1, "9. Reproduce"))
+    doc.add(Heading(1, "10. Reproduce"))
     doc.add(Code("\n".join([
         'pip install -c constraints.txt -e ".[test]"                 # the exact versions of this report',
         "mbz data cifar10-jpeg --quality 75 ROOT -o DATA --download   # CIFAR-10 (JPEG q75 export)",
@@ -558,6 +592,8 @@ def _reproduce(doc, inp):
         f"mbz compress --recipe {inp.base['recipe']} --out OUT/baseline     # GPU, resumable",
         *[f"mbz compress --recipe {r} --out OUT/{os.path.splitext(os.path.basename(r))[0]}"
           for r in dict.fromkeys(e["recipe"] for e in inp.index["runs"])],
+        *[f"mbz compress --recipe {n['recipe']} --out OUT/{n['dir']}      # per seed: seed and baseline.train.seed"
+          for n in inp.nets],
         f"mbz compress --recipe {inp.sweep['recipe']} --out OUT/sweep",
         "mbz sweep replay OUT/sweep                                    # wandb runs: offline unless logged in",
         "mbz eval examples/mobilenetv2_cifar10.mbz                     # CPU: top-1 and sizes of a shipped file",
