@@ -1,8 +1,8 @@
 """mbz: store compressed neural networks in honest, byte-exact files.
 
-The public API: save / open / load (the core) and load_model (mbz.models).
+The public API: save / open / load / load_checkpoint (the core) and load_model (mbz.models).
 """
-from .api import MbzReader, load, open, save  # noqa: F401,A004
+from .api import MbzReader, load, load_checkpoint, open, save  # noqa: F401,A004
 from .errors import (ChecksumError, CheckpointError, EncodeError, FormatError, LimitError,  # noqa: F401
                      MbzError, MismatchError, TruncatedError, VersionError)
 from .models.load import load_model  # noqa: F401

@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
-from .checkpoint import as_state_dict
+from .codecs.raw import mbz_dtype, sparse_parts
 from .container import write_file
 from .encoder import EntropyPolicy, encode_tensor
+from .errors import CheckpointError, EncodeError
 from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
-from .reader import MbzReader, load, map_small_first, open  # noqa: F401,A004
+from .reader import MbzReader, load, load_checkpoint, map_small_first, open  # noqa: F401,A004
+from .reparam import fold_pruning
+from .spec import H_MAIN, H_TREE, M_INPUT, M_KEY, M_PRUNE_FOLDED, M_ZERO_SIGN
+from .structure import flatten
+
+ZERO_SIGNS = ("keep", "drop")
 
 
 @dataclass
@@ -20,6 +28,8 @@ class TensorReport:
     stored_bytes: int
     quantized: bool = False
     error: dict = field(default_factory=dict)
+    negative_zeros: int = 0       # -0.0 elements in the input tensor
+    negzero_bytes: int = 0        # what keeping their sign costs (bytes; 0 when dropped)
 
 
 @dataclass
@@ -27,6 +37,13 @@ class SaveReport:
     path: str
     file_bytes: int
     tensors: list
+    folded: list = field(default_factory=list)     # pruning pairs stored as their effective tensor
+    left_out: list = field(default_factory=list)   # top-level keys not packed (key=...)
+    input_bytes: int = 0                            # tensor bytes of the checkpoint in its own dtypes
+    input_dtypes: dict = field(default_factory=dict)
+    structure: bool = False                         # a structure tree was written (spec §3.1)
+    shared: int = 0                                 # tensors stored once for several entries
+    zero_sign: str = "keep"
 
 
 def _progress_bar(enabled: bool, desc: str, total: int):
@@ -40,35 +57,134 @@ def _progress_bar(enabled: bool, desc: str, total: int):
     return tqdm(desc=desc, unit="tensor", leave=False, total=total)
 
 
+@dataclass
+class Prepared:
+    """A checkpoint made ready to pack: one entry selected (key), pruning pairs folded."""
+    obj: object
+    folded: list
+    left_out: list
+
+
+def prepare(obj, *, key: str | None = None, exact: bool = False) -> Prepared:
+    """Select `key` of a checkpoint dict (naming the keys left out) and, unless `exact`, fold
+    torch.nn.utils.prune's `X_orig` / `X_mask` pairs into `X` (mbz.reparam).
+
+    Raises CheckpointError when `key` is not a key of the checkpoint."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    left_out = []
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            keys = list(obj) if isinstance(obj, Mapping) else []
+            raise CheckpointError(f"key {key!r} is not in the checkpoint (its keys: {', '.join(map(str, keys))[:300]})")
+        left_out = [k for k in obj if k != key]
+        obj = obj[key]
+    folded = []
+    if not exact:
+        obj, folded = fold_pruning(obj)
+    return Prepared(obj, folded, left_out)
+
+
+def _tensors(obj, out: list, depth: int = 0) -> list:
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, Mapping) and depth < 64:
+        for v in obj.values():
+            _tensors(v, out, depth + 1)
+    elif isinstance(obj, (list, tuple)) and depth < 64:
+        for v in obj:
+            _tensors(v, out, depth + 1)
+    elif isinstance(obj, nn.Module):
+        _tensors(obj.state_dict(), out, depth + 1)
+    return out
+
+
+def input_dtypes(obj) -> dict:
+    """{dtype name: bytes} of a checkpoint's tensors in their own dtypes (shared storage counted once)."""
+    out, seen = {}, set()
+    for t in _tensors(obj, []):
+        parts = [t] if t.layout == torch.strided else sparse_parts(t)
+        for x in parts:
+            ident = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), x.dtype) \
+                if not x.is_quantized and x.numel() else id(x)
+            if ident in seen:
+                continue
+            seen.add(ident)
+            name = str(x.dtype).replace("torch.", "")
+            out[name] = out.get(name, 0) + x.numel() * x.element_size()
+    return out
+
+
+def _negative_zeros(t: torch.Tensor) -> int:
+    if not t.is_floating_point() or t.is_quantized or t.numel() == 0 or t.element_size() == 1:
+        return 0
+    z = t == 0
+    return int((z & torch.signbit(t)).sum()) if bool(z.any()) else 0
+
+
 def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", axis: int = 0,
          group_size: int = 64, symmetric: bool = True, include: str = DEFAULT_INCLUDE,
          detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int = 1,
          metadata: dict | None = None, arch: dict | None = None, progress: bool = False,
-         workers: int | None = None) -> SaveReport:
-    """Write a state_dict (or module, or wrapped checkpoint) to `path` as .mbz.
+         workers: int | None = None, key: str | None = None, exact: bool = False,
+         zero_sign: str = "keep") -> SaveReport:
+    """Write a checkpoint (state_dict, module, or any structure torch.load(weights_only=True) returns) as .mbz.
 
     Without `wbits` every tensor is stored exactly (detected grids, codebooks
-    or raw bytes).  With `wbits`, tensors matching `include` (default: conv /
-    linear weights) are quantized first and their error is reported.
+    or raw bytes); torch quantized tensors as AFFINE codes with their scales and
+    zero points.  With `wbits`, tensors of the model state_dict matching
+    `include` (default: conv / linear weights) are quantized first and their error
+    is reported.  A checkpoint with more than a flat state_dict of tensors (epoch,
+    optimizer state, several models, dtypes, tuples, shared storage) is kept whole
+    in the file's structure tree (spec §3.1); `key` packs one entry of it.
+    Pruning pairs `X_orig` / `X_mask` are stored as the effective `X` unless
+    `exact`.  `zero_sign='drop'` stores -0.0 as +0.0 and records where in the
+    metadata (the file is then not bit-exact for those elements).
     `workers` threads encode tensors side by side (default: up to 4, one per core).
     `arch` ({'name': ..., builder arguments}, see mbz.models) is recorded as the
     file's 'arch' metadata for mbz.load_model; nothing is guessed here.
+    Raises CheckpointError for values that cannot be stored (naming their key path),
+    EncodeError for tensors that cannot be encoded (naming the tensor).
     """
-    sd = as_state_dict(obj)
+    if zero_sign not in ZERO_SIGNS:
+        raise EncodeError(f"zero_sign must be one of {ZERO_SIGNS}, got {zero_sign!r}")
+    prep = prepare(obj, key=key, exact=exact)
+    dtypes = input_dtypes(prep.obj)
+    flat = flatten(prep.obj)
+    if not flat.tensors:
+        raise CheckpointError("checkpoint holds no tensors")
     policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
-    ent = EntropyPolicy(zstd=zstd, level=zstd_level).resolved(sum(t.numel() * t.element_size() for t in sd.values()))
+    sd = flat.tensors
+    ent = EntropyPolicy(zstd=zstd, level=zstd_level).resolved(
+        sum(t.numel() * t.element_size() for t in sd.values()))
     meta = dict(metadata or {})
     arch = arch or meta.get("arch")
     if arch:
         meta["arch"] = arch
+    meta[M_INPUT] = {"dtypes": dtypes, "bytes": sum(dtypes.values())}
+    if prep.folded:
+        meta[M_PRUNE_FOLDED] = prep.folded
+    if key is not None:
+        meta[M_KEY] = key
 
     def encode(item):
         name, t = item
-        grid = quantize_tensor(t, policy) if policy is not None and policy.applies(name, t) else None
+        try:
+            mbz_dtype(t)
+        except Exception as e:
+            raise EncodeError(f"{name}: {e}") from None
+        nz = _negative_zeros(t)
+        if nz and zero_sign == "drop":
+            t = torch.where(t == 0, torch.zeros((), dtype=t.dtype), t)
+        use = policy is not None and name in flat.main_names and not t.is_quantized and policy.applies(name, t)
+        grid = quantize_tensor(t, policy) if use else None
         et = encode_tensor(name, t, grid=grid, ent=ent, detect=detect)
-        rep = TensorReport(name, et.encoding.name, et.stored_bytes, grid is not None)
+        rep = TensorReport(name, et.encoding.name, et.stored_bytes, grid is not None, negative_zeros=nz)
         if grid is not None:
             rep.error = error_stats(t, torch.from_numpy(grid.values()).reshape(t.shape))
+        elif nz and zero_sign == "keep":
+            plus = torch.where(t == 0, torch.zeros((), dtype=t.dtype), t)
+            rep.negzero_bytes = max(0, et.stored_bytes - encode_tensor(name, plus, ent=ent, detect=detect).stored_bytes)
         return et, rep
 
     items = list(sd.items())
@@ -78,5 +194,11 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     if bar is not None:
         bar.close()
     encoded, reports = [d[0] for d in done], [d[1] for d in done]
-    size = write_file(path, encoded, meta, align=align, compress_header=ent.zstd)
-    return SaveReport(os.fspath(path), size, reports)
+    if zero_sign == "drop":
+        dropped = {r.name: r.negative_zeros for r in reports if r.negative_zeros and not r.quantized}
+        if dropped:
+            meta[M_ZERO_SIGN] = dropped
+    structure = {H_TREE: flat.tree, H_MAIN: flat.main} if flat.tree is not None else None
+    size = write_file(path, encoded, meta, align=align, compress_header=ent.zstd, structure=structure)
+    return SaveReport(os.fspath(path), size, reports, prep.folded, prep.left_out, sum(dtypes.values()), dtypes,
+                      flat.tree is not None, flat.shared, zero_sign)

@@ -10,9 +10,10 @@ from torch import nn
 
 from .errors import CheckpointError
 from .reader import load as load_mbz
+from .reader import load_checkpoint as load_mbz_checkpoint
+from .safetensors_io import is_safetensors, read_safetensors
 from .spec import MAGIC
-
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "module")
+from .structure import WRAPPER_KEYS  # noqa: F401  (re-exported)
 
 
 def as_state_dict(obj) -> "OrderedDict[str, torch.Tensor]":
@@ -38,6 +39,24 @@ def as_state_dict(obj) -> "OrderedDict[str, torch.Tensor]":
     raise CheckpointError(f"expected a state_dict, a module or a wrapped checkpoint, got {type(obj).__name__}")
 
 
+def read_object(path):
+    """What the checkpoint file holds, whole: torch.load(weights_only=True) on the CPU, or a .mbz file's
+    checkpoint (mbz.load_checkpoint).  Raises CheckpointError naming the file."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+    if head == MAGIC:
+        return load_mbz_checkpoint(path)
+    if str(path).endswith(".safetensors") or is_safetensors(path):
+        return read_safetensors(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True: "
+                              f"{_first_line(e)}") from None
+
+
 def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
     """torch.load with weights_only=True (no code runs), mapped to the CPU; a .mbz file through mbz.load."""
     if not os.path.exists(path):
@@ -46,6 +65,8 @@ def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
         is_mbz = f.read(len(MAGIC)) == MAGIC
     if is_mbz:  # a .mbz file is a checkpoint too (e.g. a baseline kept losslessly)
         return load_mbz(path)
+    if str(path).endswith(".safetensors") or is_safetensors(path):
+        return read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -24,6 +24,7 @@ from .spec import (ENCODING_ROLES, H_ALIGN, H_CRCS, H_FORMAT, H_META, H_PAYLOAD,
                    T_ENC, T_NAME, T_PARAMS, T_SECTIONS, T_SHAPE, VERSION_MAJOR, VERSION_MINOR, DType,
                    P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_WIDTH,
                    P_ZPWIDTH, Encoding, Filter, Granularity, HeaderCodec, Role, Sparsity)
+from .spec import H_MAIN, H_TREE, P_SCALE_BYTES, P_ZPSIGNED, QUANTIZED_DTYPES
 
 
 def align_up(x: int, a: int) -> int:
@@ -31,8 +32,11 @@ def align_up(x: int, a: int) -> int:
 
 
 # --------------------------------------------------------------------------- writer
-def write_file(path, tensors, meta: dict | None = None, align: int = 1, compress_header: bool = True) -> int:
-    """Write encoded tensors atomically; returns the file size."""
+def write_file(path, tensors, meta: dict | None = None, align: int = 1, compress_header: bool = True,
+               structure: dict | None = None) -> int:
+    """Write encoded tensors atomically; returns the file size.
+
+    `structure`: the optional header keys of spec §3.1 ({'tree': node, 'main': [key...]})."""
     if align < 1 or align > MAX_ALIGN or align & (align - 1):
         raise FormatError(f"align must be a power of two in 1..{MAX_ALIGN}, got {align}")
     records, chunks, crcs = [], [], []
@@ -56,7 +60,7 @@ def write_file(path, tensors, meta: dict | None = None, align: int = 1, compress
     chunks.append(b"".join(c.to_bytes(4, "little") for c in crcs))
     payload = crc_off + 4 * len(crcs)
     header = msgpack.packb({H_FORMAT: "mbz", H_PAYLOAD: payload, H_ALIGN: align, H_CRCS: crc_off,
-                            H_META: meta or {}, H_TENSORS: records}, use_bin_type=True)
+                            H_META: meta or {}, H_TENSORS: records, **(structure or {})}, use_bin_type=True)
     codec, block = HeaderCodec.NONE, header
     if compress_header and zstd_available():
         z = FILTERS[Filter.ZSTD].encode(header, 1, 19)
@@ -133,6 +137,8 @@ class FileLayout:
     crc_offset: int
     meta: dict
     records: list
+    tree: object = None      # spec §3.1: the checkpoint's structure (None: a flat state_dict)
+    main: list = None        # key path of the state_dict within the tree
 
 
 def _fail(what: str, where: str = "") -> FormatError:
@@ -242,7 +248,10 @@ def parse(buf) -> FileLayout:
         raise FormatError(f"padding before the checksum table (offset {pstart + cursor}) must be zero")
     for rec in records:
         rec.crc = int.from_bytes(bytes(buf[pstart + crc_off + 4 * rec.index:pstart + crc_off + 4 * rec.index + 4]), "little")
-    return FileLayout(size, major, minor, codec, hlen, raw, pstart, align, crc_off, meta, records)
+    tree, main = h.get(H_TREE), h.get(H_MAIN, [])
+    if not isinstance(main, list) or not all(type(k) in (str, int) for k in main):
+        raise FormatError(f"header '{H_MAIN}' must be a list of keys (strings or integers), got {main!r}")
+    return FileLayout(size, major, minor, codec, hlen, raw, pstart, align, crc_off, meta, records, tree, main)
 
 
 def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
@@ -263,7 +272,9 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     p = r.get(T_PARAMS, {})
     if not isinstance(p, dict):
         raise FormatError(f"{where}: params must be a map")
-    p = _params(enc, p, shape, numel, where)
+    if dtype in QUANTIZED_DTYPES and enc != Encoding.AFFINE:
+        raise FormatError(f"{where}: quantized dtype {dtype.name} needs the AFFINE encoding")
+    p = _params(enc, p, shape, numel, where, dtype)
     secs = r.get(T_SECTIONS)
     if not isinstance(secs, list):
         raise FormatError(f"{where}: sections must be a list")
@@ -318,7 +329,7 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     return Record(i, name, dtype, shape, enc, p, refs, 0), cursor
 
 
-def _params(enc: Encoding, p: dict, shape, numel: int, where: str) -> dict:
+def _params(enc: Encoding, p: dict, shape, numel: int, where: str, dtype=None) -> dict:
     if enc == Encoding.RAW:
         return {}
     w = f"{where} params"
@@ -341,7 +352,12 @@ def _params(enc: Encoding, p: dict, shape, numel: int, where: str) -> dict:
         if g == Granularity.GROUP:
             out[P_GROUP] = _int(p.get(P_GROUP), f"{w} 'gs' (group size)", 1, 1 << 48)
         out[P_ZPWIDTH] = _int(p.get(P_ZPWIDTH, 0), f"{w} 'zb' (zero-point width)", 0, MAX_WIDTH)
-        for key in (P_SIGNED, P_NEGZERO):
+        sb = p.get(P_SCALE_BYTES, 4)
+        if sb not in (4, 8) or (sb == 8) != (dtype in QUANTIZED_DTYPES):
+            raise FormatError(f"{w} 'sb' (scale bytes) must be 8 for quantized dtypes, else 4; got {sb!r}")
+        if sb == 8:
+            out[P_SCALE_BYTES] = 8
+        for key in (P_SIGNED, P_NEGZERO, P_ZPSIGNED):
             v = p.get(key, False)
             if not isinstance(v, bool):
                 raise FormatError(f"{w} '{key}' must be a boolean, got {v!r}")
@@ -364,7 +380,7 @@ def _expected_len(role: Role, enc: Encoding, p: dict, dtype: DType, shape, numel
         return packed_size(p[P_COUNT], p[P_IWIDTH])
     if role in (Role.SCALES, Role.ZERO_POINTS):
         g = n_groups(Granularity(p[P_GRAN]), shape, p.get(P_AXIS, 0), p.get(P_GROUP, 0))
-        return 4 * g if role == Role.SCALES else packed_size(g, p[P_ZPWIDTH])
+        return p.get(P_SCALE_BYTES, 4) * g if role == Role.SCALES else packed_size(g, p[P_ZPWIDTH])
     if role == Role.CODEBOOK:
         return p[P_K] * ITEMSIZE[dtype]
     return None  # NEGZERO: one bit per zero element, known only after decoding

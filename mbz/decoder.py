@@ -6,15 +6,20 @@ import torch
 from .codecs.affine import decode_affine, numel_of
 from .codecs.codebook import decode_codebook
 from .codecs.filters import unfilter
-from .codecs.raw import ITEMSIZE, TORCH_DTYPE, tensor_from_bytes
+from .codecs.qaffine import decode_quantized
+from .codecs.raw import ITEMSIZE, tensor_from_bytes, torch_dtype
 from .codecs.sparse import StoredLayout
 from .errors import FormatError
-from .spec import Encoding, Role
+from .spec import QUANTIZED_DTYPES, Encoding, Role
 
 
 def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torch.Tensor:
-    tdtype, itemsize = TORCH_DTYPE[dtype], ITEMSIZE[dtype]
+    tdtype, itemsize = torch_dtype(dtype), ITEMSIZE[dtype]
     numel = numel_of(shape)
+    if dtype in QUANTIZED_DTYPES:
+        if encoding != Encoding.AFFINE:
+            raise FormatError(f"quantized dtype {tdtype} needs the AFFINE encoding")
+        return decode_quantized(p, secs, dtype, shape, StoredLayout.from_sections(p, secs, numel), numel)
     if encoding == Encoding.RAW:
         t = tensor_from_bytes(secs[Role.RAW], dtype, shape)
         if tdtype == torch.bool and t.numel() and int(t.view(torch.uint8).max()) > 1:

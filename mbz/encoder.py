@@ -16,6 +16,7 @@ import torch
 from .codecs.affine import Grid, group_index, n_groups, numel_of
 from .codecs.bitpack import pack_bits, pack_codes, packed_size, signed_width, unsigned_width
 from .codecs.filters import FILTERS, max_decoded, zstd_available
+from .codecs.qaffine import quantized_plain, split_quantized
 from .codecs.raw import ITEMSIZE, bits_equal, mbz_dtype, tensor_bytes
 from .codecs.sparse import best_delta_width, delta_count, delta_entries
 from .errors import EncodeError
@@ -197,7 +198,14 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
     """Smallest exact encoding of t (or of `grid`, when lossy quantization made one)."""
     ent = ent or EntropyPolicy()
     t = t.detach().cpu().contiguous()
-    dt = mbz_dtype(t)
+    try:
+        dt = mbz_dtype(t)
+    except EncodeError:
+        raise
+    except Exception as e:  # name the tensor
+        raise EncodeError(f"{name}: {e}") from None
+    if t.is_quantized:
+        return _encode_quantized(name, t, dt, ent)
     shape = tuple(t.shape)
     itemsize = ITEMSIZE[dt]
     n = numel_of(shape)
@@ -241,3 +249,27 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
                                  [filter_section(Role.RAW, tensor_bytes(t), itemsize, ent, level)])
     return best
 
+
+
+def _encode_quantized(name: str, t: torch.Tensor, dt, ent: EntropyPolicy) -> EncodedTensor:
+    """A torch quantized tensor as AFFINE codes with its float64 scales and zero points (spec §5.3.1)."""
+    grid = split_quantized(t, name)
+    base, q, stored, w, signed, extra = quantized_plain(grid, name)
+    n = q.size
+    big = n > BIG
+    level = ent.level if ent.level is not None else 19
+    best = None
+    for sp_params, idx_secs, codes in _sparse_layouts(q, stored, n, w, big):
+        for width in _widths(w, big):
+            p = dict(base, b=width, **sp_params)
+            secs = [(Role.CODES, pack_codes(codes, width, signed))] + idx_secs + extra
+            cand = EncodedTensor(name, int(dt), tuple(t.shape), Encoding.AFFINE, p,
+                                 [filter_section(role, data, 1, ent, min(ent.trial, level)) for role, data in secs])
+            if best is None or cand.stored_bytes < best[0].stored_bytes:
+                best = (cand, secs)
+    et, secs = best
+    if level != ent.trial:
+        et.sections = [filter_section(role, data, 1, ent, level) for role, data in secs]
+    if not bits_equal(decode_tensor(et), t):
+        raise EncodeError(f"{name}: quantized tensor does not round-trip (internal error)")
+    return et

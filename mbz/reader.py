@@ -8,7 +8,7 @@ import torch
 
 from .accounting import account
 from .codecs.affine import numel_of
-from .codecs.raw import TORCH_DTYPE
+from .codecs.raw import DTYPE_NAME, ITEMSIZE
 from .container import Source, parse, read_sections
 from .decoder import decode_record
 from .errors import FormatError, MbzError
@@ -104,6 +104,40 @@ class MbzReader:
                               workers or min(8, os.cpu_count() or 1))
         return OrderedDict((r.name, t) for r, t in zip(recs, out))
 
+    def _decode_names(self, names) -> dict:
+        recs = [self._by_name[n] for n in self._by_name if n in names]
+        out = map_small_first(self._decode, recs, [numel_of(r.shape) for r in recs], min(8, os.cpu_count() or 1))
+        return {r.name: t for r, t in zip(recs, out)}
+
+    def _build(self, node):
+        from .structure import Builder, referenced
+        names = [r.name for r in self.layout.records]
+        cache = self._decode_names(referenced(node, names, set()))
+        try:
+            return Builder(lambda n: cache[n] if n in cache else cache.setdefault(n, self[n]), names).build(node)
+        except MbzError as e:
+            if self.path is None:
+                raise
+            raise type(e)(f"{os.fspath(self.path)}: {e}") from None
+
+    @property
+    def has_structure(self) -> bool:
+        """The file holds a structure tree (spec §3.1): more than a flat state_dict of tensors."""
+        return self.layout.tree is not None
+
+    def state_dict(self):
+        """The model state_dict: the tree's 'main' entry (spec §3.1), else every record by name."""
+        if self.layout.tree is None:
+            return self.decode_all()
+        from .structure import find
+        return self._build(find(self.layout.tree, self.layout.main, [r.name for r in self.layout.records]))
+
+    def checkpoint(self):
+        """The whole checkpoint as it was packed (the structure tree rebuilt), else the flat state_dict."""
+        if self.layout.tree is None:
+            return self.decode_all()
+        return self._build(self.layout.tree)
+
     @property
     def metadata(self) -> dict:
         return self.layout.meta
@@ -121,9 +155,9 @@ class MbzReader:
         for rec in self.layout.records:
             p = rec.params
             rows.append({
-                "name": rec.name, "shape": list(rec.shape), "dtype": str(TORCH_DTYPE[rec.dtype]).replace("torch.", ""),
+                "name": rec.name, "shape": list(rec.shape), "dtype": DTYPE_NAME[rec.dtype],
                 "numel": numel_of(rec.shape), "encoding": rec.encoding.name,
-                "bits": p.get(P_WIDTH) if rec.encoding != Encoding.RAW else 8 * TORCH_DTYPE[rec.dtype].itemsize,
+                "bits": p.get(P_WIDTH) if rec.encoding != Encoding.RAW else 8 * ITEMSIZE[rec.dtype],
                 "layout": Sparsity(p[P_SPARSE]).name if rec.encoding != Encoding.RAW else "DENSE",
                 "granularity": Granularity(p[P_GRAN]).name.lower() if rec.encoding == Encoding.AFFINE else None,
                 "filters": {s.role.name: s.filter.name for s in rec.sections},
@@ -145,6 +179,12 @@ def open(path) -> MbzReader:  # noqa: A001 - mirrors safetensors.safe_open / bui
 
 
 def load(path) -> "OrderedDict[str, torch.Tensor]":
-    """Every tensor of a .mbz file, bit-exact, in stored order."""
+    """The model state_dict of a .mbz file, bit-exact, in stored order (see MbzReader.state_dict)."""
     with MbzReader(path) as r:
-        return r.decode_all()
+        return r.state_dict()
+
+
+def load_checkpoint(path):
+    """The whole checkpoint a .mbz file holds (epoch, optimizer state, ...), as torch.load returned it."""
+    with MbzReader(path) as r:
+        return r.checkpoint()

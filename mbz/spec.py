@@ -11,7 +11,7 @@ from enum import Enum, IntEnum
 # --- Preamble (spec §2) ----------------------------------------------------
 MAGIC = b"\x89MBZ\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1
 # magic, major, minor, header codec, 3 reserved bytes, header length, header crc32
 PREAMBLE = struct.Struct("<8sHHB3sII")
 PREAMBLE_SIZE = PREAMBLE.size  # 24
@@ -45,6 +45,21 @@ class DType(IntEnum):
     I32 = 7
     I64 = 8
     BOOL = 9
+    # format 1.1 (checkpoint inputs): every dtype torch.load(weights_only=True) can return
+    QI8 = 10        # torch.qint8: quantized, AFFINE only (§5.3.1)
+    QU8 = 11        # torch.quint8
+    QI32 = 12       # torch.qint32
+    F8E4M3FN = 13
+    F8E5M2 = 14
+    F8E4M3FNUZ = 15
+    F8E5M2FNUZ = 16
+    F8E8M0FNU = 17
+    U16 = 18
+    U32 = 19
+    U64 = 20
+    C32 = 21        # complex32 (two float16)
+    C64 = 22        # complex64 (two float32)
+    C128 = 23       # complex128 (two float64)
 
 
 # dtype -> (torch dtype name, itemsize in bytes)
@@ -59,8 +74,24 @@ DTYPE_INFO = {
     DType.I32: ("int32", 4),
     DType.I64: ("int64", 8),
     DType.BOOL: ("bool", 1),
+    DType.QI8: ("qint8", 1),
+    DType.QU8: ("quint8", 1),
+    DType.QI32: ("qint32", 4),
+    DType.F8E4M3FN: ("float8_e4m3fn", 1),
+    DType.F8E5M2: ("float8_e5m2", 1),
+    DType.F8E4M3FNUZ: ("float8_e4m3fnuz", 1),
+    DType.F8E5M2FNUZ: ("float8_e5m2fnuz", 1),
+    DType.F8E8M0FNU: ("float8_e8m0fnu", 1),
+    DType.U16: ("uint16", 2),
+    DType.U32: ("uint32", 4),
+    DType.U64: ("uint64", 8),
+    DType.C32: ("complex32", 4),
+    DType.C64: ("complex64", 8),
+    DType.C128: ("complex128", 16),
 }
 FLOAT_DTYPES = frozenset({DType.F32, DType.F16, DType.BF16, DType.F64})
+# quantized dtypes (spec §5.3.1): the integer type of their codes (int_repr) and whether it is signed
+QUANTIZED_DTYPES = {DType.QI8: ("int8", True), DType.QU8: ("uint8", False), DType.QI32: ("int32", True)}
 
 
 # --- Tensor encodings (spec table 3) -----------------------------------------
@@ -169,3 +200,55 @@ P_IWIDTH = "iw"      # delta index width
 P_COUNT = "m"        # number of stored codes
 P_NEGZERO = "nz"     # a NEGZERO section is present
 P_K = "k"            # codebook entries
+# format 1.1: quantized dtypes (spec §5.3.1)
+P_SCALE_BYTES = "sb"  # bytes per SCALES entry: 4 (float32, default) or 8 (float64, quantized dtypes only)
+P_ZPSIGNED = "zs"     # ZERO_POINTS are two's complement (quantized dtypes only)
+
+
+# --- Checkpoint structure (spec §3.1, format 1.1) ----------------------------
+H_TREE = "tree"      # optional: the checkpoint's structure, one node (table 9); absent = a flat state_dict
+H_MAIN = "main"      # optional: key path from the tree's root to the state_dict mbz.load returns
+
+MAX_TREE_DEPTH = 64  # nesting a reader follows
+
+
+class Node(IntEnum):
+    """Kinds of structure-tree node (spec table 9): each node is an array [kind, fields...]."""
+    NONE = 0        # [0]
+    BOOL = 1        # [1, bool]
+    INT = 2         # [2, int]  (msgpack int: -2^63 .. 2^64-1)
+    FLOAT = 3       # [3, float64]
+    STR = 4         # [4, str]
+    BYTES = 5       # [5, bin]
+    LIST = 6        # [6, [node...]]
+    TUPLE = 7       # [7, [node...]]
+    DICT = 8        # [8, [[key node, value node]...]]
+    ODICT = 9       # [9, items, metadata]: OrderedDict; items as DICT's or a RECORDS node; metadata
+                    # (msgpack map or nil) is the state_dict's _metadata (module versions)
+    TENSOR = 10     # [10, record name]: the tensor of that record (the same name twice = one shared tensor)
+    PARAM = 11      # [11, tensor node, requires_grad]: a torch.nn.Parameter
+    VIEW = 12       # [12, record name, offset, [shape], [stride]]: alias of a 1-D record's elements
+    DTYPE = 13      # [13, torch dtype name]
+    SIZE = 14       # [14, [int...]]: torch.Size
+    DEVICE = 15     # [15, str]
+    COMPLEX = 16    # [16, real, imag]
+    SPARSE = 17     # [17, layout, [component nodes], [size], coalesced]: a sparse tensor (table 10)
+    BIGINT = 18     # [18, decimal str]: an int outside msgpack's range
+    RECORDS = 19    # [19, first record index, count, prefix]: items of the records first..first+count-1,
+                    # keyed by their names less the prefix (as ODICT / DICT items)
+
+
+# Sparse layouts of a SPARSE node (spec table 10): the component tensors, in order
+SPARSE_LAYOUTS = {
+    "sparse_coo": ("indices", "values"),
+    "sparse_csr": ("crow_indices", "col_indices", "values"),
+    "sparse_csc": ("ccol_indices", "row_indices", "values"),
+    "sparse_bsr": ("crow_indices", "col_indices", "values"),
+    "sparse_bsc": ("ccol_indices", "row_indices", "values"),
+}
+
+# metadata keys the writer records about its input (spec §3.2)
+M_INPUT = "input"             # {'dtypes': {dtype: bytes}, 'bytes': total tensor bytes of the checkpoint}
+M_PRUNE_FOLDED = "prune_folded"  # names stored as weight_orig * weight_mask (pruning re-parametrisation)
+M_ZERO_SIGN = "zero_sign_dropped"  # {record name: count of -0.0 stored as +0.0}: not bit-exact there
+M_KEY = "key"                 # the checkpoint entry packed (pack --key), the others left out

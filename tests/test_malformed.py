@@ -82,7 +82,7 @@ def test_bad_magic(small):
 
 def test_future_major_refused_newer_minor_read(small):
     sd, data = small
-    with pytest.raises(VersionError, match=r"version 2\.0 is newer than this reader \(1\.0\)"):
+    with pytest.raises(VersionError, match=r"version 2\.0 is newer than this reader \(1\.\d+\)"):
         read_all(rebuild(data, major=2, minor=0))
     newer = rebuild(data, minor=7, edit_header=lambda h: h.update(future_key={"x": 1}))
     got = read_all(newer)

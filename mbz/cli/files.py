@@ -7,12 +7,14 @@ import json
 import torch
 
 from .. import api
-from ..checkpoint import read_checkpoint
-from ..codecs.raw import bits_equal
+from ..checkpoint import as_state_dict, read_object
+from ..compare import leaves, compare
 from ..container import atomic_write
-from ..errors import MbzError, MismatchError
+from ..errors import CheckpointError, MbzError, MismatchError
 from ..models import ARCHITECTURES, guess_arch
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
+from ..spec import M_KEY, M_PRUNE_FOLDED, M_ZERO_SIGN
+from ..structure import main_path, subtree
 from ..summary import format_table, summarize
 from .common import add_force, input_file, output_file, print_json, show_progress
 
@@ -30,18 +32,47 @@ def _meta_pairs(pairs):
     return out
 
 
+def _input_note(dtypes: dict) -> tuple:
+    """(bytes of the input tensors in their own dtypes, their bytes as an fp32 checkpoint)."""
+    own = sum(dtypes.values())
+    fp32 = 0
+    for name, b in dtypes.items():
+        d = getattr(torch, name, None)
+        fp32 += b // d.itemsize * 4 if d is not None and d.is_floating_point else b
+    return own, fp32
+
+
 def cmd_pack(a) -> int:
     input_file(a.checkpoint, "checkpoint")
     output_file(a.output, inputs=[a.checkpoint], force=a.force)
-    sd = read_checkpoint(a.checkpoint)
-    arch = {"name": a.arch, "num_classes": a.num_classes} if a.arch else guess_arch(sd)
-    rep = api.save(sd, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
+    obj = read_object(a.checkpoint)
+    try:
+        return _pack(a, obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{a.checkpoint}: {e}") from None
+
+
+def _pack(a, obj) -> int:
+    prep = api.prepare(obj, key=a.key, exact=a.exact)
+    arch = {"name": a.arch, "num_classes": a.num_classes} if a.arch else None
+    if arch is None:
+        main = subtree(prep.obj, main_path(prep.obj))
+        plain = {k: v for k, v in main.items() if isinstance(v, torch.Tensor) and v.layout == torch.strided
+                 and not v.is_quantized} if hasattr(main, "items") else {}
+        arch = guess_arch(plain) if plain else None
+    rep = api.save(prep.obj, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                    group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
                    detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
-                   metadata=_meta_pairs(a.meta), arch=arch, progress=show_progress(a.quiet))
-    fp32 = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in sd.values())
+                   metadata=_meta_pairs(a.meta), arch=arch, progress=show_progress(a.quiet), exact=a.exact,
+                   zero_sign=a.zero_sign, key=None)
+    own, fp32 = _input_note(rep.input_dtypes)
+    nz = [t for t in rep.tensors if t.negative_zeros]
     if a.json:
-        print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32,
+        print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32, "input_bytes": own,
+                          "input_dtypes": rep.input_dtypes, "folded": prep.folded, "left_out": prep.left_out,
+                          "structure": rep.structure, "shared": rep.shared, "zero_sign": rep.zero_sign,
+                          "negative_zeros": sum(t.negative_zeros for t in nz),
+                          "negzero_bytes": sum(t.negzero_bytes for t in nz),
                           "tensors": [vars(t) for t in rep.tensors]}, indent=1))
         return 0
     if a.wbits:
@@ -55,9 +86,32 @@ def cmd_pack(a) -> int:
     for t in rep.tensors:
         counts[t.encoding] = counts.get(t.encoding, 0) + 1
     mode = f"lossy {a.wbits}-bit {a.granularity}" if a.wbits else "lossless"
+    dt = ", ".join(f"{k} {v:,d}" for k, v in sorted(rep.input_dtypes.items(), key=lambda x: -x[1]))
     print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
-          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
-          f"); fp32 tensors {fp32:,d} bytes, ratio {fp32 / rep.file_bytes:.2f}x")
+          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")")
+    print(f"  input tensors {own:,d} bytes in their own dtypes ({dt}): ratio {own / rep.file_bytes:.2f}x; "
+          f"as fp32 {fp32:,d} bytes: ratio {fp32 / rep.file_bytes:.2f}x")
+    if prep.folded:
+        print(f"  pruning re-parametrisation: {len(prep.folded)} tensors stored as X_orig * X_mask under their plain "
+              f"names (pruned elements exactly +0.0, masks not kept): {', '.join(prep.folded[:6])}"
+              f"{' ...' if len(prep.folded) > 6 else ''}; --exact keeps X_orig and X_mask bit for bit")
+    if nz:
+        n = sum(t.negative_zeros for t in nz)
+        if a.zero_sign == "drop":
+            print(f"  negative zeros: {n:,d} -0.0 elements of {len(nz)} tensors stored as +0.0 (--zero-sign drop; "
+                  "the file records them: not bit-exact there)")
+        else:
+            print(f"  negative zeros: kept the sign of {n:,d} -0.0 elements in {len(nz)} tensors, costing "
+                  f"{sum(t.negzero_bytes for t in nz):,d} bytes (--zero-sign drop stores them as +0.0)")
+    if rep.structure:
+        top = list(prep.obj) if hasattr(prep.obj, "keys") else []
+        print(f"  structure kept (mbz.load_checkpoint and unpack restore it): "
+              f"{len(top)} top-level entries{': ' + ', '.join(map(str, top[:8])) if top else ''}"
+              f"{' ...' if len(top) > 8 else ''}")
+    if rep.shared:
+        print(f"  {rep.shared} tensors share storage with another: stored once, restored as shared")
+    if prep.left_out:
+        print(f"  left out (--key {a.key}): {', '.join(map(str, prep.left_out))}")
     if arch and not a.arch:
         print(f"arch guessed from the tensor names and shapes: {arch} (mbz.load_model rebuilds it; "
               "pass --arch to name it yourself)")
@@ -69,11 +123,18 @@ def cmd_pack(a) -> int:
 def cmd_unpack(a) -> int:
     input_file(a.file, ".mbz file")
     output_file(a.output, inputs=[a.file], force=a.force)
-    sd = api.load(a.file)
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    atomic_write(a.output, [buf.getvalue()])
-    print(f"wrote {a.output}: {len(sd)} tensors")
+    with api.open(a.file) as r:
+        obj = r.checkpoint()
+    fmt = a.format or ("safetensors" if str(a.output).endswith(".safetensors") else "pt")
+    if fmt == "safetensors":
+        from ..safetensors_io import safetensors_bytes
+        atomic_write(a.output, [safetensors_bytes(obj)])
+    else:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        atomic_write(a.output, [buf.getvalue()])
+    n = sum(1 for _ in leaves(obj))
+    print(f"wrote {a.output} ({fmt}): {n} tensors")
     return 0
 
 
@@ -94,24 +155,36 @@ def cmd_inspect(a) -> int:
 def cmd_verify(a) -> int:
     input_file(a.file, ".mbz file")
     input_file(a.checkpoint, "checkpoint")
-    sd = read_checkpoint(a.checkpoint)
-    bad = []
+    obj = read_object(a.checkpoint)
     with api.open(a.file) as r:
-        missing = [k for k in sd if k not in r]
-        extra = [k for k in r.keys() if k not in sd]
-        for name in r.keys():
-            if name in sd and not bits_equal(r[name], sd[name]):
-                bad.append(name)
-    for k in missing:
+        meta = r.metadata
+        got = r.checkpoint()
+        tree = r.has_structure
+    prep = api.prepare(obj, key=meta.get(M_KEY), exact=not meta.get(M_PRUNE_FOLDED))
+    expected = prep.obj if tree else as_state_dict(prep.obj)
+    c = compare(expected, got, zero_sign_dropped=bool(meta.get(M_ZERO_SIGN)))
+    for k in c.missing:
         print(f"MISSING  {k} (in checkpoint, not in file)")
-    for k in extra:
+    for k in c.extra:
         print(f"EXTRA    {k} (in file, not in checkpoint)")
-    for k in bad:
+    for k in c.mismatched:
         print(f"MISMATCH {k}")
-    if missing or extra or bad:
-        raise MismatchError(f"{a.file} does not reproduce {a.checkpoint}: {len(bad)} mismatched, "
-                            f"{len(missing)} missing, {len(extra)} extra tensors")
-    print(f"OK: all {len(sd)} tensors of {a.checkpoint} are bit-identical in {a.file}")
+    notes = []
+    if prep.folded:
+        notes.append(f"{len(prep.folded)} pruning pairs compared as X_orig * X_mask, as pack stored them")
+    if prep.left_out:
+        notes.append(f"only entry {meta.get(M_KEY)!r} was packed; left out: {', '.join(map(str, prep.left_out))}")
+    if c.sign_only:
+        notes.append(f"{len(c.sign_only)} tensors differ only in the sign of zeros, as the file records "
+                     f"(packed with --zero-sign drop: {sum(meta[M_ZERO_SIGN].values()):,d} -0.0 stored as +0.0)")
+    for n in notes:
+        print(f"NOTE     {n}")
+    if not c.ok:
+        raise MismatchError(f"{a.file} does not reproduce {a.checkpoint}: {len(c.mismatched)} mismatched, "
+                            f"{len(c.missing)} missing, {len(c.extra)} extra entries")
+    exact = "bit-identical" if not c.sign_only else "bit-identical except the recorded zero signs"
+    other = f" and {c.values} other values" if c.values else ""
+    print(f"OK: all {c.tensors} tensors{other} of {a.checkpoint} are {exact} in {a.file}")
     return 0
 
 
@@ -119,7 +192,8 @@ def register(sub) -> None:
     p = sub.add_parser("pack", help="checkpoint (.pt/.pth) -> .mbz",
                        description="Pack a PyTorch checkpoint. Without --wbits the packing is lossless: weights already on a "
                                    "quantization grid are detected and stored as integer codes; other tensors stay exact.")
-    p.add_argument("checkpoint", help="state_dict or wrapped checkpoint ({'state_dict': ...} / {'model': ...}), read with weights_only=True")
+    p.add_argument("checkpoint", help="any checkpoint torch.load(weights_only=True) reads (a state_dict, or a dict with "
+                   "'model' / 'state_dict', epoch, optimizer ...: kept whole), or a .mbz file")
     p.add_argument("-o", "--output", required=True, help="output .mbz path (written atomically; never one of the inputs)")
     add_force(p)
     q = p.add_argument_group("lossy quantization (only when --wbits is given)")
@@ -130,6 +204,14 @@ def register(sub) -> None:
     q.add_argument("--group-size", type=int, default=64, help="elements per group for --granularity group")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric range with zero points (default symmetric)")
     q.add_argument("--include", default=DEFAULT_INCLUDE, help=f"regex of tensor names to quantize (default {DEFAULT_INCLUDE!r}, rank >= 2 only)")
+    c = p.add_argument_group("what is stored")
+    c.add_argument("--key", metavar="NAME", help="pack only this entry of a checkpoint dict (the others are named as left out)")
+    c.add_argument("--exact", action="store_true",
+                   help="keep torch.nn.utils.prune's X_orig and X_mask bit for bit (default: store X = X_orig * X_mask, "
+                        "pruned elements +0.0, under the plain name)")
+    c.add_argument("--zero-sign", choices=api.ZERO_SIGNS, default="keep",
+                   help="keep (default) the sign of -0.0 elements (pack reports their count and cost), or drop it: "
+                        "store +0.0 and record in the file that it is not bit-exact there")
     e = p.add_argument_group("encoding")
     e.add_argument("--no-detect", action="store_true", help="do not look for exact grids / codebooks (store raw)")
     e.add_argument("--no-zstd", action="store_true", help="no entropy stage")
@@ -143,11 +225,15 @@ def register(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_pack)
 
-    p = sub.add_parser("unpack", help=".mbz -> PyTorch state_dict (.pt)",
-                       description="Decode every tensor of a .mbz file (bit-exact) and write them as a state_dict with "
-                                   "torch.save, atomically.")
+    p = sub.add_parser("unpack", help=".mbz -> PyTorch checkpoint (.pt) or .safetensors",
+                       description="Decode every tensor of a .mbz file (bit-exact) and write the checkpoint as it was "
+                                   "packed (its structure: epoch, optimizer state, ...) with torch.save, or its tensors "
+                                   "as .safetensors, atomically.")
     p.add_argument("file", help=".mbz file")
-    p.add_argument("-o", "--output", required=True, help="output .pt path")
+    p.add_argument("-o", "--output", required=True, help="output path")
+    p.add_argument("--format", choices=("pt", "safetensors"),
+                   help="pt (torch.save) or safetensors (tensors only, keyed by record name); default: from the "
+                        "output's extension, else pt")
     add_force(p)
     p.set_defaults(fn=cmd_unpack)
 
@@ -162,8 +248,11 @@ def register(sub) -> None:
     p.set_defaults(fn=cmd_inspect)
 
     p = sub.add_parser("verify", help="bit-for-bit check of a .mbz against a checkpoint (exit 1 on mismatch)",
-                       description="Decode every tensor of FILE and compare it bit for bit with CHECKPOINT; lists "
-                                   "missing, extra and mismatched tensors; exit 0 when identical, 1 otherwise.")
+                       description="Rebuild FILE's checkpoint and compare all of it with CHECKPOINT: every tensor bit "
+                                   "for bit, every other value (epoch, optimizer settings, dtypes) equal; lists "
+                                   "missing, extra and mismatched entries; exit 0 when identical, 1 otherwise. "
+                                   "What the file records about packing (pruning pairs folded, --key, --zero-sign "
+                                   "drop) is applied to CHECKPOINT first and reported.")
     p.add_argument("file", help=".mbz file")
     p.add_argument("checkpoint", help="the checkpoint it was packed from (.pt/.pth, read with weights_only=True)")
     p.set_defaults(fn=cmd_verify)

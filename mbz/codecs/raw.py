@@ -9,10 +9,20 @@ import torch
 from ..errors import FormatError
 from ..spec import DTYPE_INFO, DType
 
-TORCH_DTYPE = {d: getattr(torch, name) for d, (name, _) in DTYPE_INFO.items()}
+# dtypes this torch build has (an older torch lacks some float8 types: their files are refused on decode)
+TORCH_DTYPE = {d: getattr(torch, name) for d, (name, _) in DTYPE_INFO.items() if hasattr(torch, name)}
 DTYPE_OF_TORCH = {v: k for k, v in TORCH_DTYPE.items()}
 ITEMSIZE = {d: size for d, (_, size) in DTYPE_INFO.items()}
+DTYPE_NAME = {d: name for d, (name, _) in DTYPE_INFO.items()}
 assert sys.byteorder == "little", "mbz assumes a little-endian host"
+
+
+def torch_dtype(d: DType) -> torch.dtype:
+    """The torch dtype of table 2's entry; FormatError when this torch build lacks it."""
+    try:
+        return TORCH_DTYPE[d]
+    except KeyError:
+        raise FormatError(f"dtype {DTYPE_NAME.get(d, d)} is not available in torch {torch.__version__}") from None
 
 
 def mbz_dtype(t: torch.Tensor) -> DType:
@@ -23,7 +33,10 @@ def mbz_dtype(t: torch.Tensor) -> DType:
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
+    t = t.detach().cpu()
+    if t.is_quantized:
+        t = t.int_repr()
+    t = t.contiguous()
     if t.numel() == 0:
         return b""
     return t.reshape(-1).view(torch.uint8).numpy().tobytes()
@@ -44,8 +57,32 @@ def tensor_from_bytes(buf, dtype: DType, shape) -> torch.Tensor:
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same dtype, shape and bytes (so -0.0 != +0.0 and NaN payloads count)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
+    if a.dtype != b.dtype or a.shape != b.shape or a.layout != b.layout or a.is_quantized != b.is_quantized:
         return False
+    if a.is_quantized:
+        return quantized_equal(a, b)
+    if a.layout != torch.strided:
+        return all(bits_equal(x, y) for x, y in zip(sparse_parts(a), sparse_parts(b)))
     if a.numel() == 0:
         return True
     return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def quantized_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same quantization scheme, int_repr, scales, zero points and axis (scales compared as float64)."""
+    if a.qscheme() != b.qscheme() or not bits_equal(a.int_repr(), b.int_repr()):
+        return False
+    if a.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return a.q_scale() == b.q_scale() and a.q_zero_point() == b.q_zero_point()
+    return (a.q_per_channel_axis() == b.q_per_channel_axis()
+            and torch.equal(a.q_per_channel_scales().double(), b.q_per_channel_scales().double())
+            and torch.equal(a.q_per_channel_zero_points(), b.q_per_channel_zero_points()))
+
+
+def sparse_parts(t: torch.Tensor) -> list:
+    """The component tensors of a sparse tensor, in the order of spec table 10."""
+    from ..spec import SPARSE_LAYOUTS
+    name = str(t.layout).replace("torch.", "")
+    if name == "sparse_coo":  # also uncoalesced ones, as they are
+        return [t._indices(), t._values()]
+    return [getattr(t, part)() for part in SPARSE_LAYOUTS[name]]

@@ -19,7 +19,7 @@ def load_model(path, *, strict: bool = True) -> nn.Module:
         if not arch:
             raise MbzError(f"{path}: no 'arch' metadata; pass --arch when packing, or use mbz.load()")
         model = build_model(arch)
-        sd = r.decode_all()
+        sd = r.state_dict()
     try:
         model.load_state_dict(sd, strict=strict)
     except RuntimeError as e:
