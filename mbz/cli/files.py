@@ -63,7 +63,9 @@ def _pack(a, obj) -> int:
     rep = api.save(prep.obj, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                    group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
                    detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
-                   metadata=_meta_pairs(a.meta), arch=arch, progress=show_progress(a.quiet), exact=a.exact,
+                   metadata=dict(_meta_pairs(a.meta), **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
+                                 **({M_KEY: a.key} if a.key is not None else {})),
+                   arch=arch, progress=show_progress(a.quiet), exact=a.exact,
                    zero_sign=a.zero_sign, key=None)
     own, fp32 = _input_note(rep.input_dtypes)
     nz = [t for t in rep.tensors if t.negative_zeros]
