@@ -5,6 +5,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -115,11 +116,16 @@ def input_dtypes(obj) -> dict:
     return out
 
 
+_SIGN_ONLY = {2: (np.int16, -(1 << 15)), 4: (np.int32, -(1 << 31)), 8: (np.int64, -(1 << 63))}
+
+
 def _negative_zeros(t: torch.Tensor) -> int:
-    if not t.is_floating_point() or t.is_quantized or t.numel() == 0 or t.element_size() == 1:
+    """Count of -0.0 elements (bit pattern: the sign bit alone), one pass over the tensor."""
+    if not t.is_floating_point() or t.is_quantized or t.numel() == 0 or t.element_size() not in _SIGN_ONLY:
         return 0
-    z = t == 0
-    return int((z & torch.signbit(t)).sum()) if bool(z.any()) else 0
+    idt, pattern = _SIGN_ONLY[t.element_size()]
+    a = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().view(idt)
+    return int(np.count_nonzero(a == idt(pattern)))
 
 
 def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", axis: int = 0,

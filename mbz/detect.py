@@ -127,6 +127,10 @@ def _solve_rows(v: np.ndarray):
             break
         if (fits & ~done).any():
             attempt(kk)
+    if not done.all() and m > 64 and (a[~done].min(axis=1) > 0).any():
+        # a long unpruned row that no guess above fits: dense float weights, no grid (the fallback
+        # below is for pruned and short rows, and would spend most of a lossless pack here)
+        return None
     if not done.all():
         # pruned rows: the smallest surviving code can be large (48 in an 8-bit row seen), so
         # neither amin nor qmax names the step; the smallest gap between distinct magnitudes does
@@ -160,6 +164,12 @@ def detect_grid(t: torch.Tensor) -> Grid | None:
         return None
     shape = tuple(t.shape)
     best = None
+    if t.dim() >= 2 and shape[0] > 4:
+        # screen on the first two rows: a grid of the whole tensor (per channel or per tensor) is a
+        # grid of these; most float weights fail here, before the passes over the whole tensor
+        probe = x.reshape(shape[0], -1)[:2]
+        if _solve_rows(probe) is None and _solve_rows(probe.reshape(1, -1)) is None:
+            return None
     if t.dim() >= 2 and shape[0] > 1:
         per_channel = _solve_rows(x.reshape(shape[0], -1))
         if per_channel is not None:
@@ -168,6 +178,8 @@ def detect_grid(t: torch.Tensor) -> Grid | None:
                 best = Grid(k.reshape(-1), s[:1].copy(), Granularity.TENSOR, shape)
             else:
                 best = Grid(k.reshape(-1), s, Granularity.CHANNEL, shape, axis=0)
+    if best is None and t.dim() >= 2 and shape[0] > 1 and x.size // shape[0] > 64 and np.count_nonzero(x) == x.size:
+        return None  # long unpruned rows with no grid each: one scale for all of them fits no better
     if best is None:
         per_tensor = _solve_rows(x.reshape(1, -1))
         if per_tensor is None:
