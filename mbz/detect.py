@@ -156,12 +156,110 @@ def _solve_rows(v: np.ndarray):
 
 
 def detect_grid(t: torch.Tensor) -> Grid | None:
-    """Cheapest exact affine grid of a float tensor (per tensor or per channel on axis 0)."""
+    """Cheapest exact affine grid of a float tensor (per tensor or per channel on axis 0).
+
+    For float16 / bfloat16 also grids rounded by the cast: values cast(float32(k) * s) that
+    are not themselves multiples of any scale (`(k * s).bfloat16()`), see _solve_rounded."""
     if t.dtype not in (torch.float32, torch.float16, torch.bfloat16) or t.numel() == 0:
         return None
     x = t.detach().cpu().float().contiguous().reshape(-1).numpy()
     if not np.isfinite(x).all():
         return None
+    best = _detect_exact(t, x)
+    if best is None and t.dtype in _HALF:
+        best = _detect_rounded(t, x)
+    return best
+
+
+# float16 / bfloat16: explicit mantissa bits, smallest normal exponent
+_HALF = {torch.float16: (10, -14), torch.bfloat16: (7, -126)}
+
+
+def _round_interval(x: np.ndarray, dtype) -> tuple:
+    """(lo, hi) around |x| inside which float32 values cast to the same half-precision value (shrunk a little)."""
+    mbits, emin = _HALF[dtype]
+    a = np.abs(x).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        e = np.floor(np.log2(np.where(a > 0, a, 1.0)))
+    e = np.maximum(e, emin)
+    ulp = np.exp2(e - mbits)
+    below = np.where(a == np.exp2(e), ulp / 2, ulp)  # a power of two: the spacing below is half
+    return a - below * 0.49, a + ulp * 0.49
+
+
+def _check_rounded(x: np.ndarray, k: np.ndarray, s: np.ndarray, dtype) -> np.ndarray:
+    """Rows (of x: rows x m) that cast(float32(k) * s) reproduces exactly."""
+    prod = (k.astype(np.float32) * s[:, None].astype(np.float32)).astype(np.float32)
+    back = torch.from_numpy(np.ascontiguousarray(prod)).to(dtype).float().numpy()
+    same = (back == x) & (np.signbit(back) == np.signbit(x))
+    return same.all(axis=1)
+
+
+def _solve_rounded(rows: np.ndarray, dtype):
+    """Per-row (k, s) with cast(float32(k) * s) == row exactly, or None.
+
+    For a guess K of the largest code, k = rint(x / (amax / K)); the scales that
+    reproduce each element form an interval (the element's rounding interval / |k|);
+    their intersection, when not empty, holds a scale that reproduces the row.  The
+    candidate is checked exactly (a guess that passes is an exact encoding)."""
+    r, m = rows.shape
+    a = np.abs(rows)
+    amax = a.max(axis=1)
+    lo, hi = _round_interval(rows, dtype)
+    nz = np.where(a > 0, a, np.inf)
+    amin = nz.min(axis=1)
+    scales = np.zeros(r, np.float32)
+    kmat = np.zeros(rows.shape, np.int64)
+    done = amax == 0
+    scales[done] = 1
+    guesses = [np.full(r, float(q)) for q in _QMAX if q <= 4096]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        guesses += [np.rint(amax / (amin / d)) for d in (1, 2, 3, 4)]
+    for kk in guesses:
+        todo = np.flatnonzero(~done & np.isfinite(kk) & (kk >= 1) & (kk <= MAX_K))
+        if todo.size == 0:
+            continue
+        s0 = amax[todo] / kk[todo]
+        k = np.rint(rows[todo] / s0[:, None])
+        ak = np.abs(k)
+        bad_zero = ((ak == 0) & (a[todo] > 0)).any(axis=1) | ((ak > 0) & (a[todo] == 0)).any(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s_lo = np.where(ak > 0, lo[todo] / ak, -np.inf).max(axis=1)
+            s_hi = np.where(ak > 0, hi[todo] / ak, np.inf).min(axis=1)
+        ok = ~bad_zero & (s_lo < s_hi) & (ak <= MAX_K).all(axis=1)
+        if not ok.any():
+            continue
+        idx = todo[ok]
+        s = ((s_lo[ok] + s_hi[ok]) / 2).astype(np.float32)
+        good = _check_rounded(rows[idx], k[ok], s, dtype)
+        scales[idx[good]] = s[good]
+        kmat[idx[good]] = k[ok][good].astype(np.int64)
+        done[idx[good]] = True
+        if done.all():
+            return kmat, scales
+    return None
+
+
+def _detect_rounded(t: torch.Tensor, x: np.ndarray) -> Grid | None:
+    shape = tuple(t.shape)
+    per_channel = t.dim() >= 2 and shape[0] > 1
+    rows = x.reshape(shape[0], -1) if per_channel else x.reshape(1, -1)
+    if rows.shape[0] > 4 and _solve_rounded(rows[:2], t.dtype) is None:
+        return None  # screened on two rows
+    got = _solve_rounded(rows, t.dtype)
+    if got is None:
+        return None
+    k, s = got
+    if per_channel:  # one scale for every row, when one fits: stored once
+        one = np.full(rows.shape[0], np.median(s[s > 0]) if (s > 0).any() else 1, np.float32)
+        k1 = np.rint(rows / one[:, None])
+        if (np.abs(k1) <= MAX_K).all() and _check_rounded(rows, k1, one, t.dtype).all():
+            return Grid(k1.astype(np.int64).reshape(-1), one[:1].copy(), Granularity.TENSOR, shape)
+        return Grid(k.reshape(-1), s, Granularity.CHANNEL, shape, axis=0)
+    return Grid(k.reshape(-1), s, Granularity.TENSOR, shape)
+
+
+def _detect_exact(t: torch.Tensor, x: np.ndarray) -> Grid | None:
     shape = tuple(t.shape)
     best = None
     if t.dim() >= 2 and shape[0] > 4:

@@ -386,3 +386,22 @@ def test_property_whatever_the_writer_accepts_reads_back_exactly(tmp_path_factor
     from mbz.compare import compare
     c = compare(obj, mbz.load_checkpoint(path))
     assert c.ok, (c.mismatched, c.missing, c.extra)
+
+
+# --------------------------------------------------------------------------- grids rounded by a cast
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_grids_rounded_by_the_cast_are_detected(tmp_path, dtype):
+    g = torch.Generator().manual_seed(0)
+    k = torch.randint(-7, 8, (64, 32, 3, 3), generator=g).float()
+    s = torch.rand(64, 1, 1, 1, generator=g) * 0.02 + 0.001
+    sizes = {}
+    for name, t in (("fp32", k * s), ("half", (k * s).to(dtype)), ("half_tensor_scale", (k * 0.0123).to(dtype))):
+        mbz.save({"w": t}, tmp_path / f"{name}.mbz")
+        assert bits_equal(mbz.load(tmp_path / f"{name}.mbz")["w"], t), name
+        with mbz.open(tmp_path / f"{name}.mbz") as r:
+            assert r.describe()[0]["encoding"] == "AFFINE" and r.describe()[0]["bits"] <= 8, name
+        sizes[name] = os.path.getsize(tmp_path / f"{name}.mbz")
+    assert sizes["half"] <= sizes["fp32"]
+    noise = torch.randn(64, 32, 3, 3, generator=g).to(dtype)  # no grid: stored exactly all the same
+    mbz.save({"w": noise}, tmp_path / "n.mbz")
+    assert bits_equal(mbz.load(tmp_path / "n.mbz")["w"], noise)
