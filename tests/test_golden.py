@@ -34,3 +34,52 @@ def test_golden_file_covers_encodings():
         assert encs == {Encoding.RAW, Encoding.AFFINE, Encoding.CODEBOOK}
         assert r.metadata["purpose"].startswith("golden")
         assert r.version == (1, 0)
+
+
+def _digest11(t: torch.Tensor) -> str:
+    return digest(t.int_repr() if t.is_quantized else t)
+
+
+def leaves(obj, path="") -> dict:
+    """{key path: description} of every leaf (the same function as tools/make_golden_v1_1.py's)."""
+    out = {}
+    if isinstance(obj, torch.Tensor):
+        d = {"type": type(obj).__name__, "dtype": str(obj.dtype), "shape": list(obj.shape), "layout": str(obj.layout)}
+        if obj.layout == torch.sparse_coo:
+            d["parts"] = [_digest11(obj._indices()), _digest11(obj._values())]
+        else:
+            d["sha256"] = _digest11(obj)
+        if obj.is_quantized:
+            d["qscheme"] = str(obj.qscheme())
+            if obj.qscheme() == torch.per_tensor_affine:
+                d["q"] = [obj.q_scale(), obj.q_zero_point()]
+            else:
+                d["q"] = [obj.q_per_channel_scales().tolist(), obj.q_per_channel_zero_points().tolist(),
+                          obj.q_per_channel_axis()]
+        out[path] = d
+    elif isinstance(obj, dict):
+        out[path] = {"type": type(obj).__name__, "keys": [repr(k) for k in obj]}
+        for k, v in obj.items():
+            out.update(leaves(v, f"{path}/{k}"))
+    elif isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
+        out[path] = {"type": type(obj).__name__, "len": len(obj)}
+        for i, v in enumerate(obj):
+            out.update(leaves(v, f"{path}/{i}"))
+    else:
+        out[path] = {"type": type(obj).__name__, "repr": repr(obj)}
+    return out
+
+
+def test_golden_v1_1_file_decodes():
+    """Format 1.1: structure tree, quantized / float8 / uint16 / complex dtypes, sparse, shared storage."""
+    with open(os.path.join(DATA, "golden_v1_1.json")) as f:
+        expect = json.load(f)
+    path = os.path.join(DATA, "golden_v1_1.mbz")
+    got = mbz.load_checkpoint(path)
+    assert json.loads(json.dumps(leaves(got))) == expect
+    m = got["model"]
+    assert m["emb.weight"] is m["head.weight"]
+    assert m["a"].untyped_storage().data_ptr() == m["b"].untyped_storage().data_ptr()
+    assert mbz.load(path).keys() == m.keys()
+    with mbz.open(path) as r:
+        assert r.version == (1, 1) and r.metadata["purpose"].startswith("golden")
