@@ -82,7 +82,7 @@ class EntropyPolicy:
 
 
 def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, level: int) -> Section:
-    best = Section(role, Filter.NONE, len(data), bytes(data))
+    best = Section(role, Filter.NONE, len(data), data)  # bytes or a uint8 array (written as is, never copied)
     if not ent.zstd or len(data) < 16 or not zstd_available():
         return best
     stride = role_stride(role, itemsize)

@@ -206,14 +206,14 @@ P_ZPSIGNED = "zs"     # ZERO_POINTS are two's complement (quantized dtypes only)
 
 
 # --- Checkpoint structure (spec §3.1, format 1.1) ----------------------------
-H_TREE = "tree"      # optional: the checkpoint's structure, one node (table 9); absent = a flat state_dict
+H_TREE = "tree"      # optional: the checkpoint's structure, one node (table 10); absent = a flat state_dict
 H_MAIN = "main"      # optional: key path from the tree's root to the state_dict mbz.load returns
 
 MAX_TREE_DEPTH = 64  # nesting a reader follows
 
 
 class Node(IntEnum):
-    """Kinds of structure-tree node (spec table 9): each node is an array [kind, fields...]."""
+    """Kinds of structure-tree node (spec table 10): each node is an array [kind, fields...]."""
     NONE = 0        # [0]
     BOOL = 1        # [1, bool]
     INT = 2         # [2, int]  (msgpack int: -2^63 .. 2^64-1)
@@ -232,13 +232,13 @@ class Node(IntEnum):
     SIZE = 14       # [14, [int...]]: torch.Size
     DEVICE = 15     # [15, str]
     COMPLEX = 16    # [16, real, imag]
-    SPARSE = 17     # [17, layout, [component nodes], [size], coalesced]: a sparse tensor (table 10)
+    SPARSE = 17     # [17, layout, [component nodes], [size], coalesced]: a sparse tensor (table 11)
     BIGINT = 18     # [18, decimal str]: an int outside msgpack's range
     RECORDS = 19    # [19, first record index, count, prefix]: items of the records first..first+count-1,
                     # keyed by their names less the prefix (as ODICT / DICT items)
 
 
-# Sparse layouts of a SPARSE node (spec table 10): the component tensors, in order
+# Sparse layouts of a SPARSE node (spec table 11): the component tensors, in order
 SPARSE_LAYOUTS = {
     "sparse_coo": ("indices", "values"),
     "sparse_csr": ("crow_indices", "col_indices", "values"),

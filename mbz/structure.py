@@ -1,4 +1,4 @@
-"""A checkpoint's structure kept without pickle: the typed msgpack tree of spec §3.1 (table 9).
+"""A checkpoint's structure kept without pickle: the typed msgpack tree of spec §3.1 (table 10).
 
 ``flatten(obj)`` turns what ``torch.load(weights_only=True)`` returns (nested
 dicts / OrderedDicts, lists, tuples, numbers, strings, dtypes, torch.Size,

@@ -21,6 +21,11 @@ def _zstd():
     return zstandard
 
 
+STREAM_BYTES = 4 << 20   # byte-plane sections this large are decoded in chunks of STREAM_CHUNK bytes
+STREAM_CHUNK = 256 << 10
+MT_BYTES = 16 << 20  # sections this large are compressed by zstd's worker threads
+
+
 def max_decoded(stored_len: int) -> int:
     """Largest decoded size a stored block of this length may claim (spec §7)."""
     return stored_len * MAX_EXPANSION + EXPANSION_SLACK
@@ -33,7 +38,7 @@ def shuffle(data: bytes, stride: int) -> bytes:
     out = np.empty((stride, x.shape[0]), np.uint8)
     for j in range(stride):  # one plane at a time: several times faster than a transposed copy
         out[j] = x[:, j]
-    return out.tobytes()
+    return out.reshape(-1)
 
 
 def unshuffle(data, stride: int):
@@ -51,7 +56,7 @@ class NoFilter:
     id = Filter.NONE
 
     def encode(self, data: bytes, stride: int = 1, level: int = 0) -> bytes:
-        return bytes(data)
+        return data
 
     def decode(self, stored, decoded_len: int, stride: int = 1):
         if len(stored) != decoded_len:
@@ -63,7 +68,10 @@ class ZstdFilter:
     id = Filter.ZSTD
 
     def encode(self, data: bytes, stride: int = 1, level: int = 19) -> bytes:
-        return _zstd().ZstdCompressor(level=level, write_content_size=False, write_checksum=False).compress(data)
+        # large sections: zstd's own worker threads (still one frame, decoded as any other)
+        threads = -1 if len(data) >= MT_BYTES else 0
+        return _zstd().ZstdCompressor(level=level, write_content_size=False, write_checksum=False,
+                                      threads=threads).compress(data)
 
     def decode(self, stored, decoded_len: int, stride: int = 1) -> bytes:
         if decoded_len > max_decoded(len(stored)):
@@ -95,8 +103,39 @@ class ShuffleZstdFilter(ZstdFilter):
     def encode(self, data: bytes, stride: int = 1, level: int = 19) -> bytes:
         return super().encode(shuffle(data, stride), stride, level)
 
-    def decode(self, stored, decoded_len: int, stride: int = 1) -> bytes:
-        return unshuffle(super().decode(stored, decoded_len, stride), stride)
+    def decode(self, stored, decoded_len: int, stride: int = 1):
+        if stride <= 1 or decoded_len % stride or decoded_len < STREAM_BYTES:
+            return unshuffle(super().decode(stored, decoded_len, stride), stride)
+        if decoded_len > max_decoded(len(stored)):
+            raise LimitError(f"zstd section of {len(stored)} bytes claims {decoded_len} decoded bytes "
+                             f"(limit {max_decoded(len(stored))})")
+        # large sections: decoded a cache-sized chunk at a time, each chunk's bytes put straight into
+        # their byte plane of the output (no section-sized intermediate buffer)
+        n = decoded_len // stride
+        out = np.empty((n, stride), np.uint8)
+        buf = np.empty(STREAM_CHUNK, np.uint8)
+        view = memoryview(buf).cast("B")
+        pos = 0
+        try:
+            with _zstd().ZstdDecompressor().stream_reader(stored, read_across_frames=False) as r:
+                while pos < decoded_len:
+                    got = r.readinto(view[:min(STREAM_CHUNK, decoded_len - pos)])
+                    if not got:
+                        break
+                    i = 0
+                    while i < got:
+                        j, off = divmod(pos + i, n)
+                        take = min(got - i, n - off)
+                        out[off:off + take, j] = buf[i:i + take]
+                        i += take
+                    pos += got
+                extra = r.read(1) if pos == decoded_len else b""
+        except Exception as e:  # zstandard.ZstdError and friends
+            raise FormatError(f"zstd section does not decompress: {e}") from None
+        if pos != decoded_len or extra:
+            raise FormatError(f"zstd section decodes to {'more than ' if extra else ''}{pos} bytes, "
+                              f"header says {decoded_len}")
+        return out.reshape(-1)
 
 
 FILTERS = {f.id: f for f in (NoFilter(), ZstdFilter(), ShuffleZstdFilter())}

@@ -32,14 +32,15 @@ def mbz_dtype(t: torch.Tensor) -> DType:
         raise FormatError(f"dtype {t.dtype} is not in the mbz dtype table") from None
 
 
-def tensor_bytes(t: torch.Tensor) -> bytes:
+def tensor_bytes(t: torch.Tensor):
+    """The tensor's little-endian bytes: a flat uint8 array viewing its memory (no copy for a contiguous tensor)."""
     t = t.detach().cpu()
     if t.is_quantized:
         t = t.int_repr()
     t = t.contiguous()
     if t.numel() == 0:
         return b""
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    return t.reshape(-1).view(torch.uint8).numpy()
 
 
 def tensor_from_bytes(buf, dtype: DType, shape) -> torch.Tensor:
