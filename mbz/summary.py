@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .codecs.raw import TORCH_DTYPE
-from .spec import Category
+from .codecs.affine import numel_of
+from .codecs.raw import ITEMSIZE, TORCH_DTYPE
+from .spec import M_INPUT, QUANTIZED_DTYPES, Category
 
 # the per-tensor columns of `mbz inspect` (spec table 8 without the file header) and their short titles
 TENSOR_COLUMNS = {Category.VALUES: "values", Category.INDICES: "index", Category.SCALES: "scales",
@@ -19,8 +20,33 @@ def is_weight(name: str, rank: int) -> bool:
 
 def fp32_bytes(dtype, numel: int) -> int:
     """Size of the tensor in an fp32 checkpoint (float tensors at 4 bytes, others as stored)."""
-    t = TORCH_DTYPE[dtype]
-    return numel * (4 if t.is_floating_point else t.itemsize)
+    if dtype in QUANTIZED_DTYPES:  # a quantized tensor's float values
+        return numel * 4
+    t = TORCH_DTYPE.get(dtype)
+    return numel * (4 if t is not None and t.is_floating_point else ITEMSIZE[dtype])
+
+
+def input_bytes(reader) -> tuple:
+    """(bytes of the packed checkpoint's tensors in their own dtypes, where the figure comes from).
+
+    From the file's 'input' metadata (recorded at pack time, format 1.1); for older files the
+    records' own dtypes, which are the input's for a lossless file."""
+    inp = reader.metadata.get(M_INPUT)
+    if isinstance(inp, dict) and isinstance(inp.get("bytes"), int) and inp["bytes"] > 0:
+        return inp["bytes"], "recorded at pack time"
+    return sum(numel_of(r.shape) * ITEMSIZE[r.dtype] for r in reader.layout.records), "the records' dtypes"
+
+
+def _zeros(t: torch.Tensor) -> int:
+    """Elements whose value is zero (quantized: code = zero point; float8 and others through float32)."""
+    if t.dtype == torch.bool:
+        return int((~t).sum())
+    if t.is_quantized:
+        t = t.dequantize()
+    try:
+        return int((t == 0).sum())
+    except (RuntimeError, TypeError):
+        return int((t.to(torch.float32) == 0).sum()) if not t.is_complex() else int((t.to(torch.complex64) == 0).sum())
 
 
 def summarize(reader, decode: bool = True) -> dict:
@@ -34,7 +60,7 @@ def summarize(reader, decode: bool = True) -> dict:
         row["fp32_bytes"] = fp32_bytes(rec.dtype, desc["numel"])
         if decode:
             t = reader[rec.name]
-            zeros = int((t == 0).sum()) if t.dtype != torch.bool else int((~t).sum())
+            zeros = _zeros(t)
             row["sparsity"] = zeros / t.numel() if t.numel() else 0.0
         fp32_total += row["fp32_bytes"]
         if is_weight(rec.name, len(rec.shape)):
@@ -42,7 +68,11 @@ def summarize(reader, decode: bool = True) -> dict:
             file_w += row["total_bytes"]
         rows.append(row)
     file_bytes = acc["file_bytes"]
+    in_bytes, in_source = input_bytes(reader)
     return {
+        "input_bytes": in_bytes,
+        "input_bytes_source": in_source,
+        "input_compression_ratio": in_bytes / file_bytes if file_bytes else 0.0,
         "file_bytes": file_bytes,
         "file_mb": file_bytes / 1e6,
         "version": "%d.%d" % reader.version,
@@ -77,6 +107,9 @@ def format_table(s: dict, limit: int | None = None) -> str:
         lines.append(f"  {c:<16} {v:>12,d}  {100 * v / s['file_bytes']:5.1f}%")
     lines.append(f"  {'total':<16} {s['file_bytes']:>12,d}  = file size on disk ({s['file_mb']:.3f} MB)")
     lines.append("")
+    lines.append(f"input compression ratio  {s['input_compression_ratio']:.2f}x  "
+                 f"(the checkpoint's tensors in their own dtypes {s['input_bytes']:,d} B, {s['input_bytes_source']} "
+                 f"/ file {s['file_bytes']:,d} B)")
     lines.append(f"model compression ratio  {s['model_compression_ratio']:.2f}x  "
                  f"(fp32 checkpoint tensors {s['fp32_bytes']:,d} B / file {s['file_bytes']:,d} B)")
     lines.append(f"weight compression ratio {s['weight_compression_ratio']:.2f}x  "

@@ -416,3 +416,18 @@ def test_large_float_sections_round_trip_through_the_streamed_decoder(tmp_path):
         assert all(s.filter.name == "SHUFFLE_ZSTD" for rec in r.layout.records for s in rec.sections)
     back = mbz.load(tmp_path / "b.mbz")
     assert all(bits_equal(sd[k], back[k]) for k in sd)
+
+
+def test_ratios_against_the_input_dtypes(tmp_path, capsys):
+    import json
+    g = torch.Generator().manual_seed(0)
+    sd = {"w": torch.randn(64, 64, generator=g).half(), "b": torch.randn(64, generator=g)}
+    torch.save(sd, tmp_path / "h.pt")
+    assert main(["pack", str(tmp_path / "h.pt"), "-o", str(tmp_path / "h.mbz"), "-q"]) == 0
+    assert "input tensors 8,448 bytes in their own dtypes (float16 8,192, float32 256)" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "h.mbz"), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    size = os.path.getsize(tmp_path / "h.mbz")
+    assert s["input_bytes"] == 64 * 64 * 2 + 64 * 4 and s["fp32_bytes"] == 64 * 64 * 4 + 64 * 4
+    assert s["input_compression_ratio"] == pytest.approx(s["input_bytes"] / size)
+    assert s["model_compression_ratio"] > 1.9 * s["input_compression_ratio"]

@@ -55,6 +55,7 @@ def cmd_eval(a) -> int:
     out = {"file": a.file, "data": ds.source, "n": ev["n"], "top1": ev["top1"], "file_bytes": s["file_bytes"],
            "file_mb": s["file_mb"], "model_compression_ratio": s["model_compression_ratio"],
            "weight_compression_ratio": s["weight_compression_ratio"],
+           "input_bytes": s["input_bytes"], "input_compression_ratio": s["input_compression_ratio"],
            "activation_bits": abits, "activation_compression_ratio": 32 / abits,
            "categories": s["categories"]}
     if a.json:
@@ -64,6 +65,8 @@ def cmd_eval(a) -> int:
     print(f"file {s['file_bytes']:,d} bytes ({s['file_mb']:.4f} MB, every byte counted); "
           f"model CR {s['model_compression_ratio']:.2f}x, weight CR {s['weight_compression_ratio']:.2f}x, "
           f"activations {abits}-bit = {32 / abits:.1f}x vs fp32 (per-tensor quantizers in the file's metadata)")
+    print(f"vs the input checkpoint's own dtypes ({s['input_bytes']:,d} B, {s['input_bytes_source']}): "
+          f"{s['input_compression_ratio']:.2f}x")
     print("bytes by category: " + ", ".join(f"{k} {v:,d}" for k, v in s["categories"].items() if v))
     return 0
 

@@ -9,6 +9,7 @@ without a stored code (sparse layouts) has code ``zp`` (value zero).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,9 @@ def decode_quantized(p: dict, secs: dict, dtype: DType, shape, layout, numel: in
     if full.size and (full.min() < info.min or full.max() > info.max):
         raise FormatError(f"quantized codes outside the {int_name} range")
     rep = torch.from_numpy(full.astype(int_name)).reshape(tuple(shape))
-    if gran == Granularity.TENSOR:
-        return torch._make_per_tensor_quantized_tensor(rep, float(scales[0]), int(zp[0]))
-    return torch._make_per_channel_quantized_tensor(rep, torch.from_numpy(scales.copy()), torch.from_numpy(zp), axis)
+    with warnings.catch_warnings():  # torch deprecates creating quantized tensors; the file holds one
+        warnings.simplefilter("ignore", UserWarning)
+        if gran == Granularity.TENSOR:
+            return torch._make_per_tensor_quantized_tensor(rep, float(scales[0]), int(zp[0]))
+        return torch._make_per_channel_quantized_tensor(rep, torch.from_numpy(scales.copy()), torch.from_numpy(zp),
+                                                        axis)
