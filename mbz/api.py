@@ -157,7 +157,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     prep = prepare(obj, key=key, exact=exact)
     dtypes = input_dtypes(prep.obj)
     flat = flatten(prep.obj)
-    if not flat.tensors:
+    if not flat.tensors and flat.tree is None:
         raise CheckpointError("checkpoint holds no tensors")
     policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
     sd = flat.tensors

@@ -213,7 +213,7 @@ def _solve_rounded(rows: np.ndarray, dtype):
     done = amax == 0
     scales[done] = 1
     guesses = [np.full(r, float(q)) for q in _QMAX if q <= 4096]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         guesses += [np.rint(amax / (amin / d)) for d in (1, 2, 3, 4)]
     for kk in guesses:
         todo = np.flatnonzero(~done & np.isfinite(kk) & (kk >= 1) & (kk <= MAX_K))

@@ -56,7 +56,7 @@ def test_wrapped_and_cuda_saved_checkpoints(tmp_path):
         assert main(["pack", str(p), "-o", str(out), "-q"]) == 0
         assert main(["verify", str(out), str(p)]) == 0
     with pytest.raises(CheckpointError):
-        mbz.save({"a": [1, 2]}, tmp_path / "x.mbz")
+        mbz.save({"a": [1, 2], "b": object()}, tmp_path / "x.mbz")
 
 
 def test_load_model_rebuilds_and_matches(tmp_mbz):
