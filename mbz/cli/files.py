@@ -59,7 +59,10 @@ def _pack(a, obj) -> int:
         main = subtree(prep.obj, main_path(prep.obj))
         plain = {k: v for k, v in main.items() if isinstance(v, torch.Tensor) and v.layout == torch.strided
                  and not v.is_quantized} if hasattr(main, "items") else {}
-        arch = guess_arch(plain) if plain else None
+        try:
+            arch = guess_arch(plain) if plain else None
+        except Exception:  # noqa: BLE001 - a guess that cannot be made is no guess
+            arch = None
     rep = api.save(prep.obj, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                    group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
                    detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
