@@ -143,16 +143,34 @@ def cmd_unpack(a) -> int:
     return 0
 
 
+def _structure_brief(r) -> str:
+    """Top-level entries of a file's structure tree and where the model state_dict is, without decoding."""
+    from ..spec import Node
+    tree, main = r.layout.tree, r.layout.main
+    keys = []
+    if isinstance(tree, list) and tree and tree[0] in (Node.DICT, Node.ODICT) and isinstance(tree[1], list) \
+            and not (tree[1] and type(tree[1][0]) is int):
+        keys = [p[0][1] for p in tree[1] if isinstance(p, list) and len(p) == 2 and isinstance(p[0], list)
+                and len(p[0]) == 2]
+    where = "/".join(map(str, main)) or "the root"
+    return (f"top-level entries {', '.join(map(str, keys[:12]))}{' ...' if len(keys) > 12 else ''}; "
+            f"model state_dict at {where}") if keys else f"model state_dict at {where}"
+
+
 def cmd_inspect(a) -> int:
     input_file(a.file, ".mbz file")
     with api.open(a.file) as r:
         s = summarize(r, decode=not a.no_decode)
+        if r.has_structure:
+            s["structure"] = _structure_brief(r)
     if a.json:
         print_json(s)
     else:
         arch = s["metadata"].get("arch") or {}
         brief = {k: v for k, v in arch.items() if k != "act_alpha"}
         print(f"{a.file}: mbz {s['version']}, {len(s['tensors'])} tensors, arch {brief or '-'}")
+        if s.get("structure"):
+            print(f"structure tree (spec §3.1): {s['structure']}")
         print(format_table(s, limit=None if a.all else 40))
     return 0
 
@@ -188,7 +206,7 @@ def cmd_verify(a) -> int:
         raise MismatchError(f"{a.file} does not reproduce {a.checkpoint}: {len(c.mismatched)} mismatched, "
                             f"{len(c.missing)} missing, {len(c.extra)} extra entries")
     exact = "bit-identical" if not c.sign_only else "bit-identical except the recorded zero signs"
-    other = f" and {c.values} other values" if c.values else ""
+    other = f" and {c.values} other value{'s' if c.values != 1 else ''}" if c.values else ""
     print(f"OK: all {c.tensors} tensors{other} of {a.checkpoint} are {exact} in {a.file}")
     return 0
 
