@@ -366,13 +366,16 @@ class Builder:
             base = self._tensor(node[1], path)
             off = node[2]
             shape, stride = _ints(node[3], path, "VIEW shape"), _ints(node[4], path, "VIEW stride")
-            if type(off) is not int or off < 0 or len(shape) != len(stride) or base.dim() != 1:
-                raise _fail(path, "VIEW needs a 1-D record, an offset >= 0 and a stride per dimension")
+            if type(off) is not int or off < 0 or len(shape) != len(stride) or base.dim() != 1 or base.is_quantized:
+                raise _fail(path, "VIEW needs a 1-D unquantized record, an offset >= 0 and a stride per dimension")
             if all(shape):
                 last = off + sum((s - 1) * st for s, st in zip(shape, stride))
                 if last >= base.numel():
                     raise _fail(path, f"VIEW reaches element {last} of a record of {base.numel()}")
-            return base.as_strided(shape, stride, off)
+            try:
+                return base.as_strided(shape, stride, off)
+            except RuntimeError as e:
+                raise _fail(path, f"VIEW not possible: {str(e).splitlines()[0][:200]}") from None
         if kind == Node.DTYPE:
             _arity(node, 2, path)
             d = getattr(torch, node[1], None) if isinstance(node[1], str) else None

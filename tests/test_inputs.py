@@ -431,3 +431,52 @@ def test_ratios_against_the_input_dtypes(tmp_path, capsys):
     assert s["input_bytes"] == 64 * 64 * 2 + 64 * 4 and s["fp32_bytes"] == 64 * 64 * 4 + 64 * 4
     assert s["input_compression_ratio"] == pytest.approx(s["input_bytes"] / size)
     assert s["model_compression_ratio"] > 1.9 * s["input_compression_ratio"]
+
+
+def test_mutated_trees_and_quantized_records_fail_in_one_line(tmp_path):
+    """Random edits of the tree and of quantized / new-dtype records: a result or an MbzError, never another error."""
+    import random
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    x[x.abs() < 0.8] = 0
+    ck = {"epoch": 1, "model": {"a": torch.randn(4), "b": torch.zeros(2, dtype=torch.long)},
+          "c": torch.quantize_per_channel(x, torch.rand(6).double() / 10 + 0.01, torch.arange(6) % 3, 0, torch.quint8),
+          "q": torch.quantize_per_tensor(x, 0.05, -3, torch.qint8), "t": (1, torch.randn(2)),
+          "f8": torch.randn(9).to(torch.float8_e5m2)}
+    mbz.save(ck, tmp_path / "f.mbz")
+    data = (tmp_path / "f.mbz").read_bytes()
+    with mbz.open(tmp_path / "f.mbz") as r:
+        tree = r.layout.tree
+    rng = random.Random(0)
+    vals = [None, 0, -1, 1, 2, 8, 10, 11, 12, 17, 23, 24, 1 << 40, True, 3.5, "a", "q", [], [0], [10, "a"],
+            [12, "q", 0, [1], [1]], [12, "t/1", 5, [3], [1]], [19, 0, 99, ""], [13, "Tensor"], [15, "nonsense"],
+            [17, "sparse_coo", [[10, "a"], [10, "a"]], [4], True]]
+
+    def mutate_tree(h):
+        t = copy.deepcopy(tree)
+        paths = []
+
+        def walk(n, p):
+            if isinstance(n, list):
+                for i, v in enumerate(n):
+                    paths.append(p + [i])
+                    walk(v, p + [i])
+        walk(t, [])
+        p = rng.choice(paths)
+        node = t
+        for i in p[:-1]:
+            node = node[i]
+        node[p[-1]] = rng.choice(vals)
+        h["tree"] = t
+
+    def mutate_record(h):
+        rec = rng.choice(h["tensors"])
+        k = rng.choice(["t", "e", "b", "sg", "g", "ax", "zb", "sp", "m", "sb", "zs", "iw"])
+        (rec if k in ("t", "e") else rec["p"])[k] = rng.choice(vals)
+
+    for i in range(150):
+        (tmp_path / "g.mbz").write_bytes(rebuild(data, mutate_tree if i % 2 else mutate_record))
+        for fn in (mbz.load_checkpoint, mbz.load):
+            try:
+                fn(tmp_path / "g.mbz")
+            except MbzError:
+                pass
