@@ -136,14 +136,20 @@ def _solve_rows(v: np.ndarray):
         # neither amin nor qmax names the step; the smallest gap between distinct magnitudes does
         rest = np.flatnonzero(~done)
         srt = np.sort(a[rest], axis=1)
-        gaps = np.diff(srt, axis=1)
-        gaps = np.where(gaps > 0, gaps, np.inf).min(axis=1)
+        gaps_all = np.diff(srt, axis=1)
+        gaps = np.where(gaps_all > 0, gaps_all, np.inf).min(axis=1) if m > 1 else np.full(rest.size, np.inf)
         gap = np.full(r, np.inf, np.float32)
         gap[rest] = gaps
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for d in range(1, 5):
                 attempt(np.rint(amax / (gap / d)))
         # short rows (3x3 depthwise) with few distinct codes: try every largest code up to 8 bits
+        # (only where an open row is short or repeats its magnitudes: a row of distinct random
+        # floats has no such grid, and this loop was most of the time spent on BatchNorm vectors)
+        distinct = 1 + (gaps_all > 0).sum(axis=1) if m > 1 else np.ones(rest.size, np.int64)
+        open_rows = ~done[rest]
+        if not (m <= 32 or (distinct[open_rows] <= m // 2).any()):
+            return None
         small = [np.full(r, float(kk)) for kk in range(1, 256)]
         for kk, fits in zip(small, screen(small)):
             if done.all():
