@@ -53,8 +53,14 @@ def _solve_rows(v: np.ndarray):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         guesses = [np.rint(amax / (amin / d)) for d in range(1, 17)]
         guesses += [np.full(r, float(q)) for q in _QMAX]
-    # (rows, <= 5): the first four elements and the largest one of each row
+    # (rows, <= 5): the first four elements and the largest one of each row; in rows with zeros
+    # (pruned), the five largest magnitudes instead: zeros fit every scale and screen nothing out
     probe_all = np.concatenate([v[:, :4], v[np.arange(r), imax][:, None]], axis=1)
+    if m > 5:
+        pruned = (probe_all == 0).any(axis=1)
+        if pruned.any():
+            top = np.argpartition(a[pruned], m - 5, axis=1)[:, m - 5:]
+            probe_all[pruned] = np.take_along_axis(v[pruned], top, axis=1)
 
     def screen(kk_list) -> np.ndarray:
         """(len(kk_list), rows): which rows some candidate scale of each guess fits on a few elements.
