@@ -11,7 +11,7 @@ from enum import Enum, IntEnum
 # --- Preamble (spec §2) ----------------------------------------------------
 MAGIC = b"\x89MBZ\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1
 # magic, major, minor, header codec, 3 reserved bytes, header length, header crc32
 PREAMBLE = struct.Struct("<8sHHB3sII")
 PREAMBLE_SIZE = PREAMBLE.size  # 24
@@ -31,6 +31,22 @@ EXPANSION_SLACK = 4096               # ... plus this many bytes
 MAX_RANK = 16
 MAX_WIDTH = 16                       # bit width of codes, indices, zero points
 MAX_ALIGN = 4096
+MAX_DIM_PRODUCT = 1 << 48            # product of a shape's nonzero sizes; also m, gs
+MAX_HEADER_DEPTH = 64                # nesting of maps / arrays in the header (the header map is depth 1)
+HEADER_OBJECTS_SLACK = 1 << 18       # msgpack objects in the header: at most this + file size // 2
+ELEMENTS_PER_BYTE = 64               # sum of numel over the tensors: at most this * file size ...
+ELEMENT_SLACK = 1 << 22              # ... + this many
+ZSTD_MIN_WINDOW = 1 << 10            # a zstd frame's window: at most max(this, 2 * its decoded length)
+
+
+def max_header_objects(file_size: int) -> int:
+    """Most msgpack objects (every map, array, key and value) a header may hold (spec §7)."""
+    return HEADER_OBJECTS_SLACK + file_size // 2
+
+
+def max_elements(file_size: int) -> int:
+    """Most elements (sum of numel) a file of this size may decode to (spec §7)."""
+    return ELEMENTS_PER_BYTE * file_size + ELEMENT_SLACK
 
 
 # --- Element types (spec table 2) -------------------------------------------
@@ -136,6 +152,13 @@ ROLE_CATEGORY = {
     Role.CODEBOOK: Category.CODEBOOKS,
 }
 
+# Which element types each encoding may carry (spec table 3).
+ENCODING_DTYPES = {
+    Encoding.RAW: frozenset(DType),
+    Encoding.AFFINE: FLOAT_DTYPES,
+    Encoding.CODEBOOK: frozenset(DType) - {DType.BOOL},
+}
+
 # Which roles each encoding may / must carry (spec table 6).
 ENCODING_ROLES = {
     Encoding.RAW: ({Role.RAW}, {Role.RAW}),
@@ -169,3 +192,39 @@ P_IWIDTH = "iw"      # delta index width
 P_COUNT = "m"        # number of stored codes
 P_NEGZERO = "nz"     # a NEGZERO section is present
 P_K = "k"            # codebook entries
+
+
+# Params keys by encoding (spec table 9): key -> (kind, lo, hi, when the key is required / allowed).
+# kind "int" (integer lo..hi, hi None = the MAX_DIM_PRODUCT cap), "bool", or "enum" (lo is the enum class).
+# when: "always", "optional" (with its default), or (key, value): required iff params[key] == value,
+# forbidden otherwise.  A key of this table not listed for an encoding is forbidden for it; a key
+# the table does not know (added by a later minor version) is ignored.
+PARAM_RULES = {
+    Encoding.RAW: {},
+    Encoding.AFFINE: {
+        P_WIDTH: ("int", 1, MAX_WIDTH, "always"),
+        P_SPARSE: ("enum", Sparsity, None, "always"),
+        P_COUNT: ("int", 0, None, "always"),
+        P_GRAN: ("enum", Granularity, None, "always"),
+        P_AXIS: ("int", 0, "rank-1", (P_GRAN, Granularity.CHANNEL)),
+        P_GROUP: ("int", 1, None, (P_GRAN, Granularity.GROUP)),
+        P_IWIDTH: ("int", 1, MAX_WIDTH, (P_SPARSE, Sparsity.DELTA)),
+        P_SIGNED: ("bool", None, None, "optional"),
+        P_ZPWIDTH: ("int", 0, MAX_WIDTH, "optional"),
+        P_NEGZERO: ("bool", None, None, "optional"),
+    },
+    Encoding.CODEBOOK: {
+        P_WIDTH: ("int", 1, MAX_WIDTH, "always"),
+        P_SPARSE: ("enum", Sparsity, None, "always"),
+        P_COUNT: ("int", 0, None, "always"),
+        P_K: ("int", 1, "2^b", "always"),
+        P_IWIDTH: ("int", 1, MAX_WIDTH, (P_SPARSE, Sparsity.DELTA)),
+    },
+}
+PARAM_DEFAULTS = {P_SIGNED: False, P_ZPWIDTH: 0, P_NEGZERO: False}
+KNOWN_PARAMS = frozenset(k for rules in PARAM_RULES.values() for k in rules)
+
+# Header keys (spec table 10): key -> required?  Unknown keys are ignored.
+HEADER_KEYS = {H_FORMAT: True, H_PAYLOAD: True, H_ALIGN: True, H_CRCS: True, H_META: False, H_TENSORS: True}
+# Tensor record keys (spec table 11): key -> required?  ('p' may be left out for RAW.)
+RECORD_KEYS = {T_NAME: True, T_DTYPE: True, T_SHAPE: True, T_ENC: True, T_PARAMS: False, T_SECTIONS: True}

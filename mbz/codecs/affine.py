@@ -116,6 +116,12 @@ def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, layout, numel:
     unit = row_unit(gran, shape, axis, gs)
     for s, e, d in layout.chunks(codes, chunk_step(unit)):
         scale_into(f[s:e], d, s, scales, gran, shape, axis, unit)
+    if not layout.dense and not bool(np.all((scales >= 0) & np.isfinite(scales) & ~np.signbit(scales))):
+        # 0 x scale is not +0.0 for a NaN, infinite or negative scale: unstored positions are +0.0 regardless
+        stored = np.zeros(numel, bool)
+        pos = layout.positions()
+        stored[pos] = True
+        f[~stored] = 0.0
     if p.get(P_NEGZERO, False):
         z = np.flatnonzero(f == 0)
         neg = unpack_bits(secs[Role.NEGZERO], z.size)
