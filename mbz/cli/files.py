@@ -84,8 +84,8 @@ def cmd_inspect(a) -> int:
     if a.json:
         print_json(s)
     else:
-        arch = s["metadata"].get("arch") or {}
-        brief = {k: v for k, v in arch.items() if k != "act_alpha"}
+        arch = s["metadata"].get("arch") or {}  # free-form metadata: any msgpack value (spec §3)
+        brief = {k: v for k, v in arch.items() if k != "act_alpha"} if isinstance(arch, dict) else arch
         print(f"{a.file}: mbz {s['version']}, {len(s['tensors'])} tensors, arch {brief or '-'}")
         print(format_table(s, limit=None if a.all else 40))
     return 0
