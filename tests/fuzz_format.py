@@ -83,6 +83,11 @@ def seed_state_dicts():
         "u8": torch.arange(20, dtype=torch.uint8), "flag": torch.tensor([True, False, True]),
         "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3), "zeros": torch.zeros(600),
     }
+    vals = torch.tensor([0.0, 0.1, 1 / 3, 3.14159])
+    sbook = vals[torch.randint(1, 4, (500,), generator=g)]
+    sbook[torch.rand(500, generator=g) < 0.85] = 0
+    mix["sbook"] = sbook
+    mix["rep.weight"] = (torch.arange(1024) % 7 - 3).float().reshape(32, 32) * 0.5
     mix["neg.weight"][mix["neg.weight"] == 0] = -0.0
     mix["neg.weight"][0, :3] = 0.0
     mix["zeros"][::97] = 3.0
@@ -641,9 +646,10 @@ def reference_decode(data: bytes) -> dict:
                 return (i // post) % shape[p["ax"]]
             return i // p["gs"]
         f = np.zeros(numel, np.float32)
-        for i, q in zip(pos, codes):
-            k = group(i)
-            f[i] = np.float32(np.float32(q - zps[k]) * scales[k])
+        with np.errstate(all="ignore"):
+            for i, q in zip(pos, codes):
+                k = group(i)
+                f[i] = np.float32(np.float32(q - zps[k]) * scales[k]) if q != zps[k] else 0.0
         if p.get("nz"):
             z = [i for i in range(numel) if f[i] == 0]
             for i, bit in zip(z, _bits(secs[4], len(z), 1)):

@@ -114,14 +114,14 @@ def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, layout, numel:
         codes = codes.astype(np.int32) - zp[group_index(gran, shape, axis, gs, layout.positions())]
     f = np.empty(numel, np.float32)
     unit = row_unit(gran, shape, axis, gs)
-    for s, e, d in layout.chunks(codes, chunk_step(unit)):
-        scale_into(f[s:e], d, s, scales, gran, shape, axis, unit)
-    if not layout.dense and not bool(np.all((scales >= 0) & np.isfinite(scales) & ~np.signbit(scales))):
-        # 0 x scale is not +0.0 for a NaN, infinite or negative scale: unstored positions are +0.0 regardless
-        stored = np.zeros(numel, bool)
-        pos = layout.positions()
-        stored[pos] = True
-        f[~stored] = 0.0
+    # a zero code (q - zp = 0, or no stored code) is +0.0 whatever its scale (spec §5.3); 0 x scale is
+    # +0.0 already unless a scale is NaN, infinite or has its sign bit set
+    odd_scales = not bool(np.all(np.isfinite(scales) & ~np.signbit(scales)))
+    with np.errstate(over="ignore", invalid="ignore"):   # inf / NaN products are what the spec computes
+        for s, e, d in layout.chunks(codes, chunk_step(unit)):
+            scale_into(f[s:e], d, s, scales, gran, shape, axis, unit)
+            if odd_scales:
+                f[s:e][d == 0] = 0.0
     if p.get(P_NEGZERO, False):
         z = np.flatnonzero(f == 0)
         neg = unpack_bits(secs[Role.NEGZERO], z.size)
