@@ -635,6 +635,8 @@ def reference_decode(data: bytes) -> dict:
             codes = [q - (1 << p["b"]) if q >> (p["b"] - 1) else q for q in codes]
         g = p["g"]
         scales = np.frombuffer(secs[5], "<f4")
+        if np.isnan(scales).any():
+            raise ValueError("a NaN scale: the spec refuses the file")
         ngroups = len(scales)
         zps = _bits(secs[6], ngroups, p["zb"]) if p.get("zb") else [0] * ngroups
 
@@ -777,13 +779,13 @@ FAILURES = ("exception", "hang", "memory", "silent_wrong", "silent_accept", "cli
 
 
 def campaign(cases: int, seed: int = 0, cli_every: int = 1, progress: int = 0, deadline: float | None = None,
-             folder: str | None = None, examples: int = 3) -> dict:
+             folder: str | None = None, examples: int = 3, seeds: list | None = None) -> dict:
     """Run `cases` mutated files (round robin over kinds and seeds); a table of outcomes per kind."""
     rng = random.Random(seed)
     own = folder is None
     tmp = tempfile.TemporaryDirectory() if own else None
     folder = tmp.name if own else folder
-    seeds = make_seeds(folder)
+    seeds = seeds or make_seeds(folder)
     table = {k: {} for k in KINDS}
     failures = []
     t0 = time.time()

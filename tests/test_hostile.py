@@ -243,7 +243,17 @@ def test_params_key_that_does_not_apply_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- what the spec says a file decodes to
-@pytest.mark.parametrize("scale", [float("nan"), -0.5, float("inf"), -0.0])
+def test_nan_scale_refused(tmp_path):
+    data = saved(tmp_path, {"w": sparse_grid()}, zstd=False)
+    m = parse_model(data)
+    for s in m["secs"][0]:
+        if s["role"] == 5:
+            s["decoded"] = struct.pack("<f", float("nan"))
+    with pytest.raises(FormatError, match=r"tensor 'w': SCALES entry 0 \(of 1\) is NaN"):
+        read_all(emit(m))
+
+
+@pytest.mark.parametrize("scale", [-0.5, float("inf"), float("-inf"), -0.0])
 def test_sparse_affine_unstored_positions_are_positive_zero(tmp_path, scale):
     w = sparse_grid()
     data = saved(tmp_path, {"w": w}, zstd=False)

@@ -108,6 +108,9 @@ def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, layout, numel:
     if len(sbuf) != 4 * g:
         raise FormatError(f"SCALES holds {len(sbuf)} bytes; {g} groups need {4 * g}")
     scales = np.frombuffer(sbuf, "<f4")
+    nan = np.flatnonzero(np.isnan(scales))
+    if nan.size:  # so that no decoded value is NaN and the cast to the dtype needs no NaN rule
+        raise FormatError(f"SCALES entry {int(nan[0])} (of {g}) is NaN; scales must not be NaN")
     codes = unpack_codes(secs[Role.CODES], p[P_COUNT], p[P_WIDTH], p.get(P_SIGNED, False))
     if p.get(P_ZPWIDTH, 0):  # subtract zero points from the stored codes only: unstored elements are exact zeros
         zp = unpack_codes(secs[Role.ZERO_POINTS], g, p[P_ZPWIDTH], False).astype(np.int32)
