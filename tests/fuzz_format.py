@@ -705,37 +705,53 @@ def _cli(argv) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-def run_case(data: bytes, seed: dict, same: bool, folder: str, cli: bool = True) -> tuple[str, str]:
-    """('ok' | 'mbzerror' | 'valid_changed' | a failure kind, detail) for one mutated file."""
+def run_case(data: bytes, seed: dict, same: bool, folder: str, cli: bool = True, retry: bool = True) -> tuple[str, str]:
+    """('ok' | 'mbzerror' | 'valid_changed' | a failure kind, detail) for one mutated file.
+
+    Each call (load; open with keys / metadata / accounting / every tensor; each CLI verb) is timed on
+    its own.  A case over the time or memory bound is run once more: on a shared machine another
+    process can stall one run; only a case over the bound twice is a failure ('slow_once' otherwise).
+    """
     path = os.path.join(folder, "case.mbz")
     with open(path, "wb") as f:
         f.write(data)
     bound = 50 * len(data) + (200 << 20)
     rss0 = _rss_now()
-    t0 = time.perf_counter()
+    slowest = 0.0
     outcome, detail = "ok", ""
     got = None
+
+    def timed(fn, *args):
+        nonlocal slowest
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            slowest = max(slowest, time.perf_counter() - t0)
+
+    def open_and_read():
+        with mbz.open(path) as r:
+            r.keys()
+            r.metadata
+            acc = r.accounting()
+            for name in r.keys():
+                try:
+                    r[name]
+                except MbzError:
+                    pass
+            return acc
+
     try:
         try:
-            got = mbz.load(path)
+            got = timed(mbz.load, path)
         except MbzError as e:
             outcome, detail = "mbzerror", str(e)
         try:
-            with mbz.open(path) as r:
-                r.keys()
-                r.metadata
-                acc = r.accounting()
-                if acc["file_bytes"] != len(data) or sum(acc["categories"].values()) != len(data) or \
-                        min(acc["categories"].values()) < 0 or \
-                        any(v < 0 for t in acc["tensors"] for v in t["bytes"].values()):
-                    return "bad_accounting", json.dumps(acc["categories"])
-                for name in r.keys():
-                    try:
-                        r[name]
-                    except MbzError:
-                        pass
-            if got is None and outcome == "mbzerror":
-                pass
+            acc = timed(open_and_read)
+            if acc["file_bytes"] != len(data) or sum(acc["categories"].values()) != len(data) or \
+                    min(acc["categories"].values()) < 0 or \
+                    any(v < 0 for t in acc["tensors"] for v in t["bytes"].values()):
+                return "bad_accounting", json.dumps(acc["categories"])
         except MbzError:
             if got is not None:
                 return "inconsistent", "load accepted a file open refused"
@@ -743,7 +759,7 @@ def run_case(data: bytes, seed: dict, same: bool, folder: str, cli: bool = True)
             out = os.path.join(folder, "out.pt")
             for argv in (["inspect", path], ["inspect", "--json", "--all", path], ["verify", path, seed["ckpt"]],
                          ["unpack", path, "-o", out, "--force"]):
-                rc, so, se = _cli(argv)
+                rc, so, se = timed(_cli, argv)
                 if rc == 0:
                     continue
                 lines = se.strip().splitlines()
@@ -751,12 +767,15 @@ def run_case(data: bytes, seed: dict, same: bool, folder: str, cli: bool = True)
                     return "cli", f"{' '.join(argv[:1])}: rc {rc}, stderr {se[-300:]!r}"
     except Exception:
         return "exception", traceback.format_exc(limit=6)[-1500:]
-    finally:
-        dt = time.perf_counter() - t0
-        grown = _maxrss() - rss0
-    if dt > HANG_S:
-        return "hang", f"{dt:.1f} s"
-    if grown > bound:
+    grown = _maxrss() - rss0
+    if slowest > HANG_S or grown > bound:
+        if retry:
+            again = run_case(data, seed, same, folder, cli, retry=False)
+            if again[0] not in ("hang", "memory"):
+                return "slow_once", f"{slowest:.1f} s / {grown >> 20} MB on the first run; then {again[0]}"
+            return again
+        if slowest > HANG_S:
+            return "hang", f"one call took {slowest:.1f} s"
         return "memory", f"peak grew {grown >> 20} MB for a {len(data)}-byte file (bound {bound >> 20} MB)"
     if got is not None:
         try:
@@ -779,7 +798,8 @@ FAILURES = ("exception", "hang", "memory", "silent_wrong", "silent_accept", "cli
 
 
 def campaign(cases: int, seed: int = 0, cli_every: int = 1, progress: int = 0, deadline: float | None = None,
-             folder: str | None = None, examples: int = 3, seeds: list | None = None) -> dict:
+             folder: str | None = None, examples: int = 3, seeds: list | None = None,
+             failure_log: str | None = None) -> dict:
     """Run `cases` mutated files (round robin over kinds and seeds); a table of outcomes per kind."""
     rng = random.Random(seed)
     own = folder is None
@@ -796,7 +816,6 @@ def campaign(cases: int, seed: int = 0, cli_every: int = 1, progress: int = 0, d
                 break
             kind = KINDS[n % len(KINDS)]
             sd = seeds[(n // len(KINDS)) % len(seeds)]
-            state = rng.getstate()
             try:
                 data, same = mutate(rng, sd, kind)
             except Exception:  # the mutator could not apply (e.g. an unencodable header): not a reader case
@@ -805,10 +824,14 @@ def campaign(cases: int, seed: int = 0, cli_every: int = 1, progress: int = 0, d
                 continue
             outcome, detail = run_case(data, sd, same, folder, cli=n % cli_every == 0)
             table[kind][outcome] = table[kind].get(outcome, 0) + 1
-            if outcome in FAILURES and len(failures) < 200:
-                failures.append({"case": n, "kind": kind, "seed": sd["name"], "outcome": outcome,
-                                 "detail": detail, "rng_state_hash": hash(str(state)) & 0xFFFFFFFF,
-                                 "file_hex": data.hex() if len(data) < 4096 else None})
+            if outcome in FAILURES or outcome == "slow_once":
+                rec = {"case": n, "kind": kind, "seed": sd["name"], "outcome": outcome, "detail": detail,
+                       "file_hex": data.hex() if len(data) < 4096 else None}
+                if outcome in FAILURES and len(failures) < 200:
+                    failures.append(rec)
+                if failure_log:
+                    with open(failure_log, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
             done += 1
             if progress and done % progress == 0:
                 bad = sum(v for t in table.values() for k, v in t.items() if k in FAILURES)
@@ -832,9 +855,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cli-every", type=int, default=1, help="run the CLI verbs on every Nth case (default all)")
     ap.add_argument("--minutes", type=float, help="stop after this many minutes (the table says how many ran)")
     ap.add_argument("--out", help="write the result table (JSON) here")
+    ap.add_argument("--log", help="append each failing (or once-slow) case here as it happens (JSON lines)")
     a = ap.parse_args(argv)
     deadline = time.time() + 60 * a.minutes if a.minutes else None
-    res = campaign(a.cases, a.seed, a.cli_every, progress=1000, deadline=deadline)
+    res = campaign(a.cases, a.seed, a.cli_every, progress=1000, deadline=deadline, failure_log=a.log)
     res["command"] = "python tests/fuzz_format.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = json.dumps(res, indent=1)
     if a.out:
