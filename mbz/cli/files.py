@@ -11,7 +11,7 @@ from ..checkpoint import read_checkpoint
 from ..codecs.raw import bits_equal
 from ..container import atomic_write
 from ..errors import MbzError, MismatchError
-from ..models import ARCHITECTURES, guess_arch
+from ..models import arch_for_pack
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
 from ..summary import format_table, summarize
 from .common import add_force, input_file, output_file, print_json, show_progress
@@ -34,7 +34,7 @@ def cmd_pack(a) -> int:
     input_file(a.checkpoint, "checkpoint")
     output_file(a.output, inputs=[a.checkpoint], force=a.force)
     sd = read_checkpoint(a.checkpoint)
-    arch = {"name": a.arch, "num_classes": a.num_classes} if a.arch else guess_arch(sd)
+    arch, arch_note = arch_for_pack(sd, a.arch, a.num_classes)
     rep = api.save(sd, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                    group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
                    detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
@@ -58,11 +58,7 @@ def cmd_pack(a) -> int:
     print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
           f"); fp32 tensors {fp32:,d} bytes, ratio {fp32 / rep.file_bytes:.2f}x")
-    if arch and not a.arch:
-        print(f"arch guessed from the tensor names and shapes: {arch} (mbz.load_model rebuilds it; "
-              "pass --arch to name it yourself)")
-    elif not arch:
-        print("no architecture recorded (mbz.load / unpack work; for mbz eval and mbz.load_model pass --arch)")
+    print(arch_note)
     return 0
 
 
@@ -136,8 +132,14 @@ def register(sub) -> None:
     e.add_argument("--zstd-level", type=int, help="zstd level (default: 19 below 1 MiB per section, else 3)")
     e.add_argument("--align", type=int, default=1, help="section alignment in bytes (power of two; padding is counted)")
     m = p.add_argument_group("metadata")
-    m.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture for mbz.load_model (guessed for MobileNet-v2)")
-    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--arch", metavar="NAME[:K=V,...]",
+                   help="record the architecture for mbz eval / mbz.load_model: one of ours (mobilenet_v2_cifar, "
+                        "resnet18_cifar, vgg11_bn_cifar, vgg16_bn_cifar) or any torchvision classification builder "
+                        "(resnet18, vgg11_bn, mobilenet_v2, ...), arguments as K=V (e.g. mobilenet_v2_cifar:width_mult=0.5) "
+                        "or a JSON object; num_classes and widths are read off the tensors when not given. The "
+                        "tensors must fit it (wrapper prefixes module. / _orig_mod. allowed). Without --arch nothing "
+                        "is recorded: the weights do not say the strides; pack names the architectures they fit")
+    m.add_argument("--num-classes", type=int, help="num_classes for --arch (default: read off the tensors)")
     m.add_argument("--meta", action="append", metavar="KEY=VALUE", help="extra metadata (VALUE parsed as JSON if it can be)")
     p.add_argument("--json", action="store_true", help="print the per-tensor report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
