@@ -83,7 +83,7 @@ def cmd_eval(a) -> int:
     finally:
         if bar is not None:
             bar.close()
-    abits = arch.get("act_bits", 32)
+    abits = 32 if a.model else arch.get("act_bits", 32)  # validated by load_model; --model: not the file's arch
     out = {"file": a.file, "data": ds.source, "n": ev["n"], "top1": ev["top1"], "file_bytes": s["file_bytes"],
            "file_mb": s["file_mb"], "model_compression_ratio": s["model_compression_ratio"],
            "weight_compression_ratio": s["weight_compression_ratio"],

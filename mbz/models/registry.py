@@ -135,14 +135,14 @@ def _tv_mnv2_infer(shapes: dict) -> dict:
     return {k: v for k, v in _mnv2_infer(shapes).items() if k == "width_mult"}
 
 
+# the pipeline's exports record act_bits 32 and an empty act_alpha for them: activations are quantized in MobileNet-v2 only
+_CIFAR_OTHER = {"num_classes": NUM_CLASSES, "folded_bn": FLAG, "act_bits": Param("int", 32, 32),
+                "act_alpha": Param("float_map", -1e6, 1e6, max_len=0), "channels": CHANNELS}
 ARCHITECTURES = {
     "mobilenet_v2_cifar": ArchSpec("mobilenet_v2_cifar", mobilenet_v2_cifar, _CIFAR_MNV2, infer=_mnv2_infer),
-    "resnet18_cifar": ArchSpec("resnet18_cifar", resnet18_cifar,
-                               {"num_classes": NUM_CLASSES, "folded_bn": FLAG, "channels": CHANNELS}),
-    "vgg11_bn_cifar": ArchSpec("vgg11_bn_cifar", vgg11_bn_cifar,
-                               {"num_classes": NUM_CLASSES, "folded_bn": FLAG, "channels": CHANNELS}),
-    "vgg16_bn_cifar": ArchSpec("vgg16_bn_cifar", vgg16_bn_cifar,
-                               {"num_classes": NUM_CLASSES, "folded_bn": FLAG, "channels": CHANNELS}),
+    "resnet18_cifar": ArchSpec("resnet18_cifar", resnet18_cifar, _CIFAR_OTHER),
+    "vgg11_bn_cifar": ArchSpec("vgg11_bn_cifar", vgg11_bn_cifar, _CIFAR_OTHER),
+    "vgg16_bn_cifar": ArchSpec("vgg16_bn_cifar", vgg16_bn_cifar, _CIFAR_OTHER),
 }
 
 # arguments beside num_classes that torchvision's builders take (by name prefix), each declared with its range
