@@ -229,6 +229,14 @@ def test_eval_with_the_users_own_network(tmp_path, tiny_npz, capsys, monkeypatch
     assert "no 'arch' metadata" in err and "--model" in err
 
 
+@pytest.fixture(scope="module")
+def resnet_pt(tmp_path_factory):
+    torch.manual_seed(0)
+    ck = tmp_path_factory.mktemp("rn") / "r.pt"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), ck)
+    return ck
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--arch", "resnet18_cifar"], "mis-shaped (conv1.weight: [64, 3, 7, 7] where the model has [64, 3, 3, 3])"),
     (["--arch", "resnet18:num_classes=100000"], "'arch.num_classes' of resnet18 must be an integer in [1, 10000]"),
@@ -237,11 +245,10 @@ def test_eval_with_the_users_own_network(tmp_path, tiny_npz, capsys, monkeypatch
     (["--arch", "resnet18:num_classes"], "expected NAME[:KEY=VALUE,...]"),
     (["--arch", "{not json"], "not valid JSON"),
     (["--num-classes", "10"], "--num-classes needs --arch"),
+    (["--meta", 'arch={"name": "resnet18"}'], "name the architecture with --arch"),
 ])
-def test_pack_arch_errors_are_one_line(tmp_path, capsys, argv, words):
-    torch.manual_seed(0)
-    ck = tmp_path / "r.pt"
-    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), ck)
+def test_pack_arch_errors_are_one_line(tmp_path, capsys, resnet_pt, argv, words):
+    ck = resnet_pt
     err = _one_line(capsys, main(["pack", str(ck), "-o", str(tmp_path / "r.mbz"), "-q", *argv]))
     assert words in err, err
     assert not (tmp_path / "r.mbz").exists()

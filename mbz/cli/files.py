@@ -33,12 +33,15 @@ def _meta_pairs(pairs):
 def cmd_pack(a) -> int:
     input_file(a.checkpoint, "checkpoint")
     output_file(a.output, inputs=[a.checkpoint], force=a.force)
+    meta = _meta_pairs(a.meta)
+    if "arch" in meta:
+        raise MbzError("--meta arch=...: name the architecture with --arch (it is checked against the tensors)")
     sd = read_checkpoint(a.checkpoint)
     arch, arch_note = arch_for_pack(sd, a.arch, a.num_classes)
     rep = api.save(sd, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                    group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
                    detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
-                   metadata=_meta_pairs(a.meta), arch=arch, progress=show_progress(a.quiet))
+                   metadata=meta, arch=arch, progress=show_progress(a.quiet))
     fp32 = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in sd.values())
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32,
