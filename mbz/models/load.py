@@ -70,13 +70,13 @@ def load_model(path, *, model: nn.Module | None = None, strict: bool = True) -> 
 def save(obj, path, *, arch: dict | None = None, metadata: dict | None = None, **kwargs):
     """mbz.api.save (same arguments and SaveReport) with the architecture recorded for load_model.
 
-    `arch` (or metadata['arch']) is validated against the registry (validate_arch) and the tensors are
-    checked against it (names and shapes, wrapper prefixes stripped) before anything is written:
-    MbzError naming the missing / unexpected / mis-shaped keys otherwise.  Without one, a module `obj`
+    `arch` is validated against the registry (validate_arch) and the tensors are checked against it
+    (names and shapes, wrapper prefixes stripped) before anything is written: MbzError naming the
+    missing / unexpected / mis-shaped keys otherwise.  metadata['arch'] is written as given (it is
+    metadata like any other; load_model validates it).  Without either, a module `obj`
     that is one of the registry's (built by build_model, or e.g. torchvision.models.resnet18(num_classes=10),
     mobilenet_v2_cifar(width_mult=0.5)) has its `arch` recorded: only when its structure, strides
     included, equals the rebuilt one's (arch_of_module); nothing is guessed from a state_dict."""
-    arch = arch or (metadata or {}).get("arch")
     if arch:
         sd = as_state_dict(obj)
         spec, _ = validate_arch(arch)
@@ -86,6 +86,6 @@ def save(obj, path, *, arch: dict | None = None, metadata: dict | None = None, *
             p = strip_wrapper(names)
             check_fit(shapes_of(sk.state_dict()), {k[len(p):]: s for k, s in names.items()},
                       f"the tensors do not fit 'arch' {spec.name}")
-    elif isinstance(obj, nn.Module):
+    elif isinstance(obj, nn.Module) and not (metadata or {}).get("arch"):
         arch = arch_of_module(obj)
     return api.save(obj, path, arch=arch or None, metadata=metadata, **kwargs)
