@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -51,7 +52,9 @@ def read_object(path):
     if str(path).endswith(".safetensors") or is_safetensors(path):
         return read_safetensors(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note that it checks sparse tensors' invariants: not ours to print
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True: "
                               f"{_first_line(e)}") from None

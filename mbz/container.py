@@ -16,15 +16,19 @@ import msgpack
 
 from .codecs.affine import n_groups, numel_of
 from .codecs.bitpack import packed_size
-from .codecs.filters import FILTERS, max_decoded, unfilter, zstd_available
+from .codecs.filters import FILTERS, max_decoded, unfilter, zstd_available, zstd_decompress
 from .codecs.raw import ITEMSIZE
-from .errors import ChecksumError, FormatError, LimitError, TruncatedError, VersionError
-from .spec import (ENCODING_ROLES, H_ALIGN, H_CRCS, H_FORMAT, H_META, H_PAYLOAD, H_TENSORS, MAGIC,
-                   MAX_ALIGN, MAX_HEADER_BYTES, MAX_RANK, MAX_WIDTH, PREAMBLE, PREAMBLE_SIZE, T_DTYPE,
-                   T_ENC, T_NAME, T_PARAMS, T_SECTIONS, T_SHAPE, VERSION_MAJOR, VERSION_MINOR, DType,
+from .errors import ChecksumError, EncodeError, FormatError, LimitError, MbzError, TruncatedError, VersionError
+from .headerscan import scan, unpack
+from .spec import (ELEMENT_SLACK, ELEMENTS_PER_BYTE, ENCODING_DTYPES, ENCODING_ROLES, H_ALIGN, H_CRCS, H_FORMAT,
+                   H_META, H_PAYLOAD, H_TENSORS, HEADER_KEYS, KNOWN_PARAMS, MAGIC, MAX_ALIGN, MAX_DIM_PRODUCT,
+                   MAX_HEADER_BYTES, MAX_RANK, PARAM_DEFAULTS, PARAM_RULES, PREAMBLE, PREAMBLE_SIZE, RECORD_KEYS,
+                   T_DTYPE, T_ENC, T_NAME, T_PARAMS, T_SECTIONS, T_SHAPE, VERSION_MAJOR, VERSION_MINOR, DType,
                    P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_WIDTH,
-                   P_ZPWIDTH, Encoding, Filter, Granularity, HeaderCodec, Role, Sparsity)
+                   P_ZPWIDTH, Encoding, Filter, Granularity, HeaderCodec, Role, Sparsity, max_elements,
+                   max_header_objects)
 from .spec import H_MAIN, H_TREE, P_SCALE_BYTES, P_ZPSIGNED, QUANTIZED_DTYPES
+from .structure import check_tree
 
 
 def align_up(x: int, a: int) -> int:
@@ -38,7 +42,7 @@ def write_file(path, tensors, meta: dict | None = None, align: int = 1, compress
 
     `structure`: the optional header keys of spec §3.1 ({'tree': node, 'main': [key...]})."""
     if align < 1 or align > MAX_ALIGN or align & (align - 1):
-        raise FormatError(f"align must be a power of two in 1..{MAX_ALIGN}, got {align}")
+        raise EncodeError(f"header '{H_ALIGN}' must be a power of two in 1..{MAX_ALIGN}, got {align}")
     records, chunks, crcs = [], [], []
     off = 0
     for et in tensors:
@@ -59,18 +63,26 @@ def write_file(path, tensors, meta: dict | None = None, align: int = 1, compress
         chunks.append(b"\0" * (crc_off - off))
     chunks.append(b"".join(c.to_bytes(4, "little") for c in crcs))
     payload = crc_off + 4 * len(crcs)
-    header = msgpack.packb({H_FORMAT: "mbz", H_PAYLOAD: payload, H_ALIGN: align, H_CRCS: crc_off,
-                            H_META: meta or {}, H_TENSORS: records, **(structure or {})}, use_bin_type=True)
+    try:
+        header = msgpack.packb({H_FORMAT: "mbz", H_PAYLOAD: payload, H_ALIGN: align, H_CRCS: crc_off,
+                                H_META: meta or {}, H_TENSORS: records, **(structure or {})}, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EncodeError(f"metadata cannot be stored as msgpack ({type(e).__name__}: {e}); use str keys and "
+                          "None, bool, int, float, str, bytes, list and dict values") from None
     codec, block = HeaderCodec.NONE, header
     if compress_header and zstd_available():
         z = FILTERS[Filter.ZSTD].encode(header, 1, 19)
         if len(z) < len(header) and len(header) <= max_decoded(len(z)):
             codec, block = HeaderCodec.ZSTD, z
     if len(header) > MAX_HEADER_BYTES:
-        raise FormatError(f"header of {len(header)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
-    pre = PREAMBLE.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, int(codec), b"\0\0\0", len(block), zlib.crc32(block))
+        raise EncodeError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
     head_end = PREAMBLE_SIZE + len(block)
     pad = align_up(head_end, align) - head_end
+    try:  # the reader's own checks: what it would refuse is refused here first, with its message
+        check_header(header_object(header, head_end + pad + payload), len(block), head_end + pad + payload)
+    except FormatError as e:
+        raise EncodeError(str(e)) from None
+    pre = PREAMBLE.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, int(codec), b"\0\0\0", len(block), zlib.crc32(block))
     atomic_write(path, [pre, block, b"\0" * pad] + chunks)
     return head_end + pad + payload
 
@@ -166,7 +178,11 @@ def _enum(cls, v, where):
 
 
 def parse(buf) -> FileLayout:
-    """Validate a whole file held in `buf` (bytes or mmap); checksums of tensor data are checked on decode."""
+    """Validate a whole file held in `buf` (bytes or mmap); checksums of tensor data are checked on decode.
+
+    Every structural rule of spec §2–§4 and §7 is checked here, before anything is decoded; raises a
+    FormatError subclass naming the field, tensor, section or offset.
+    """
     size = len(buf)
     if size < PREAMBLE_SIZE:
         if size >= 8 and bytes(buf[:8]) != MAGIC:
@@ -188,96 +204,128 @@ def parse(buf) -> FileLayout:
     block = bytes(buf[PREAMBLE_SIZE:PREAMBLE_SIZE + hlen])
     if zlib.crc32(block) != hcrc:
         raise ChecksumError(f"header checksum mismatch (offset {PREAMBLE_SIZE}, {hlen} bytes): file is corrupt")
-    if codec == HeaderCodec.ZSTD:
-        raw_len = min(MAX_HEADER_BYTES, max_decoded(hlen))
-        try:
-            import io
+    raw = decode_header_block(codec, block)
+    h = header_object(raw, size)
+    layout = check_header(h, hlen, size, buf)
+    layout.major, layout.minor, layout.header_codec, layout.header_raw = major, minor, codec, raw
+    return layout
 
-            import zstandard
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(block)) as r:
-                raw = r.read(raw_len + 1)
-        except ImportError:
-            raise FormatError("header is zstd-compressed; install 'zstandard' to read it") from None
-        except Exception as e:
-            raise FormatError(f"header block does not decompress: {e}") from None
-        if len(raw) > raw_len:
-            raise LimitError(f"header expands to {len(raw)} bytes, limit {raw_len}")
-    else:
+
+def decode_header_block(codec: HeaderCodec, block: bytes) -> bytes:
+    """The header's msgpack bytes from its stored block (spec §2 table 1, §7 header limits)."""
+    if codec == HeaderCodec.NONE:
         raw = block
+    else:
+        if not zstd_available():
+            raise FormatError("header is zstd-compressed; install 'zstandard' to read it")
+        limit = min(MAX_HEADER_BYTES, max_decoded(len(block)))
+        try:
+            raw = zstd_decompress(block, limit, exact=False)
+        except FormatError as e:
+            raise type(e)(f"header block (offset {PREAMBLE_SIZE}): {e}") from None
     if len(raw) > MAX_HEADER_BYTES:
         raise LimitError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
-    try:
-        h = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
-    except Exception as e:
-        raise FormatError(f"header is not valid msgpack: {e}") from None
+    return raw
+
+
+def header_object(raw: bytes, file_size: int):
+    """Scan (objects, depth, key types, ext types) then unpack the header msgpack (spec §3, §7)."""
+    scan(raw, max_header_objects(file_size))
+    return unpack(raw)
+
+
+def check_header(h, hlen: int, size: int, buf=None) -> FileLayout:
+    """Every rule of the unpacked header (spec §3–§5, §7); `buf` (the file) adds the zero-padding checks."""
     if not isinstance(h, dict):
         raise FormatError(f"header must be a map, got {type(h).__name__}")
-    if h.get(H_FORMAT) != "mbz":
-        raise FormatError(f"header key '{H_FORMAT}' must be 'mbz', got {h.get(H_FORMAT)!r}")
-    align = _int(h.get(H_ALIGN), f"header '{H_ALIGN}'", 1, MAX_ALIGN)
+    for key, required in HEADER_KEYS.items():
+        if required and key not in h:
+            raise FormatError(f"header lacks the required key '{key}'")
+    if h[H_FORMAT] != "mbz":
+        raise FormatError(f"header key '{H_FORMAT}' must be 'mbz', got {h[H_FORMAT]!r}")
+    align = _int(h[H_ALIGN], f"header '{H_ALIGN}'", 1, MAX_ALIGN)
     if align & (align - 1):
         raise FormatError(f"header '{H_ALIGN}' must be a power of two, got {align}")
-    payload = _int(h.get(H_PAYLOAD), f"header '{H_PAYLOAD}'")
+    payload = _int(h[H_PAYLOAD], f"header '{H_PAYLOAD}'")
     pstart = align_up(PREAMBLE_SIZE + hlen, align)
     if pstart + payload > size:
         raise TruncatedError(f"file is {size} bytes but header and payload need {pstart + payload}")
     if pstart + payload < size:
         raise FormatError(f"{size - pstart - payload} unexpected bytes after the payload end at offset {pstart + payload}")
-    if any(bytes(buf[PREAMBLE_SIZE + hlen:pstart])):
+    if buf is not None and any(bytes(buf[PREAMBLE_SIZE + hlen:pstart])):
         raise FormatError(f"padding at offsets {PREAMBLE_SIZE + hlen}..{pstart} must be zero")
     meta = h.get(H_META, {})
     if not isinstance(meta, dict):
-        raise FormatError(f"header '{H_META}' must be a map")
-    tensors = h.get(H_TENSORS)
+        raise FormatError(f"header '{H_META}' must be a map, got {type(meta).__name__}")
+    tensors = h[H_TENSORS]
     if not isinstance(tensors, list):
-        raise FormatError(f"header '{H_TENSORS}' must be a list")
-    crc_off = _int(h.get(H_CRCS), f"header '{H_CRCS}'")
+        raise FormatError(f"header '{H_TENSORS}' must be a list, got {type(tensors).__name__}")
+    crc_off = _int(h[H_CRCS], f"header '{H_CRCS}'")
     if crc_off + 4 * len(tensors) != payload:
         raise FormatError(f"checksum table at payload offset {crc_off} with {len(tensors)} entries "
                           f"does not end at the payload end {payload}")
-    records, names, cursor = [], set(), 0
+    records, names, cursor, elements = [], set(), 0, 0
+    budget = max_elements(size)
     for i, r in enumerate(tensors):
         rec, cursor = _record(i, r, cursor, align, pstart, buf)
         if rec.name in names:
             raise FormatError(f"tensor '{rec.name}' appears twice")
         names.add(rec.name)
+        elements += numel_of(rec.shape)
+        if elements > budget:
+            raise LimitError(f"tensor '{rec.name}': the tensors up to this one hold {elements} elements; a file of "
+                             f"{size} bytes may hold at most {budget} ({ELEMENTS_PER_BYTE} x size + {ELEMENT_SLACK})")
         records.append(rec)
     if align_up(cursor, align) != crc_off:
         raise FormatError(f"checksum table expected at payload offset {align_up(cursor, align)}, header says {crc_off}")
-    if any(bytes(buf[pstart + cursor:pstart + crc_off])):
-        raise FormatError(f"padding before the checksum table (offset {pstart + cursor}) must be zero")
-    for rec in records:
-        rec.crc = int.from_bytes(bytes(buf[pstart + crc_off + 4 * rec.index:pstart + crc_off + 4 * rec.index + 4]), "little")
+    if buf is not None:
+        if any(bytes(buf[pstart + cursor:pstart + crc_off])):
+            raise FormatError(f"padding before the checksum table (offset {pstart + cursor}) must be zero")
+        for rec in records:
+            at = pstart + crc_off + 4 * rec.index
+            rec.crc = int.from_bytes(bytes(buf[at:at + 4]), "little")
     tree, main = h.get(H_TREE), h.get(H_MAIN, [])
     if not isinstance(main, list) or not all(type(k) in (str, int) for k in main):
         raise FormatError(f"header '{H_MAIN}' must be a list of keys (strings or integers), got {main!r}")
-    return FileLayout(size, major, minor, codec, hlen, raw, pstart, align, crc_off, meta, records, tree, main)
+    if tree is not None:
+        check_tree(tree, main, records)
+    return FileLayout(size, VERSION_MAJOR, VERSION_MINOR, HeaderCodec.NONE, hlen, b"", pstart, align, crc_off,
+                      meta, records, tree, main)
 
 
 def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     where = f"tensor #{i}"
     if not isinstance(r, dict):
-        raise FormatError(f"{where}: record must be a map")
+        raise FormatError(f"{where}: record must be a map, got {type(r).__name__}")
     name = r.get(T_NAME)
     if not isinstance(name, str) or not name:
         raise FormatError(f"{where}: name must be a non-empty string, got {name!r}")
     where = f"tensor '{name}'"
-    dtype = _enum(DType, r.get(T_DTYPE), f"{where} dtype")
-    shape = r.get(T_SHAPE)
+    for key, required in RECORD_KEYS.items():
+        if required and key not in r:
+            raise FormatError(f"{where}: record lacks the required key '{key}'")
+    dtype = _enum(DType, r[T_DTYPE], f"{where} dtype")
+    shape = r[T_SHAPE]
     if not isinstance(shape, list) or len(shape) > MAX_RANK:
         raise FormatError(f"{where}: shape must be a list of at most {MAX_RANK} sizes, got {shape!r}")
-    shape = tuple(_int(d, f"{where} shape", 0, 1 << 48) for d in shape)
+    shape = tuple(_int(d, f"{where} shape", 0, MAX_DIM_PRODUCT) for d in shape)
+    nonzero = numel_of(d for d in shape if d)
+    if nonzero > MAX_DIM_PRODUCT:
+        raise LimitError(f"{where}: shape {list(shape)} has a product of nonzero sizes {nonzero}, "
+                         f"limit {MAX_DIM_PRODUCT}")
     numel = numel_of(shape)
-    enc = _enum(Encoding, r.get(T_ENC), f"{where} encoding")
+    enc = _enum(Encoding, r[T_ENC], f"{where} encoding")
+    if dtype not in ENCODING_DTYPES[enc]:
+        raise FormatError(f"{where}: encoding {enc.name} is not defined for dtype {dtype.name} "
+                          f"(allowed: {', '.join(d.name for d in DType if d in ENCODING_DTYPES[enc])})")
     p = r.get(T_PARAMS, {})
     if not isinstance(p, dict):
-        raise FormatError(f"{where}: params must be a map")
-    if dtype in QUANTIZED_DTYPES and enc != Encoding.AFFINE:
-        raise FormatError(f"{where}: quantized dtype {dtype.name} needs the AFFINE encoding")
+        raise FormatError(f"{where}: params must be a map, got {type(p).__name__}")
     p = _params(enc, p, shape, numel, where, dtype)
-    secs = r.get(T_SECTIONS)
+    secs = r[T_SECTIONS]
     if not isinstance(secs, list):
-        raise FormatError(f"{where}: sections must be a list")
+        raise FormatError(f"{where}: sections must be a list, got {type(secs).__name__}")
+    required, allowed = ENCODING_ROLES[enc]
     refs, roles = [], set()
     roles_by_value, filters_by_value = _MEMBERS[Role], _MEMBERS[Filter]
     for j, s in enumerate(secs):
@@ -295,6 +343,9 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
             stored = _int(s[2], f"{sw} stored length")
             filt = _enum(Filter, s[3], f"{sw} filter")
             dec = _int(s[4], f"{sw} decoded length")
+        if role not in allowed:
+            raise FormatError(f"{sw}: role {role.name} is not a section of {enc.name} "
+                              f"(allowed: {', '.join(x.name for x in Role if x in allowed)})")
         if role in roles:
             raise FormatError(f"{sw}: role {role.name} appears twice")
         roles.add(role)
@@ -302,20 +353,20 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
         if off != want:
             what = "overlaps the previous section" if off < want else "leaves a gap after the previous section"
             raise FormatError(f"{sw} ({role.name}) at payload offset {off} {what}; expected offset {want}")
-        if any(bytes(buf[pstart + cursor:pstart + off])):
+        if buf is not None and any(bytes(buf[pstart + cursor:pstart + off])):
             raise FormatError(f"{sw}: padding before payload offset {off} must be zero")
         cursor = off + stored
         if filt == Filter.NONE and dec != stored:
-            raise FormatError(f"{sw}: unfiltered section stores {stored} bytes but declares {dec}")
+            raise FormatError(f"{sw} ({role.name}): unfiltered section stores {stored} bytes but declares {dec}")
         if filt != Filter.NONE and dec > max_decoded(stored):
-            raise LimitError(f"{sw}: {stored} stored bytes may not expand to {dec} (limit {max_decoded(stored)})")
+            raise LimitError(f"{sw} ({role.name}): {stored} stored bytes may not expand to {dec} "
+                             f"(limit {max_decoded(stored)})")
         exp = _expected_len(role, enc, p, dtype, shape, numel)
         if exp is not None and dec != exp:
             raise FormatError(f"{sw} ({role.name}): decoded length {dec}, expected {exp}")
         if role == Role.NEGZERO and dec > (numel + 7) // 8:
-            raise FormatError(f"{sw}: NEGZERO of {dec} bytes exceeds one bit per element")
+            raise FormatError(f"{sw} (NEGZERO): {dec} bytes exceed one bit per element ({(numel + 7) // 8})")
         refs.append(SectionRef(role, pstart + off, stored, filt, dec))
-    required, allowed = ENCODING_ROLES[enc]
     required = set(required)
     if enc != Encoding.RAW:
         sp = p[P_SPARSE]
@@ -329,44 +380,65 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     return Record(i, name, dtype, shape, enc, p, refs, 0), cursor
 
 
-def _params(enc: Encoding, p: dict, shape, numel: int, where: str, dtype=None) -> dict:
-    if enc == Encoding.RAW:
-        return {}
+def _params(enc: Encoding, p: dict, shape, numel: int, where: str, dtype: DType) -> dict:
+    """Params checked against spec table 9 (PARAM_RULES); returns them with defaults filled in."""
+    rules = PARAM_RULES[enc]
     w = f"{where} params"
-    out = {P_WIDTH: _int(p.get(P_WIDTH), f"{w} 'b' (code width)", 1, MAX_WIDTH),
-           P_SPARSE: int(_enum(Sparsity, p.get(P_SPARSE), f"{w} 'sp' (sparsity)")),
-           P_COUNT: _int(p.get(P_COUNT), f"{w} 'm' (stored codes)", 0, 1 << 48)}
-    if out[P_SPARSE] == Sparsity.DELTA:
-        out[P_IWIDTH] = _int(p.get(P_IWIDTH), f"{w} 'iw' (index width)", 1, MAX_WIDTH)
-        if numel > (out[P_COUNT] + 1) << out[P_IWIDTH]:
-            raise LimitError(f"{where}: {out['m']} delta entries of {out['iw']} bits cannot cover {numel} elements")
-    elif out[P_SPARSE] == Sparsity.BITMAP and out[P_COUNT] > numel:
-        raise FormatError(f"{where}: {out['m']} stored codes for {numel} elements")
-    if enc == Encoding.AFFINE:
-        g = int(_enum(Granularity, p.get(P_GRAN), f"{w} 'g' (granularity)"))
-        out[P_GRAN] = g
-        if g == Granularity.CHANNEL:
-            out[P_AXIS] = _int(p.get(P_AXIS, 0), f"{w} 'ax' (axis)", 0, max(0, len(shape) - 1))
-            if not shape:
-                raise FormatError(f"{where}: per-channel scales need a tensor of rank >= 1")
-        if g == Granularity.GROUP:
-            out[P_GROUP] = _int(p.get(P_GROUP), f"{w} 'gs' (group size)", 1, 1 << 48)
-        out[P_ZPWIDTH] = _int(p.get(P_ZPWIDTH, 0), f"{w} 'zb' (zero-point width)", 0, MAX_WIDTH)
-        sb = p.get(P_SCALE_BYTES, 4)
-        if sb not in (4, 8) or (sb == 8) != (dtype in QUANTIZED_DTYPES):
-            raise FormatError(f"{w} 'sb' (scale bytes) must be 8 for quantized dtypes, else 4; got {sb!r}")
-        if sb == 8:
-            out[P_SCALE_BYTES] = 8
-        for key in (P_SIGNED, P_NEGZERO, P_ZPSIGNED):
-            v = p.get(key, False)
+    for key in p:
+        if key in KNOWN_PARAMS and key not in rules:
+            raise FormatError(f"{w}: key '{key}' does not apply to {enc.name}")
+    out = {}
+    for key, (kind, lo, hi, when) in rules.items():
+        if isinstance(when, tuple):
+            present_ok = out.get(when[0]) == when[1]
+            if not present_ok:
+                if key in p:
+                    raise FormatError(f"{w}: key '{key}' applies only when '{when[0]}' is {int(when[1])}")
+                continue
+        if key not in p:
+            if when == "optional":
+                out[key] = PARAM_DEFAULTS[key]
+                continue
+            raise FormatError(f"{w}: required key '{key}' ({PARAM_NAMES[key]}) is missing")
+        v = p[key]
+        label = f"{w} '{key}' ({PARAM_NAMES[key]})"
+        if kind == "bool":
             if not isinstance(v, bool):
-                raise FormatError(f"{w} '{key}' must be a boolean, got {v!r}")
+                raise FormatError(f"{label}: expected a boolean, got {v!r}")
             out[key] = v
-    else:
-        out[P_K] = _int(p.get(P_K), f"{w} 'k' (codebook entries)", 1, 1 << MAX_WIDTH)
-        if out[P_K] > 1 << out[P_WIDTH]:
-            raise FormatError(f"{where}: {out['k']} codebook entries cannot be indexed with {out['b']} bits")
+        elif kind == "enum":
+            out[key] = int(_enum(lo, v, label))
+        elif kind == "choice":
+            if type(v) is not int or v not in lo:
+                raise FormatError(f"{label}: expected one of {', '.join(map(str, lo))}, got {v!r}")
+            out[key] = v
+        else:
+            top = (MAX_DIM_PRODUCT if hi is None else len(shape) - 1 if hi == "rank-1"
+                   else 1 << out[P_WIDTH] if hi == "2^b" else hi)
+            if hi == "rank-1" and not shape:
+                raise FormatError(f"{where}: per-channel scales need a tensor of rank >= 1, shape is []")
+            out[key] = _int(v, label, lo, top)
+    if enc == Encoding.RAW:
+        return out
+    if enc == Encoding.AFFINE and (out[P_SCALE_BYTES] == 8) != (dtype in QUANTIZED_DTYPES):
+        raise FormatError(f"{w} 'sb' (scale bytes) must be 8 for quantized dtypes, else 4; got {out[P_SCALE_BYTES]}")
+    if dtype in QUANTIZED_DTYPES and out[P_GRAN] == Granularity.GROUP:
+        raise FormatError(f"{where}: quantized dtype {dtype.name} takes per-tensor or per-channel scales only")
+    m, sp = out[P_COUNT], out[P_SPARSE]
+    if sp == Sparsity.DENSE and m != numel:
+        raise FormatError(f"{where}: DENSE layout stores {m} codes for {numel} elements ('m' must equal numel)")
+    if sp == Sparsity.BITMAP and m > numel:
+        raise FormatError(f"{where}: BITMAP layout stores {m} codes for {numel} elements")
+    if sp == Sparsity.DELTA and numel > (m + 1) << out[P_IWIDTH]:
+        raise LimitError(f"{where}: {m} delta entries of {out[P_IWIDTH]} bits cannot cover {numel} elements "
+                         f"(at most (m + 1) x 2^iw)")
     return out
+
+
+PARAM_NAMES = {P_WIDTH: "code width", P_SPARSE: "sparse layout", P_COUNT: "stored codes", P_GRAN: "granularity",
+               P_AXIS: "axis", P_GROUP: "group size", P_IWIDTH: "index width", P_SIGNED: "signed codes",
+               P_ZPWIDTH: "zero-point width", P_NEGZERO: "negative zeros", P_K: "codebook entries",
+               P_SCALE_BYTES: "scale bytes", P_ZPSIGNED: "signed zero points"}
 
 
 def _expected_len(role: Role, enc: Encoding, p: dict, dtype: DType, shape, numel: int):
@@ -375,9 +447,9 @@ def _expected_len(role: Role, enc: Encoding, p: dict, dtype: DType, shape, numel
     if role == Role.CODES:
         return packed_size(p[P_COUNT], p[P_WIDTH])
     if role == Role.MASK:
-        return (numel + 7) // 8
+        return (numel + 7) // 8 if p[P_SPARSE] == Sparsity.BITMAP else None
     if role == Role.DELTAS:
-        return packed_size(p[P_COUNT], p[P_IWIDTH])
+        return packed_size(p[P_COUNT], p[P_IWIDTH]) if p[P_SPARSE] == Sparsity.DELTA else None
     if role in (Role.SCALES, Role.ZERO_POINTS):
         g = n_groups(Granularity(p[P_GRAN]), shape, p.get(P_AXIS, 0), p.get(P_GROUP, 0))
         return p.get(P_SCALE_BYTES, 4) * g if role == Role.SCALES else packed_size(g, p[P_ZPWIDTH])
@@ -430,7 +502,14 @@ def read_sections(buf, rec: Record) -> dict:
         raise ChecksumError(f"tensor '{rec.name}': data checksum mismatch (sections at offset "
                             f"{rec.sections[0].offset if rec.sections else '-'}): file is corrupt")
     item = ITEMSIZE[rec.dtype]
-    return {s.role: unfilter(s.role, s.filter, b, s.decoded, item) for s, b in zip(rec.sections, stored)}
+    out = {}
+    for j, (s, b) in enumerate(zip(rec.sections, stored)):
+        try:
+            out[s.role] = unfilter(s.role, s.filter, b, s.decoded, item)
+        except MbzError as e:
+            raise type(e)(f"tensor '{rec.name}' section #{j} ({s.role.name}, {s.filter.name}) at offset "
+                          f"{s.offset}: {e}") from None
+    return out
 
 
 __all__ = ["write_file", "parse", "read_sections", "Source", "FileLayout", "Record"]

@@ -16,9 +16,7 @@ from .spec import QUANTIZED_DTYPES, Encoding, Role
 def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torch.Tensor:
     tdtype, itemsize = torch_dtype(dtype), ITEMSIZE[dtype]
     numel = numel_of(shape)
-    if dtype in QUANTIZED_DTYPES:
-        if encoding != Encoding.AFFINE:
-            raise FormatError(f"quantized dtype {tdtype} needs the AFFINE encoding")
+    if dtype in QUANTIZED_DTYPES:  # AFFINE only (ENCODING_DTYPES, checked on open)
         return decode_quantized(p, secs, dtype, shape, StoredLayout.from_sections(p, secs, numel), numel)
     if encoding == Encoding.RAW:
         t = tensor_from_bytes(secs[Role.RAW], dtype, shape)
@@ -26,12 +24,8 @@ def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torc
             raise FormatError("bool tensor holds bytes other than 0 and 1")
         return t
     layout = StoredLayout.from_sections(p, secs, numel)
-    if encoding == Encoding.AFFINE:
-        if not tdtype.is_floating_point:
-            raise FormatError(f"AFFINE encoding needs a float dtype, record says {tdtype}")
+    if encoding == Encoding.AFFINE:  # dtype / encoding pairs were checked on open (spec table 3)
         return decode_affine(p, secs, tdtype, shape, layout, numel)
-    if tdtype == torch.bool:
-        raise FormatError("CODEBOOK encoding of bool tensors is not defined")
     return decode_codebook(p, secs, tdtype, itemsize, shape, layout.positions(), numel)
 
 

@@ -31,6 +31,22 @@ EXPANSION_SLACK = 4096               # ... plus this many bytes
 MAX_RANK = 16
 MAX_WIDTH = 16                       # bit width of codes, indices, zero points
 MAX_ALIGN = 4096
+MAX_DIM_PRODUCT = 1 << 48            # product of a shape's nonzero sizes; also m, gs
+MAX_HEADER_DEPTH = 64                # nesting of maps / arrays in the header (the header map is depth 1)
+HEADER_OBJECTS_SLACK = 1 << 18       # msgpack objects in the header: at most this + file size // 2
+ELEMENTS_PER_BYTE = 64               # sum of numel over the tensors: at most this * file size ...
+ELEMENT_SLACK = 1 << 22              # ... + this many
+ZSTD_MIN_WINDOW = 1 << 10            # a zstd frame's window: at most max(this, 2 * its decoded length)
+
+
+def max_header_objects(file_size: int) -> int:
+    """Most msgpack objects (every map, array, key and value) a header may hold (spec §7)."""
+    return HEADER_OBJECTS_SLACK + file_size // 2
+
+
+def max_elements(file_size: int) -> int:
+    """Most elements (sum of numel) a file of this size may decode to (spec §7)."""
+    return ELEMENTS_PER_BYTE * file_size + ELEMENT_SLACK
 
 
 # --- Element types (spec table 2) -------------------------------------------
@@ -167,6 +183,14 @@ ROLE_CATEGORY = {
     Role.CODEBOOK: Category.CODEBOOKS,
 }
 
+# Which element types each encoding may carry (spec table 3).
+# Quantized dtypes (format 1.1) only with AFFINE (§5.3.1).
+ENCODING_DTYPES = {
+    Encoding.RAW: frozenset(DType) - set(QUANTIZED_DTYPES),
+    Encoding.AFFINE: FLOAT_DTYPES | set(QUANTIZED_DTYPES),
+    Encoding.CODEBOOK: frozenset(DType) - {DType.BOOL} - set(QUANTIZED_DTYPES),
+}
+
 # Which roles each encoding may / must carry (spec table 6).
 ENCODING_ROLES = {
     Encoding.RAW: ({Role.RAW}, {Role.RAW}),
@@ -205,15 +229,16 @@ P_SCALE_BYTES = "sb"  # bytes per SCALES entry: 4 (float32, default) or 8 (float
 P_ZPSIGNED = "zs"     # ZERO_POINTS are two's complement (quantized dtypes only)
 
 
+
 # --- Checkpoint structure (spec §3.1, format 1.1) ----------------------------
-H_TREE = "tree"      # optional: the checkpoint's structure, one node (table 10); absent = a flat state_dict
+H_TREE = "tree"      # optional: the checkpoint's structure, one node (table 13); absent = a flat state_dict
 H_MAIN = "main"      # optional: key path from the tree's root to the state_dict mbz.load returns
 
 MAX_TREE_DEPTH = 64  # nesting a reader follows
 
 
 class Node(IntEnum):
-    """Kinds of structure-tree node (spec table 10): each node is an array [kind, fields...]."""
+    """Kinds of structure-tree node (spec table 13): each node is an array [kind, fields...]."""
     NONE = 0        # [0]
     BOOL = 1        # [1, bool]
     INT = 2         # [2, int]  (msgpack int: -2^63 .. 2^64-1)
@@ -232,13 +257,13 @@ class Node(IntEnum):
     SIZE = 14       # [14, [int...]]: torch.Size
     DEVICE = 15     # [15, str]
     COMPLEX = 16    # [16, real, imag]
-    SPARSE = 17     # [17, layout, [component nodes], [size], coalesced]: a sparse tensor (table 11)
+    SPARSE = 17     # [17, layout, [component nodes], [size], coalesced]: a sparse tensor (table 14)
     BIGINT = 18     # [18, decimal str]: an int outside msgpack's range
     RECORDS = 19    # [19, first record index, count, prefix]: items of the records first..first+count-1,
                     # keyed by their names less the prefix (as ODICT / DICT items)
 
 
-# Sparse layouts of a SPARSE node (spec table 11): the component tensors, in order
+# Sparse layouts of a SPARSE node (spec table 14): the component tensors, in order
 SPARSE_LAYOUTS = {
     "sparse_coo": ("indices", "values"),
     "sparse_csr": ("crow_indices", "col_indices", "values"),
@@ -252,3 +277,42 @@ M_INPUT = "input"             # {'dtypes': {dtype: bytes}, 'bytes': total tensor
 M_PRUNE_FOLDED = "prune_folded"  # names stored as weight_orig * weight_mask (pruning re-parametrisation)
 M_ZERO_SIGN = "zero_sign_dropped"  # {record name: count of -0.0 stored as +0.0}: not bit-exact there
 M_KEY = "key"                 # the checkpoint entry packed (pack --key), the others left out
+
+
+# Params keys by encoding (spec table 9): key -> (kind, lo, hi, when the key is required / allowed).
+# kind "int" (integer lo..hi, hi None = the MAX_DIM_PRODUCT cap), "bool", or "enum" (lo is the enum class).
+# when: "always", "optional" (with its default), or (key, value): required iff params[key] == value,
+# forbidden otherwise.  A key of this table not listed for an encoding is forbidden for it; a key
+# the table does not know (added by a later minor version) is ignored.
+PARAM_RULES = {
+    Encoding.RAW: {},
+    Encoding.AFFINE: {
+        P_WIDTH: ("int", 1, MAX_WIDTH, "always"),
+        P_SPARSE: ("enum", Sparsity, None, "always"),
+        P_COUNT: ("int", 0, None, "always"),
+        P_GRAN: ("enum", Granularity, None, "always"),
+        P_AXIS: ("int", 0, "rank-1", (P_GRAN, Granularity.CHANNEL)),
+        P_GROUP: ("int", 1, None, (P_GRAN, Granularity.GROUP)),
+        P_IWIDTH: ("int", 1, MAX_WIDTH, (P_SPARSE, Sparsity.DELTA)),
+        P_SIGNED: ("bool", None, None, "optional"),
+        P_ZPWIDTH: ("int", 0, MAX_WIDTH, "optional"),
+        P_NEGZERO: ("bool", None, None, "optional"),
+        P_SCALE_BYTES: ("choice", (4, 8), None, "optional"),   # 8 iff the dtype is quantized (§5.3.1)
+        P_ZPSIGNED: ("bool", None, None, "optional"),
+    },
+    Encoding.CODEBOOK: {
+        P_WIDTH: ("int", 1, MAX_WIDTH, "always"),
+        P_SPARSE: ("enum", Sparsity, None, "always"),
+        P_COUNT: ("int", 0, None, "always"),
+        P_K: ("int", 1, "2^b", "always"),
+        P_IWIDTH: ("int", 1, MAX_WIDTH, (P_SPARSE, Sparsity.DELTA)),
+    },
+}
+PARAM_DEFAULTS = {P_SIGNED: False, P_ZPWIDTH: 0, P_NEGZERO: False, P_SCALE_BYTES: 4, P_ZPSIGNED: False}
+KNOWN_PARAMS = frozenset(k for rules in PARAM_RULES.values() for k in rules)
+
+# Header keys (spec table 10): key -> required?  Unknown keys are ignored.
+HEADER_KEYS = {H_FORMAT: True, H_PAYLOAD: True, H_ALIGN: True, H_CRCS: True, H_META: False, H_TENSORS: True,
+               H_TREE: False, H_MAIN: False}
+# Tensor record keys (spec table 11): key -> required?  ('p' may be left out for RAW.)
+RECORD_KEYS = {T_NAME: True, T_DTYPE: True, T_SHAPE: True, T_ENC: True, T_PARAMS: False, T_SECTIONS: True}

@@ -1,4 +1,4 @@
-"""A checkpoint's structure kept without pickle: the typed msgpack tree of spec §3.1 (table 10).
+"""A checkpoint's structure kept without pickle: the typed msgpack tree of spec §3.1 (table 13).
 
 ``flatten(obj)`` turns what ``torch.load(weights_only=True)`` returns (nested
 dicts / OrderedDicts, lists, tuples, numbers, strings, dtypes, torch.Size,
@@ -410,6 +410,143 @@ class Builder:
             return make(ts[0], ts[1], ts[2], size, check_invariants=True)
         except (RuntimeError, TypeError, ValueError, IndexError) as e:
             raise _fail(path, f"not a valid {layout} tensor: {str(e).splitlines()[0][:200]}") from None
+
+
+_KEY_KINDS = frozenset({Node.NONE, Node.BOOL, Node.INT, Node.FLOAT, Node.STR, Node.BYTES, Node.TUPLE, Node.DTYPE,
+                        Node.SIZE, Node.DEVICE, Node.COMPLEX, Node.BIGINT})
+_TENSOR_KINDS = frozenset({Node.TENSOR, Node.VIEW, Node.SPARSE})
+_SCALARS = {Node.BOOL: bool, Node.INT: int, Node.FLOAT: float, Node.STR: str, Node.BYTES: bytes}
+
+
+def check_tree(tree, main: list, records: list) -> None:
+    """Every structural rule of spec §3.1 checked on open, nothing decoded: node kinds, arity and field
+    types (table 13), record references, RECORDS ranges and prefixes, VIEW nodes within a 1-D record of
+    an unquantized dtype, SPARSE layouts and component counts (table 14), dict keys, and the 'main'
+    path.  `records`: the file's records (name, dtype, shape).  Raises FormatError naming the node's
+    key path; what depends on the tensors' values (sparse index invariants) is checked on decode."""
+    from .spec import QUANTIZED_DTYPES
+    names = [r.name for r in records]
+    by_name = {r.name: r for r in records}
+    _Checker(names, by_name, QUANTIZED_DTYPES).node(tree, "", 0)
+    find(tree, main, names)
+
+
+class _Checker:
+    def __init__(self, names, by_name, quantized):
+        self.names, self.by_name, self.quantized = names, by_name, quantized
+
+    def record(self, name, path):
+        if not isinstance(name, str) or name not in self.by_name:
+            raise _fail(path, f"refers to record {name!r}, which the file does not hold")
+        return self.by_name[name]
+
+    def items(self, items, path, depth):
+        if isinstance(items, list) and items and type(items[0]) is int:  # a RECORDS node
+            if _kind(items, path) != Node.RECORDS:
+                raise _fail(path, "dict items must be pairs or a RECORDS node")
+            _arity(items, 4, path)
+            first, count, prefix = items[1], items[2], items[3]
+            if type(first) is not int or type(count) is not int or first < 0 or count < 0 \
+                    or first + count > len(self.names) or not isinstance(prefix, str):
+                raise _fail(path, f"RECORDS {first}..+{count} outside the {len(self.names)} records")
+            for name in self.names[first:first + count]:
+                if not name.startswith(prefix):
+                    raise _fail(path, f"record {name!r} does not start with the prefix {prefix!r}")
+            return
+        if not isinstance(items, list):
+            raise _fail(path, "dict items must be a list")
+        for i, pair in enumerate(items):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise _fail(path, f"item #{i} must be a [key, value] pair")
+            kind = self.node(pair[0], f"{path}/<key {i}>", depth + 1)
+            if kind not in _KEY_KINDS or kind == Node.TUPLE and not self.hashable(pair[0], depth + 1):
+                raise _fail(path, f"key #{i} is a {kind.name} node, which cannot be a dict key")
+            self.node(pair[1], f"{path}/<value {i}>", depth + 1)
+
+    def hashable(self, node, depth) -> bool:
+        if depth > MAX_TREE_DEPTH:
+            return False
+        kind = Node(node[0])
+        return kind in _KEY_KINDS and (kind != Node.TUPLE or all(self.hashable(x, depth + 1) for x in node[1]))
+
+    def node(self, node, path: str, depth: int) -> Node:
+        if depth > MAX_TREE_DEPTH:
+            raise _fail(path, f"nested deeper than {MAX_TREE_DEPTH} levels")
+        kind = _kind(node, path)
+        if kind == Node.NONE:
+            _arity(node, 1, path)
+        elif kind in _SCALARS:
+            _arity(node, 2, path)
+            if type(node[1]) is not _SCALARS[kind]:
+                raise _fail(path, f"{kind.name} node holds a {type(node[1]).__name__}")
+        elif kind == Node.BIGINT:
+            _arity(node, 2, path)
+            if not isinstance(node[1], str) or not node[1].lstrip("-").isdigit() or len(node[1]) > 4000:
+                raise _fail(path, "BIGINT must hold a decimal string")
+        elif kind == Node.COMPLEX:
+            _arity(node, 3, path)
+            if not all(type(x) is float for x in node[1:]):
+                raise _fail(path, "COMPLEX needs two floats")
+        elif kind in (Node.LIST, Node.TUPLE):
+            _arity(node, 2, path)
+            if not isinstance(node[1], list):
+                raise _fail(path, f"{kind.name} needs a list of nodes")
+            for i, x in enumerate(node[1]):
+                self.node(x, f"{path}/{i}", depth + 1)
+        elif kind == Node.DICT:
+            _arity(node, 2, path)
+            self.items(node[1], path, depth)
+        elif kind == Node.ODICT:
+            _arity(node, 3, path)
+            self.items(node[1], path, depth)
+            if self.node(node[2], f"{path}/_metadata", depth + 1) not in (Node.NONE, Node.DICT):
+                raise _fail(path, "_metadata must be a dict")
+        elif kind == Node.TENSOR:
+            _arity(node, 2, path)
+            self.record(node[1], path)
+        elif kind == Node.PARAM:
+            _arity(node, 3, path)
+            if self.node(node[1], path, depth + 1) not in _TENSOR_KINDS or type(node[2]) is not bool:
+                raise _fail(path, "PARAM needs a tensor node and a boolean")
+        elif kind == Node.VIEW:
+            _arity(node, 5, path)
+            base = self.record(node[1], path)
+            off = node[2]
+            shape, stride = _ints(node[3], path, "VIEW shape"), _ints(node[4], path, "VIEW stride")
+            if type(off) is not int or off < 0 or len(shape) != len(stride) or len(base.shape) != 1 \
+                    or base.dtype in self.quantized:
+                raise _fail(path, "VIEW needs a 1-D unquantized record, an offset >= 0 and a stride per dimension")
+            if all(shape):
+                last = off + sum((s - 1) * st for s, st in zip(shape, stride))
+                if last >= base.shape[0]:
+                    raise _fail(path, f"VIEW reaches element {last} of a record of {base.shape[0]}")
+        elif kind == Node.DTYPE:
+            _arity(node, 2, path)
+            if not isinstance(node[1], str) or not isinstance(getattr(torch, node[1], None), torch.dtype):
+                raise _fail(path, f"unknown torch dtype {node[1]!r}")
+        elif kind == Node.SIZE:
+            _arity(node, 2, path)
+            _ints(node[1], path, "SIZE")
+        elif kind == Node.DEVICE:
+            _arity(node, 2, path)
+            try:
+                torch.device(node[1])
+            except (RuntimeError, TypeError):
+                raise _fail(path, f"not a device: {node[1]!r}") from None
+        elif kind == Node.SPARSE:
+            _arity(node, 5, path)
+            layout, parts = node[1], node[2]
+            if layout not in SPARSE_LAYOUTS or not isinstance(parts, list) \
+                    or len(parts) != len(SPARSE_LAYOUTS[layout]):
+                raise _fail(path, f"SPARSE layout {layout!r} with "
+                                  f"{len(parts) if isinstance(parts, list) else '?'} parts")
+            for x, n in zip(parts, SPARSE_LAYOUTS[layout]):
+                if self.node(x, f"{path}/{n}", depth + 1) not in (Node.TENSOR, Node.VIEW):
+                    raise _fail(path, f"SPARSE component {n} must be a tensor node")
+            _ints(node[3], path, "SPARSE size")
+        else:
+            raise _fail(path, f"{kind.name} node out of place")
+        return kind
 
 
 def find(tree, path: list, names: list):

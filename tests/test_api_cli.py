@@ -127,7 +127,7 @@ def test_console_script_help():
 
 
 def test_save_records_only_the_arch_it_is_given(tmp_mbz):
-    mbz.save(tiny_model().state_dict(), tmp_mbz)  # the core guesses nothing; `mbz pack` does, and says so
+    mbz.save(tiny_model().state_dict(), tmp_mbz)  # a state_dict: nothing is guessed (strides are not in the weights)
     with mbz.open(tmp_mbz) as r:
         assert "arch" not in r.metadata
     with pytest.raises(mbz.MbzError, match="no 'arch' metadata"):

@@ -95,8 +95,10 @@ def files(tmp_path_factory):
     rn = {k: v for k, v in torchvision.models.resnet18(num_classes=10).state_dict().items()
           if k.startswith(("conv1", "bn1", "layer1.0", "fc"))}
     torch.save(rn, d / "resnet.pt")
+    # pack refuses an --arch the tensors do not fit; the core writes such a file as a hostile writer would
     assert main(["pack", str(d / "resnet.pt"), "-o", str(f["resnet"]), "--arch", "mobilenet_v2_cifar", "-q",
-                 "--no-detect"]) == 0
+                 "--no-detect"]) == 2
+    mbz.api.save(rn, f["resnet"], arch={"name": "mobilenet_v2_cifar"}, detect=False)
     f["text"].write_text("this is not a model\n")
     f["trunc"].write_bytes(f["mbz"].read_bytes()[: f["mbz"].stat().st_size // 2])
     f["dir"].mkdir()

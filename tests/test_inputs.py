@@ -215,7 +215,11 @@ def test_plain_state_dict_has_no_tree_and_broken_trees_are_refused(tmp_path):
                      (lambda h: h.update(tree=[12, "a", 1, [5], [1]]), mbz.load_checkpoint),
                      (lambda h: h.update(tree=[8, [19, 0, 9, ""]]), mbz.load_checkpoint)):
         (tmp_path / "bad.mbz").write_bytes(rebuild(data, edit))
-        with pytest.raises(FormatError, match="structure tree"):
+        # refused on open (spec §7), before any tensor is decoded; a tree nested past the header's
+        # msgpack depth is refused by that rule first
+        with pytest.raises(FormatError, match="structure tree|deeper than 64 levels"):
+            mbz.open(tmp_path / "bad.mbz")
+        with pytest.raises(FormatError, match="structure tree|deeper than 64 levels"):
             fn(tmp_path / "bad.mbz")
     assert main(["unpack", str(tmp_path / "bad.mbz"), "-o", str(tmp_path / "x.pt")]) == 2
 
@@ -480,3 +484,48 @@ def test_mutated_trees_and_quantized_records_fail_in_one_line(tmp_path):
                 fn(tmp_path / "g.mbz")
             except MbzError:
                 pass
+
+
+def test_quantized_records_and_alias_views_are_checked_on_open(tmp_path):
+    """Spec §7: the rules format 1.1 added are structural, so mbz.open refuses them before decoding:
+    a quantized dtype only with AFFINE, 'sb' = 8 exactly for quantized dtypes, no GROUP scales for them,
+    and VIEW alias records only of in-bounds 1-D unquantized records."""
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    base = torch.randn(20)
+    ck = {"q": torch.quantize_per_tensor(x, 0.05, -3, torch.qint8), "w": torch.randn(4, 3),
+          "a": base[:10].view(2, 5), "b": base[10:].view(5, 2)}
+    mbz.save(ck, tmp_path / "f.mbz")
+    data = (tmp_path / "f.mbz").read_bytes()
+    with mbz.open(tmp_path / "f.mbz") as r:
+        names = r.keys()
+        assert any(n.endswith("@storage") for n in names) and "q" in names
+
+    def rec(h, name):
+        return next(t for t in h["tensors"] if t["n"] == name)
+
+    def view_node(h):
+        found = []
+
+        def walk(n):
+            if isinstance(n, list):
+                if n and n[0] == 12:
+                    found.append(n)
+                for v in n:
+                    walk(v)
+        walk(h["tree"])
+        return found[0]
+
+    edits = [
+        (lambda h: rec(h, "q").update(e=0), "encoding RAW is not defined for dtype QI8"),
+        (lambda h: rec(h, "q")["p"].update(sb=4), "'sb' \\(scale bytes\\) must be 8"),
+        (lambda h: rec(h, "w").update(t=10), "encoding RAW is not defined for dtype QI8"),
+        (lambda h: rec(h, "q")["p"].update(g=2, gs=5), "per-tensor or per-channel scales only"),
+        (lambda h: rec(h, "q")["p"].update(sb=6), "expected one of 4, 8"),
+        (lambda h: view_node(h).__setitem__(1, "q"), "VIEW needs a 1-D unquantized record"),
+        (lambda h: view_node(h).__setitem__(2, 15), "VIEW reaches element"),
+        (lambda h: view_node(h).__setitem__(1, "nope"), "which the file does not hold"),
+    ]
+    for edit, msg in edits:
+        (tmp_path / "g.mbz").write_bytes(rebuild(data, edit))
+        with pytest.raises(FormatError, match=msg):
+            mbz.open(tmp_path / "g.mbz")

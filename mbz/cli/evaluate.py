@@ -20,6 +20,38 @@ def _bar(enabled: bool):
     return bar, tick
 
 
+def user_model(spec: str):
+    """The module `package.module:builder` builds (called with no arguments), imported because the user named it
+    on the command line (the working folder is searched first, as `python -m` does).  UsageError otherwise."""
+    import importlib
+    import os
+
+    from torch import nn
+
+    from ..errors import UsageError
+    mod_name, colon, attr = spec.partition(":")
+    if not colon or not mod_name or not attr:
+        raise UsageError(f"--model {spec!r}: expected package.module:builder")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - the user's module may fail in any way; say how, in one line
+        raise UsageError(f"--model {spec}: cannot import {mod_name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    fn = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+    if not callable(fn):
+        raise UsageError(f"--model {spec}: {mod_name} has no callable {attr}")
+    try:
+        m = fn()
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"--model {spec}: {attr}() failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(m, nn.Module):
+        raise UsageError(f"--model {spec}: {attr}() returned a {type(m).__name__}, not a torch.nn.Module")
+    return m
+
+
 def cmd_eval(a) -> int:
     import torch
 
@@ -34,7 +66,7 @@ def cmd_eval(a) -> int:
     with api.open(a.file) as r:
         s = summarize(r, decode=False)
         arch = r.metadata.get("arch", {}) if isinstance(r.metadata.get("arch"), dict) else {}
-    load_model(a.file)  # fail fast (one line) before the data is read
+    model = load_model(a.file, model=user_model(a.model) if a.model else None)  # fail fast before the data is read
     # on a terminal, say what is being read; in a log, say it once it has been (an error stays one line)
     if show_progress(a.quiet):
         print(f"reading {a.data} (test split) ...", file=sys.stderr, flush=True)
@@ -47,11 +79,11 @@ def cmd_eval(a) -> int:
     bar, tick = _bar(show_progress(a.quiet))
     try:
         from ..pipeline.evaluate import evaluate_file
-        ev = evaluate_file(a.file, ds, a.device, progress=tick)
+        ev = evaluate_file(a.file, ds, a.device, progress=tick, model=model)
     finally:
         if bar is not None:
             bar.close()
-    abits = arch.get("act_bits", 32)
+    abits = 32 if a.model else arch.get("act_bits", 32)  # validated by load_model; --model: not the file's arch
     out = {"file": a.file, "data": ds.source, "n": ev["n"], "top1": ev["top1"], "file_bytes": s["file_bytes"],
            "file_mb": s["file_mb"], "model_compression_ratio": s["model_compression_ratio"],
            "weight_compression_ratio": s["weight_compression_ratio"],
@@ -73,11 +105,15 @@ def cmd_eval(a) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="top-1 of a packed model (rebuilt with mbz.load_model) and its size figures",
-                       description="Rebuild the model a .mbz file describes (its 'arch' metadata), evaluate top-1 on "
+                       description="Rebuild the model a .mbz file describes (its 'arch' metadata, or your own with --model), evaluate top-1 on "
                                    "the test split of --data with the preprocessing the file records, and print it "
                                    "beside the file's bytes and compression ratios. CIFAR-10's 10,000 test images take "
                                    "about a minute on 2 CPU cores.")
-    p.add_argument("file", help=".mbz file with 'arch' metadata")
+    p.add_argument("file", help=".mbz file with 'arch' metadata (mbz pack --arch), or any .mbz with --model")
+    p.add_argument("--model", metavar="PACKAGE.MODULE:BUILDER",
+                   help="your own network: import PACKAGE.MODULE (from the working folder or the installed packages), "
+                        "call BUILDER() and fill the module it returns with the file's tensors (names wrapped by "
+                        "DataParallel 'module.' or torch.compile '_orig_mod.' match); the file's 'arch' is then not used")
     add_data(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--limit", type=int, default=0, help="evaluate on a random subset of N test images")

@@ -11,7 +11,7 @@ from ..checkpoint import as_state_dict, read_object
 from ..compare import leaves, compare
 from ..container import atomic_write
 from ..errors import CheckpointError, MbzError, MismatchError
-from ..models import ARCHITECTURES, guess_arch
+from ..models import arch_for_pack
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
 from ..spec import M_KEY, M_PRUNE_FOLDED, M_ZERO_SIGN
 from ..structure import main_path, subtree
@@ -45,28 +45,32 @@ def _input_note(dtypes: dict) -> tuple:
 def cmd_pack(a) -> int:
     input_file(a.checkpoint, "checkpoint")
     output_file(a.output, inputs=[a.checkpoint], force=a.force)
+    meta = _meta_pairs(a.meta)
+    if "arch" in meta:
+        raise MbzError("--meta arch=...: name the architecture with --arch (it is checked against the tensors)")
     obj = read_object(a.checkpoint)
     try:
-        return _pack(a, obj)
+        return _pack(a, obj, meta)
     except CheckpointError as e:
         raise CheckpointError(f"{a.checkpoint}: {e}") from None
 
 
-def _pack(a, obj) -> int:
+def _pack(a, obj, meta: dict) -> int:
     prep = api.prepare(obj, key=a.key, exact=a.exact)
-    arch = {"name": a.arch, "num_classes": a.num_classes} if a.arch else None
-    if arch is None:
-        main = subtree(prep.obj, main_path(prep.obj))
-        plain = {k: v for k, v in main.items() if isinstance(v, torch.Tensor) and v.layout == torch.strided
-                 and not v.is_quantized} if hasattr(main, "items") else {}
+    main = subtree(prep.obj, main_path(prep.obj))
+    plain = {k: v for k, v in main.items() if isinstance(v, torch.Tensor)} if hasattr(main, "items") else {}
+    if a.arch or a.num_classes is not None:
+        arch, arch_note = arch_for_pack(plain, a.arch, a.num_classes)
+    else:
         try:
-            arch = guess_arch(plain) if plain else None
-        except Exception:  # noqa: BLE001 - a guess that cannot be made is no guess
-            arch = None
+            arch, arch_note = arch_for_pack(plain, None)
+        except Exception:  # noqa: BLE001 - tensors no architecture can be fitted to: nothing to suggest
+            arch, arch_note = None, ("no architecture recorded (mbz.load / unpack work; for mbz eval and "
+                                     "mbz.load_model pass --arch)")
     rep = api.save(prep.obj, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                    group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
                    detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
-                   metadata=dict(_meta_pairs(a.meta), **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
+                   metadata=dict(meta, **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
                                  **({M_KEY: a.key} if a.key is not None else {})),
                    arch=arch, progress=show_progress(a.quiet), exact=a.exact,
                    zero_sign=a.zero_sign, key=None)
@@ -117,11 +121,7 @@ def _pack(a, obj) -> int:
         print(f"  {rep.shared} tensors share storage with another: stored once, restored as shared")
     if prep.left_out:
         print(f"  left out (--key {a.key}): {', '.join(map(str, prep.left_out))}")
-    if arch and not a.arch:
-        print(f"arch guessed from the tensor names and shapes: {arch} (mbz.load_model rebuilds it; "
-              "pass --arch to name it yourself)")
-    elif not arch:
-        print("no architecture recorded (mbz.load / unpack work; for mbz eval and mbz.load_model pass --arch)")
+    print(arch_note)
     return 0
 
 
@@ -166,8 +166,8 @@ def cmd_inspect(a) -> int:
     if a.json:
         print_json(s)
     else:
-        arch = s["metadata"].get("arch") or {}
-        brief = {k: v for k, v in arch.items() if k != "act_alpha"}
+        arch = s["metadata"].get("arch") or {}  # free-form metadata: any msgpack value (spec §3)
+        brief = {k: v for k, v in arch.items() if k != "act_alpha"} if isinstance(arch, dict) else arch
         print(f"{a.file}: mbz {s['version']}, {len(s['tensors'])} tensors, arch {brief or '-'}")
         if s.get("structure"):
             print(f"structure tree (spec §3.1): {s['structure']}")
@@ -241,8 +241,14 @@ def register(sub) -> None:
     e.add_argument("--zstd-level", type=int, help="zstd level (default: 19 below 1 MiB per section, else 3)")
     e.add_argument("--align", type=int, default=1, help="section alignment in bytes (power of two; padding is counted)")
     m = p.add_argument_group("metadata")
-    m.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture for mbz.load_model (guessed for MobileNet-v2)")
-    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--arch", metavar="NAME[:K=V,...]",
+                   help="record the architecture for mbz eval / mbz.load_model: one of ours (mobilenet_v2_cifar, "
+                        "resnet18_cifar, vgg11_bn_cifar, vgg16_bn_cifar) or any torchvision classification builder "
+                        "(resnet18, vgg11_bn, mobilenet_v2, ...), arguments as K=V (e.g. mobilenet_v2_cifar:width_mult=0.5) "
+                        "or a JSON object; num_classes and widths are read off the tensors when not given. The "
+                        "tensors must fit it (wrapper prefixes module. / _orig_mod. allowed). Without --arch nothing "
+                        "is recorded: the weights do not say the strides; pack names the architectures they fit")
+    m.add_argument("--num-classes", type=int, help="num_classes for --arch (default: read off the tensors)")
     m.add_argument("--meta", action="append", metavar="KEY=VALUE", help="extra metadata (VALUE parsed as JSON if it can be)")
     p.add_argument("--json", action="store_true", help="print the per-tensor report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

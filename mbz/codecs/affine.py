@@ -108,14 +108,23 @@ def decode_affine(p: dict, secs: dict, dtype: torch.dtype, shape, layout, numel:
     if len(sbuf) != 4 * g:
         raise FormatError(f"SCALES holds {len(sbuf)} bytes; {g} groups need {4 * g}")
     scales = np.frombuffer(sbuf, "<f4")
+    nan = np.flatnonzero(np.isnan(scales))
+    if nan.size:  # so that no decoded value is NaN and the cast to the dtype needs no NaN rule
+        raise FormatError(f"SCALES entry {int(nan[0])} (of {g}) is NaN; scales must not be NaN")
     codes = unpack_codes(secs[Role.CODES], p[P_COUNT], p[P_WIDTH], p.get(P_SIGNED, False))
     if p.get(P_ZPWIDTH, 0):  # subtract zero points from the stored codes only: unstored elements are exact zeros
         zp = unpack_codes(secs[Role.ZERO_POINTS], g, p[P_ZPWIDTH], False).astype(np.int32)
         codes = codes.astype(np.int32) - zp[group_index(gran, shape, axis, gs, layout.positions())]
     f = np.empty(numel, np.float32)
     unit = row_unit(gran, shape, axis, gs)
-    for s, e, d in layout.chunks(codes, chunk_step(unit)):
-        scale_into(f[s:e], d, s, scales, gran, shape, axis, unit)
+    # a zero code (q - zp = 0, or no stored code) is +0.0 whatever its scale (spec §5.3); 0 x scale is
+    # +0.0 already unless a scale is NaN, infinite or has its sign bit set
+    odd_scales = not bool(np.all(np.isfinite(scales) & ~np.signbit(scales)))
+    with np.errstate(over="ignore", invalid="ignore"):   # inf / NaN products are what the spec computes
+        for s, e, d in layout.chunks(codes, chunk_step(unit)):
+            scale_into(f[s:e], d, s, scales, gran, shape, axis, unit)
+            if odd_scales:
+                f[s:e][d == 0] = 0.0
     if p.get(P_NEGZERO, False):
         z = np.flatnonzero(f == 0)
         neg = unpack_bits(secs[Role.NEGZERO], z.size)

@@ -76,6 +76,7 @@ def unpack_codes(buf, count: int, width: int, signed: bool = False) -> np.ndarra
     need = packed_size(count, width)
     if len(buf) != need:
         raise FormatError(f"packed stream of {count} {width}-bit codes must be {need} bytes, got {len(buf)}")
+    check_unused_bits(buf, count * width)
     if count == 0:
         return np.zeros(0, np.int32)
     if width == 8:   # byte-aligned fast paths return the narrow type (read-only view)
@@ -123,8 +124,17 @@ def pack_bits(flags: np.ndarray) -> bytes:
     return np.packbits(np.ascontiguousarray(flags, dtype=bool).reshape(-1), bitorder="little").tobytes()
 
 
+def check_unused_bits(buf, nbits: int) -> None:
+    """The bits of the last byte past a stream of `nbits` bits must be zero (spec §5.1)."""
+    used = nbits % 8
+    if used and buf[len(buf) - 1] >> used:
+        raise FormatError(f"unused bits {used}..7 of the last byte (byte {len(buf) - 1}) of a {nbits}-bit "
+                          f"stream must be zero, got 0x{buf[len(buf) - 1]:02x}")
+
+
 def unpack_bits(buf, count: int) -> np.ndarray:
     need = (count + 7) // 8
     if len(buf) != need:
         raise FormatError(f"bitmap of {count} elements must be {need} bytes, got {len(buf)}")
+    check_unused_bits(buf, count)
     return np.unpackbits(np.frombuffer(buf, np.uint8), count=count, bitorder="little").view(bool)

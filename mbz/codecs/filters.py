@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EncodeError, FormatError, LimitError
-from ..spec import EXPANSION_SLACK, MAX_EXPANSION, Filter, role_stride
+from ..spec import EXPANSION_SLACK, MAX_EXPANSION, ZSTD_MIN_WINDOW, Filter, role_stride
 
 
 def _zstd():
@@ -29,6 +29,118 @@ MT_BYTES = 16 << 20  # sections this large are compressed by zstd's worker threa
 def max_decoded(stored_len: int) -> int:
     """Largest decoded size a stored block of this length may claim (spec §7)."""
     return stored_len * MAX_EXPANSION + EXPANSION_SLACK
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def check_zstd_frame(stored, max_len: int, exact: bool) -> None:
+    """Check that `stored` is exactly one zstd frame (RFC 8878) fit to decode into at most `max_len` bytes.
+
+    Spec §5.6: one frame, nothing before or after it; no dictionary; the reserved bit zero; a content
+    size field, when present, equal to the decoded length (`exact`) or at most `max_len`; a window of
+    at most max(ZSTD_MIN_WINDOW, 2 * max_len) bytes; every block header within the bytes.  The block
+    walk reads only the 3-byte block headers.  Raises FormatError / LimitError.
+    """
+    mv = memoryview(stored)
+    n = len(mv)
+    if n < 6 or bytes(mv[:4]) != ZSTD_MAGIC:
+        raise FormatError(f"not a zstd frame (expected magic {ZSTD_MAGIC.hex()} and at least 6 bytes, got {n} bytes)")
+    fhd = mv[4]
+    fcs_flag, single, reserved, checksum, dict_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 3) & 1, (fhd >> 2) & 1, fhd & 3
+    if reserved:
+        raise FormatError("zstd frame header has its reserved bit set")
+    if dict_flag:
+        raise FormatError("zstd frame names a dictionary; mbz sections use none")
+    i = 5
+    window = None
+    if not single:
+        wd = mv[i]
+        i += 1
+        base = 1 << (10 + (wd >> 3))
+        window = base + (base >> 3) * (wd & 7)
+    fcs_len = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    if i + fcs_len > n:
+        raise FormatError(f"zstd frame header needs {i + fcs_len} bytes, section has {n}")
+    fcs = None
+    if fcs_len:
+        fcs = int.from_bytes(mv[i:i + fcs_len], "little") + (256 if fcs_len == 2 else 0)
+        i += fcs_len
+        if exact and fcs != max_len:
+            raise FormatError(f"zstd frame declares {fcs} content bytes, the header says {max_len}")
+        if fcs > max_len:
+            raise LimitError(f"zstd frame declares {fcs} content bytes, limit {max_len}")
+    if window is None:
+        window = fcs
+    wmax = max(ZSTD_MIN_WINDOW, 2 * max_len)
+    if window > wmax:
+        raise LimitError(f"zstd frame window of {window} bytes exceeds max({ZSTD_MIN_WINDOW}, 2 x {max_len}) = {wmax}")
+    while True:
+        if i + 3 > n:
+            raise FormatError(f"zstd block header at byte {i} runs past the section end ({n} bytes)")
+        bh = mv[i] | (mv[i + 1] << 8) | (mv[i + 2] << 16)
+        last, btype, bsize = bh & 1, (bh >> 1) & 3, bh >> 3
+        i += 3
+        if btype == 3:
+            raise FormatError(f"zstd block at byte {i - 3} has the reserved block type")
+        i += 1 if btype == 1 else bsize
+        if last:
+            break
+    i += 4 if checksum else 0
+    if i != n:
+        what = f"{n - i} bytes follow the zstd frame" if i < n else f"zstd frame runs {i - n} bytes past the section end"
+        raise FormatError(f"{what}; a section holds exactly one frame")
+
+
+def zstd_decompress(stored, decoded_len: int, exact: bool = True):
+    """One checked zstd frame -> its bytes: exactly `decoded_len` of them (`exact`), else at most that many.
+
+    The bytes are decoded straight into a writable uint8 array that decoded tensors may keep (no copy).
+    Never allocates more than `decoded_len` output bytes, whatever the frame declares.
+    """
+    out = np.empty(decoded_len, np.uint8)
+    view = memoryview(out).cast("B")
+
+    def sink(pos, got):
+        return view[pos:]
+    got = _zstd_stream(stored, decoded_len, exact, sink)
+    return out if got == decoded_len else out[:got]
+
+
+def _zstd_stream(stored, decoded_len: int, exact: bool, target) -> int:
+    """Decode one checked zstd frame (check_zstd_frame) through `target(pos, last) -> writable view`,
+    called before each read with the bytes decoded so far; returns the count of decoded bytes.
+
+    Raises FormatError for a frame that does not decompress, decodes to more than `decoded_len`
+    bytes, or (`exact`) to fewer."""
+    check_zstd_frame(stored, decoded_len, exact)
+    dctx = _zstd().ZstdDecompressor(max_window_size=max(ZSTD_MIN_WINDOW, 2 * decoded_len))
+    pos, extra, last = 0, b"", 0
+    try:
+        with dctx.stream_reader(stored, read_across_frames=False) as r:
+            while pos < decoded_len:
+                view = target(pos, last)
+                last = r.readinto(view)
+                if not last:
+                    break
+                pos += last
+            target(pos, last) if pos and last else None
+            if pos == decoded_len:
+                extra = r.read(1)
+    except (EncodeError, FormatError):
+        raise
+    except Exception as e:  # zstandard.ZstdError and friends
+        raise FormatError(f"zstd frame does not decompress ({_why(e)})") from None
+    if extra or exact and pos != decoded_len:
+        raise FormatError(f"zstd frame decodes to {'more than ' if extra else ''}{pos} bytes, "
+                          f"{'header says' if exact else 'limit'} {decoded_len}")
+    return pos
+
+
+def _why(e: Exception) -> str:
+    """An exception as text that is never empty."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def shuffle(data: bytes, stride: int) -> bytes:
@@ -76,25 +188,7 @@ class ZstdFilter:
     def decode(self, stored, decoded_len: int, stride: int = 1) -> bytes:
         if decoded_len > max_decoded(len(stored)):
             raise LimitError(f"zstd section of {len(stored)} bytes claims {decoded_len} decoded bytes (limit {max_decoded(len(stored))})")
-        out = np.empty(decoded_len, np.uint8)  # decoded straight into a writable buffer: tensors keep it, no copy
-        try:
-            with _zstd().ZstdDecompressor().stream_reader(stored, read_across_frames=False) as r:
-                got = 0
-                view = memoryview(out).cast("B")
-                while got < decoded_len:
-                    n = r.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
-                extra = r.read(1) if got == decoded_len else b""
-        except EncodeError:
-            raise
-        except Exception as e:  # zstandard.ZstdError and friends
-            raise FormatError(f"zstd section does not decompress: {e}") from None
-        if got != decoded_len or extra:
-            raise FormatError(f"zstd section decodes to {'more than ' if extra else ''}{got} bytes, "
-                              f"header says {decoded_len}")
-        return out
+        return zstd_decompress(stored, decoded_len)
 
 
 class ShuffleZstdFilter(ZstdFilter):
@@ -115,26 +209,16 @@ class ShuffleZstdFilter(ZstdFilter):
         out = np.empty((n, stride), np.uint8)
         buf = np.empty(STREAM_CHUNK, np.uint8)
         view = memoryview(buf).cast("B")
-        pos = 0
-        try:
-            with _zstd().ZstdDecompressor().stream_reader(stored, read_across_frames=False) as r:
-                while pos < decoded_len:
-                    got = r.readinto(view[:min(STREAM_CHUNK, decoded_len - pos)])
-                    if not got:
-                        break
-                    i = 0
-                    while i < got:
-                        j, off = divmod(pos + i, n)
-                        take = min(got - i, n - off)
-                        out[off:off + take, j] = buf[i:i + take]
-                        i += take
-                    pos += got
-                extra = r.read(1) if pos == decoded_len else b""
-        except Exception as e:  # zstandard.ZstdError and friends
-            raise FormatError(f"zstd section does not decompress: {e}") from None
-        if pos != decoded_len or extra:
-            raise FormatError(f"zstd section decodes to {'more than ' if extra else ''}{pos} bytes, "
-                              f"header says {decoded_len}")
+
+        def target(pos, got):  # the chunk just read (`got` bytes ending at `pos`) put into its planes
+            i, start = 0, pos - got
+            while i < got:
+                j, off = divmod(start + i, n)
+                take = min(got - i, n - off)
+                out[off:off + take, j] = buf[i:i + take]
+                i += take
+            return view[:min(STREAM_CHUNK, decoded_len - pos)]
+        _zstd_stream(stored, decoded_len, True, target)
         return out.reshape(-1)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..spec import P_COUNT, P_IWIDTH, P_SPARSE, Role, Sparsity
-from .bitpack import pack_bits, pack_codes, packed_size, unpack_bits, unpack_codes
+from .bitpack import check_unused_bits, pack_bits, pack_codes, packed_size, unpack_bits, unpack_codes
 
 
 def delta_entries(positions: np.ndarray, numel: int, iw: int):
@@ -110,10 +110,8 @@ class StoredLayout:
         if sp == Sparsity.BITMAP:
             if len(self._mask) != (numel + 7) // 8:
                 raise FormatError(f"bitmap of {numel} elements must be {(numel + 7) // 8} bytes, got {len(self._mask)}")
-            full = numel // 8
-            ones = _popcount(self._mask[:full])
-            if full < len(self._mask):  # bits past numel in the last byte are not elements
-                ones += _popcount(self._mask[full:] & np.uint8((1 << (numel % 8)) - 1))
+            check_unused_bits(self._mask, numel)
+            ones = _popcount(self._mask)
             if ones != m:
                 raise FormatError(f"bitmap marks {ones} elements but the record stores {m} codes")
 

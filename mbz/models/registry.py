@@ -1,26 +1,400 @@
-"""The architecture registry: `arch` metadata -> an nn.Module, and the guess from a state_dict.
+"""The architecture registry: `arch` metadata -> an nn.Module, validated before anything is built.
 
-A file's `arch` metadata is untrusted input: only names in ARCHITECTURES are built
-(an allow-list; no code is named by the file), and a builder's failure on odd
-arguments becomes an MbzError naming the architecture.
+A file's `arch` metadata ({'name': NAME, argument: value, ...}) is untrusted input.  Only names
+in the registry are built (an allow-list; no code is named by the file): our CIFAR variants
+(ARCHITECTURES: mobilenet_v2_cifar, resnet18_cifar, vgg11_bn_cifar, vgg16_bn_cifar) and every
+torchvision classification builder (`torchvision.models.list_models(module=torchvision.models)`:
+resnet18, vgg11_bn, mobilenet_v2, vit_b_16, ...), always with `weights=None`.  Every entry
+declares its arguments with a type and a range (`Param`); `validate_arch` checks the metadata
+against them, and `build_model` then builds the module on the meta device first and refuses one
+of more than MAX_MODEL_ELEMENTS elements, so nothing is allocated for a network a file cannot
+justify.  Every refusal is an MbzError naming the key and what was expected.
+
+`fit_errors` / `check_fit` compare a state_dict's names and shapes with a module's (missing,
+unexpected, mis-shaped keys) without decoding or allocating; `strip_wrapper` recognises the
+prefixes DataParallel (`module.`) and torch.compile (`_orig_mod.`) put on every key.
+`suggest_archs` lists the common registry architectures a state_dict's names and shapes fit: the
+weights never say the strides or the pooling (torchvision's `mobilenet_v2` and our
+`mobilenet_v2_cifar` have the same names and shapes), so `mbz pack` shows these as a hint and
+records an architecture only when the user names it.
 """
 from __future__ import annotations
 
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
 from torch import nn
 
 from ..errors import CheckpointError, MbzError
 from .cifar_resnet import resnet18_cifar
 from .cifar_vgg import vgg11_bn_cifar, vgg16_bn_cifar
-from .mobilenet_v2 import _width_of, expand_blocks, hidden_widths, mobilenet_v2_cifar
+from .mobilenet_v2 import _mnv2_channels, _width_of, expand_blocks, hidden_widths, mobilenet_v2_cifar
 
-ARCHITECTURES = {"mobilenet_v2_cifar": mobilenet_v2_cifar, "resnet18_cifar": resnet18_cifar,
-                 "vgg11_bn_cifar": vgg11_bn_cifar, "vgg16_bn_cifar": vgg16_bn_cifar}
+MAX_MODEL_ELEMENTS = 1 << 30  # parameters + buffers of a module build_model makes (4 GiB in fp32; ViT-H/14 is 0.63e9)
+MAX_NUM_CLASSES = 10_000
 
+
+@dataclass(frozen=True)
+class Param:
+    """One builder argument: kind 'int' | 'float' | 'bool' | 'int_list' | 'int_map' | 'float_map' and its range.
+
+    Numbers must lie in [lo, hi] (lo excluded when lo_open); floats must be finite; lists and maps
+    hold at most max_len items, each in the range."""
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    max_len: int = 0
+
+    def _range(self) -> str:
+        if self.lo is None:
+            return ""
+        return f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+
+    def expected(self) -> str:
+        rng = self._range()
+        return {"int": f"an integer{rng}", "float": f"a finite number{rng}", "bool": "true or false",
+                "int_list": f"a list of at most {self.max_len} integers{rng}",
+                "int_map": f"a map of at most {self.max_len} module paths to integers{rng}",
+                "float_map": f"a map of at most {self.max_len} module paths to finite numbers{rng}"}[self.kind]
+
+    def _num_ok(self, v, integer: bool) -> bool:
+        if type(v) is bool or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            return False
+        if not integer and not math.isfinite(v):
+            return False
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo) or v > self.hi):
+            return False
+        return True
+
+    def problem(self, v) -> tuple | None:
+        """None if `v` is valid; else (where inside v: '' or '[i]' / '[key]', what was expected there, the value)."""
+        whole = ("", self.expected(), v)
+        if self.kind in ("int", "float"):
+            return None if self._num_ok(v, self.kind == "int") else whole
+        if self.kind == "bool":
+            return None if type(v) is bool else whole
+        container = list if self.kind == "int_list" else dict
+        if not isinstance(v, container) or len(v) > self.max_len:
+            return whole
+        integer = self.kind != "float_map"
+        item = f"{'an integer' if integer else 'a finite number'}{self._range()}"
+        for k, x in (enumerate(v) if container is list else v.items()):
+            if container is dict and (not isinstance(k, str) or len(k) > 256):
+                return ("", f"{self.expected()} (keys: strings of at most 256 characters)", v)
+            if not self._num_ok(x, integer):
+                return (f"[{k!r}]", item, x)
+        return None
+
+    def check(self, v) -> bool:
+        return self.problem(v) is None
+
+
+NUM_CLASSES = Param("int", 1, MAX_NUM_CLASSES)
+DROPOUT = Param("float", 0, 1)
+WIDTH = Param("float", 0, 4, lo_open=True)
+FLAG = Param("bool")
+CHANNELS = Param("int_map", 1, 1 << 16, max_len=4096)  # kept output channels per pruned conv (mbz.models.thinning)
+_CIFAR_MNV2 = {"num_classes": NUM_CLASSES, "width_mult": WIDTH, "dropout": DROPOUT, "folded_bn": FLAG,
+               "act_bits": Param("int", 2, 32), "act_alpha": Param("float_map", -1e6, 1e6, max_len=256),
+               "hidden": Param("int_list", 1, 1 << 16, max_len=64), "channels": CHANNELS}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A registry entry: the builder, its declared arguments, and where it comes from."""
+    name: str
+    builder: object
+    params: dict = field(default_factory=dict)
+    source: str = "mbz"  # 'mbz' (CIFAR variants, mbz.models) or 'torchvision' (weights=None)
+    infer: object = None  # fn(shapes) -> {argument: value} read off a state_dict's shapes (beside num_classes)
+
+
+def _mnv2_infer(shapes: dict) -> dict:
+    """width_mult (and `hidden` for blocks thinned by structured pruning) from a MobileNet-v2's shapes.
+
+    A BatchNorm-folded one: the width whose stem and last conv have the stored channel counts."""
+    arch = guess_arch(shapes)
+    if arch is not None:
+        return {k: v for k, v in arch.items() if k in ("width_mult", "hidden")}
+    try:
+        stem, last = shapes["features.0.0.weight"].shape[0], shapes["features.18.0.weight"].shape[0]
+    except (KeyError, IndexError, AttributeError):
+        return {}
+    for w in sorted({1.0, *(round(k * 0.05, 2) for k in range(1, 81))}, key=lambda w: abs(w - stem / 32)):
+        ch = _mnv2_channels(w)
+        if ch[0] == stem and ch[-1] == last:
+            return {"width_mult": w}
+    return {}
+
+
+def _tv_mnv2_infer(shapes: dict) -> dict:
+    return {k: v for k, v in _mnv2_infer(shapes).items() if k == "width_mult"}
+
+
+# the pipeline's exports record act_bits 32 and an empty act_alpha for them: activations are quantized in MobileNet-v2 only
+_CIFAR_OTHER = {"num_classes": NUM_CLASSES, "folded_bn": FLAG, "act_bits": Param("int", 32, 32),
+                "act_alpha": Param("float_map", -1e6, 1e6, max_len=0), "channels": CHANNELS}
+ARCHITECTURES = {
+    "mobilenet_v2_cifar": ArchSpec("mobilenet_v2_cifar", mobilenet_v2_cifar, _CIFAR_MNV2, infer=_mnv2_infer),
+    "resnet18_cifar": ArchSpec("resnet18_cifar", resnet18_cifar, _CIFAR_OTHER),
+    "vgg11_bn_cifar": ArchSpec("vgg11_bn_cifar", vgg11_bn_cifar, _CIFAR_OTHER),
+    "vgg16_bn_cifar": ArchSpec("vgg16_bn_cifar", vgg16_bn_cifar, _CIFAR_OTHER),
+}
+
+# arguments beside num_classes that torchvision's builders take (by name prefix), each declared with its range
+_TV_EXTRA = (("mobilenet_v2", {"width_mult": WIDTH, "dropout": DROPOUT}),
+             (("alexnet", "vgg", "squeezenet", "mnasnet", "mobilenet_v3", "efficientnet"), {"dropout": DROPOUT}),
+             ("googlenet", {"aux_logits": FLAG, "transform_input": FLAG, "dropout": DROPOUT, "dropout_aux": DROPOUT}),
+             ("inception_v3", {"aux_logits": FLAG, "transform_input": FLAG, "dropout": DROPOUT}),
+             ("densenet", {"drop_rate": DROPOUT}))
+_TV: dict | None = None
+_PLAIN = {"num_classes": NUM_CLASSES, "channels": CHANNELS}  # the arguments of a builder registered as a plain function
+
+
+def architectures() -> dict:
+    """{name: ArchSpec} of every architecture load_model builds: ARCHITECTURES (a plain function registered there
+    takes num_classes and channels) and torchvision's classifiers."""
+    global _TV
+    if _TV is None:
+        out = {}
+        try:
+            import torchvision.models as tvm
+            names = tvm.list_models(module=tvm)
+        except (ImportError, AttributeError):
+            names = []
+        for n in names:
+            params = {"num_classes": NUM_CLASSES, "channels": CHANNELS}
+            for prefix, extra in _TV_EXTRA:
+                if n.startswith(prefix):
+                    params.update(extra)
+            out[n] = ArchSpec(n, _tv_builder(n), params, "torchvision", _tv_mnv2_infer if n == "mobilenet_v2" else None)
+        _TV = out
+    ours = {n: a if isinstance(a, ArchSpec) else ArchSpec(n, a, _PLAIN) for n, a in ARCHITECTURES.items()}
+    return {**_TV, **ours}
+
+
+def _tv_builder(name: str):
+    def build(**kw):
+        import torchvision.models as tvm
+        return tvm.get_model_builder(name)(weights=None, **kw)
+    build.__name__ = name
+    return build
+
+
+def _brief(x, n: int = 60) -> str:
+    s = repr(x)
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def validate_arch(arch) -> tuple[ArchSpec, dict]:
+    """(registry entry, builder arguments) of `arch` metadata, every argument checked against its Param.
+
+    Raises MbzError naming the key and what was expected: `arch` not a map, `name` not a string
+    or not in the registry, an argument the entry does not declare, a value of the wrong type or
+    out of range (e.g. num_classes 100000, width_mult inf, act_alpha a list)."""
+    if not isinstance(arch, dict):
+        raise MbzError(f"'arch' metadata must be a map with a 'name', got {type(arch).__name__} {_brief(arch)}")
+    name = arch.get("name")
+    if not isinstance(name, str):
+        raise MbzError(f"'arch.name' must be a string naming a registry architecture, got {_brief(name)}")
+    reg = architectures()
+    if name not in reg:
+        raise MbzError(f"unknown architecture {_brief(name)}; known: {', '.join(ARCHITECTURES)} and torchvision's "
+                       f"classification builders ({len(reg) - len(ARCHITECTURES)}: resnet18, vgg11_bn, mobilenet_v2, ...)")
+    spec = reg[name]
+    kwargs = {}
+    for k, v in arch.items():
+        if k == "name":
+            continue
+        p = spec.params.get(k)
+        if p is None:
+            raise MbzError(f"'arch.{k}' is not an argument of {name}; it takes {sorted(spec.params) or 'none'}")
+        bad = p.problem(v)
+        if bad is not None:
+            where, what, got = bad
+            if where:
+                raise MbzError(f"'arch.{k}{where}' of {name}: expected {what}, got {_brief(got)}")
+            raise MbzError(f"'arch.{k}' of {name} must be {what}, got {_brief(got)}")
+        kwargs[k] = v
+    return spec, kwargs
+
+
+def _build(spec: ArchSpec, kwargs: dict) -> nn.Module:
+    kwargs = dict(kwargs)
+    channels = kwargs.pop("channels", None)
+    m = spec.builder(**kwargs)
+    if channels and isinstance(m, nn.Module):  # thinned by structured pruning: rebuild the pruned layers
+        from .thinning import apply_widths
+        apply_widths(m, channels)
+    return m
+
+
+def _call(spec: ArchSpec, kwargs: dict, meta: bool = False) -> nn.Module | None:
+    try:
+        if meta:
+            with torch.device("meta"):
+                m = _build(spec, kwargs)
+        else:
+            m = _build(spec, kwargs)
+    except MbzError:
+        raise
+    except NotImplementedError:  # a builder that computes with tensors while building (RegNet) has no meta skeleton
+        if meta:
+            return None
+        raise
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError, AttributeError, OverflowError,
+            ZeroDivisionError, AssertionError) as e:
+        raise MbzError(f"cannot build {spec.name} from 'arch' {kwargs}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(m, nn.Module):
+        raise MbzError(f"{spec.name}'s builder returned a {type(m).__name__}, not a module")
+    return m
+
+
+def skeleton(arch) -> nn.Module | None:
+    """The module `arch` describes on the meta device (no memory, no initialisation), or None where the
+    builder computes with tensors while building (torchvision's RegNets).  MbzError as validate_arch."""
+    spec, kwargs = validate_arch(arch)
+    m = _call(spec, kwargs, meta=True)
+    if m is None:
+        return None
+    n = sum(t.numel() for t in m.state_dict().values())
+    if n > MAX_MODEL_ELEMENTS:
+        raise MbzError(f"architecture {spec.name} {kwargs} has {n:,d} elements; at most {MAX_MODEL_ELEMENTS:,d} "
+                       f"are built")
+    return m
+
+
+def build_model(arch) -> nn.Module:
+    """The module that `arch` ({'name': ..., builder arguments}) describes, initialised, on the CPU.
+
+    Validated first (validate_arch) and sized on the meta device (at most MAX_MODEL_ELEMENTS
+    elements); MbzError if it cannot be built.  The module's `mbz_arch` attribute holds `arch`."""
+    spec, kwargs = validate_arch(arch)
+    skeleton(arch)
+    m = _call(spec, kwargs)
+    m.mbz_arch = dict(arch)
+    return m
+
+
+def parse_arch(text: str) -> dict:
+    """`NAME`, `NAME:k=v,k=v` (values read as JSON where they parse: 10, 0.5, true) or a JSON object -> arch.
+
+    Raises MbzError on a malformed spec (the values are validated by validate_arch)."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            arch = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MbzError(f"--arch {text!r}: not valid JSON ({e.msg} at character {e.pos})") from None
+        if not isinstance(arch, dict):
+            raise MbzError(f"--arch {text!r}: expected a JSON object")
+        return arch
+    name, _, rest = text.partition(":")
+    arch = {"name": name}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        k, eq, v = part.partition("=")
+        if not eq or not k.strip():
+            raise MbzError(f"--arch {text!r}: expected NAME[:KEY=VALUE,...], got {part!r}")
+        try:
+            arch[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            arch[k.strip()] = v
+    return arch
+
+
+# -- names and shapes ------------------------------------------------------------------------------------------
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper(names) -> str:
+    """The run of wrapper prefixes (`module.` from DataParallel / DistributedDataParallel, `_orig_mod.` from
+    torch.compile, in any order) that every name starts with; '' if none."""
+    names = list(names)
+    prefix = ""
+    while names:
+        for p in WRAPPER_PREFIXES:
+            if all(n.startswith(prefix + p) for n in names):
+                prefix += p
+                break
+        else:
+            break
+    return prefix
+
+
+def shapes_of(sd) -> dict:
+    """{name: tuple shape} of a state_dict (tensors or anything with a .shape)."""
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def fit_errors(expected: dict, got: dict) -> tuple[list, list, list]:
+    """(missing, unexpected, mis-shaped) between a module's {name: shape} and a state_dict's."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    bad = [(k, got[k], expected[k]) for k in expected if k in got and tuple(got[k]) != tuple(expected[k])]
+    return missing, unexpected, bad
+
+
+def describe_misfit(missing, unexpected, bad, first: int = 3) -> str:
+    """'3 missing (a, b, c, ...), 1 unexpected (d), 2 mis-shaped (e: [64, 3, 3, 3] where the model has [64, 3, 7, 7], ...)'."""
+    def part(items, what, fmt):
+        if not items:
+            return None
+        more = ", ..." if len(items) > first else ""
+        return f"{len(items)} {what} ({', '.join(fmt(x) for x in items[:first])}{more})"
+    parts = [part(missing, "missing", str), part(unexpected, "unexpected", str),
+             part(bad, "mis-shaped", lambda b: f"{b[0]}: {list(b[1])} where the model has {list(b[2])}")]
+    return ", ".join(p for p in parts if p)
+
+
+def check_fit(expected: dict, got: dict, what: str, strict: bool = True) -> None:
+    """MbzError '{what}: ... do not fit: N missing (...), M unexpected (...), K mis-shaped (...)' unless the
+    names and shapes agree (`strict=False` lets unexpected names pass; missing ones never do)."""
+    missing, unexpected, bad = fit_errors(expected, got)
+    if not strict:
+        unexpected = []
+    if missing or unexpected or bad:
+        raise MbzError(f"{what}: {describe_misfit(missing, unexpected, bad)}")
+
+
+def complete_arch(arch: dict, shapes: dict) -> dict:
+    """`arch` with the arguments it leaves out read off a state_dict's shapes: num_classes (the size of the
+    tensors whose shape follows it) and, for MobileNet-v2, width_mult and thinned `hidden` widths."""
+    spec, kwargs = validate_arch(arch)
+    out = dict(arch)
+    if spec.infer is not None:
+        for k, v in spec.infer(_shape_view(shapes)).items():
+            out.setdefault(k, v)
+    if "num_classes" in spec.params and "num_classes" not in arch:
+        a, b = skeleton(dict(out, num_classes=7)), skeleton(dict(out, num_classes=11))
+        if a is not None and b is not None:
+            sa, sb = shapes_of(a.state_dict()), shapes_of(b.state_dict())
+            for k, s in sa.items():
+                if k in shapes and len(s) == len(sb[k]) == len(shapes[k]) and s != sb[k]:
+                    dim = next(i for i, (x, y) in enumerate(zip(s, sb[k])) if x != y)
+                    n = shapes[k][dim]
+                    if NUM_CLASSES.check(n):
+                        out["num_classes"] = int(n)
+                    break
+        else:  # no meta skeleton (RegNet): the classifier is the last matrix of the state_dict
+            last = [s for s in shapes.values() if len(s) == 2]
+            if last and NUM_CLASSES.check(last[-1][0]):
+                out["num_classes"] = int(last[-1][0])
+    return out
+
+
+# -- the MobileNet-v2 (CIFAR) arguments of a state_dict known to be one ----------------------------------------
 
 def guess_arch(sd) -> dict | None:
     """The `arch` metadata of a CIFAR MobileNet-v2 state_dict (width, thinned blocks), or None.
 
-    None also for a state_dict with MobileNet-v2's names but another layout (e.g. BatchNorm folded)."""
+    For state_dicts known to be CIFAR MobileNet-v2s (the pipeline's own): the weights do not say the
+    strides, so this is no evidence that a state_dict *is* one (torchvision's mobilenet_v2 has the
+    same names and shapes).  None also for MobileNet-v2 names in another layout (e.g. BatchNorm folded)."""
     if "features.0.0.weight" in sd and "classifier.1.weight" in sd and "features.18.0.weight" in sd:
         try:
             arch = {"name": "mobilenet_v2_cifar", "num_classes": int(sd["classifier.1.weight"].shape[0]),
@@ -32,6 +406,72 @@ def guess_arch(sd) -> dict | None:
             return None
         return arch
     return None
+
+
+class _Shaped:
+    def __init__(self, shape):
+        self.shape = shape
+
+
+def _shape_view(shapes: dict) -> dict:
+    return {k: _Shaped(v) for k, v in shapes.items()}
+
+
+# the architectures pack checks a state_dict against for its hint (the common CIFAR ones and their torchvision kin)
+SUGGEST = ("mobilenet_v2_cifar", "mobilenet_v2", "resnet18_cifar", "resnet18", "resnet34", "resnet50",
+           "vgg11_bn_cifar", "vgg11_bn", "vgg16_bn_cifar", "vgg16_bn")
+
+
+def suggest_archs(shapes: dict) -> list[dict]:
+    """The `arch` of every SUGGEST entry whose names and shapes the state_dict (wrapper prefix stripped) fits.
+
+    Several results differ in what the weights do not hold (strides, pooling): a hint, never a record."""
+    p = strip_wrapper(shapes)
+    shapes = {k[len(p):]: tuple(v) for k, v in shapes.items()}
+    reg = architectures()
+    out = []
+    for name in SUGGEST:
+        if name not in reg or _default_keys(name) != frozenset(shapes):
+            continue
+        try:
+            arch = complete_arch({"name": name}, shapes)
+            m = skeleton(arch)
+        except MbzError:
+            continue
+        if m is not None and not any(fit_errors(shapes_of(m.state_dict()), shapes)):
+            out.append(arch)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _default_keys(name: str) -> frozenset:
+    m = skeleton({"name": name})
+    return frozenset(m.state_dict()) if m is not None else frozenset()
+
+
+def arch_of_module(module: nn.Module) -> dict | None:
+    """The registry `arch` of a module built by build_model (its `mbz_arch`), or of a registry module built
+    directly (mobilenet_v2_cifar(...), torchvision.models.resnet18(num_classes=10)): accepted only when the
+    module's structure (every submodule's type and settings, strides included) equals the rebuilt one's."""
+    shapes = shapes_of(module.state_dict())
+    cands = []
+    tag = getattr(module, "mbz_arch", None)
+    if isinstance(tag, dict):
+        cands.append(tag)
+    cands += suggest_archs(shapes)
+    want = _structure(module)
+    for arch in cands:
+        try:
+            m = skeleton(arch)
+        except MbzError:
+            continue
+        if m is not None and _structure(m) == want and not any(fit_errors(shapes_of(m.state_dict()), shapes)):
+            return dict(arch)
+    return None
+
+
+def _structure(m: nn.Module) -> list:
+    return [(n, type(x).__name__, x.extra_repr()) for n, x in m.named_modules()]
 
 
 def arch_of(sd, dropout: float = 0.2) -> dict:
@@ -62,21 +502,39 @@ def pipeline_arch(model: dict, sd: dict | None = None) -> dict:
     return arch
 
 
-def build_model(arch: dict) -> nn.Module:
-    """The module that `arch` ({'name': ..., builder arguments}) describes; MbzError if it cannot be built."""
-    if not isinstance(arch, dict) or arch.get("name") not in ARCHITECTURES:
-        name = arch.get("name") if isinstance(arch, dict) else arch
-        raise MbzError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    kwargs = {k: v for k, v in arch.items() if k not in ("name", "channels")}
-    try:
-        model = ARCHITECTURES[arch["name"]](**kwargs)
-        if arch.get("channels"):
-            from .thinning import apply_widths
-            if not isinstance(arch["channels"], dict):
-                raise ValueError(f"'channels' must be a map of layer name to kept channels, got {arch['channels']!r}")
-            apply_widths(model, arch["channels"])
-        return model
-    except MbzError:
-        raise
-    except (TypeError, ValueError, RuntimeError, KeyError, IndexError, AttributeError, OverflowError) as e:
-        raise MbzError(f"cannot build {arch['name']} from the file's 'arch' metadata {kwargs}: {e}") from None
+def arch_for_pack(sd, spec: str | None, num_classes: int | None = None) -> tuple[dict | None, str]:
+    """(arch to record, one line for pack's output) for a state_dict and `mbz pack --arch SPEC`.
+
+    With SPEC (parse_arch) the arch is validated, completed from the shapes (complete_arch) and
+    checked against the tensors: MbzError naming the missing / unexpected / mis-shaped keys otherwise.
+    Without it nothing is recorded, and the line names the architectures the tensors fit (suggest_archs)."""
+    names = shapes_of(sd)
+    p = strip_wrapper(names)
+    shapes = {k[len(p):]: s for k, s in names.items()}
+    wrapped = f" (names under the wrapper prefix {p!r}, matched without it)" if p else ""
+    if spec:
+        arch = parse_arch(spec)
+        if num_classes is not None:
+            arch["num_classes"] = num_classes
+        arch = complete_arch(arch, shapes)
+        sk = skeleton(arch)
+        if sk is None:
+            sk = build_model(arch)
+        check_fit(shapes_of(sk.state_dict()), shapes, f"--arch {spec}: the tensors do not fit {arch['name']}")
+        return arch, f"architecture recorded: {arch}{wrapped}"
+    if num_classes is not None:
+        raise MbzError("--num-classes needs --arch")
+    fits = suggest_archs(shapes)
+    if not fits:
+        return None, ("no architecture recorded: the tensors fit none of "
+                      f"{', '.join(SUGGEST)}; pass --arch NAME to record one (mbz.load / unpack work without it; "
+                      "mbz eval --model and mbz.load_model(path, model=...) take your own network)")
+    hint = " or ".join(_spec_text(a) for a in fits)
+    why = ("they differ in strides or pooling, which the weights do not hold" if len(fits) > 1 else
+           "the weights do not hold strides or pooling, so this is not recorded unasked")
+    return None, f"no architecture recorded: the tensors fit --arch {hint} ({why}){wrapped}; pass --arch to record it"
+
+
+def _spec_text(arch: dict) -> str:
+    args = ",".join(f"{k}={json.dumps(v)}" for k, v in arch.items() if k != "name" and not isinstance(v, (list, dict)))
+    return arch["name"] + (f":{args}" if args else "")
