@@ -8,7 +8,8 @@ import torch
 
 from .checkpoint import as_state_dict
 from .container import write_file
-from .encoder import EntropyPolicy, encode_tensor
+from .encoder import RANS_PROFILES, EntropyPolicy, encode_tensor
+from .errors import EncodeError
 from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
 from .reader import MbzReader, load, map_small_first, open  # noqa: F401,A004
 
@@ -44,7 +45,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
          group_size: int = 64, symmetric: bool = True, include: str = DEFAULT_INCLUDE,
          detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int = 1,
          metadata: dict | None = None, arch: dict | None = None, progress: bool = False,
-         workers: int | None = None) -> SaveReport:
+         workers: int | None = None, rans: bool = True, profile: str = "default") -> SaveReport:
     """Write a state_dict (or module, or wrapped checkpoint) to `path` as .mbz.
 
     Without `wbits` every tensor is stored exactly (detected grids, codebooks
@@ -53,10 +54,15 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     `workers` threads encode tensors side by side (default: up to 4, one per core).
     `arch` ({'name': ..., builder arguments}, see mbz.models) is recorded as the
     file's 'arch' metadata for mbz.load_model; nothing is guessed here.
+    `rans` tries the RANS entropy coder (spec §5.7) on integer sections; `profile` "default" keeps it
+    where it saves at least 3% over zstd with 1024-step lanes, "best" wherever it is smaller, with
+    16384-step lanes (smaller files, slower decoding).  Raises EncodeError for an unknown profile.
     """
+    if profile not in RANS_PROFILES:
+        raise EncodeError(f"unknown entropy profile {profile!r}; known: {sorted(RANS_PROFILES)}")
     sd = as_state_dict(obj)
     policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
-    ent = EntropyPolicy(zstd=zstd, level=zstd_level).resolved(sum(t.numel() * t.element_size() for t in sd.values()))
+    ent = EntropyPolicy(zstd=zstd, level=zstd_level, rans=rans, profile=profile).resolved(sum(t.numel() * t.element_size() for t in sd.values()))
     meta = dict(metadata or {})
     arch = arch or meta.get("arch")
     if arch:

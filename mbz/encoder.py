@@ -15,13 +15,14 @@ import torch
 
 from .codecs.affine import Grid, group_index, n_groups, numel_of
 from .codecs.bitpack import pack_bits, pack_codes, packed_size, signed_width, unsigned_width
+from .codecs import rans
 from .codecs.filters import FILTERS, max_decoded, zstd_available
 from .codecs.raw import ITEMSIZE, bits_equal, mbz_dtype, tensor_bytes
 from .codecs.sparse import best_delta_width, delta_count, delta_entries
 from .errors import EncodeError
 from .decoder import decode_tensor
 from .detect import detect_codebook, detect_grid
-from .spec import (P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_NEGZERO, P_SIGNED, P_SPARSE, P_ZPWIDTH, Encoding,
+from .spec import (P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_ZPWIDTH, Encoding,
                    Filter, Role, Sparsity, role_stride)
 
 BIG = 1 << 16  # above this many elements, search fewer candidates
@@ -49,33 +50,80 @@ class EncodedTensor:
         return sum(len(s.data) for s in self.sections)
 
 
+# RANS profiles (spec §5.7 lanes): the most symbols one lane codes, and the saving over zstd / none that
+# RANS must bring to be kept.  "default" spends decode time only where it buys bytes; "best" takes the
+# smallest section whatever its decode time.
+RANS_PROFILES = {"default": (1024, 0.03), "best": (16384, 0.0)}
+
+
 @dataclass
 class EntropyPolicy:
     """Which entropy stages to try per section, and how hard.
 
     Candidates are compared at a fast `trial` level; the winner is compressed
     again at `level` (default: 19 for models under 64 MB of tensors, else 3).
+    `rans` tries the RANS filter (spec §5.7) on integer sections (codes, masks, deltas, zero points) with
+    the lane and gain settings of `profile` (RANS_PROFILES).
     """
     zstd: bool = True
     level: int | None = None
     trial: int = 3
+    rans: bool = True
+    profile: str = "default"
 
     def resolved(self, total_bytes: int) -> "EntropyPolicy":
         if self.level is not None:
             return self
-        return EntropyPolicy(self.zstd, 19 if total_bytes < (64 << 20) else 3, self.trial)
+        return EntropyPolicy(self.zstd, 19 if total_bytes < (64 << 20) else 3, self.trial, self.rans, self.profile)
 
 
-def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, level: int) -> Section:
+def section_hint(role: Role, p: dict, shape: tuple):
+    """(code width, signed, row length) of an integer section, for RANS; None for float sections."""
+    n = numel_of(shape)
+    row = n // shape[0] if len(shape) >= 2 and shape[0] else 0
+    if role == Role.CODES:
+        if P_K not in p and P_GRAN not in p:
+            return None
+        dense = p.get(P_SPARSE) == int(Sparsity.DENSE)
+        return p["b"], bool(p.get(P_SIGNED, False)), row if dense else 0
+    if role == Role.MASK:
+        return 1, False, row
+    if role == Role.DELTAS:
+        return p[P_IWIDTH], False, 0
+    if role == Role.ZERO_POINTS:
+        return p[P_ZPWIDTH], False, 0
+    if role == Role.NEGZERO:
+        return 1, False, 0
+    return None
+
+
+def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, level: int, hint=None,
+                   estimate: bool = False) -> Section:
+    """The smallest of none / zstd / shuffle+zstd / RANS (the last only with a `hint`, see section_hint).
+
+    With `estimate`, a RANS section is not coded: its data is a placeholder of the estimated length
+    (filter RANS, data empty bytes of that length) for comparing candidates; `finish_section` codes it.
+    """
     best = Section(role, Filter.NONE, len(data), bytes(data))
-    if not ent.zstd or len(data) < 16 or not zstd_available():
+    if len(data) < 16:
         return best
-    stride = role_stride(role, itemsize)
-    tries = [Filter.ZSTD] + ([Filter.SHUFFLE_ZSTD] if stride > 1 else [])
-    for fid in tries:
-        out = FILTERS[fid].encode(data, stride, level)
-        if len(out) < len(best.data) and len(data) <= max_decoded(len(out)):
-            best = Section(role, fid, len(data), out)
+    if ent.zstd and zstd_available():
+        stride = role_stride(role, itemsize)
+        tries = [Filter.ZSTD] + ([Filter.SHUFFLE_ZSTD] if stride > 1 else [])
+        for fid in tries:
+            out = FILTERS[fid].encode(data, stride, level)
+            if len(out) < len(best.data) and len(data) <= max_decoded(len(out)):
+                best = Section(role, fid, len(data), out)
+    if ent.rans and hint is not None:
+        steps, gain = RANS_PROFILES[ent.profile]
+        w, signed, row = hint
+        pl = rans.plan(data, w, signed, row, steps)
+        if pl.estimate < len(best.data) * (1 - gain) and len(data) <= max_decoded(int(pl.estimate)):
+            if estimate:
+                return Section(role, Filter.RANS, len(data), bytes(int(pl.estimate) + 1))
+            out = pl.encode()
+            if len(out) < len(best.data) * (1 - gain) and len(data) <= max_decoded(len(out)):
+                best = Section(role, Filter.RANS, len(data), out)
     return best
 
 
@@ -226,12 +274,15 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
     trial = min(ent.trial, level)
     best = best_plain = None
     for enc, p, secs in plain:
-        sections = [filter_section(role, data, itemsize, ent, trial) for role, data in secs]
+        sections = [filter_section(role, data, itemsize, ent, trial, section_hint(role, p, shape), estimate=True)
+                    for role, data in secs]
         cand = EncodedTensor(name, int(dt), shape, enc, p, sections)
         if best is None or cand.stored_bytes < best.stored_bytes:
             best, best_plain = cand, secs
-    if level != trial:
-        best.sections = [filter_section(role, data, itemsize, ent, level) for role, data in best_plain]
+    # the winner for real: zstd at the final level, RANS coded (kept if still the smallest)
+    best.sections = [filter_section(role, data, itemsize, ent, level, section_hint(role, best.params, shape))
+                     if old.filter == Filter.RANS or level != trial else old
+                     for (role, data), old in zip(best_plain, best.sections)]
     if best.encoding != Encoding.RAW:
         back = decode_tensor(best)
         if not bits_equal(back, t):

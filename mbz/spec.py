@@ -117,6 +117,20 @@ class Filter(IntEnum):
     NONE = 0
     ZSTD = 1
     SHUFFLE_ZSTD = 2  # byte-plane transpose with the role's element size, then zstd
+    RANS = 3          # static-model, context-modelled, lane-interleaved rANS of the packed codes (§5.7)
+
+
+# --- RANS filter (spec §5.7, table 13) -------------------------------------------
+class RansAlphabet(IntEnum):
+    """What one rANS symbol is (spec table 13)."""
+    DIRECT = 0     # the w-bit code itself (w <= 8), 2^w symbols
+    CLASSES = 1    # the bit length of the code's magnitude, w + 1 symbols; the lower bits raw
+
+
+RANS_L = 1 << 23          # lane states live in [RANS_L, 256 * RANS_L)
+RANS_STATE_BYTES = 4      # each lane's initial decoder state: u32
+RANS_MAX_P = 12           # frequency tables sum to 2^P, 1 <= P <= 12
+RANS_MAX_CTX = 4          # classes distinguished per neighbour (1 = neighbour unused)
 
 
 # Element size SHUFFLE_ZSTD transposes by (spec §5.6): None = the tensor dtype's itemsize.

@@ -41,7 +41,8 @@ def cmd_pack(a) -> int:
     rep = api.save(sd, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                    group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
                    detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
-                   metadata=meta, arch=arch, progress=show_progress(a.quiet))
+                   metadata=meta, arch=arch, progress=show_progress(a.quiet),
+                   rans=not a.no_rans, profile="best" if a.best else "default")
     fp32 = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in sd.values())
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32,
@@ -133,6 +134,10 @@ def register(sub) -> None:
     e.add_argument("--no-detect", action="store_true", help="do not look for exact grids / codebooks (store raw)")
     e.add_argument("--no-zstd", action="store_true", help="no entropy stage")
     e.add_argument("--zstd-level", type=int, help="zstd level (default: 19 below 1 MiB per section, else 3)")
+    e.add_argument("--no-rans", action="store_true", help="no RANS entropy coder (spec §5.7): zstd or nothing per section")
+    e.add_argument("--best", action="store_true",
+                   help="smallest file whatever its decode time: RANS wherever it is smaller, with fewer, longer lanes "
+                        "(default: RANS only where it saves >= 3%% over zstd, with lanes of <= 1024 codes)")
     e.add_argument("--align", type=int, default=1, help="section alignment in bytes (power of two; padding is counted)")
     m = p.add_argument_group("metadata")
     m.add_argument("--arch", metavar="NAME[:K=V,...]",
