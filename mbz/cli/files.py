@@ -10,7 +10,7 @@ from .. import api
 from ..checkpoint import read_checkpoint
 from ..codecs.raw import bits_equal
 from ..container import atomic_write
-from ..errors import MbzError, MismatchError
+from ..errors import MbzError, MismatchError, UsageError
 from ..models import arch_for_pack
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
 from ..summary import format_table, summarize
@@ -38,27 +38,40 @@ def cmd_pack(a) -> int:
         raise MbzError("--meta arch=...: name the architecture with --arch (it is checked against the tensors)")
     sd = read_checkpoint(a.checkpoint)
     arch, arch_note = arch_for_pack(sd, a.arch, a.num_classes)
-    rep = api.save(sd, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
-                   group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
-                   detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
-                   metadata=meta, arch=arch, progress=show_progress(a.quiet),
-                   rans=not a.no_rans, profile="best" if a.best else "default")
+    if sum(x is not None for x in (a.wbits, a.step, a.target_size)) > 1:
+        raise UsageError("--wbits, --step and --target-size are exclusive: give one")
+    common = dict(include=a.include, detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level,
+                  align=a.align, metadata=meta, arch=arch, progress=show_progress(a.quiet),
+                  rans=not a.no_rans, profile="best" if a.best else "default")
+    step_1d = "auto" if a.step_1d is None else None if a.step_1d == 0 else a.step_1d
+    if a.target_size is not None:
+        if a.target_size < 1:
+            raise UsageError(f"--target-size must be a positive number of bytes, got {a.target_size}")
+        rep = api.save_to_size(sd, a.output, a.target_size, step_1d=step_1d, deadzone=a.deadzone,
+                               log=None if a.quiet or a.json else print, **common)
+    else:
+        rep = api.save(sd, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
+                       group_size=a.group_size, symmetric=not a.asymmetric, step=a.step, step_1d=step_1d,
+                       deadzone=a.deadzone, **common)
     fp32 = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in sd.values())
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32,
                           "tensors": [vars(t) for t in rep.tensors]}, indent=1))
         return 0
-    if a.wbits:
-        print(f"{'tensor':<40} {'enc':<8} {'bytes':>9} {'max|err|':>10} {'rmse':>10} {'sqnr dB':>8}")
+    lossy = a.wbits or a.step or a.target_size is not None
+    if lossy:
+        print(f"{'tensor':<40} {'enc':<8} {'bits':>4} {'step':>10} {'bytes':>9} {'max|err|':>10} {'rmse':>10} {'sqnr dB':>8}")
         for t in rep.tensors:
             if t.quantized:
                 e = t.error
-                print(f"{t.name[:40]:<40} {t.encoding:<8} {t.stored_bytes:>9} {e['max_abs_err']:>10.3g} "
-                      f"{e['rmse']:>10.3g} {e['sqnr_db']:>8.2f}")
+                step = f"{t.step:>10.4g}" if t.step is not None else f"{'-':>10}"
+                print(f"{t.name[:40]:<40} {t.encoding:<8} {t.bits or '-':>4} {step} {t.stored_bytes:>9} "
+                      f"{e['max_abs_err']:>10.3g} {e['rmse']:>10.3g} {e['sqnr_db']:>8.2f}")
     counts = {}
     for t in rep.tensors:
         counts[t.encoding] = counts.get(t.encoding, 0) + 1
-    mode = f"lossy {a.wbits}-bit {a.granularity}" if a.wbits else "lossless"
+    mode = (f"lossy {a.wbits}-bit {a.granularity}" if a.wbits else
+            "lossy, one relative step per tensor" if lossy else "lossless")
     print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
           f"); fp32 tensors {fp32:,d} bytes, ratio {fp32 / rep.file_bytes:.2f}x")
@@ -130,6 +143,17 @@ def register(sub) -> None:
     q.add_argument("--group-size", type=int, default=64, help="elements per group for --granularity group")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric range with zero points (default symmetric)")
     q.add_argument("--include", default=DEFAULT_INCLUDE, help=f"regex of tensor names to quantize (default {DEFAULT_INCLUDE!r}, rank >= 2 only)")
+    r = p.add_argument_group("rate-distortion (exclusive with --wbits)")
+    r.add_argument("--step", type=float,
+                   help="relative quantization step: conv / linear weights on a per-tensor grid of STEP x rms(tensor) "
+                        "with dead-zone rounding (one step for all = equal slope; smaller = better quality, larger file)")
+    r.add_argument("--target-size", type=int, metavar="BYTES",
+                   help="the least-distortion file that fits BYTES: the step is searched (a few packs)")
+    r.add_argument("--step-1d", type=float,
+                   help="relative step of 1-D float tensors (BatchNorm, biases) with --step / --target-size "
+                        "(default: the weights' step / 16, see mbz.ratedist.AUTO_1D; 0 keeps them exact)")
+    r.add_argument("--deadzone", type=float, default=0.2,
+                   help="dead-zone rounding offset in steps for weights, 0..0.5 (default 0.2; 0 = round to nearest)")
     e = p.add_argument_group("encoding")
     e.add_argument("--no-detect", action="store_true", help="do not look for exact grids / codebooks (store raw)")
     e.add_argument("--no-zstd", action="store_true", help="no entropy stage")

@@ -277,7 +277,8 @@ def plan(data: bytes, w: int, signed: bool = False, row: int = 0, steps: int = 1
             C = tl * tu
             cnt = np.bincount(ctx * A + sym, minlength=C * A).reshape(C, A) if n else np.zeros((C, A), np.int64)
             pmin = max(1, int(A - 1).bit_length())
-            for P in sorted({pmin, *(q for q in (6, 8, 10, RANS_MAX_P) if q > pmin)}):
+            # precision beyond log2(count) buys nothing: try about that, and the finest
+            for P in sorted({min(RANS_MAX_P, max(pmin, int(n).bit_length() - 3)), max(pmin, RANS_MAX_P)}):
                 tables, bitsum = [], C
                 ok = True
                 for c in range(C):
