@@ -51,7 +51,8 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
          detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int = 1,
          metadata: dict | None = None, arch: dict | None = None, progress: bool = False,
          workers: int | None = None, rans: bool = True, profile: str = "default",
-         step: float | None = None, step_1d: float | str | None = "auto", deadzone: float = 0.2) -> SaveReport:
+         step: float | None = None, step_1d: float | str | None = "auto", deadzone: float = 0.2,
+         step_channel: bool = False) -> SaveReport:
     """Write a state_dict (or module, or wrapped checkpoint) to `path` as .mbz.
 
     Without `wbits` every tensor is stored exactly (detected grids, codebooks
@@ -79,7 +80,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     if arch:
         meta["arch"] = arch
 
-    spol = StepPolicy(step, step_1d, deadzone) if step else None
+    spol = StepPolicy(step, step_1d, deadzone, channel=step_channel) if step else None
 
     def encode(item):
         name, t = item
@@ -87,7 +88,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         if spol is not None:
             rel = spol.relative_step(name, t)
             if rel and not (detect and detect_grid(t) is not None):  # a tensor on an exact grid keeps it
-                grid = step_grid(t, rel, spol.deadzone if t.dim() >= 2 else 0.0)
+                grid = step_grid(t, rel, spol.deadzone if t.dim() >= 2 else 0.0, spol.channel and t.dim() >= 2)
         et = encode_tensor(name, t, grid=grid, ent=ent, detect=detect)
         rep = TensorReport(name, et.encoding.name, et.stored_bytes, grid is not None)
         if grid is not None:
@@ -109,7 +110,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
 
 
 def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = "auto", deadzone: float = 0.2,
-                 tries: int = 6, log=None, **kw) -> SaveReport:
+                 step_channel: bool = False, tries: int = 6, log=None, **kw) -> SaveReport:
     """The file of least distortion (largest quality: smallest relative step) that fits `target_bytes`.
 
     The first step is bisected on an estimate of the file size (mbz.ratedist.estimate_bytes); then
@@ -120,7 +121,7 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     exact = {n for n, t in sd.items() if t.is_floating_point() and t.dim() >= 1 and t.numel() >= 2
              and detect_grid(t) is not None}
     # first guess from the estimate (bisection in log step), then secant steps on the real sizes
-    pol = lambda st: StepPolicy(st, step_1d, deadzone)  # noqa: E731
+    pol = lambda st: StepPolicy(st, step_1d, deadzone, channel=step_channel)  # noqa: E731
     lo, hi = math.log(1e-3), math.log(8.0)
     for _ in range(40):
         mid = (lo + hi) / 2
@@ -131,7 +132,7 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     s = math.exp(hi)
     tried, best, rep = [], None, None
     for attempt in range(tries):
-        rep = save(sd, path, step=s, step_1d=step_1d, deadzone=deadzone, **kw)
+        rep = save(sd, path, step=s, step_1d=step_1d, deadzone=deadzone, step_channel=step_channel, **kw)
         tried.append((s, rep.file_bytes))
         if log:
             log(f"step {s:.4g}: {rep.file_bytes:,d} bytes (target {target_bytes:,d})")
@@ -155,5 +156,5 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     if best is None:
         raise EncodeError(f"no step tried fits {target_bytes:,d} bytes (last: {rep.file_bytes:,d} bytes)")
     if best[1] is not rep:  # the last pack overshot: write the one that fit again
-        rep = save(sd, path, step=best[0], step_1d=step_1d, deadzone=deadzone, **kw)
+        rep = save(sd, path, step=best[0], step_1d=step_1d, deadzone=deadzone, step_channel=step_channel, **kw)
     return rep

@@ -48,6 +48,7 @@ class StepPolicy:
     step_1d: float | str | None = "auto"
     deadzone: float = 0.2
     include: str = DEFAULT_INCLUDE
+    channel: bool = False      # one step per output channel (rel x the channel's rms) for weights
 
     def __post_init__(self):
         if not (self.step > 0 and math.isfinite(self.step)):
@@ -70,23 +71,31 @@ class StepPolicy:
         return None
 
 
-def step_grid(t: torch.Tensor, rel: float, deadzone: float) -> Grid | None:
-    """Per-tensor grid of step rel · rms(t) with dead-zone rounding; None for an all-zero tensor."""
+def _snap(d: np.ndarray) -> np.ndarray:
+    """Steps rounded to a power of two times 1, 1.25, 1.5 or 1.75: few distinct scales, cheap to store."""
+    e = np.floor(np.log2(d))
+    return (np.round(d / 2.0 ** e * 4) / 4 * 2.0 ** e).astype(np.float32)
+
+
+def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = False) -> Grid | None:
+    """Grid of step rel · rms (per tensor, or per output channel) with dead-zone rounding; None if all zero."""
     x = t.detach().cpu().float().contiguous().reshape(-1).numpy()
     if not np.isfinite(x).all():
         raise EncodeError("cannot quantize a tensor with NaN or Inf")
-    rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
-    if rms == 0:
+    rows = x.reshape(t.shape[0], -1) if channel and t.dim() >= 2 else x.reshape(1, -1)
+    rms = np.sqrt(np.mean(rows.astype(np.float64) ** 2, axis=1))
+    if not rms.any():
         return None
-    amax = float(np.abs(x).max())
-    d = np.float32(max(rel * rms, amax / MAX_CODE))
-    # a step that is a power of two times a 3-bit mantissa: scales stay cheap and exact in any float type
-    e = math.floor(math.log2(float(d)))
-    d = np.float32(round(float(d) / 2.0 ** e * 4) / 4 * 2.0 ** e)
-    a = np.abs(x) / d
+    amax = np.abs(rows).max(axis=1)
+    d = np.maximum(rel * rms, amax / MAX_CODE)
+    d = np.where(d > 0, d, max(float(d.max()), 1e-30))   # an all-zero channel: any step
+    d = _snap(d)
+    a = np.abs(rows) / d[:, None]
     mag = np.maximum(0, np.floor(a + np.float32(0.5 - deadzone))) if deadzone else np.rint(a)
-    k = (np.sign(x) * np.minimum(mag, MAX_CODE)).astype(np.int64)
-    return Grid(k, np.array([d], np.float32), Granularity.TENSOR, tuple(t.shape))
+    k = (np.sign(rows) * np.minimum(mag, MAX_CODE)).astype(np.int64).reshape(-1)
+    if rows.shape[0] > 1:
+        return Grid(k, d, Granularity.CHANNEL, tuple(t.shape), axis=0)
+    return Grid(k, d, Granularity.TENSOR, tuple(t.shape))
 
 
 def code_entropy_bytes(k: np.ndarray) -> float:
@@ -102,7 +111,7 @@ def estimate_bytes(sd: dict, policy: StepPolicy, exact: set) -> float:
     total = 0.0
     for name, t in sd.items():
         rel = policy.relative_step(name, t) if name not in exact else None
-        g = step_grid(t, rel, policy.deadzone if t.dim() >= 2 else 0.0) if rel else None
+        g = step_grid(t, rel, policy.deadzone if t.dim() >= 2 else 0.0, policy.channel and t.dim() >= 2) if rel else None
         total += code_entropy_bytes(g.k) + 8 if g is not None else t.numel() * t.element_size() * 0.5
     return total
 

@@ -73,3 +73,15 @@ def test_cli_step_and_target_size(tmp_path, capsys):
     assert main(["pack", str(ck), "-o", str(tmp_path / "t.mbz"), "--target-size", "9000", "-q"]) == 0
     assert (tmp_path / "t.mbz").stat().st_size <= 9000
     assert main(["pack", str(ck), "-o", str(tmp_path / "u.mbz"), "--step", "0.4", "--wbits", "4", "-q"]) == 2
+
+
+def test_per_channel_steps_follow_channel_rms():
+    g = torch.Generator().manual_seed(4)
+    t = torch.randn(16, 50, generator=g) * torch.logspace(-3, 0, 16)[:, None]
+    grid = step_grid(t, 0.5, 0.0, channel=True)
+    rms = t.pow(2).mean(1).sqrt().numpy()
+    ratio = grid.scales / rms
+    assert grid.scales.size == 16 and (ratio > 0.5 * 0.8).all() and (ratio < 0.5 * 1.25).all()
+    assert len(set(np.round(np.log2(grid.scales) * 4) % 4)) <= 4     # quarter-octave steps
+    err = (t.reshape(-1).numpy() - grid.values()).reshape(16, 50)
+    assert (np.abs(err).max(1) <= grid.scales / 2 + 1e-9).all()

@@ -48,11 +48,12 @@ def cmd_pack(a) -> int:
         if a.target_size < 1:
             raise UsageError(f"--target-size must be a positive number of bytes, got {a.target_size}")
         rep = api.save_to_size(sd, a.output, a.target_size, step_1d=step_1d, deadzone=a.deadzone,
+                               step_channel=a.step_channel,
                                log=None if a.quiet or a.json else print, **common)
     else:
         rep = api.save(sd, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                        group_size=a.group_size, symmetric=not a.asymmetric, step=a.step, step_1d=step_1d,
-                       deadzone=a.deadzone, **common)
+                       deadzone=a.deadzone, step_channel=a.step_channel, **common)
     fp32 = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in sd.values())
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32,
@@ -152,6 +153,9 @@ def register(sub) -> None:
     r.add_argument("--step-1d", type=float,
                    help="relative step of 1-D float tensors (BatchNorm, biases) with --step / --target-size "
                         "(default: the weights' step / 16, see mbz.ratedist.AUTO_1D; 0 keeps them exact)")
+    r.add_argument("--step-channel", action="store_true",
+                   help="one step per output channel (STEP x the channel's rms) instead of per tensor; steps are "
+                        "rounded to quarter octaves so the scales stay cheap")
     r.add_argument("--deadzone", type=float, default=0.2,
                    help="dead-zone rounding offset in steps for weights, 0..0.5 (default 0.2; 0 = round to nearest)")
     e = p.add_argument_group("encoding")
