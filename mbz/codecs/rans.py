@@ -19,8 +19,6 @@ out of range, symbols outside the code width) raises ``FormatError``.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import EncodeError, FormatError
@@ -622,4 +620,4 @@ def entropy_bound(data: bytes, w: int, signed: bool = False) -> float:
     return float(-(c * np.log2(c / n)).sum() / 8)
 
 
-__all__ = ["encode", "decode", "quantize_freqs", "entropy_bound", "math"]
+__all__ = ["encode", "plan", "Plan", "decode", "decode_many", "quantize_freqs", "entropy_bound"]
