@@ -87,7 +87,17 @@ def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = Fals
     if not rms.any():
         return None
     amax = np.abs(rows).max(axis=1)
-    d = np.maximum(rel * rms, amax / MAX_CODE)
+    if t.dim() == 1:
+        # 1-D tensors: the step also follows the smallest non-zero magnitude, so that no value (a running
+        # variance, a BatchNorm scale) rounds to zero or loses more than `rel` of itself; a tensor whose
+        # range then needs codes wider than 16 bits stays exact
+        nz = np.abs(x[x != 0])
+        d1 = rel * min(float(rms[0]), float(nz.min()) if nz.size else float(rms[0]))
+        if amax[0] / d1 > MAX_CODE:
+            return None
+        d = np.array([d1])
+    else:
+        d = np.maximum(rel * rms, amax / MAX_CODE)
     d = np.where(d > 0, d, max(float(d.max()), 1e-30))   # an all-zero channel: any step
     d = _snap(d)
     a = np.abs(rows) / d[:, None]

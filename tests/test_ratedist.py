@@ -85,3 +85,14 @@ def test_per_channel_steps_follow_channel_rms():
     assert len(set(np.round(np.log2(grid.scales) * 4) % 4)) <= 4     # quarter-octave steps
     err = (t.reshape(-1).numpy() - grid.values()).reshape(16, 50)
     assert (np.abs(err).max(1) <= grid.scales / 2 + 1e-9).all()
+
+
+def test_one_d_tensors_never_round_to_zero():
+    """A running variance spanning decades keeps every value non-zero, within the relative step."""
+    var = torch.logspace(-2, 0, 64)
+    grid = step_grid(var, 1 / 16, 0.0)
+    back = grid.values()
+    assert (back > 0).all()
+    assert (np.abs(back - var.numpy()) <= var.numpy() / 16).all()
+    wide = torch.tensor([1e-9, 1.0, 2.0, 3.0])   # 16-bit codes cannot span it: kept exact
+    assert step_grid(wide, 1 / 16, 0.0) is None
