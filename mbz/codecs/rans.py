@@ -249,7 +249,10 @@ def plan(data: bytes, w: int, signed: bool = False, row: int = 0, steps: int = 1
         n -= 1
     if packed_size(n, w) != len(data):
         raise EncodeError(f"rans: {len(data)} bytes are not a packed stream of {w}-bit codes")
-    v = unpack_codes(data, n, w, signed).astype(np.int64) if n else np.zeros(0, np.int64)
+    try:
+        v = unpack_codes(data, n, w, signed).astype(np.int64) if n else np.zeros(0, np.int64)
+    except FormatError as e:
+        raise EncodeError(f"rans: not a packed stream of {w}-bit codes: {e}") from None
     if pack_codes(v, w, signed) != bytes(data):
         raise EncodeError("rans: the stream's padding bits are not zero")
     K = max(1, -(-n // max(1, steps))) if n else 0
