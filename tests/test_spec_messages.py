@@ -16,6 +16,31 @@ ERRORS = {"FormatError", "TruncatedError", "VersionError", "ChecksumError", "Lim
 
 # message template (f-string fields as {}) -> (spec section, a phrase of that section stating the rule)
 MESSAGES = {
+    # §5.7 RANS filter (its own section rules)
+    "rans section of {} bytes claims {} decoded bytes (limit {})": ("7", "`decoded_length ≤ 1024 × stored_length + 4096`"),
+    "rans: varint {} longer than 8 bytes": ("5.7", "at most 8 bytes"),
+    "rans: raw-bit stream is {} bytes, the decoded classes need {}": ("5.7", "raw bits of the wrong"),
+    "rans: padding bits of the raw-bit stream must be zero": ("5.7", "its unused bits are zero"),
+    "rans: truncated header reading {}": ("5.7", "Layout"),
+    "rans: frequency tables end early": ("5.7", "tables that run"),
+    "rans: section of {} bytes is shorter than its 4-byte header": ("5.7", "Layout"),
+    "rans: unknown mode byte {}": ("5.7", "an unknown mode"),
+    "rans: code width {} not allowed for alphabet {}": ("5.7", "DIRECT: 1..8"),
+    "rans: table precision {} outside 1..{}": ("5.7", "1 ≤ P ≤ 12"),
+    "rans: context byte {} outside 1..{} per neighbour": ("5.7", "each 1..4"),
+    "rans: {} codes of {} bits pack to {} bytes, section declares {}": ("5.7", "must equal the section's decoded length"),
+    "rans: {} lanes for {} symbols (need 1..n, or 0 for none)": ("5.7", "1 ≤ K ≤ n"),
+    "rans: upper-neighbour context with row length {} for {} symbols": ("5.7", "`0 < R < n` when `TU > 1`"),
+    "rans: row length {} exceeds the {} symbols": ("5.7", "`R ≤ n`"),
+    "rans: frequency tables run past the section end": ("5.7", "tables that run"),
+    "rans: frequency tables leave unused non-zero bits": ("5.7", "unread bits of that byte are zero"),
+    "rans: {} lane states and a {}-byte stream run past the section end (truncated)": ("5.7", "ends early"),
+    "rans: lane state out of range [{}, {})": ("5.7", "states outside"),
+    "rans: {} bytes after the lane stream": ("5.7", "DIRECT sections"),
+    "rans: a symbol was decoded from an absent frequency table": ("5.7", "a symbol drawn from an absent table"),
+    "rans: decoded codes outside the {}-bit {} range": ("5.7", "codes outside the `w`-bit range"),
+    "rans: frequency code longer than {} bits": ("5.7", "at most `P + 1`"),
+    "rans: frequency table {} sums past {}": ("5.7", "sum past `M`"),
     # §2 preamble
     "file is {} bytes; the preamble alone is {}": ("7", "size ≥ 24"),
     "not an .mbz file: bad magic at offset 0 (expected {})": ("2", "magic"),
