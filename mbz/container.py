@@ -490,8 +490,11 @@ class Source:
             self._f.close()
 
 
-def read_sections(buf, rec: Record) -> dict:
-    """Stored bytes of a record's sections, checksum-verified, then unfiltered."""
+def read_sections(buf, rec: Record, decoded: dict | None = None) -> dict:
+    """Stored bytes of a record's sections, checksum-verified, then unfiltered.
+
+    `decoded` maps a section's index in the record to its bytes already unfiltered (batched RANS decoding).
+    """
     crc = 0
     stored = []
     for s in rec.sections:
@@ -504,6 +507,9 @@ def read_sections(buf, rec: Record) -> dict:
     item = ITEMSIZE[rec.dtype]
     out = {}
     for j, (s, b) in enumerate(zip(rec.sections, stored)):
+        if decoded and j in decoded:
+            out[s.role] = decoded[j]
+            continue
         try:
             out[s.role] = unfilter(s.role, s.filter, b, s.decoded, item)
         except MbzError as e:

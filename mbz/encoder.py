@@ -15,6 +15,7 @@ import torch
 
 from .codecs.affine import Grid, group_index, n_groups, numel_of
 from .codecs.bitpack import pack_bits, pack_codes, packed_size, signed_width, unsigned_width
+from .codecs import rans
 from .codecs.filters import FILTERS, max_decoded, zstd_available
 from .codecs.qaffine import quantized_plain, split_quantized
 from .codecs.raw import ITEMSIZE, bits_equal, mbz_dtype, tensor_bytes
@@ -22,7 +23,7 @@ from .codecs.sparse import best_delta_width, delta_count, delta_entries
 from .errors import EncodeError
 from .decoder import decode_tensor
 from .detect import detect_codebook, detect_grid
-from .spec import (P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_NEGZERO, P_SIGNED, P_SPARSE, P_ZPWIDTH, Encoding,
+from .spec import (P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_ZPWIDTH, Encoding,
                    Filter, Role, Sparsity, role_stride)
 
 BIG = 1 << 16  # above this many elements, search fewer candidates
@@ -51,6 +52,12 @@ class EncodedTensor:
         return sum(len(s.data) for s in self.sections)
 
 
+# RANS profiles (spec §5.7 lanes): the most symbols one lane codes, and the saving over zstd / none that
+# RANS must bring to be kept.  "default" spends decode time only where it buys bytes; "best" takes the
+# smallest section whatever its decode time.
+RANS_PROFILES = {"default": (1024, 0.03), "best": (16384, 0.0)}
+
+
 @dataclass
 class EntropyPolicy:
     """Which entropy stages to try per section, and how hard.
@@ -60,39 +67,87 @@ class EntropyPolicy:
     `small_section` bytes of models under 64 MB of tensors, the trial level for
     every other section (level 19 runs at a few MB/s and gains about 1% on
     large float sections: it made lossless packing of a ResNet-18 take 50 s).
+    `rans` tries the RANS filter (spec §5.7) on integer sections (codes, masks, deltas, zero points) with
+    the lane and gain settings of `profile` (RANS_PROFILES).
     """
     zstd: bool = True
     level: int | None = None
     trial: int = 1
     auto: bool = False            # level chosen by resolved(): large sections keep the trial level
     small_section: int = 128 << 10
+    rans: bool = True
+    profile: str = "default"
 
     def resolved(self, total_bytes: int) -> "EntropyPolicy":
         if self.level is not None:
             return self
-        return EntropyPolicy(self.zstd, 19 if total_bytes < (64 << 20) else self.trial, self.trial, auto=True)
+        return EntropyPolicy(self.zstd, 19 if total_bytes < (64 << 20) else self.trial, self.trial, auto=True,
+                             rans=self.rans, profile=self.profile)
 
-    def final(self, sections: list, plain: list, itemsize: int) -> list:
-        """The winner's sections at the final level (`plain`: its unfiltered (role, bytes), same order)."""
+    def final(self, sections: list, plain: list, itemsize: int, hints: list | None = None) -> list:
+        """The winner's sections for real (`plain`: its unfiltered (role, bytes), same order; `hints`: their
+        section_hint): zstd at the final level (large sections of an auto policy keep the trial level), and
+        RANS sections, compared on estimates so far, coded (kept if still the smallest)."""
         level = self.level if self.level is not None else 19
-        if level == min(self.trial, level):
-            return sections
-        return [s if self.auto and len(data) >= self.small_section else
-                filter_section(role, data, itemsize, self, level) for s, (role, data) in zip(sections, plain)]
+        hints = hints or [None] * len(plain)
+        out = []
+        for s, (role, data), hint in zip(sections, plain, hints):
+            lvl = min(self.trial, level) if self.auto and len(data) >= self.small_section else level
+            if s.filter == Filter.RANS or lvl != min(self.trial, level):
+                s = filter_section(role, data, itemsize, self, lvl, hint)
+            out.append(s)
+        return out
 
 
-def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, level: int) -> Section:
+def section_hint(role: Role, p: dict, shape: tuple):
+    """(code width, signed, row length) of an integer section, for RANS; None for float sections."""
+    n = numel_of(shape)
+    row = n // shape[0] if len(shape) >= 2 and shape[0] else 0
+    if role == Role.CODES:
+        if P_K not in p and P_GRAN not in p:
+            return None
+        dense = p.get(P_SPARSE) == int(Sparsity.DENSE)
+        return p["b"], bool(p.get(P_SIGNED, False)), row if dense else 0
+    if role == Role.MASK:
+        return 1, False, row
+    if role == Role.DELTAS:
+        return p[P_IWIDTH], False, 0
+    if role == Role.ZERO_POINTS:
+        return p[P_ZPWIDTH], False, 0
+    if role == Role.NEGZERO:
+        return 1, False, 0
+    return None
+
+
+def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, level: int, hint=None,
+                   estimate: bool = False) -> Section:
+    """The smallest of none / zstd / shuffle+zstd / RANS (the last only with a `hint`, see section_hint).
+
+    With `estimate`, a RANS section is not coded: its data is a placeholder of the estimated length
+    (filter RANS, data empty bytes of that length) for comparing candidates; EntropyPolicy.final codes it.
+    """
     best = Section(role, Filter.NONE, len(data), data)  # bytes or a uint8 array (written as is, never copied)
-    if not ent.zstd or len(data) < 16 or not zstd_available():
+    if len(data) < 16:
         return best
-    stride = role_stride(role, itemsize)
-    tries = [Filter.ZSTD] + ([Filter.SHUFFLE_ZSTD] if stride > 1 else [])
-    if stride > 1 and role == Role.RAW and len(data) >= BIG_RAW:
-        tries = [Filter.SHUFFLE_ZSTD]  # large multi-byte raw sections: the byte planes always compress better
-    for fid in tries:
-        out = FILTERS[fid].encode(data, stride, level)
-        if len(out) < len(best.data) and len(data) <= max_decoded(len(out)):
-            best = Section(role, fid, len(data), out)
+    if ent.zstd and zstd_available():
+        stride = role_stride(role, itemsize)
+        tries = [Filter.ZSTD] + ([Filter.SHUFFLE_ZSTD] if stride > 1 else [])
+        if stride > 1 and role == Role.RAW and len(data) >= BIG_RAW:
+            tries = [Filter.SHUFFLE_ZSTD]  # large multi-byte raw sections: the byte planes always compress better
+        for fid in tries:
+            out = FILTERS[fid].encode(data, stride, level)
+            if len(out) < len(best.data) and len(data) <= max_decoded(len(out)):
+                best = Section(role, fid, len(data), out)
+    if ent.rans and hint is not None:
+        steps, gain = RANS_PROFILES[ent.profile]
+        w, signed, row = hint
+        pl = rans.plan(data, w, signed, row, steps)
+        if pl.estimate < len(best.data) * (1 - gain) and len(data) <= max_decoded(int(pl.estimate)):
+            if estimate:
+                return Section(role, Filter.RANS, len(data), bytes(int(pl.estimate) + 1))
+            out = pl.encode()
+            if len(out) < len(best.data) * (1 - gain) and len(data) <= max_decoded(len(out)):
+                best = Section(role, Filter.RANS, len(data), out)
     return best
 
 
@@ -250,11 +305,13 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
     trial = min(ent.trial, level)
     best = best_plain = None
     for enc, p, secs in plain:
-        sections = [filter_section(role, data, itemsize, ent, trial) for role, data in secs]
+        sections = [filter_section(role, data, itemsize, ent, trial, section_hint(role, p, shape), estimate=True)
+                    for role, data in secs]
         cand = EncodedTensor(name, int(dt), shape, enc, p, sections)
         if best is None or cand.stored_bytes < best.stored_bytes:
             best, best_plain = cand, secs
-    best.sections = ent.final(best.sections, best_plain, itemsize)
+    best.sections = ent.final(best.sections, best_plain, itemsize,
+                              [section_hint(role, best.params, shape) for role, _ in best_plain])
     if best.encoding != Encoding.RAW:
         back = decode_tensor(best)
         if not bits_equal(back, t):
@@ -279,11 +336,12 @@ def _encode_quantized(name: str, t: torch.Tensor, dt, ent: EntropyPolicy) -> Enc
             p = dict(base, b=width, **sp_params)
             secs = [(Role.CODES, pack_codes(codes, width, signed))] + idx_secs + extra
             cand = EncodedTensor(name, int(dt), tuple(t.shape), Encoding.AFFINE, p,
-                                 [filter_section(role, data, 1, ent, min(ent.trial, level)) for role, data in secs])
+                                 [filter_section(role, data, 1, ent, min(ent.trial, level), section_hint(role, p, tuple(t.shape)), estimate=True)
+                                  for role, data in secs])
             if best is None or cand.stored_bytes < best[0].stored_bytes:
                 best = (cand, secs)
     et, secs = best
-    et.sections = ent.final(et.sections, secs, 1)
+    et.sections = ent.final(et.sections, secs, 1, [section_hint(role, et.params, tuple(t.shape)) for role, _ in secs])
     if not bits_equal(decode_tensor(et), t):
         raise EncodeError(f"{name}: quantized tensor does not round-trip (internal error)")
     return et

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections import OrderedDict
 
 import torch
 
 from .accounting import account
+from .codecs import rans
 from .codecs.affine import numel_of
 from .codecs.raw import DTYPE_NAME, ITEMSIZE
 from .container import Source, parse, read_sections
 from .decoder import decode_record
 from .errors import FormatError, MbzError
-from .spec import P_GRAN, P_SPARSE, P_WIDTH, Encoding, Granularity, Sparsity
+from .spec import P_GRAN, P_SPARSE, P_WIDTH, Encoding, Filter, Granularity, Sparsity
 
 PARALLEL_MIN_ELEMENTS = 1 << 16  # tensors this large are encoded / decoded on a thread pool
 
@@ -84,10 +86,10 @@ class MbzReader:
             raise KeyError(name)
         return self._decode(rec)
 
-    def _decode(self, rec) -> torch.Tensor:
+    def _decode(self, rec, decoded: dict | None = None) -> torch.Tensor:
         if self._src.buf is None:
             raise MbzError("file is closed")
-        secs = read_sections(self._src.buf, rec)
+        secs = read_sections(self._src.buf, rec, decoded)
         try:
             return decode_record(rec.dtype, rec.shape, rec.encoding, rec.params, secs)
         except MbzError as e:
@@ -100,13 +102,47 @@ class MbzReader:
     def decode_all(self, workers: int | None = None) -> "OrderedDict[str, torch.Tensor]":
         """All tensors, in stored order; large ones decoded on `workers` threads (see map_small_first)."""
         recs = self.layout.records
-        out = map_small_first(self._decode, recs, [numel_of(r.shape) for r in recs],
+        pre = self._predecode_rans(recs)
+        out = map_small_first(lambda r: self._decode(r, pre.get(r.index)), recs, [numel_of(r.shape) for r in recs],
                               workers or min(8, os.cpu_count() or 1))
         return OrderedDict((r.name, t) for r, t in zip(recs, out))
 
+    def _predecode_rans(self, recs) -> dict:
+        """{record index: {section index: decoded bytes}} for every RANS section of `recs`, decoded in one batch
+        (spec §5.7: all lanes advance together).  Records whose checksum fails, and any batch that fails, are
+        left to the per-record path, which raises the error naming the tensor."""
+        buf, items, keys = self._src.buf, [], []
+        if buf is None:
+            return {}
+        for rec in recs:
+            idx = [j for j, s in enumerate(rec.sections) if s.filter == Filter.RANS]
+            if not idx:
+                continue
+            crc = 0
+            for s in rec.sections:
+                crc = zlib.crc32(buf[s.offset:s.offset + s.stored], crc)
+            if crc != rec.crc:
+                continue
+            for j in idx:
+                s = rec.sections[j]
+                items.append((buf[s.offset:s.offset + s.stored], s.decoded))
+                keys.append((rec.index, j))
+        if len(items) < 2:
+            return {}
+        try:
+            outs = rans.decode_many(items)
+        except MbzError:
+            return {}
+        pre: dict = {}
+        for (ri, j), b in zip(keys, outs):
+            pre.setdefault(ri, {})[j] = b
+        return pre
+
     def _decode_names(self, names) -> dict:
         recs = [self._by_name[n] for n in self._by_name if n in names]
-        out = map_small_first(self._decode, recs, [numel_of(r.shape) for r in recs], min(8, os.cpu_count() or 1))
+        pre = self._predecode_rans(recs)
+        out = map_small_first(lambda r: self._decode(r, pre.get(r.index)), recs, [numel_of(r.shape) for r in recs],
+                              min(8, os.cpu_count() or 1))
         return {r.name: t for r, t in zip(recs, out)}
 
     def _build(self, node):

@@ -148,6 +148,20 @@ class Filter(IntEnum):
     NONE = 0
     ZSTD = 1
     SHUFFLE_ZSTD = 2  # byte-plane transpose with the role's element size, then zstd
+    RANS = 3          # static-model, context-modelled, lane-interleaved rANS of the packed codes (§5.7)
+
+
+# --- RANS filter (spec §5.7, table 13) -------------------------------------------
+class RansAlphabet(IntEnum):
+    """What one rANS symbol is (spec table 13)."""
+    DIRECT = 0     # the w-bit code itself (w <= 8), 2^w symbols
+    CLASSES = 1    # the bit length of the code's magnitude, w + 1 symbols; the lower bits raw
+
+
+RANS_L = 1 << 23          # lane states live in [RANS_L, 256 * RANS_L)
+RANS_STATE_BYTES = 4      # each lane's initial decoder state: u32
+RANS_MAX_P = 12           # frequency tables sum to 2^P, 1 <= P <= 12
+RANS_MAX_CTX = 4          # classes distinguished per neighbour (1 = neighbour unused)
 
 
 # Element size SHUFFLE_ZSTD transposes by (spec §5.6): None = the tensor dtype's itemsize.
@@ -231,14 +245,14 @@ P_ZPSIGNED = "zs"     # ZERO_POINTS are two's complement (quantized dtypes only)
 
 
 # --- Checkpoint structure (spec §3.1, format 1.1) ----------------------------
-H_TREE = "tree"      # optional: the checkpoint's structure, one node (table 13); absent = a flat state_dict
+H_TREE = "tree"      # optional: the checkpoint's structure, one node (table 14); absent = a flat state_dict
 H_MAIN = "main"      # optional: key path from the tree's root to the state_dict mbz.load returns
 
 MAX_TREE_DEPTH = 64  # nesting a reader follows
 
 
 class Node(IntEnum):
-    """Kinds of structure-tree node (spec table 13): each node is an array [kind, fields...]."""
+    """Kinds of structure-tree node (spec table 14): each node is an array [kind, fields...]."""
     NONE = 0        # [0]
     BOOL = 1        # [1, bool]
     INT = 2         # [2, int]  (msgpack int: -2^63 .. 2^64-1)
@@ -257,13 +271,13 @@ class Node(IntEnum):
     SIZE = 14       # [14, [int...]]: torch.Size
     DEVICE = 15     # [15, str]
     COMPLEX = 16    # [16, real, imag]
-    SPARSE = 17     # [17, layout, [component nodes], [size], coalesced]: a sparse tensor (table 14)
+    SPARSE = 17     # [17, layout, [component nodes], [size], coalesced]: a sparse tensor (table 15)
     BIGINT = 18     # [18, decimal str]: an int outside msgpack's range
     RECORDS = 19    # [19, first record index, count, prefix]: items of the records first..first+count-1,
                     # keyed by their names less the prefix (as ODICT / DICT items)
 
 
-# Sparse layouts of a SPARSE node (spec table 14): the component tensors, in order
+# Sparse layouts of a SPARSE node (spec table 15): the component tensors, in order
 SPARSE_LAYOUTS = {
     "sparse_coo": ("indices", "values"),
     "sparse_csr": ("crow_indices", "col_indices", "values"),

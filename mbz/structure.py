@@ -1,4 +1,4 @@
-"""A checkpoint's structure kept without pickle: the typed msgpack tree of spec §3.1 (table 13).
+"""A checkpoint's structure kept without pickle: the typed msgpack tree of spec §3.1 (table 14).
 
 ``flatten(obj)`` turns what ``torch.load(weights_only=True)`` returns (nested
 dicts / OrderedDicts, lists, tuples, numbers, strings, dtypes, torch.Size,
@@ -420,8 +420,8 @@ _SCALARS = {Node.BOOL: bool, Node.INT: int, Node.FLOAT: float, Node.STR: str, No
 
 def check_tree(tree, main: list, records: list) -> None:
     """Every structural rule of spec §3.1 checked on open, nothing decoded: node kinds, arity and field
-    types (table 13), record references, RECORDS ranges and prefixes, VIEW nodes within a 1-D record of
-    an unquantized dtype, SPARSE layouts and component counts (table 14), dict keys, and the 'main'
+    types (table 14), record references, RECORDS ranges and prefixes, VIEW nodes within a 1-D record of
+    an unquantized dtype, SPARSE layouts and component counts (table 15), dict keys, and the 'main'
     path.  `records`: the file's records (name, dtype, shape).  Raises FormatError naming the node's
     key path; what depends on the tensors' values (sparse index invariants) is checked on decode."""
     from .spec import QUANTIZED_DTYPES

@@ -83,3 +83,27 @@ def test_golden_v1_1_file_decodes():
     assert mbz.load(path).keys() == m.keys()
     with mbz.open(path) as r:
         assert r.version == (1, 1) and r.metadata["purpose"].startswith("golden")
+
+
+def test_rans_golden_file_decodes_and_covers_the_filter():
+    """Format 1.1: the RANS filter (spec §5.7) in both alphabets, with contexts and several lanes."""
+    from mbz.codecs.rans import _Section
+    from mbz.spec import Filter, RansAlphabet
+    path = os.path.join(DATA, "golden_v1_1_rans.mbz")
+    with open(os.path.join(DATA, "golden_v1_1_rans.json")) as f:
+        expect = json.load(f)
+    got = mbz.load(path)
+    assert sorted(got) == sorted(expect)
+    for name, e in expect.items():
+        assert digest(got[name]) == e["sha256"], name
+    seen = set()
+    with mbz.open(path) as r:
+        assert r.version == (1, 1)
+        for rec in r.layout.records:
+            assert digest(r[rec.name]) == expect[rec.name]["sha256"]  # the per-tensor path too
+            for s in rec.sections:
+                if s.filter == Filter.RANS:
+                    h = _Section(r._src.buf[s.offset:s.offset + s.stored], s.decoded)
+                    seen |= {RansAlphabet(h.alpha).name, "left" if h.tl > 1 else "", "up" if h.tu > 1 else "",
+                             "lanes" if h.K > 1 else "", s.role.name}
+    assert {"DIRECT", "CLASSES", "left", "up", "lanes", "CODES", "MASK"} <= seen

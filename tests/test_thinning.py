@@ -138,3 +138,14 @@ def test_prune_channels_cli_on_another_network(tiny_npz, tmp_path, capsys, tiny_
     layers = json.loads((out / "thin_r0.5.layers.json").read_text())
     assert [x["after"] for x in layers] == [8, 16]
     assert row["file_bytes"] == (out / "thin_r0.5.mbz").stat().st_size
+
+
+def test_train_init_refuses_a_conflicting_arch_before_making_anything(tmp_path, capsys, tiny_registry):
+    from mbz.cli import main
+    src = tmp_path / "net.mbz"
+    mbz.save(_net(tiny_registry).state_dict(), src, arch={"name": tiny_registry, "num_classes": 10})
+    out = tmp_path / "run"
+    assert main(["train", "--init", str(src), "--arch", "resnet18_cifar", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a tiny_cnn" in err, err
+    assert not out.exists()

@@ -18,7 +18,7 @@ def _command(a, verb: str) -> str:
 def _floats(text: str, what: str, lo: float, hi: float, hi_open: bool) -> list[float]:
     from ..errors import UsageError
     try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
+        vals = [float(x) for x in text.split(",")]
     except ValueError:
         raise UsageError(f"{what} {text!r}: expected comma-separated numbers") from None
     bad = [v for v in vals if not (lo < v <= hi if not hi_open else lo <= v < hi)]
@@ -50,8 +50,9 @@ def _bn_model(path: str):
         model.load_state_dict(sd)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise CheckpointError(f"{path}: not a MobileNet-v2 (CIFAR) state_dict with BatchNorm: "
-                              f"{' '.join(x.strip() for x in first[1:3]) or first[0]}"[:400]) from None
+        raise CheckpointError(f"{path}: not a MobileNet-v2 (CIFAR) state_dict with BatchNorm "
+                              f"({' '.join(x.strip() for x in first[1:3]) or first[0]}"[:300]
+                              + "); another network needs a .mbz with 'arch' metadata (mbz pack --arch NAME)") from None
     return sd, model.eval()
 
 

@@ -10,7 +10,7 @@ from .. import api
 from ..checkpoint import as_state_dict, read_object
 from ..compare import leaves, compare
 from ..container import atomic_write
-from ..errors import CheckpointError, MbzError, MismatchError
+from ..errors import CheckpointError, MbzError, MismatchError, UsageError
 from ..models import arch_for_pack
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
 from ..spec import M_KEY, M_PRUNE_FOLDED, M_ZERO_SIGN
@@ -67,13 +67,24 @@ def _pack(a, obj, meta: dict) -> int:
         except Exception:  # noqa: BLE001 - tensors no architecture can be fitted to: nothing to suggest
             arch, arch_note = None, ("no architecture recorded (mbz.load / unpack work; for mbz eval and "
                                      "mbz.load_model pass --arch)")
-    rep = api.save(prep.obj, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
-                   group_size=a.group_size, symmetric=not a.asymmetric, include=a.include,
-                   detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level, align=a.align,
-                   metadata=dict(meta, **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
-                                 **({M_KEY: a.key} if a.key is not None else {})),
-                   arch=arch, progress=show_progress(a.quiet), exact=a.exact,
-                   zero_sign=a.zero_sign, key=None)
+    if sum(x is not None for x in (a.wbits, a.step, a.target_size)) > 1:
+        raise UsageError("--wbits, --step and --target-size are exclusive: give one")
+    common = dict(include=a.include, detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level,
+                  align=a.align, metadata=dict(meta, **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
+                                               **({M_KEY: a.key} if a.key is not None else {})),
+                  arch=arch, progress=show_progress(a.quiet), exact=a.exact, zero_sign=a.zero_sign, key=None,
+                  rans=not a.no_rans, profile="best" if a.best else "default")
+    step_1d = "auto" if a.step_1d is None else None if a.step_1d == 0 else a.step_1d
+    if a.target_size is not None:
+        if a.target_size < 1:
+            raise UsageError(f"--target-size must be a positive number of bytes, got {a.target_size}")
+        rep = api.save_to_size(prep.obj, a.output, a.target_size, step_1d=step_1d, deadzone=a.deadzone,
+                               step_channel=a.step_channel,
+                               log=None if a.quiet or a.json else print, **common)
+    else:
+        rep = api.save(prep.obj, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
+                       group_size=a.group_size, symmetric=not a.asymmetric, step=a.step, step_1d=step_1d,
+                       deadzone=a.deadzone, step_channel=a.step_channel, **common)
     own, fp32 = _input_note(rep.input_dtypes)
     nz = [t for t in rep.tensors if t.negative_zeros]
     if a.json:
@@ -84,17 +95,20 @@ def _pack(a, obj, meta: dict) -> int:
                           "negzero_bytes": sum(t.negzero_bytes for t in nz),
                           "tensors": [vars(t) for t in rep.tensors]}, indent=1))
         return 0
-    if a.wbits:
-        print(f"{'tensor':<40} {'enc':<8} {'bytes':>9} {'max|err|':>10} {'rmse':>10} {'sqnr dB':>8}")
+    lossy = a.wbits or a.step or a.target_size is not None
+    if lossy:
+        print(f"{'tensor':<40} {'enc':<8} {'bits':>4} {'step':>10} {'bytes':>9} {'max|err|':>10} {'rmse':>10} {'sqnr dB':>8}")
         for t in rep.tensors:
             if t.quantized:
                 e = t.error
-                print(f"{t.name[:40]:<40} {t.encoding:<8} {t.stored_bytes:>9} {e['max_abs_err']:>10.3g} "
-                      f"{e['rmse']:>10.3g} {e['sqnr_db']:>8.2f}")
+                step = f"{t.step:>10.4g}" if t.step is not None else f"{'-':>10}"
+                print(f"{t.name[:40]:<40} {t.encoding:<8} {t.bits or '-':>4} {step} {t.stored_bytes:>9} "
+                      f"{e['max_abs_err']:>10.3g} {e['rmse']:>10.3g} {e['sqnr_db']:>8.2f}")
     counts = {}
     for t in rep.tensors:
         counts[t.encoding] = counts.get(t.encoding, 0) + 1
-    mode = f"lossy {a.wbits}-bit {a.granularity}" if a.wbits else "lossless"
+    mode = (f"lossy {a.wbits}-bit {a.granularity}" if a.wbits else
+            "lossy, one relative step per tensor" if lossy else "lossless")
     dt = ", ".join(f"{k} {v:,d}" for k, v in sorted(rep.input_dtypes.items(), key=lambda x: -x[1]))
     print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")")
@@ -235,10 +249,28 @@ def register(sub) -> None:
     c.add_argument("--zero-sign", choices=api.ZERO_SIGNS, default="keep",
                    help="keep (default) the sign of -0.0 elements (pack reports their count and cost), or drop it: "
                         "store +0.0 and record in the file that it is not bit-exact there")
+    r = p.add_argument_group("rate-distortion (exclusive with --wbits)")
+    r.add_argument("--step", type=float,
+                   help="relative quantization step: conv / linear weights on a per-tensor grid of STEP x rms(tensor) "
+                        "with dead-zone rounding (one step for all = equal slope; smaller = better quality, larger file)")
+    r.add_argument("--target-size", type=int, metavar="BYTES",
+                   help="the least-distortion file that fits BYTES: the step is searched (a few packs)")
+    r.add_argument("--step-1d", type=float,
+                   help="relative step of 1-D float tensors (BatchNorm, biases) with --step / --target-size "
+                        "(default: the weights' step / 16, see mbz.ratedist.AUTO_1D; 0 keeps them exact)")
+    r.add_argument("--step-channel", action="store_true",
+                   help="one step per output channel (STEP x the channel's rms) instead of per tensor; steps are "
+                        "rounded to quarter octaves so the scales stay cheap")
+    r.add_argument("--deadzone", type=float, default=0.2,
+                   help="dead-zone rounding offset in steps for weights, 0..0.5 (default 0.2; 0 = round to nearest)")
     e = p.add_argument_group("encoding")
     e.add_argument("--no-detect", action="store_true", help="do not look for exact grids / codebooks (store raw)")
     e.add_argument("--no-zstd", action="store_true", help="no entropy stage")
     e.add_argument("--zstd-level", type=int, help="zstd level (default: 19 below 1 MiB per section, else 3)")
+    e.add_argument("--no-rans", action="store_true", help="no RANS entropy coder (spec §5.7): zstd or nothing per section")
+    e.add_argument("--best", action="store_true",
+                   help="smallest file whatever its decode time: RANS wherever it is smaller, with fewer, longer lanes "
+                        "(default: RANS only where it saves >= 3%% over zstd, with lanes of <= 1024 codes)")
     e.add_argument("--align", type=int, default=1, help="section alignment in bytes (power of two; padding is counted)")
     m = p.add_argument_group("metadata")
     m.add_argument("--arch", metavar="NAME[:K=V,...]",

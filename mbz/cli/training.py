@@ -65,13 +65,8 @@ def cmd_train(a) -> int:
     from ..errors import UsageError
     from ..pipeline.baseline import clear_outputs, existing_outputs, train_baseline
     from ..pipeline.train import TrainConfig
-    output_dir(a.out)
     if a.init:
         input_file(a.init, "--init checkpoint")
-    if a.force:
-        clear_outputs(a.out)
-    elif "baseline.pt" in existing_outputs(a.out):
-        raise UsageError(f"{a.out}: holds a finished baseline (baseline.pt); pass --force to train a new one")
     if a.cuda_graph and a.compile:
         raise UsageError("--cuda-graph and --compile exclude each other")
     for name in ("epochs", "batch", "eval_every"):
@@ -81,13 +76,25 @@ def cmd_train(a) -> int:
                       ema=a.ema, trivial=not a.no_trivial, cutout=a.cutout, seed=a.seed, fit_budget=a.fit_budget,
                       compile=a.compile, compile_mode=a.compile_mode, cudnn_benchmark=not a.no_cudnn_benchmark,
                       eval_every=a.eval_every, cuda_graph=a.cuda_graph, warmup=a.warmup)
-    arch = {"name": a.arch, "num_classes": 10}
+    arch = {"name": a.arch or "mobilenet_v2_cifar", "num_classes": 10}
     if a.init:
         from .analysis import _file_arch
-        input_file(a.init, "--init checkpoint")
-        arch = dict(_file_arch(a.init) or arch)
+        recorded = _file_arch(a.init)
+        if recorded is not None:
+            if a.arch and recorded.get("name") != a.arch:
+                raise UsageError(f"--arch {a.arch}: {a.init} holds a {recorded.get('name')} (its 'arch' metadata); "
+                                 f"leave --arch out or name that network")
+            arch = dict(recorded)
+        elif a.arch not in (None, "mobilenet_v2_cifar"):
+            raise UsageError(f"{a.init}: no 'arch' metadata; a {a.arch} checkpoint must be a .mbz made with "
+                             f"mbz pack --arch {a.arch} (or mbz.save(..., arch=...))")
     if arch["name"] == "mobilenet_v2_cifar":
         arch.update(width_mult=a.width_mult, dropout=a.dropout)
+    output_dir(a.out)
+    if a.force:
+        clear_outputs(a.out)
+    elif "baseline.pt" in existing_outputs(a.out):
+        raise UsageError(f"{a.out}: holds a finished baseline (baseline.pt); pass --force to train a new one")
     r = train_baseline(a.out, a.data, cfg, arch, init=a.init or None, val=a.val, subset=a.subset,
                        time_budget=a.time_budget, quiet=a.quiet)
     if not r["complete"]:
@@ -123,7 +130,7 @@ def _add_train(sub) -> None:
     p.add_argument("--ema", type=float, default=0.0, help="weight EMA decay (0: off)")
     p.add_argument("--no-trivial", action="store_true", help="plain crop + flip augmentation only")
     p.add_argument("--cutout", type=int, default=0, help="cutout square side in pixels (0: off)")
-    p.add_argument("--arch", default="mobilenet_v2_cifar", choices=PIPELINE_MODELS,
+    p.add_argument("--arch", default=None, choices=PIPELINE_MODELS,
                    help="network (default mobilenet_v2_cifar); a .mbz given to --init sets it from its 'arch'")
     p.add_argument("--width-mult", type=float, default=1.0, help="MobileNet-v2 width multiplier (default 1.0)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier (default 0.2)")

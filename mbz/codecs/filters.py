@@ -222,7 +222,28 @@ class ShuffleZstdFilter(ZstdFilter):
         return out.reshape(-1)
 
 
-FILTERS = {f.id: f for f in (NoFilter(), ZstdFilter(), ShuffleZstdFilter())}
+class RansFilter:
+    """Static-model rANS of the section's packed codes (spec §5.7); the stored bytes describe themselves.
+
+    encode(data, stride, level, w=8, signed=False, row=0, steps=1024): `w`/`signed` say how to read the
+    decoded bytes as §5.1 codes, `row` the row length for the upper-neighbour context, `steps` the most
+    symbols a lane codes (fewer steps: more lanes, faster decoding, a few more bytes).
+    """
+    id = Filter.RANS
+
+    def encode(self, data: bytes, stride: int = 1, level: int = 0, w: int = 8, signed: bool = False,
+               row: int = 0, steps: int = 1024) -> bytes:
+        from . import rans
+        return rans.encode(data, w, signed, row, steps)
+
+    def decode(self, stored, decoded_len: int, stride: int = 1) -> bytes:
+        from . import rans
+        if decoded_len > max_decoded(len(stored)):
+            raise LimitError(f"rans section of {len(stored)} bytes claims {decoded_len} decoded bytes (limit {max_decoded(len(stored))})")
+        return rans.decode(stored, decoded_len)
+
+
+FILTERS = {f.id: f for f in (NoFilter(), ZstdFilter(), ShuffleZstdFilter(), RansFilter())}
 
 
 def get_filter(fid: int):

@@ -81,7 +81,7 @@ def quantized_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def sparse_parts(t: torch.Tensor) -> list:
-    """The component tensors of a sparse tensor, in the order of spec table 14."""
+    """The component tensors of a sparse tensor, in the order of spec table 15."""
     from ..spec import SPARSE_LAYOUTS
     name = str(t.layout).replace("torch.", "")
     if name == "sparse_coo":  # also uncoalesced ones, as they are

@@ -222,6 +222,9 @@ def parse_recipe(path: str, text: str) -> Recipe:
     if "data" not in raw:
         raise RecipeError(f"{path}: data: missing (e.g. data: {{source: jpeg}})")
     s["data"] = _section(path, "data", raw["data"], DATA)
+    if s["data"]["val"] and s["data"]["subset"] and s["data"]["val"] >= s["data"]["subset"]:
+        raise RecipeError(f"{path}: data.val: {s['data']['val']} held-out images need a larger data.subset "
+                          f"({s['data']['subset']})")
     s["model"] = _section(path, "model", raw.get("model", {}), MODEL)
     if "baseline" not in raw:
         raise RecipeError(f"{path}: baseline: missing (give baseline.checkpoint or baseline.train)")
@@ -271,6 +274,9 @@ def parse_recipe(path: str, text: str) -> Recipe:
         for i, q in enumerate(raw["qat"]):
             q = _section(path, f"qat[{i}]", q, QAT)
             q["name"] = q["name"] or qat_name(sp, q)
+            if q["abits"] < 32 and s["model"]["name"] != "mobilenet_v2_cifar":
+                raise RecipeError(f"{path}: qat[{i}].abits: activation quantizers are inserted in mobilenet_v2_cifar "
+                                  f"only; use abits: 32 for {s['model']['name']}")
             if q["name"] in names:
                 raise RecipeError(f"{path}: qat[{i}].name: {q['name']!r} twice (give the runs names of their own)")
             names.add(q["name"])
