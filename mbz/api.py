@@ -50,7 +50,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
          group_size: int = 64, symmetric: bool = True, include: str = DEFAULT_INCLUDE,
          detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int = 1,
          metadata: dict | None = None, arch: dict | None = None, progress: bool = False,
-         workers: int | None = None, rans: bool = True, profile: str = "default",
+         workers: int | None = None, rans: bool = False, profile: str = "default",
          step: float | None = None, step_1d: float | str | None = "auto", deadzone: float = 0.2,
          step_channel: bool = False) -> SaveReport:
     """Write a state_dict (or module, or wrapped checkpoint) to `path` as .mbz.
@@ -62,8 +62,9 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     `arch` ({'name': ..., builder arguments}, see mbz.models) is recorded as the
     file's 'arch' metadata for mbz.load_model; nothing is guessed here.
     `rans` tries the RANS entropy coder (spec §5.7) on integer sections; `profile` "default" keeps it
-    where it saves at least 3% over zstd with 1024-step lanes, "best" wherever it is smaller, with
-    16384-step lanes (smaller files, slower decoding).  Raises EncodeError for an unknown profile.
+    where it saves at least 3% over zstd with 1024-step lanes, "best" (which turns `rans` on) wherever it
+    is smaller, with 16384-step lanes.  RANS is off by default: its sections decode several times slower
+    than zstd's (results/entropy).  Raises EncodeError for an unknown profile.
     `step` (exclusive with `wbits`) quantizes conv / linear weights on a per-tensor grid of
     step·rms(tensor) and 1-D float tensors at step_1d·rms, with dead-zone rounding (mbz.ratedist);
     tensors already on an exact grid keep it.  See save_to_size for a byte budget.
@@ -74,7 +75,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         raise EncodeError(f"unknown entropy profile {profile!r}; known: {sorted(RANS_PROFILES)}")
     sd = as_state_dict(obj)
     policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
-    ent = EntropyPolicy(zstd=zstd, level=zstd_level, rans=rans, profile=profile).resolved(sum(t.numel() * t.element_size() for t in sd.values()))
+    ent = EntropyPolicy(zstd=zstd, level=zstd_level, rans=rans or profile == "best", profile=profile).resolved(sum(t.numel() * t.element_size() for t in sd.values()))
     meta = dict(metadata or {})
     arch = arch or meta.get("arch")
     if arch:

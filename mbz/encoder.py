@@ -68,7 +68,7 @@ class EntropyPolicy:
     zstd: bool = True
     level: int | None = None
     trial: int = 3
-    rans: bool = True
+    rans: bool = False
     profile: str = "default"
 
     def resolved(self, total_bytes: int) -> "EntropyPolicy":
