@@ -138,7 +138,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
          detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int = 1,
          metadata: dict | None = None, arch: dict | None = None, progress: bool = False,
          workers: int | None = None, key: str | None = None, exact: bool = False,
-         zero_sign: str = "keep", rans: bool = True, profile: str = "default",
+         zero_sign: str = "keep", rans: bool = False, profile: str = "default",
          step: float | None = None, step_1d: float | str | None = "auto", deadzone: float = 0.2,
          step_channel: bool = False) -> SaveReport:
     """Write a checkpoint (state_dict, module, or any structure torch.load(weights_only=True) returns) as .mbz.
@@ -157,8 +157,9 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     `arch` ({'name': ..., builder arguments}, see mbz.models) is recorded as the
     file's 'arch' metadata for mbz.load_model; nothing is guessed here.
     `rans` tries the RANS entropy coder (spec §5.7) on integer sections; `profile` "default" keeps it
-    where it saves at least 3% over zstd with 1024-step lanes, "best" wherever it is smaller, with
-    16384-step lanes (smaller files, slower decoding).
+    where it saves at least 3% over zstd with 1024-step lanes, "best" (which turns `rans` on) wherever it
+    is smaller, with 16384-step lanes.  RANS is off by default: its sections decode several times slower
+    than zstd's (results/entropy).
     `step` (exclusive with `wbits`) quantizes conv / linear weights of the model state_dict on a per-tensor
     grid of step·rms(tensor) and 1-D float tensors at step_1d·rms, with dead-zone rounding (mbz.ratedist);
     tensors already on an exact grid keep it.  See save_to_size for a byte budget.
@@ -179,7 +180,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         raise CheckpointError("checkpoint holds no tensors")
     policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
     sd = flat.tensors
-    ent = EntropyPolicy(zstd=zstd, level=zstd_level, rans=rans, profile=profile).resolved(
+    ent = EntropyPolicy(zstd=zstd, level=zstd_level, rans=rans or profile == "best", profile=profile).resolved(
         sum(t.numel() * t.element_size() for t in sd.values()))
     meta = dict(metadata or {})
     arch = arch or meta.get("arch")

@@ -75,7 +75,7 @@ class EntropyPolicy:
     trial: int = 1
     auto: bool = False            # level chosen by resolved(): large sections keep the trial level
     small_section: int = 128 << 10
-    rans: bool = True
+    rans: bool = False
     profile: str = "default"
 
     def resolved(self, total_bytes: int) -> "EntropyPolicy":

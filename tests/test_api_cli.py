@@ -173,3 +173,13 @@ def test_no_zstd_means_no_zstd_anywhere(tmp_mbz):
         assert pre[12] == want, (use_z, pre[12])
         back = mbz.load(tmp_mbz)
         assert back.keys() == sd.keys() and all(bits_equal(back[k], sd[k]) for k in sd)
+
+
+def test_repacking_an_mbz_keeps_its_architecture(tmp_path, capsys):
+    from mbz.cli import main
+    src = tmp_path / "a.mbz"
+    arch = {"name": "resnet18_cifar", "num_classes": 10}
+    mbz.save({"fc.bias": torch.zeros(10)}, src, metadata={"arch": arch})
+    assert main(["pack", str(src), "-o", str(tmp_path / "b.mbz"), "-q"]) == 0
+    assert "kept from" in capsys.readouterr().out
+    assert mbz.open(tmp_path / "b.mbz").metadata["arch"] == arch

@@ -67,13 +67,18 @@ def _pack(a, obj, meta: dict) -> int:
         except Exception:  # noqa: BLE001 - tensors no architecture can be fitted to: nothing to suggest
             arch, arch_note = None, ("no architecture recorded (mbz.load / unpack work; for mbz eval and "
                                      "mbz.load_model pass --arch)")
+    if arch is None and a.arch is None:
+        from .analysis import _file_arch
+        kept = _file_arch(a.checkpoint)  # re-encoding a .mbz keeps the architecture it records
+        if kept is not None:
+            arch, arch_note = kept, f"architecture: {kept.get('name')} (kept from {a.checkpoint})"
     if sum(x is not None for x in (a.wbits, a.step, a.target_size)) > 1:
         raise UsageError("--wbits, --step and --target-size are exclusive: give one")
     common = dict(include=a.include, detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level,
                   align=a.align, metadata=dict(meta, **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
                                                **({M_KEY: a.key} if a.key is not None else {})),
                   arch=arch, progress=show_progress(a.quiet), exact=a.exact, zero_sign=a.zero_sign, key=None,
-                  rans=not a.no_rans, profile="best" if a.best else "default")
+                  rans=a.rans, profile="best" if a.best else "default")
     step_1d = "auto" if a.step_1d is None else None if a.step_1d == 0 else a.step_1d
     if a.target_size is not None:
         if a.target_size < 1:
@@ -267,10 +272,12 @@ def register(sub) -> None:
     e.add_argument("--no-detect", action="store_true", help="do not look for exact grids / codebooks (store raw)")
     e.add_argument("--no-zstd", action="store_true", help="no entropy stage")
     e.add_argument("--zstd-level", type=int, help="zstd level (default: 19 below 1 MiB per section, else 3)")
-    e.add_argument("--no-rans", action="store_true", help="no RANS entropy coder (spec §5.7): zstd or nothing per section")
+    e.add_argument("--rans", action="store_true",
+                   help="try our RANS entropy coder (spec §5.7) on integer sections and keep it where it saves >= 3%% "
+                        "over zstd (lanes of <= 1024 codes); its sections decode several times slower than zstd's "
+                        "(default: zstd or nothing per section)")
     e.add_argument("--best", action="store_true",
-                   help="smallest file whatever its decode time: RANS wherever it is smaller, with fewer, longer lanes "
-                        "(default: RANS only where it saves >= 3%% over zstd, with lanes of <= 1024 codes)")
+                   help="smallest file whatever its decode time: RANS wherever it is smaller, with fewer, longer lanes")
     e.add_argument("--align", type=int, default=1, help="section alignment in bytes (power of two; padding is counted)")
     m = p.add_argument_group("metadata")
     m.add_argument("--arch", metavar="NAME[:K=V,...]",
