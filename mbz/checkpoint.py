@@ -56,8 +56,20 @@ def read_object(path):
             warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True: "
-                              f"{_first_line(e)}") from None
+        raise _load_error(path, e) from None
+
+
+def _load_error(path, e: Exception) -> CheckpointError:
+    """One line for a file torch.load refused: not a checkpoint at all, or what torch said of one."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+        return CheckpointError(f"{path}: not a PyTorch checkpoint, .safetensors or .mbz file "
+                               f"(it starts with {head!r})")
+    why = _first_line(e)
+    if why.strip().isdigit() or len(why.strip()) < 4:
+        why = f"corrupt or truncated ({type(e).__name__}: {why})"
+    return CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True: {why}")
 
 
 def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
@@ -73,8 +85,7 @@ def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True: "
-                              f"{_first_line(e)}") from None
+        raise _load_error(path, e) from None
     try:
         return as_state_dict(obj)
     except CheckpointError as e:

@@ -89,11 +89,16 @@ class MbzReader:
     def _decode(self, rec, decoded: dict | None = None) -> torch.Tensor:
         if self._src.buf is None:
             raise MbzError("file is closed")
-        secs = read_sections(self._src.buf, rec, decoded)
         try:
+            secs = read_sections(self._src.buf, rec, decoded)
             return decode_record(rec.dtype, rec.shape, rec.encoding, rec.params, secs)
         except MbzError as e:
-            raise type(e)(f"tensor '{rec.name}': {e}") from None
+            msg = str(e) if str(e).startswith(f"tensor '{rec.name}'") else f"tensor '{rec.name}': {e}"
+            raise type(e)(self._where() + msg) from None
+
+    def _where(self) -> str:
+        """'PATH: ' for messages of a file opened from a path ('' for bytes or a file object)."""
+        return f"{os.fspath(self.path)}: " if isinstance(self.path, (str, os.PathLike)) else ""
 
     def items(self):
         for rec in self.layout.records:
@@ -152,9 +157,9 @@ class MbzReader:
         try:
             return Builder(lambda n: cache[n] if n in cache else cache.setdefault(n, self[n]), names).build(node)
         except MbzError as e:
-            if self.path is None:
+            if not self._where() or str(e).startswith(self._where()):
                 raise
-            raise type(e)(f"{os.fspath(self.path)}: {e}") from None
+            raise type(e)(f"{self._where()}{e}") from None
 
     @property
     def has_structure(self) -> bool:

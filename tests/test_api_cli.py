@@ -183,3 +183,25 @@ def test_repacking_an_mbz_keeps_its_architecture(tmp_path, capsys):
     assert main(["pack", str(src), "-o", str(tmp_path / "b.mbz"), "-q"]) == 0
     assert "kept from" in capsys.readouterr().out
     assert mbz.open(tmp_path / "b.mbz").metadata["arch"] == arch
+
+
+def test_eval_negative_limit_and_a_text_checkpoint_are_one_plain_line(tmp_path, capsys):
+    from mbz.cli import main
+    ex = os.path.join(os.path.dirname(__file__), "..", "examples", "mobilenetv2_cifar10.mbz")
+    assert main(["eval", ex, "--limit", "-5"]) == 2
+    assert "--limit -5: must be >= 1" in capsys.readouterr().err
+    t = tmp_path / "notes.txt"
+    t.write_text("hello")
+    assert main(["pack", str(t), "-o", str(tmp_path / "x.mbz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a PyTorch checkpoint, .safetensors or .mbz file" in err, err
+
+
+def test_a_corrupt_tensor_names_the_file(tmp_path):
+    p = tmp_path / "m.mbz"
+    mbz.save({"w": torch.arange(4096, dtype=torch.float32)}, p)
+    b = bytearray(p.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    p.write_bytes(bytes(b))
+    with pytest.raises(MbzError, match=f"^{p}: tensor 'w': "):
+        mbz.load(p)

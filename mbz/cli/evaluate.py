@@ -61,6 +61,8 @@ def cmd_eval(a) -> int:
     from ..pipeline.data import load_dataset
     from ..summary import summarize
     input_file(a.file, ".mbz file")
+    if a.limit < 0:
+        raise UsageError(f"--limit {a.limit}: must be >= 1 (or 0: every test image)")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {a.device}: no CUDA device here")
     with api.open(a.file) as r:
@@ -75,7 +77,7 @@ def cmd_eval(a) -> int:
     if not a.quiet and not show_progress(a.quiet):
         print(f"read {len(ds):,d} test images of {ds.source} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     if a.limit:
-        ds = ds.subset(a.limit)
+        ds = ds.subset(min(a.limit, len(ds)))
     bar, tick = _bar(show_progress(a.quiet))
     try:
         from ..pipeline.evaluate import evaluate_file
@@ -96,7 +98,8 @@ def cmd_eval(a) -> int:
     print(f"{a.file}: top-1 {ev['top1']:.2f}% on {ev['n']} images of {ds.source}")
     print(f"file {s['file_bytes']:,d} bytes ({s['file_mb']:.4f} MB, every byte counted); "
           f"model CR {s['model_compression_ratio']:.2f}x, weight CR {s['weight_compression_ratio']:.2f}x, "
-          f"activations {abits}-bit = {32 / abits:.1f}x vs fp32 (per-tensor quantizers in the file's metadata)")
+          + (f"activations {abits}-bit = {32 / abits:.1f}x vs fp32 (per-tensor quantizers in the file's metadata)"
+           if abits < 32 else "activations fp32 (no activation quantizers in the file)"))
     print(f"vs the input checkpoint's own dtypes ({s['input_bytes']:,d} B, {s['input_bytes_source']}): "
           f"{s['input_compression_ratio']:.2f}x")
     print("bytes by category: " + ", ".join(f"{k} {v:,d}" for k, v in s["categories"].items() if v))
