@@ -6,6 +6,7 @@ import io
 import msgpack
 import numpy as np
 import pytest
+import torch
 
 from mbz.codecs.raw import bits_equal  # noqa: F401  (re-exported for the tests)
 from mbz.spec import MAGIC, PREAMBLE, PREAMBLE_SIZE
@@ -56,3 +57,12 @@ def tiny_npz(tmp_path_factory):
         np.savez(d / f"cifar10_jpeg_{split}.npz", jpeg=np.frombuffer(b"".join(bufs), np.uint8), offsets=offs,
                  labels=labels, classes=np.array([f"c{i}" for i in range(10)]))
     return d
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small models on a shared 2-core machine run several times faster on one torch thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

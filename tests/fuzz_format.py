@@ -43,11 +43,8 @@ import numpy as np
 import torch
 import zstandard
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-import mbz  # noqa: E402
-from mbz.cli import main as cli_main  # noqa: E402
+import mbz
+from mbz.cli import main as cli_main
 from mbz.errors import MbzError  # noqa: E402
 
 MAGIC = b"\x89MBZ\r\n\x1a\n"

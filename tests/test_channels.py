@@ -9,13 +9,7 @@ from mbz.models import build_model, guess_arch, mobilenet_v2_cifar
 from conftest import bits_equal
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine run several times faster on one torch thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trained_like_model(seed=0):

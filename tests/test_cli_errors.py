@@ -105,12 +105,7 @@ def files(tmp_path_factory):
     return {k: str(v) for k, v in f.items()}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Overrun(BaseException):

@@ -12,12 +12,7 @@ from mbz.models import build_model, pipeline_arch
 from mbz.models.thinning import apply_widths, channel_groups, choose_channels, thin_state_dict, widths_of
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyCnn(nn.Module):
