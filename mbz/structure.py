@@ -251,6 +251,18 @@ def _kind(node, path):
         raise _fail(path, f"unknown node kind {node[0]} (known: 0..{max(Node)})") from None
 
 
+def _records_node(items, path, n_records: int) -> tuple[int, int, str]:
+    """(first, count, prefix) of a RECORDS node (spec table of node kinds); FormatError if malformed or out of range."""
+    if _kind(items, path) != Node.RECORDS:
+        raise _fail(path, "dict items must be pairs or a RECORDS node")
+    _arity(items, 4, path)
+    first, count, prefix = items[1], items[2], items[3]
+    if type(first) is not int or type(count) is not int or first < 0 or count < 0 \
+            or first + count > n_records or not isinstance(prefix, str):
+        raise _fail(path, f"RECORDS {first}..+{count} outside the {n_records} records")
+    return first, count, prefix
+
+
 def _arity(node, n, path):
     if len(node) != n:
         raise _fail(path, f"{Node(node[0]).name} node needs {n - 1} fields, got {len(node) - 1}")
@@ -281,13 +293,7 @@ class Builder:
 
     def items(self, items, path, depth) -> list:
         if isinstance(items, list) and items and type(items[0]) is int:  # a RECORDS node
-            if _kind(items, path) != Node.RECORDS:
-                raise _fail(path, "dict items must be pairs or a RECORDS node")
-            _arity(items, 4, path)
-            first, count, prefix = items[1], items[2], items[3]
-            if type(first) is not int or type(count) is not int or first < 0 or count < 0 \
-                    or first + count > len(self.names) or not isinstance(prefix, str):
-                raise _fail(path, f"RECORDS {first}..+{count} outside the {len(self.names)} records")
+            first, count, prefix = _records_node(items, path, len(self.names))
             out = []
             for name in self.names[first:first + count]:
                 if not name.startswith(prefix):
@@ -442,13 +448,7 @@ class _Checker:
 
     def items(self, items, path, depth):
         if isinstance(items, list) and items and type(items[0]) is int:  # a RECORDS node
-            if _kind(items, path) != Node.RECORDS:
-                raise _fail(path, "dict items must be pairs or a RECORDS node")
-            _arity(items, 4, path)
-            first, count, prefix = items[1], items[2], items[3]
-            if type(first) is not int or type(count) is not int or first < 0 or count < 0 \
-                    or first + count > len(self.names) or not isinstance(prefix, str):
-                raise _fail(path, f"RECORDS {first}..+{count} outside the {len(self.names)} records")
+            first, count, prefix = _records_node(items, path, len(self.names))
             for name in self.names[first:first + count]:
                 if not name.startswith(prefix):
                     raise _fail(path, f"record {name!r} does not start with the prefix {prefix!r}")
