@@ -19,7 +19,7 @@ from .ratedist import StepPolicy, estimate_bytes, step_grid
 from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
 from .reader import MbzReader, load, load_checkpoint, map_small_first, open  # noqa: F401,A004
 from .reparam import fold_pruning
-from .spec import H_MAIN, H_TREE, M_INPUT, M_KEY, M_PRUNE_FOLDED, M_ZERO_SIGN
+from .spec import H_MAIN, H_TREE, M_INPUT, M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
 from .structure import flatten
 
 ZERO_SIGNS = ("keep", "drop")
@@ -193,6 +193,10 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         meta[M_KEY] = key
 
     spol = StepPolicy(step, step_1d, deadzone, channel=step_channel) if step else None
+    if policy is not None:
+        meta[M_LOSSY] = {"wbits": wbits, "granularity": granularity, "symmetric": bool(symmetric), "include": include}
+    elif spol is not None:
+        meta[M_LOSSY] = {"step": step, "step_1d": step_1d, "deadzone": deadzone, "step_channel": bool(step_channel)}
 
     def encode(item):
         name, t = item

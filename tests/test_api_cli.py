@@ -82,8 +82,12 @@ def test_cli_pack_inspect_unpack_verify(tmp_path, capsys):
     assert all(set(t["bytes"]) == set(js["categories"]) for t in js["tensors"])
     assert main(["inspect", str(out)]) == 0
     assert "bytes by category" in capsys.readouterr().out
-    # lossy file must not verify against the fp32 original
+    # lossy file must not verify against the fp32 original, and says it is lossy by design
+    capsys.readouterr()
     assert main(["verify", str(out), str(ck)]) == 1
+    assert "packed lossy (wbits 4" in capsys.readouterr().out
+    with mbz.open(out) as r:
+        assert r.metadata["lossy"]["wbits"] == 4
     assert main(["unpack", str(out), "-o", str(tmp_path / "u.pt")]) == 0
     assert main(["verify", str(out), str(tmp_path / "u.pt")]) == 0
     # a corrupt file: clean error, exit 2

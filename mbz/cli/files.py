@@ -13,7 +13,7 @@ from ..container import atomic_write
 from ..errors import CheckpointError, MbzError, MismatchError, UsageError
 from ..models import arch_for_pack
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
-from ..spec import M_KEY, M_PRUNE_FOLDED, M_ZERO_SIGN
+from ..spec import M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
 from ..structure import main_path, subtree
 from ..summary import format_table, summarize
 from .common import add_force, input_file, output_file, print_json, show_progress
@@ -219,6 +219,11 @@ def cmd_verify(a) -> int:
     if c.sign_only:
         notes.append(f"{len(c.sign_only)} tensors differ only in the sign of zeros, as the file records "
                      f"(packed with --zero-sign drop: {sum(meta[M_ZERO_SIGN].values()):,d} -0.0 stored as +0.0)")
+    lossy = meta.get(M_LOSSY)
+    if lossy and c.mismatched:
+        how = ", ".join(f"{k} {v}" for k, v in lossy.items() if v not in (None, False))
+        notes.append(f"the file was packed lossy ({how}): its quantized tensors differ from the checkpoint by "
+                     f"design; `mbz inspect` gives their error and `mbz eval` their top-1")
     for n in notes:
         print(f"NOTE     {n}")
     if not c.ok:
