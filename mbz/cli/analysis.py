@@ -250,12 +250,12 @@ def register(sub) -> None:
                                       "lossless .mbz of another registry network with its 'arch' metadata")
     p.add_argument("--out", required=True, help="output folder (made if missing; its parent must exist)")
     p.add_argument("--ratios", default="0.125,0.25,0.5", help="shares of hidden channels to remove, in [0, 1), "
-                                                              "comma-separated")
-    p.add_argument("--multiple", type=int, default=8, help="kept channels per block are a multiple of this")
+                                                              "comma-separated (default 0.125,0.25,0.5)")
+    p.add_argument("--multiple", type=int, default=8, help="kept channels per block are a multiple of this (default 8)")
     add_data(p)
     p.add_argument("--calib", type=int, default=2048, help="training images that rank the channels (default 2048)")
     p.add_argument("--test", type=int, default=0, help="evaluate on a random subset of this many test images "
-                                                       "(0: all)")
+                                                       "(0: all, the default)")
     add_force(p)
     p.set_defaults(fn=cmd_prune_channels)
 
