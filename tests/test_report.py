@@ -184,3 +184,19 @@ def test_the_report_package_names_no_results_folder():
             src = open(os.path.join(ROOT, "mbz", "report", f)).read()
             for n in names:
                 assert f'"{n}' not in src and f"'{n}" not in src and f"/{n}" not in src, (f, n)
+
+
+def test_structured_points_come_from_their_summaries(tmp_path):
+    """Section 9's structured table reads results/<network>/structured/summary.json: a changed top-1 there
+    changes the row, and a network without the folder has no row."""
+    from mbz.report.report import build
+    root = _copy_root(str(tmp_path))
+    figs = os.path.join(ROOT, "results", "figures")
+    p = os.path.join(root, "results", "resnet18_cifar", "structured", "summary.json")
+    rec = json.load(open(p))
+    rec["rows"][1].update(top1_test=89.99, drop_test=1.09)
+    json.dump(rec, open(p, "w"))
+    shutil.rmtree(os.path.join(root, "results", "vgg11_bn_cifar", "structured"))
+    text = open(build(root, figures=figs, draw=False, pdf=False)["md"]).read()
+    assert "| ResNet-18 | 50% channels removed, fine-tuned | 5.68 M | 19,213,458 | 89.99 | -1.09 |" in text
+    assert "| VGG-11-BN | 50% channels removed" not in text

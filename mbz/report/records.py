@@ -159,12 +159,15 @@ def sweep(results: str, index: dict) -> dict:
 
 
 def networks(results: str, index: dict) -> list[dict]:
-    """index 'networks' entries with their seed table (seeds.json: one row per seed, mean / min / max) and the
-    seed-0 CPU evaluation (seed0/cpu_eval.json) where present."""
+    """index 'networks' entries with their seed table (seeds.json: one row per seed, mean / min / max), the
+    seed-0 CPU evaluation (seed0/cpu_eval.json) and the structured-pruning point (structured/summary.json,
+    tools/structured_table.py) where present."""
     out = []
     for n in index.get("networks", []):
         d = os.path.join(results, n["dir"])
         cpu = os.path.join(d, "seed0", "cpu_eval.json")
+        st = os.path.join(d, "structured", "summary.json")
         out.append({**n, "seeds": read_json(os.path.join(d, "seeds.json")),
-                    "cpu_eval": read_json(cpu) if os.path.exists(cpu) else None})
+                    "cpu_eval": read_json(cpu) if os.path.exists(cpu) else None,
+                    "structured": read_json(st) if os.path.exists(st) else None})
     return out
