@@ -135,7 +135,7 @@ def _negative_zeros(t: torch.Tensor) -> int:
 
 def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", axis: int = 0,
          group_size: int = 64, symmetric: bool = True, include: str = DEFAULT_INCLUDE,
-         detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int = 1,
+         detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int | None = None,
          metadata: dict | None = None, arch: dict | None = None, progress: bool = False,
          workers: int | None = None, key: str | None = None, exact: bool = False,
          zero_sign: str = "keep", rans: bool = False, profile: str = "default",

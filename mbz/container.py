@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass
 
 import msgpack
+import numpy as np
 
 from .codecs.affine import n_groups, numel_of
 from .codecs.bitpack import packed_size
@@ -36,11 +37,32 @@ def align_up(x: int, a: int) -> int:
 
 
 # --------------------------------------------------------------------------- writer
-def write_file(path, tensors, meta: dict | None = None, align: int = 1, compress_header: bool = True,
+PLAIN_ALIGN = 64  # the alignment auto_align picks for files with large unfiltered RAW sections
+
+
+def auto_align(tensors) -> int:
+    """PLAIN_ALIGN when the tensors hold an unfiltered RAW section of PLAIN_MIN bytes or more (read in place,
+    see read_sections) and the padding costs at most 1/256 of those sections' bytes; else 1."""
+    plain = sum(len(s.data) for et in tensors for s in et.sections
+                if s.role == Role.RAW and s.filter == Filter.NONE and len(s.data) >= PLAIN_MIN)
+    if not plain:
+        return 1
+    off = pad = 0
+    for et in tensors:
+        for s in et.sections:
+            start = align_up(off, PLAIN_ALIGN)
+            pad += start - off
+            off = start + len(s.data)
+    return PLAIN_ALIGN if pad * 256 <= plain else 1
+
+
+def write_file(path, tensors, meta: dict | None = None, align: int | None = 1, compress_header: bool = True,
                structure: dict | None = None) -> int:
     """Write encoded tensors atomically; returns the file size.
 
-    `structure`: the optional header keys of spec §3.1 ({'tree': node, 'main': [key...]})."""
+    `align` None: auto_align.  `structure`: the optional header keys of spec §3.1 ({'tree': node, 'main': [key...]})."""
+    if align is None:
+        align = auto_align(tensors)
     if align < 1 or align > MAX_ALIGN or align & (align - 1):
         raise EncodeError(f"header '{H_ALIGN}' must be a power of two in 1..{MAX_ALIGN}, got {align}")
     records, chunks, crcs = [], [], []
@@ -476,6 +498,17 @@ class Source:
             self._mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
             self.buf = memoryview(self._mm)
 
+    def map_private(self, offset: int, length: int):
+        """A writable uint8 array of `length` bytes at `offset` backed by a private copy-on-write mapping of the
+        file (no copy: pages are read when touched; writes stay in this array); None for an in-memory source.
+
+        Each call maps anew, so tensors made from two calls never share memory, nor with this source."""
+        if self._f is None or self._f.closed or length == 0:
+            return None
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mm = mmap.mmap(self._f.fileno(), offset + length - start, access=mmap.ACCESS_COPY, offset=start)
+        return np.frombuffer(mm, np.uint8, length, offset - start)  # the array keeps the mapping alive
+
     def close(self):
         if self.buf is not None:
             self.buf.release()
@@ -490,23 +523,116 @@ class Source:
             self._f.close()
 
 
-def read_sections(buf, rec: Record, decoded: dict | None = None) -> dict:
+# --------------------------------------------------------------------------- checksums in parallel
+CRC_CHUNK = 8 << 20    # unfiltered RAW sections of PARALLEL_BYTES or more: checksummed (and copied) in chunks
+PARALLEL_BYTES = 32 << 20
+PLAIN_MIN = 1 << 16    # unfiltered RAW sections this large are copied into torch-allocated memory or mapped
+
+
+def _gf2_times(mat: list, vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+_SHIFT: dict = {}
+
+
+def _shift_operator(nbytes: int) -> list:
+    """The GF(2) matrix that advances a CRC-32 register over `nbytes` zero bytes (zlib's crc32_combine method,
+    by repeated squaring of the one-zero-bit operator); cached per length."""
+    m = _SHIFT.get(nbytes)
+    if m is not None:
+        return m
+    op = [0xEDB88320] + [1 << k for k in range(31)]  # one zero bit
+    op = [_gf2_times(op, op[k]) for k in range(32)]   # two
+    op = [_gf2_times(op, op[k]) for k in range(32)]   # four
+    op = [_gf2_times(op, op[k]) for k in range(32)]   # one zero byte
+    m = [1 << k for k in range(32)]                   # identity
+    n = nbytes
+    while n:
+        if n & 1:
+            m = [_gf2_times(op, m[k]) for k in range(32)]
+        n >>= 1
+        if n:
+            op = [_gf2_times(op, op[k]) for k in range(32)]
+    _SHIFT[nbytes] = m
+    return m
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A + B from crc1 = crc32(A), crc2 = crc32(B) and len(B) (as zlib.crc32_combine)."""
+    return _gf2_times(_shift_operator(len2), crc1) ^ crc2 if len2 else crc1
+
+
+_POOL = None
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="mbz-crc")
+    return _POOL
+
+
+def crc_copy(src, crc: int, dest=None) -> int:
+    """zlib.crc32(src, crc), copying `src` into the uint8 array `dest` on the way when given; sections of
+    PARALLEL_BYTES or more in CRC_CHUNK pieces on a thread pool (zlib and numpy release the GIL)."""
+    n = len(src)
+    if n < PARALLEL_BYTES or (os.cpu_count() or 1) < 2:
+        if dest is not None:
+            dest[:] = np.frombuffer(src, np.uint8)
+        return zlib.crc32(src, crc)
+
+    def piece(a):
+        b = src[a:a + CRC_CHUNK]
+        if dest is not None:
+            dest[a:a + len(b)] = np.frombuffer(b, np.uint8)
+        return zlib.crc32(b), len(b)
+    for c, length in _pool().map(piece, range(0, n, CRC_CHUNK)):
+        crc = crc32_combine(crc, c, length)
+    return crc
+
+
+def read_sections(buf, rec: Record, decoded: dict | None = None, plain: str | None = None, src: Source = None) -> dict:
     """Stored bytes of a record's sections, checksum-verified, then unfiltered.
 
     `decoded` maps a section's index in the record to its bytes already unfiltered (batched RANS decoding).
+    `plain` says what becomes of an unfiltered RAW section of PLAIN_MIN bytes or more: None, a private copy
+    (bytearray); "copy", a copy into torch-allocated memory made while its checksum is computed; "map", a
+    private copy-on-write mapping of the file (`src`, see Source.map_private; no copy; a copy when the
+    section's offset is not a multiple of the dtype's size).  Every result is writable and owned by the caller.
     """
     crc = 0
-    stored = []
-    for s in rec.sections:
+    stored, ready = [], {}
+    item = ITEMSIZE[rec.dtype]
+    for j, s in enumerate(rec.sections):
         b = buf[s.offset:s.offset + s.stored]
-        crc = zlib.crc32(b, crc)
+        if plain and s.role == Role.RAW and s.filter == Filter.NONE and s.stored >= PLAIN_MIN:
+            dest = src.map_private(s.offset, s.stored) if plain == "map" and src is not None else None
+            if dest is not None and s.offset % item == 0:
+                crc = crc_copy(b, crc)
+            else:
+                import torch
+                dest = torch.empty(s.stored, dtype=torch.uint8).numpy()
+                crc = crc_copy(b, crc, dest)
+            ready[j] = dest
+        else:
+            crc = zlib.crc32(b, crc)
         stored.append(b)
     if crc != rec.crc:
         raise ChecksumError(f"tensor '{rec.name}': data checksum mismatch (sections at offset "
                             f"{rec.sections[0].offset if rec.sections else '-'}): file is corrupt")
-    item = ITEMSIZE[rec.dtype]
     out = {}
     for j, (s, b) in enumerate(zip(rec.sections, stored)):
+        if j in ready:
+            out[s.role] = ready[j]
+            continue
         if decoded and j in decoded:
             out[s.role] = decoded[j]
             continue

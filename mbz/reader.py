@@ -50,10 +50,16 @@ class MbzReader:
 
     >>> with mbz.open("model.mbz") as r:
     ...     w = r["features.0.0.weight"]   # decodes this tensor only
+
+    `plain` says how an unfiltered RAW section (spec §5.2, 64 KiB or more) becomes a tensor: "map" (default
+    for a path) views a private copy-on-write mapping of the file (no copy, no decoding: reading one tensor of
+    a large file touches only its pages; writes to the tensor stay private; the file must not be truncated
+    or rewritten in place while the tensor lives), "copy" copies it (what mbz.load does).
     """
 
-    def __init__(self, path=None, *, data: bytes | None = None):
+    def __init__(self, path=None, *, data: bytes | None = None, plain: str = "map"):
         self.path = path
+        self._plain = plain
         self._src = Source(path, data)
         try:
             self.layout = parse(self._src.buf)
@@ -90,7 +96,7 @@ class MbzReader:
         if self._src.buf is None:
             raise MbzError("file is closed")
         try:
-            secs = read_sections(self._src.buf, rec, decoded)
+            secs = read_sections(self._src.buf, rec, decoded, self._plain, self._src)
             return decode_record(rec.dtype, rec.shape, rec.encoding, rec.params, secs)
         except MbzError as e:
             msg = str(e) if str(e).startswith(f"tensor '{rec.name}'") else f"tensor '{rec.name}': {e}"
@@ -219,13 +225,17 @@ def open(path) -> MbzReader:  # noqa: A001 - mirrors safetensors.safe_open / bui
     return MbzReader(path)
 
 
-def load(path) -> "OrderedDict[str, torch.Tensor]":
-    """The model state_dict of a .mbz file, bit-exact, in stored order (see MbzReader.state_dict)."""
-    with MbzReader(path) as r:
+def load(path, *, mmap: bool = False) -> "OrderedDict[str, torch.Tensor]":
+    """The model state_dict of a .mbz file, bit-exact, in stored order (see MbzReader.state_dict).
+
+    Tensors own their memory; with `mmap`, unfiltered RAW tensors view private copy-on-write mappings of the
+    file instead (no copy: see MbzReader)."""
+    with MbzReader(path, plain="map" if mmap else "copy") as r:
         return r.state_dict()
 
 
-def load_checkpoint(path):
-    """The whole checkpoint a .mbz file holds (epoch, optimizer state, ...), as torch.load returned it."""
-    with MbzReader(path) as r:
+def load_checkpoint(path, *, mmap: bool = False):
+    """The whole checkpoint a .mbz file holds (epoch, optimizer state, ...), as torch.load returned it
+    (`mmap`: as in load)."""
+    with MbzReader(path, plain="map" if mmap else "copy") as r:
         return r.checkpoint()

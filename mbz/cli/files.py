@@ -282,8 +282,13 @@ def register(sub) -> None:
                         "over zstd (lanes of <= 1024 codes); its sections decode several times slower than zstd's "
                         "(default: zstd or nothing per section)")
     e.add_argument("--best", action="store_true",
-                   help="smallest file whatever its decode time: RANS wherever it is smaller, with fewer, longer lanes")
-    e.add_argument("--align", type=int, default=1, help="section alignment in bytes (power of two; padding is counted)")
+                   help="smallest file whatever its decode time: RANS wherever it is smaller, with fewer, longer lanes, "
+                        "and raw tensors zstd-compressed whenever that is smaller (default: raw tensors of 64 KiB or "
+                        "more stay uncompressed, read with no decoding, unless zstd halves them)")
+    e.add_argument("--align", type=int, default=None,
+                   help="section alignment in bytes (power of two; padding is counted; default: 64 when the file "
+                        "has unfiltered raw sections of 64 KiB or more and the padding costs under 0.4%% of them, "
+                        "else 1)")
     m = p.add_argument_group("metadata")
     m.add_argument("--arch", metavar="NAME[:K=V,...]",
                    help="record the architecture for mbz eval / mbz.load_model: one of ours (mobilenet_v2_cifar, "

@@ -1,0 +1,128 @@
+"""Entropy profiles and plain (unfiltered) RAW sections: stored without zstd by the default profile when zstd
+saves less than half, read with no decoding (a private mapping in mbz.open, one checked copy in mbz.load)."""
+import os
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import mbz
+from mbz import container
+from mbz.container import crc32_combine, crc_copy
+from mbz.errors import ChecksumError
+
+from conftest import bits_equal
+
+
+def _checkpoint():
+    g = torch.Generator().manual_seed(0)
+    sparse = torch.randn(400_000, generator=g)
+    sparse[torch.rand(400_000, generator=g) < 0.75] = 0  # 75% zeros, 100,000 distinct nonzeros (no codebook,
+    # no grid): byte-plane zstd saves more than half
+    return {"w": torch.randn(300, 200, generator=g), "sparse": sparse, "b": torch.randn(16, generator=g)}
+
+
+def _filters(path):
+    with mbz.open(path) as r:
+        return {rec.name: [s.filter.name for s in rec.sections] for rec in r.layout.records}, r.layout.align
+
+
+def test_default_profile_stores_large_raw_sections_plain_unless_zstd_halves_them(tmp_path):
+    sd = _checkpoint()
+    d = mbz.save(sd, tmp_path / "d.mbz")
+    b = mbz.save(sd, tmp_path / "b.mbz", profile="best", rans=False)
+    fd, align_d = _filters(tmp_path / "d.mbz")
+    fb, _ = _filters(tmp_path / "b.mbz")
+    assert fd["w"] == ["NONE"] and fb["w"] == ["SHUFFLE_ZSTD"]          # zstd saves ~10%: plain by default
+    assert fd["sparse"] == fb["sparse"] == ["SHUFFLE_ZSTD"]            # zstd saves > 1/2: kept
+    assert fd["b"] == fb["b"]                                          # small sections: the smallest
+    assert d.file_bytes > b.file_bytes
+    assert align_d == 64                                               # plain sections start aligned
+    for path in ("d.mbz", "b.mbz"):
+        back = mbz.load(tmp_path / path)
+        assert all(bits_equal(sd[k], back[k]) for k in sd)
+
+
+def test_sampled_estimate_skips_compressing_large_incompressible_sections(tmp_path, monkeypatch):
+    from mbz.codecs import filters
+    calls = []
+    real = filters.ShuffleZstdFilter.encode
+    monkeypatch.setattr(filters.ShuffleZstdFilter, "encode", lambda self, d, *a, **k: calls.append(len(d)) or real(self, d, *a, **k))
+    g = torch.Generator().manual_seed(1)
+    sd = {"w": torch.randn(1 << 20, generator=g)}  # 4 MiB: estimated on 8 samples of 64 KiB, never compressed whole
+    mbz.save(sd, tmp_path / "x.mbz")
+    assert calls and max(calls) <= 64 << 10
+    assert _filters(tmp_path / "x.mbz")[0]["w"] == ["NONE"]
+    assert bits_equal(mbz.load(tmp_path / "x.mbz")["w"], sd["w"])
+
+
+def test_small_files_keep_byte_alignment(tmp_path):
+    mbz.save({"b": torch.randn(16)}, tmp_path / "s.mbz")
+    assert _filters(tmp_path / "s.mbz")[1] == 1
+
+
+def _file_backed(t: torch.Tensor, path) -> bool:
+    """Whether the tensor's memory lies in a mapping of `path` (/proc/self/maps)."""
+    ptr = t.data_ptr()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= ptr < hi:
+                return line.rstrip().endswith(os.path.basename(path))
+    return False
+
+
+def test_open_maps_plain_tensors_privately_and_load_copies(tmp_path):
+    sd = _checkpoint()
+    p = tmp_path / "d.mbz"
+    mbz.save(sd, p)
+    with mbz.open(p) as r:
+        a, b = r["w"], r["w"]
+        assert a.data_ptr() != b.data_ptr() and bits_equal(a, sd["w"])
+        if os.path.exists("/proc/self/maps"):
+            assert _file_backed(a, p) and not _file_backed(r["sparse"], p)  # no copy; decoded ones are memory
+        a.add_(1)                                   # private: neither the file nor the next read sees it
+        assert bits_equal(b, sd["w"]) and bits_equal(r["w"], sd["w"])
+    assert bits_equal(b, sd["w"])                   # still readable after the file is closed
+    back = mbz.load(p)
+    if os.path.exists("/proc/self/maps"):
+        assert not _file_backed(back["w"], p) and _file_backed(mbz.load(p, mmap=True)["w"], p)
+    back["w"].add_(1)
+    assert bits_equal(mbz.load(p, mmap=True)["w"], sd["w"])
+    assert bits_equal(mbz.open(p)["w"], sd["w"])
+    raw = open(p, "rb").read()
+    with mbz.MbzReader(data=raw) as r:              # bytes in memory: copied, writable
+        t = r["w"]
+        t.add_(0)
+        assert bits_equal(t, sd["w"])
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_corrupt_plain_section_raises_checksum_error(tmp_path, monkeypatch, mmap):
+    monkeypatch.setattr(container, "PARALLEL_BYTES", 1 << 16)  # the chunked, threaded path too
+    monkeypatch.setattr(container, "CRC_CHUNK", 1 << 14)
+    sd = _checkpoint()
+    p = tmp_path / "d.mbz"
+    mbz.save(sd, p)
+    assert bits_equal(mbz.load(p, mmap=mmap)["w"], sd["w"])
+    with mbz.open(p) as r:
+        off = next(rec for rec in r.layout.records if rec.name == "w").sections[0].offset
+    data = bytearray(open(p, "rb").read())
+    data[off + 100_000] ^= 1
+    open(p, "wb").write(bytes(data))
+    with pytest.raises(ChecksumError, match="tensor 'w'"):
+        mbz.load(p, mmap=mmap)
+
+
+def test_crc32_combine_and_chunked_copy(monkeypatch):
+    rng = np.random.default_rng(0)
+    a, b = rng.bytes(1000), rng.bytes(77777)
+    assert crc32_combine(zlib.crc32(a, 5), zlib.crc32(b), len(b)) == zlib.crc32(a + b, 5)
+    assert crc32_combine(9, 0, 0) == 9
+    monkeypatch.setattr(container, "PARALLEL_BYTES", 1 << 12)
+    monkeypatch.setattr(container, "CRC_CHUNK", 1000)
+    src = rng.bytes(10_001)
+    dest = np.empty(len(src), np.uint8)
+    if (os.cpu_count() or 1) >= 2:
+        assert crc_copy(src, 3, dest) == zlib.crc32(src, 3) and dest.tobytes() == src
