@@ -442,8 +442,8 @@ def _params(enc: Encoding, p: dict, shape, numel: int, where: str, dtype: DType)
             out[key] = _int(v, label, lo, top)
     if enc == Encoding.RAW:
         return out
-    if enc == Encoding.AFFINE and (out[P_SCALE_BYTES] == 8) != (dtype in QUANTIZED_DTYPES):
-        raise FormatError(f"{w} 'sb' (scale bytes) must be 8 for quantized dtypes, else 4; got {out[P_SCALE_BYTES]}")
+    if enc == Encoding.AFFINE and out[P_SCALE_BYTES] == 8 and dtype not in QUANTIZED_DTYPES:
+        raise FormatError(f"{w} 'sb' (scale bytes) may be 8 for quantized dtypes only, else 4; got 8 for {dtype.name}")
     if dtype in QUANTIZED_DTYPES and out[P_GRAN] == Granularity.GROUP:
         raise FormatError(f"{where}: quantized dtype {dtype.name} takes per-tensor or per-channel scales only")
     m, sp = out[P_COUNT], out[P_SPARSE]

@@ -11,7 +11,7 @@ from enum import Enum, IntEnum
 # --- Preamble (spec §2) ----------------------------------------------------
 MAGIC = b"\x89MBZ\r\n\x1a\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1
+VERSION_MINOR = 2
 # magic, major, minor, header codec, 3 reserved bytes, header length, header crc32
 PREAMBLE = struct.Struct("<8sHHB3sII")
 PREAMBLE_SIZE = PREAMBLE.size  # 24
@@ -239,7 +239,8 @@ P_COUNT = "m"        # number of stored codes
 P_NEGZERO = "nz"     # a NEGZERO section is present
 P_K = "k"            # codebook entries
 # format 1.1: quantized dtypes (spec §5.3.1)
-P_SCALE_BYTES = "sb"  # bytes per SCALES entry: 4 (float32, default) or 8 (float64, quantized dtypes only)
+P_SCALE_BYTES = "sb"  # bytes per SCALES entry: 4 (float32, default) or 8 (float64, quantized dtypes only; 1.2: a
+#                      quantized dtype's float64 scales that are all float32 values may be stored as 4)
 P_ZPSIGNED = "zs"     # ZERO_POINTS are two's complement (quantized dtypes only)
 
 
@@ -312,7 +313,7 @@ PARAM_RULES = {
         P_SIGNED: ("bool", None, None, "optional"),
         P_ZPWIDTH: ("int", 0, MAX_WIDTH, "optional"),
         P_NEGZERO: ("bool", None, None, "optional"),
-        P_SCALE_BYTES: ("choice", (4, 8), None, "optional"),   # 8 iff the dtype is quantized (§5.3.1)
+        P_SCALE_BYTES: ("choice", (4, 8), None, "optional"),   # 8 only for a quantized dtype (§5.3.1)
         P_ZPSIGNED: ("bool", None, None, "optional"),
     },
     Encoding.CODEBOOK: {

@@ -107,3 +107,14 @@ def test_rans_golden_file_decodes_and_covers_the_filter():
                     seen |= {RansAlphabet(h.alpha).name, "left" if h.tl > 1 else "", "up" if h.tu > 1 else "",
                              "lanes" if h.K > 1 else "", s.role.name}
     assert {"DIRECT", "CLASSES", "left", "up", "lanes", "CODES", "MASK"} <= seen
+
+
+def test_golden_v1_2_quantized_float32_scales_decode():
+    """Format 1.2: a quantized dtype's scales stored as float32 (sb = 4) widen exactly to torch's float64."""
+    with open(os.path.join(DATA, "golden_v1_2_qscales.json")) as f:
+        expect = json.load(f)
+    path = os.path.join(DATA, "golden_v1_2_qscales.mbz")
+    assert json.loads(json.dumps(leaves(mbz.load_checkpoint(path)))) == expect
+    with mbz.open(path) as r:
+        assert r.version == (1, 2)
+        assert {x.name: x.params.get("sb", 4) for x in r.layout.records} == {"conv.weight": 4, "fc.weight": 8, "act": 4}

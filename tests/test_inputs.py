@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import mbz
+from mbz.spec import VERSION_MINOR
 from mbz.cli import main
 from mbz.codecs.raw import bits_equal
 from mbz.errors import FormatError, MbzError
@@ -202,7 +203,7 @@ def test_plain_state_dict_has_no_tree_and_broken_trees_are_refused(tmp_path):
     sd = {"a": torch.randn(3), "b": torch.arange(4)}
     mbz.save(sd, tmp_path / "p.mbz")
     with mbz.open(tmp_path / "p.mbz") as r:
-        assert not r.has_structure and r.version == (1, 1)
+        assert not r.has_structure and r.version == (1, VERSION_MINOR)
     mbz.save({"m": sd, "epoch": 1}, tmp_path / "t.mbz")
     data = open(tmp_path / "t.mbz", "rb").read()
     deep = [0]
@@ -488,12 +489,12 @@ def test_mutated_trees_and_quantized_records_fail_in_one_line(tmp_path):
 
 def test_quantized_records_and_alias_views_are_checked_on_open(tmp_path):
     """Spec §7: the rules format 1.1 added are structural, so mbz.open refuses them before decoding:
-    a quantized dtype only with AFFINE, 'sb' = 8 exactly for quantized dtypes, no GROUP scales for them,
+    a quantized dtype only with AFFINE, 'sb' = 8 for quantized dtypes only, no GROUP scales for them,
     and VIEW alias records only of in-bounds 1-D unquantized records."""
     x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
     base = torch.randn(20)
     ck = {"q": torch.quantize_per_tensor(x, 0.05, -3, torch.qint8), "w": torch.randn(4, 3),
-          "a": base[:10].view(2, 5), "b": base[10:].view(5, 2)}
+          "a": base[:10].view(2, 5), "b": base[10:].view(5, 2), "g": torch.arange(-16, 16).float().reshape(4, 8) / 8}
     mbz.save(ck, tmp_path / "f.mbz")
     data = (tmp_path / "f.mbz").read_bytes()
     with mbz.open(tmp_path / "f.mbz") as r:
@@ -517,7 +518,9 @@ def test_quantized_records_and_alias_views_are_checked_on_open(tmp_path):
 
     edits = [
         (lambda h: rec(h, "q").update(e=0), "encoding RAW is not defined for dtype QI8"),
-        (lambda h: rec(h, "q")["p"].update(sb=4), "'sb' \\(scale bytes\\) must be 8"),
+        (lambda h: rec(h, "q")["p"].update(sb=4 if rec(h, "q")["p"].get("sb") == 8 else 8),
+         "SCALES\\): decoded length"),
+        (lambda h: rec(h, "g")["p"].update(sb=8), "'sb' \\(scale bytes\\) may be 8 for quantized dtypes only"),
         (lambda h: rec(h, "w").update(t=10), "encoding RAW is not defined for dtype QI8"),
         (lambda h: rec(h, "q")["p"].update(g=2, gs=5), "per-tensor or per-channel scales only"),
         (lambda h: rec(h, "q")["p"].update(sb=6), "expected one of 4, 8"),

@@ -126,3 +126,23 @@ def test_crc32_combine_and_chunked_copy(monkeypatch):
     dest = np.empty(len(src), np.uint8)
     if (os.cpu_count() or 1) >= 2:
         assert crc_copy(src, 3, dest) == zlib.crc32(src, 3) and dest.tobytes() == src
+
+
+def test_quantized_scales_stored_as_float32_only_when_exact(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(16, 8, generator=g)
+    exact = (torch.rand(16, generator=g) / 50 + 1e-3).double()        # float32 values (torch.ao's observers)
+    wide = exact.clone()
+    wide[3] += 1e-12                                                   # one scale off the float32 grid
+    zp = torch.zeros(16, dtype=torch.long)
+    sd = {"a": torch.quantize_per_channel(w, exact, zp, 0, torch.qint8),
+          "b": torch.quantize_per_channel(w, wide, zp, 0, torch.qint8),
+          "c": torch.quantize_per_tensor(w, 0.1, 2, torch.quint8)}    # 0.1: not a float32 value
+    mbz.save(sd, tmp_path / "q.mbz")
+    with mbz.open(tmp_path / "q.mbz") as r:
+        sb = {x.name: x.params.get("sb", 4) for x in r.layout.records}
+        scale_bytes = {x.name: next(s.decoded for s in x.sections if s.role.name == "SCALES") for x in r.layout.records}
+    assert sb == {"a": 4, "b": 8, "c": 8} and scale_bytes == {"a": 64, "b": 128, "c": 8}
+    back = mbz.load(tmp_path / "q.mbz")
+    assert all(bits_equal(sd[k], back[k]) for k in sd)
+    assert back["a"].q_per_channel_scales().dtype == torch.float64

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import mbz
+from mbz.spec import VERSION_MINOR
 from mbz.codecs import rans
 from mbz.codecs.bitpack import pack_codes
 from mbz.codecs.filters import FILTERS
@@ -142,7 +143,7 @@ def test_file_round_trip_profiles_and_no_rans(tmp_path):
             filters = {s.filter for rec in r.layout.records for s in rec.sections}
             one = r["a.weight"]                  # the per-tensor path (no batch)
             assert sum(r.accounting()["categories"].values()) == p.stat().st_size
-            assert r.version == (1, 1)
+            assert r.version == (1, VERSION_MINOR)
         assert (Filter.RANS in filters) == use
         for k, v in sd.items():
             assert torch.equal(got[k].view(torch.int32), v.view(torch.int32)), k

@@ -164,7 +164,7 @@ MESSAGES = {
     "CODEBOOK holds {} bytes; {} entries of {} bytes need {}": ("5.5", "(k × itemsize\nbytes"),
     "codebook index {} out of range for {} entries": ("5.5", "each < k"),
     "{}: expected one of {}, got {}": ("5.3", "| `sb` | int 4 or 8 |"),
-    "{} 'sb' (scale bytes) must be 8 for quantized dtypes, else 4; got {}": ("5.3", "which must be 8"),
+    "{} 'sb' (scale bytes) may be 8 for quantized dtypes only, else 4; got 8 for {}": ("5.3", "which may be 8"),
     "{}: quantized dtype {} takes per-tensor or per-channel scales only": ("5.3", "GROUP is refused for a quantized dtype"),
     "quantized codes outside the {} range": ("5.3", "checks every code against the integer type's range"),
     "dtype {} is not available in torch {}": ("7", "a dtype the reading torch"),

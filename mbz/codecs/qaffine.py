@@ -1,7 +1,7 @@
 """AFFINE encoding of torch's quantized dtypes (qint8, quint8, qint32; spec §5.3.1).
 
 A quantized tensor is stored as its integer codes (``int_repr``) with its own
-scales (float64, as torch holds them) and zero points, per tensor or per
+scales (float64, as torch holds them; float32 when every scale is a float32 value, format 1.2) and zero points, per tensor or per
 channel (torch.per_tensor_affine / per_channel_affine); it decodes to the
 same quantized tensor: int_repr, scales, zero points and axis equal.  The
 element value is the spec's AFFINE value ``(q - zp) * scale``; an element
@@ -67,12 +67,16 @@ def quantized_plain(grid: QuantizedGrid, name: str):
     zb = 0 if not zp.any() else (signed_width(int(zp.min()), int(zp.max())) if zs else unsigned_width(int(zp.max())))
     if w > MAX_WIDTH or zb > MAX_WIDTH:
         raise EncodeError(f"{name}: quantized codes need {max(w, zb)} bits; the format stores at most {MAX_WIDTH}")
-    p = {P_GRAN: int(grid.gran), P_SCALE_BYTES: 8}
+    # float32 scales when every float64 scale survives the round trip through float32 bit for bit (torch.ao's
+    # observers compute scales in float32: all of theirs do), else float64 (spec §5.3.1)
+    s32 = grid.scales.astype("<f4")
+    narrow = bool(np.array_equal(s32.astype(np.float64).view(np.uint64), grid.scales.view(np.uint64)))
+    p = {P_GRAN: int(grid.gran)} if narrow else {P_GRAN: int(grid.gran), P_SCALE_BYTES: 8}
     if grid.gran == Granularity.CHANNEL:
         p[P_AXIS] = grid.axis
     if signed:
         p[P_SIGNED] = True
-    secs = [(Role.SCALES, grid.scales.astype("<f8").tobytes())]
+    secs = [(Role.SCALES, s32.tobytes() if narrow else grid.scales.astype("<f8").tobytes())]
     if zb:
         p[P_ZPWIDTH] = zb
         if zs:
@@ -86,8 +90,11 @@ def decode_quantized(p: dict, secs: dict, dtype: DType, shape, layout, numel: in
     """The quantized tensor of a validated AFFINE record of a quantized dtype."""
     int_name, _ = QUANTIZED_DTYPES[dtype]
     gran, axis = Granularity(p[P_GRAN]), p.get(P_AXIS, 0)
-    g = n_groups(gran, shape, axis, 0)  # TENSOR or CHANNEL, 'sb' = 8: checked on open (spec §5.3.1)
-    scales = np.frombuffer(secs[Role.SCALES], "<f8")
+    g = n_groups(gran, shape, axis, 0)  # TENSOR or CHANNEL: checked on open (spec §5.3.1)
+    if p.get(P_SCALE_BYTES, 4) == 8:
+        scales = np.frombuffer(secs[Role.SCALES], "<f8")
+    else:  # format 1.2: float32 scales, widened exactly
+        scales = np.frombuffer(secs[Role.SCALES], "<f4").astype(np.float64)
     zp = (unpack_codes(secs[Role.ZERO_POINTS], g, p[P_ZPWIDTH], p.get(P_ZPSIGNED, False)).astype(np.int64)
           if p.get(P_ZPWIDTH, 0) else np.zeros(g, np.int64))
     codes = unpack_codes(secs[Role.CODES], p[P_COUNT], p[P_WIDTH], p.get(P_SIGNED, False)).astype(np.int64)
