@@ -146,3 +146,20 @@ def test_quantized_scales_stored_as_float32_only_when_exact(tmp_path):
     back = mbz.load(tmp_path / "q.mbz")
     assert all(bits_equal(sd[k], back[k]) for k in sd)
     assert back["a"].q_per_channel_scales().dtype == torch.float64
+
+
+def test_default_profile_keeps_zstd_on_codes_only_where_it_saves_an_eighth(tmp_path):
+    from mbz.encoder import EntropyPolicy, encode_tensor
+    g = torch.Generator().manual_seed(4)
+    flat = (torch.randn(400, 256, generator=g) * 40).round().clamp(-127, 127) * 0.01  # 8-bit codes: zstd saves ~7%
+    peaked = (torch.randn(400, 256, generator=g) * 6).round().clamp(-127, 127) * 0.01  # ~4.6 bits of 8: > 1/8
+    sd = {"flat": flat, "peaked": peaked}
+    mbz.save(sd, tmp_path / "d.mbz")
+    fd = _filters(tmp_path / "d.mbz")[0]
+    with mbz.open(tmp_path / "d.mbz") as r:
+        assert all(x.encoding.name == "AFFINE" for x in r.layout.records)
+    assert fd["flat"][0] == "NONE" and fd["peaked"][0] == "ZSTD"
+    best = encode_tensor("flat", flat, ent=EntropyPolicy(profile="best"))  # the smallest: zstd
+    assert best.sections[0].filter.name == "ZSTD"
+    back = mbz.load(tmp_path / "d.mbz")
+    assert all(bits_equal(sd[k], back[k]) for k in sd)
