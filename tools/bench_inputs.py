@@ -139,14 +139,23 @@ def bench_ptq(tmp: str, reference: str, calib: int, data: str | None) -> dict:
     with torch.no_grad():
         same_logits = torch.equal(fresh(x[:32]), m(x[:32]))
     import numpy as np
-    bits = n = 0
-    for v in sd.values():
+    def h(q):  # order-0 entropy in bits of an integer array
+        c = np.bincount(q - q.min())
+        p = c[c > 0] / q.size
+        return float(-(p * np.log2(p)).sum()) * q.size
+    bits = bits_ch = n = 0
+    weights = set()
+    for k, v in sd.items():
         if isinstance(v, torch.Tensor) and v.is_quantized and v.dim() > 1:
-            q = v.int_repr().numpy().reshape(-1).astype(np.int64)
-            c = np.bincount(q - q.min())
-            p = c[c > 0] / q.size
-            bits += float(-(p * np.log2(p)).sum()) * q.size
+            q = v.int_repr().numpy().astype(np.int64)
+            bits += h(q.reshape(-1))
+            bits_ch += sum(h(r) for r in q.reshape(q.shape[0], -1))  # a table per output channel (tables not counted)
             n += q.size
+            weights.add(k)
+    with mbz.open(os.path.join(tmp, "ptq.mbz")) as r:
+        recs = [x for x in r.layout.records if x.name in weights]
+        codes_bytes = sum(s.stored for x in recs for s in x.sections if s.role.name == "CODES")
+        scales32 = f"{sum(x.params.get('sb', 4) == 4 for x in recs)} of {len(recs)} weight tensors"
     return {
         "model": f"torchvision quantizable mobilenet_v2 (10 classes), weights: {src}; fused, fbgemm per-channel qint8 "
                  f"weights, calibrated on {calib_src}",
@@ -158,41 +167,82 @@ def bench_ptq(tmp: str, reference: str, calib: int, data: str | None) -> dict:
         "reloaded_logits_equal": same_logits,
         "mbz_categories": cats,
         "weight_codes": n,
+        "weight_codes_stored_bytes": codes_bytes,
+        "weight_codes_bits_per_weight": 8 * codes_bytes / n,
+        "file_bits_per_weight": 8 * rep.file_bytes / n,
+        "per_channel_scales_float32": scales32,
         "weight_codes_order0_entropy_bits_per_code": bits / n,
+        "weight_codes_per_channel_order0_entropy_bits_per_code": bits_ch / n,
         "bound_order0_codes_bytes": int(bits / 8),
         "pack_seconds": pack_s,
     }
 
 
+def _median(x):
+    return statistics.median(x)
+
+
 def bench_speed(tmp: str, repeats: int) -> dict:
+    """Lossless pack and load of fp32 checkpoints in both entropy profiles, runs alternated.
+
+    Per run: pack (default), pack (--best), torch.load, mbz.load (default file), mbz.load (--best file),
+    mbz.load(mmap=True) (default file), and mbz.open + one tensor (the largest and a small one) of the
+    default file: the ratios of one run's medians."""
     import torchvision
     out = {}
     for name in ("resnet18", "vgg11_bn"):
         torch.manual_seed(0)
         sd = getattr(torchvision.models, name)(num_classes=10).state_dict()
         nbytes = sum(t.numel() * t.element_size() for t in sd.values())
-        pt, mz = os.path.join(tmp, name + ".pt"), os.path.join(tmp, name + ".mbz")
+        big = max(sd, key=lambda k: sd[k].numel())
+        small = next(k for k, t in sd.items() if t.is_floating_point() and 16384 <= t.numel() < 65536 or k == big)
+        pt = os.path.join(tmp, name + ".pt")
+        files = {"default": os.path.join(tmp, name + ".mbz"), "best": os.path.join(tmp, name + "_best.mbz")}
         torch.save(sd, pt)
-        pack, tload, mload = [], [], []
-        for _ in range(repeats):  # alternated: pack, torch.load, mbz.load
+        t = {k: [] for k in ("pack_default", "pack_best", "torch_load", "load_default", "load_best", "load_mmap",
+                             "open_one_big", "open_one_small")}
+
+        def timed(key, fn):
             t0 = time.perf_counter()
-            mbz.save(sd, mz)
-            pack.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            torch.load(pt, map_location="cpu", weights_only=True)
-            tload.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            mbz.load(mz)
-            mload.append(time.perf_counter() - t0)
-        back = mbz.load(mz)
-        out[name] = {
-            "tensor_bytes": nbytes, "torch_save_bytes": os.path.getsize(pt), "mbz_bytes": os.path.getsize(mz),
-            "pack_s": pack, "torch_load_s": tload, "mbz_load_s": mload,
-            "pack_mb_per_s_median": nbytes / 1e6 / statistics.median(pack),
-            "load_ratio_median": statistics.median(mload) / statistics.median(tload),
-            "round_trip_exact": compare(sd, back).ok,
-        }
-        del sd, back
+            r = fn()
+            t[key].append(time.perf_counter() - t0)
+            return r
+        for _ in range(repeats):  # alternated
+            timed("pack_default", lambda: mbz.save(sd, files["default"]))
+            timed("pack_best", lambda: mbz.save(sd, files["best"], profile="best"))
+            timed("torch_load", lambda: torch.load(pt, map_location="cpu", weights_only=True))
+            timed("load_default", lambda: mbz.load(files["default"]))
+            timed("load_best", lambda: mbz.load(files["best"]))
+            timed("load_mmap", lambda: [float(v.reshape(-1)[-1]) if v.numel() else 0
+                                        for v in mbz.load(files["default"], mmap=True).values()])
+
+            def one(key):
+                with mbz.open(files["default"]) as r:
+                    return float(r[key].sum())  # every element touched
+            timed("open_one_big", lambda: one(big))
+            timed("open_one_small", lambda: one(small))
+        med = {k: _median(v) for k, v in t.items()}
+        row = {"tensor_bytes": nbytes, "torch_save_bytes": os.path.getsize(pt),
+               "mbz_bytes_default": os.path.getsize(files["default"]), "mbz_bytes_best": os.path.getsize(files["best"]),
+               "runs_s": {k: [round(x, 4) for x in v] for k, v in t.items()},
+               "pack_mb_per_s_default": nbytes / 1e6 / med["pack_default"],
+               "pack_mb_per_s_best": nbytes / 1e6 / med["pack_best"],
+               "load_ratio_default": med["load_default"] / med["torch_load"],
+               "load_ratio_best": med["load_best"] / med["torch_load"],
+               "load_mmap_ratio": med["load_mmap"] / med["torch_load"],
+               "open_one_tensor": {"big": [big, sd[big].numel() * 4], "small": [small, sd[small].numel() * 4],
+                                   "big_vs_load_default": med["open_one_big"] / med["load_default"],
+                                   "small_vs_load_default": med["open_one_small"] / med["load_default"]}}
+        for prof, path in files.items():
+            back = mbz.load(path)
+            row[f"round_trip_exact_{prof}"] = compare(sd, back).ok
+            del back
+            with mbz.open(path) as r:
+                row[f"filters_{prof}"] = sorted({s.filter.name for rec in r.layout.records for s in rec.sections})
+                row[f"align_{prof}"] = r.layout.align
+        out[name] = row
+        print(name, json.dumps({k: v for k, v in row.items() if k != "runs_s"}), flush=True)
+        del sd
     out["targets"] = {"pack_mb_per_s_min": {"resnet18": 50, "vgg11_bn": 100}, "load_ratio_max": 1.0}
     return out
 
