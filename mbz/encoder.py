@@ -36,11 +36,14 @@ BIG_RAW = 1 << 20  # raw sections of this many bytes or more try only the byte-p
 # (results/format_inputs/README.md).  Smaller sections, and every section in the "best" profile, keep the smallest.
 RAW_PLAIN_MIN = 64 << 10
 RAW_KEEP_SAVING = 0.5
-# Default profile, CODES / MASK / DELTAS sections of RAW_PLAIN_MIN bytes or more: zstd is kept where it saves at
-# least 1/8.  Codes that zstd's Huffman stage barely shrinks (8-bit codes of near-uniform values) decode at
-# 200-300 MB/s for a few percent: on the resnet50 benchmark (8-bit, 50% sparse) this rule loads 20% faster for
-# 3.8% more bytes; the shipped and 4-bit MobileNet-v2 files do not change (results/format_inputs/README.md).
+# Default profile, models of LARGE_MODEL bytes of tensors or more (where decoding takes a noticeable time),
+# CODES / MASK / DELTAS sections of RAW_PLAIN_MIN bytes or more: zstd is kept where it saves at least 1/8.
+# Codes that zstd's Huffman stage barely shrinks (8-bit codes of near-uniform values) decode at 200-300 MB/s
+# for a few percent: on the resnet50 benchmark (8-bit, 50% sparse, 102 MB of fp32) this rule loads 20% faster
+# for 3.8% more bytes (results/format_inputs/README.md).  Smaller models keep the smallest: their decode time
+# is milliseconds (a torch.ao PTQ MobileNet-v2 would grow 3.4%).
 INT_KEEP_SAVING = 0.125
+LARGE_MODEL = 64 << 20
 SAMPLE_BLOCK = 64 << 10  # a large RAW section's saving is first estimated on RAW_SAMPLES blocks of this size
 RAW_SAMPLES = 8
 
@@ -83,7 +86,8 @@ class EntropyPolicy:
     every other section (level 19 runs at a few MB/s and gains about 1% on
     large float sections: it made lossless packing of a ResNet-18 take 50 s).
     `rans` tries the RANS filter (spec §5.7) on integer sections (codes, masks, deltas, zero points) with
-    the lane and gain settings of `profile` (RANS_PROFILES).
+    the lane and gain settings of `profile` (RANS_PROFILES).  `large` (set by resolved() for models of
+    LARGE_MODEL bytes of tensors or more) turns on the INT_KEEP_SAVING rule of the default profile.
     """
     zstd: bool = True
     level: int | None = None
@@ -92,12 +96,15 @@ class EntropyPolicy:
     small_section: int = 128 << 10
     rans: bool = False
     profile: str = "default"
+    large: bool = False
 
     def resolved(self, total_bytes: int) -> "EntropyPolicy":
+        large = total_bytes >= LARGE_MODEL
         if self.level is not None:
-            return self
-        return EntropyPolicy(self.zstd, 19 if total_bytes < (64 << 20) else self.trial, self.trial, auto=True,
-                             rans=self.rans, profile=self.profile)
+            return EntropyPolicy(self.zstd, self.level, self.trial, self.auto, self.small_section, self.rans,
+                                 self.profile, large)
+        return EntropyPolicy(self.zstd, 19 if not large else self.trial, self.trial, auto=True,
+                             rans=self.rans, profile=self.profile, large=large)
 
     def final(self, sections: list, plain: list, itemsize: int, hints: list | None = None) -> list:
         """The winner's sections for real (`plain`: its unfiltered (role, bytes), same order; `hints`: their
@@ -143,7 +150,8 @@ def plain_raw(role: Role, n: int, ent: EntropyPolicy) -> bool:
 
 def plain_int(role: Role, n: int, ent: EntropyPolicy) -> bool:
     """Whether a CODES / MASK / DELTAS section of `n` bytes falls under the INT_KEEP_SAVING rule."""
-    return role in (Role.CODES, Role.MASK, Role.DELTAS) and n >= RAW_PLAIN_MIN and ent.profile == "default"
+    return (role in (Role.CODES, Role.MASK, Role.DELTAS) and n >= RAW_PLAIN_MIN and ent.profile == "default"
+            and ent.large)
 
 
 def _sample_saving(data, stride: int) -> float:

@@ -148,12 +148,16 @@ def test_quantized_scales_stored_as_float32_only_when_exact(tmp_path):
     assert back["a"].q_per_channel_scales().dtype == torch.float64
 
 
-def test_default_profile_keeps_zstd_on_codes_only_where_it_saves_an_eighth(tmp_path):
+def test_default_profile_keeps_zstd_on_codes_of_large_models_only_where_it_saves_an_eighth(tmp_path, monkeypatch):
+    from mbz import encoder
     from mbz.encoder import EntropyPolicy, encode_tensor
     g = torch.Generator().manual_seed(4)
     flat = (torch.randn(400, 256, generator=g) * 40).round().clamp(-127, 127) * 0.01  # 8-bit codes: zstd saves ~7%
     peaked = (torch.randn(400, 256, generator=g) * 6).round().clamp(-127, 127) * 0.01  # ~4.6 bits of 8: > 1/8
     sd = {"flat": flat, "peaked": peaked}
+    mbz.save(sd, tmp_path / "s.mbz")                   # a small model keeps the smallest
+    assert _filters(tmp_path / "s.mbz")[0]["flat"][0] == "ZSTD"
+    monkeypatch.setattr(encoder, "LARGE_MODEL", 1 << 16)  # as if the model were large
     mbz.save(sd, tmp_path / "d.mbz")
     fd = _filters(tmp_path / "d.mbz")[0]
     with mbz.open(tmp_path / "d.mbz") as r:

@@ -195,7 +195,8 @@ def bench_speed(tmp: str, repeats: int) -> dict:
         sd = getattr(torchvision.models, name)(num_classes=10).state_dict()
         nbytes = sum(t.numel() * t.element_size() for t in sd.values())
         big = max(sd, key=lambda k: sd[k].numel())
-        small = next(k for k, t in sd.items() if t.is_floating_point() and 16384 <= t.numel() < 65536 or k == big)
+        small = min((k for k, t in sd.items() if t.is_floating_point() and t.numel() >= 16384),
+                    key=lambda k: sd[k].numel())  # the smallest tensor of 64 KiB or more
         pt = os.path.join(tmp, name + ".pt")
         files = {"default": os.path.join(tmp, name + ".mbz"), "best": os.path.join(tmp, name + "_best.mbz")}
         torch.save(sd, pt)
