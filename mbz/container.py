@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import msgpack
 import numpy as np
+import torch
 
 from .codecs.affine import n_groups, numel_of
 from .codecs.bitpack import packed_size
@@ -618,7 +619,6 @@ def read_sections(buf, rec: Record, decoded: dict | None = None, plain: str | No
             if dest is not None and s.offset % item == 0:
                 crc = crc_copy(b, crc)
             else:
-                import torch
                 dest = torch.empty(s.stored, dtype=torch.uint8).numpy()
                 crc = crc_copy(b, crc, dest)
             ready[j] = dest
