@@ -159,7 +159,10 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     `rans` tries the RANS entropy coder (spec §5.7) on integer sections; `profile` "default" keeps it
     where it saves at least 3% over zstd with 1024-step lanes, "best" (which turns `rans` on) wherever it
     is smaller, with 16384-step lanes.  RANS is off by default: its sections decode several times slower
-    than zstd's (results/entropy).
+    than zstd's (results/entropy).  The "default" profile also stores RAW sections of 64 KiB or more
+    unfiltered unless zstd halves them (and, in models of 64 MiB of tensors or more, code / mask / delta
+    sections unless it saves 1/8): they load with no decoding (mbz.encoder.RAW_KEEP_SAVING); "best" keeps
+    the smallest section.  `align` None: 64 when such unfiltered sections make the padding cheap, else 1.
     `step` (exclusive with `wbits`) quantizes conv / linear weights of the model state_dict on a per-tensor
     grid of step·rms(tensor) and 1-D float tensors at step_1d·rms, with dead-zone rounding (mbz.ratedist);
     tensors already on an exact grid keep it.  See save_to_size for a byte budget.

@@ -570,15 +570,15 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     return _gf2_times(_shift_operator(len2), crc1) ^ crc2 if len2 else crc1
 
 
-_POOL = None
+_POOL = None  # (process id, executor): a forked child makes its own (the parent's threads do not exist there)
 
 
 def _pool():
     global _POOL
-    if _POOL is None:
+    if _POOL is None or _POOL[0] != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="mbz-crc")
-    return _POOL
+        _POOL = (os.getpid(), ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="mbz-crc"))
+    return _POOL[1]
 
 
 def crc_copy(src, crc: int, dest=None) -> int:

@@ -58,6 +58,8 @@ class MbzReader:
     """
 
     def __init__(self, path=None, *, data: bytes | None = None, plain: str = "map"):
+        if plain not in ("map", "copy"):
+            raise ValueError(f"plain must be 'map' or 'copy', got {plain!r}")
         self.path = path
         self._plain = plain
         self._src = Source(path, data)

@@ -167,3 +167,22 @@ def test_default_profile_keeps_zstd_on_codes_of_large_models_only_where_it_saves
     assert best.sections[0].filter.name == "ZSTD"
     back = mbz.load(tmp_path / "d.mbz")
     assert all(bits_equal(sd[k], back[k]) for k in sd)
+
+
+def test_chunked_checksum_pool_works_in_a_forked_child(tmp_path, monkeypatch):
+    if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs fork and 2 cores")
+    monkeypatch.setattr(container, "PARALLEL_BYTES", 1 << 12)
+    monkeypatch.setattr(container, "CRC_CHUNK", 1000)
+    src = np.random.default_rng(1).bytes(10_001)
+    assert crc_copy(src, 0) == zlib.crc32(src)   # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh pool, else the call would wait forever on the parent's threads
+        os._exit(0 if crc_copy(src, 0) == zlib.crc32(src) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_reader_plain_mode_is_checked():
+    with pytest.raises(ValueError, match="plain must be"):
+        mbz.MbzReader(data=b"", plain="mmap")
