@@ -52,11 +52,22 @@ def read_object(path):
     if str(path).endswith(".safetensors") or is_safetensors(path):
         return read_safetensors(path)
     try:
-        with warnings.catch_warnings():  # torch's note that it checks sparse tensors' invariants: not ours to print
-            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return _torch_load(path)
     except Exception as e:
         raise _load_error(path, e) from None
+
+
+# torch's own notes while it rebuilds what a checkpoint holds (sparse invariants checked, TypedStorage and
+# quantized-tensor constructors deprecated): about torch's internals, not the user's file, so not printed
+_TORCH_NOTES = ("Validating sparse tensor invariants", "TypedStorage is deprecated",
+                "torch.quantize_per_tensor, torch.quantize_per_channel and other quantized tensor")
+
+
+def _torch_load(path):
+    with warnings.catch_warnings():
+        for note in _TORCH_NOTES:
+            warnings.filterwarnings("ignore", message=note)
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _load_error(path, e: Exception) -> CheckpointError:
@@ -83,7 +94,7 @@ def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
     if str(path).endswith(".safetensors") or is_safetensors(path):
         return read_safetensors(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except Exception as e:
         raise _load_error(path, e) from None
     try:

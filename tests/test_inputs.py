@@ -532,3 +532,19 @@ def test_quantized_records_and_alias_views_are_checked_on_open(tmp_path):
         (tmp_path / "g.mbz").write_bytes(rebuild(data, edit))
         with pytest.raises(FormatError, match=msg):
             mbz.open(tmp_path / "g.mbz")
+
+
+def test_reading_a_quantized_checkpoint_prints_none_of_torchs_notes(tmp_path, capsys):
+    """torch.load of a qint8 checkpoint raises torch's deprecation notes (TypedStorage, quantized constructors):
+    about torch's internals, so pack and verify neither print them nor fail under -W error."""
+    import warnings
+    from mbz.cli import main
+    q = torch.quantize_per_channel(torch.randn(8, 4), torch.rand(8).double() + 0.1, torch.zeros(8, dtype=torch.long),
+                                   0, torch.qint8)
+    ck = tmp_path / "q.pt"
+    torch.save({"w": q, "b": torch.randn(3)}, ck)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["pack", str(ck), "-o", str(tmp_path / "q.mbz"), "-q"]) == 0
+        assert main(["verify", str(tmp_path / "q.mbz"), str(ck)]) == 0
+    assert capsys.readouterr().err == ""
