@@ -13,7 +13,7 @@ from torch import nn
 from .codecs.raw import mbz_dtype, sparse_parts
 from .container import write_file
 from .detect import detect_grid
-from .encoder import RANS_PROFILES, EntropyPolicy, encode_tensor
+from .encoder import RANS_PROFILES, EntropyPolicy, arans_pass, encode_tensor
 from .errors import CheckpointError, EncodeError
 from .ratedist import StepPolicy, estimate_bytes, step_grid
 from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
@@ -158,8 +158,10 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     file's 'arch' metadata for mbz.load_model; nothing is guessed here.
     `rans` tries the RANS entropy coder (spec §5.7) on integer sections; `profile` "default" keeps it
     where it saves at least 3% over zstd with 1024-step lanes, "best" (which turns `rans` on) wherever it
-    is smaller, with 16384-step lanes.  RANS is off by default: its sections decode several times slower
-    than zstd's (results/entropy).  The "default" profile also stores RAW sections of 64 KiB or more
+    is smaller, with 16384-step lanes, then ARANS (spec §5.8) on every section it stores in fewer bytes
+    (integer sections and float32 scales; all of a file's ARANS sections decode together).  RANS is off
+    by default: its sections decode several times slower than zstd's (results/entropy).  The "default"
+    profile also stores RAW sections of 64 KiB or more
     unfiltered unless zstd halves them (and, in models of 64 MiB of tensors or more, code / mask / delta
     sections unless it saves 1/8): they load with no decoding (mbz.encoder.RAW_KEEP_SAVING); "best" keeps
     the smallest section.  `align` None: 64 when such unfiltered sections make the padding cheap, else 1.
@@ -236,6 +238,10 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     if bar is not None:
         bar.close()
     encoded, reports = [d[0] for d in done], [d[1] for d in done]
+    if ent.rans and profile == "best":  # adaptive context models (spec §5.8) wherever they are smaller
+        arans_pass(encoded)
+        for et, rep in zip(encoded, reports):
+            rep.stored_bytes = et.stored_bytes
     if zero_sign == "drop":
         dropped = {r.name: r.negative_zeros for r in reports if r.negative_zeros and not r.quantized}
         if dropped:

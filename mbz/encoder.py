@@ -15,16 +15,16 @@ import torch
 
 from .codecs.affine import Grid, group_index, n_groups, numel_of
 from .codecs.bitpack import pack_bits, pack_codes, packed_size, signed_width, unsigned_width
-from .codecs import rans
-from .codecs.filters import FILTERS, max_decoded, zstd_available
+from .codecs import arans, rans
+from .codecs.filters import FILTERS, max_decoded, unfilter, zstd_available
 from .codecs.qaffine import quantized_plain, split_quantized
 from .codecs.raw import ITEMSIZE, bits_equal, mbz_dtype, tensor_bytes
 from .codecs.sparse import best_delta_width, delta_count, delta_entries
 from .errors import EncodeError
 from .decoder import decode_tensor
 from .detect import detect_codebook, detect_grid
-from .spec import (P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_ZPWIDTH, Encoding,
-                   Filter, Role, Sparsity, role_stride)
+from .spec import (P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_ZPWIDTH,
+                   AransKind, Encoding, Filter, Role, Sparsity, role_stride)
 
 BIG = 1 << 16  # above this many elements, search fewer candidates
 BIG_RAW = 1 << 20  # raw sections of this many bytes or more try only the byte-plane filter
@@ -74,6 +74,8 @@ class EncodedTensor:
 # RANS must bring to be kept.  "default" spends decode time only where it buys bytes; "best" takes the
 # smallest section whatever its decode time.
 RANS_PROFILES = {"default": (1024, 0.03), "best": (16384, 0.0)}
+# ARANS (spec §5.8) in the "best" profile: about this many decisions per lane
+ARANS_STEPS = 16384
 
 
 @dataclass
@@ -166,6 +168,61 @@ def _sample_saving(data, stride: int) -> float:
         raw += len(piece)
         stored += len(FILTERS[Filter.SHUFFLE_ZSTD if stride > 1 else Filter.ZSTD].encode(piece, stride, 1))
     return 1 - stored / raw
+
+
+def arans_hint(role: Role, p: dict, shape: tuple, data):
+    """(kind, width, signed, row length) of a section for ARANS (spec §5.8); None where it does not apply."""
+    if role == Role.SCALES:
+        if p.get("sb", 4) != 4 or len(data) % 4:
+            return None
+        return AransKind.FLOAT32, arans.fraction_bits(data), False, 0
+    hint = section_hint(role, p, shape)
+    if hint is None:
+        return None
+    w, signed, row = hint
+    return AransKind.INT, w, signed, row
+
+
+def arans_pass(tensors: list, steps: int = ARANS_STEPS, progress=None) -> int:
+    """Re-code every section of `tensors` (EncodedTensor, changed in place) that ARANS (spec §5.8) stores in
+    fewer bytes; all candidate sections are coded in one batch, then decoded in one batch and compared.
+    Returns the bytes saved.  Raises EncodeError if a coded section does not decode to its bytes (internal)."""
+    cands = []
+    for ti, et in enumerate(tensors):
+        for si, s in enumerate(et.sections):
+            if len(s.data) < 16 or s.filter == Filter.ARANS:
+                continue
+            cands.append((ti, si, s))
+    plain, items, where = [], [], []
+    rans_idx = [k for k, (_, _, s) in enumerate(cands) if s.filter == Filter.RANS]
+    rans_out = dict(zip(rans_idx, rans.decode_many([(cands[k][2].data, cands[k][2].decoded_len) for k in rans_idx])))
+    for k, (ti, si, s) in enumerate(cands):
+        et = tensors[ti]
+        if s.filter == Filter.RANS:
+            data = rans_out[k]
+        else:
+            data = bytes(unfilter(s.role, s.filter, s.data, s.decoded_len, 4 if s.role == Role.SCALES else 1))
+        hint = arans_hint(s.role, et.params, et.shape, data)
+        if hint is None:
+            continue
+        plain.append(data)
+        items.append((data, *hint, steps))
+        where.append((ti, si))
+    if not items:
+        return 0
+    coded = arans.encode_many(items)
+    keep = [k for k, (ti, si) in enumerate(where) if len(coded[k]) < len(tensors[ti].sections[si].data)
+            and len(plain[k]) <= max_decoded(len(coded[k]))]
+    back = arans.decode_many([(coded[k], len(plain[k])) for k in keep])
+    saved = 0
+    for k, b in zip(keep, back):
+        if bytes(b) != plain[k]:
+            raise EncodeError(f"arans: section of tensor '{tensors[where[k][0]].name}' does not round-trip (internal error)")
+        ti, si = where[k]
+        s = tensors[ti].sections[si]
+        saved += len(s.data) - len(coded[k])
+        tensors[ti].sections[si] = Section(s.role, Filter.ARANS, len(plain[k]), coded[k])
+    return saved
 
 
 def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, level: int, hint=None,

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import torch
 
 from .accounting import account
-from .codecs import rans
+from .codecs import arans, rans
 from .codecs.affine import numel_of
 from .codecs.raw import DTYPE_NAME, ITEMSIZE
 from .container import Source, parse, read_sections
@@ -121,14 +121,16 @@ class MbzReader:
         return OrderedDict((r.name, t) for r, t in zip(recs, out))
 
     def _predecode_rans(self, recs) -> dict:
-        """{record index: {section index: decoded bytes}} for every RANS section of `recs`, decoded in one batch
-        (spec §5.7: all lanes advance together).  Records whose checksum fails, and any batch that fails, are
-        left to the per-record path, which raises the error naming the tensor."""
-        buf, items, keys = self._src.buf, [], []
+        """{record index: {section index: decoded bytes}} for every RANS and ARANS section of `recs`, each
+        filter's sections decoded in one batch (spec §5.7, §5.8: all lanes advance together).  Records whose
+        checksum fails, and any batch that fails, are left to the per-record path, which raises the error
+        naming the tensor."""
+        buf = self._src.buf
         if buf is None:
             return {}
+        batches = {Filter.RANS: ([], [], rans.decode_many), Filter.ARANS: ([], [], arans.decode_many)}
         for rec in recs:
-            idx = [j for j, s in enumerate(rec.sections) if s.filter == Filter.RANS]
+            idx = [j for j, s in enumerate(rec.sections) if s.filter in batches]
             if not idx:
                 continue
             crc = 0
@@ -138,17 +140,19 @@ class MbzReader:
                 continue
             for j in idx:
                 s = rec.sections[j]
+                items, keys, _ = batches[s.filter]
                 items.append((buf[s.offset:s.offset + s.stored], s.decoded))
                 keys.append((rec.index, j))
-        if len(items) < 2:
-            return {}
-        try:
-            outs = rans.decode_many(items)
-        except MbzError:
-            return {}
         pre: dict = {}
-        for (ri, j), b in zip(keys, outs):
-            pre.setdefault(ri, {})[j] = b
+        for items, keys, decode_many in batches.values():
+            if len(items) < 2:
+                continue
+            try:
+                outs = decode_many(items)
+            except MbzError:
+                continue
+            for (ri, j), b in zip(keys, outs):
+                pre.setdefault(ri, {})[j] = b
         return pre
 
     def _decode_names(self, names) -> dict:

@@ -149,6 +149,7 @@ class Filter(IntEnum):
     ZSTD = 1
     SHUFFLE_ZSTD = 2  # byte-plane transpose with the role's element size, then zstd
     RANS = 3          # static-model, context-modelled, lane-interleaved rANS of the packed codes (§5.7)
+    ARANS = 4         # adaptive binary context models over lane-interleaved rANS (§5.8); since version 1.2
 
 
 # --- RANS filter (spec §5.7, table 13) -------------------------------------------
@@ -162,6 +163,17 @@ RANS_L = 1 << 23          # lane states live in [RANS_L, 256 * RANS_L)
 RANS_STATE_BYTES = 4      # each lane's initial decoder state: u32
 RANS_MAX_P = 12           # frequency tables sum to 2^P, 1 <= P <= 12
 RANS_MAX_CTX = 4          # classes distinguished per neighbour (1 = neighbour unused)
+
+
+# --- ARANS filter (spec §5.8, tables 16, 17) --------------------------------------
+class AransKind(IntEnum):
+    """What one ARANS element is (spec table 16)."""
+    INT = 0        # a w-bit §5.1 code
+    FLOAT32 = 1    # a float32 word: exponent, sign and the top w fraction bits coded
+
+
+ARANS_P = 16              # decision probabilities are in units of 2^-16
+ARANS_LIMIT = 1023        # a slot's decision counts are halved when their sum exceeds this
 
 
 # Element size SHUFFLE_ZSTD transposes by (spec §5.6): None = the tensor dtype's itemsize.

@@ -2,6 +2,9 @@
 
     python tools/entropy_table.py FILE.mbz -o results/entropy/NAME.json
 
+For an ARANS section (format_spec.md §5.8) the bound is the ideal code length of its decisions under
+the section's own adaptive model (sum of -log2 p over every decision, p the probability the model gave
+it); the stored bytes add the header, the 4-byte lane states and the coder's rounding.
 For a RANS section (format_spec.md §5.7) the bound is the ideal code length of its symbols under
 the section's own context model with the empirical (unquantized) frequencies, plus its raw bits;
 the section's stored bytes add the frequency tables, the lane states, the header and the coder's
@@ -17,7 +20,7 @@ import sys
 import numpy as np
 
 import mbz
-from mbz.codecs import rans
+from mbz.codecs import arans, rans
 from mbz.codecs.bitpack import unpack_codes
 from mbz.container import read_sections
 from mbz.encoder import section_hint
@@ -45,19 +48,47 @@ def rans_bound(stored, decoded: bytes, dlen: int) -> tuple[float, dict]:
     return (bits + raw) / 8, info
 
 
+def order0(role, decoded: bytes, hint) -> float:
+    """Order-0 empirical entropy in bytes: of the codes (integer sections), of the float32 words (SCALES)."""
+    if role == Role.SCALES and len(decoded) % 4 == 0:
+        return _h(np.frombuffer(decoded, "<u4")) / 8
+    if hint is None:
+        return float(len(decoded))
+    w, signed, _ = hint
+    n = len(decoded) * 8 // w
+    while n and (n * w + 7) // 8 > len(decoded):
+        n -= 1
+    return _h(unpack_codes(decoded, n, w, signed)) / 8 if n else 0.0
+
+
+def arans_bounds(items) -> list:
+    """Model bits of ARANS sections [(stored, decoded)], as bytes, with their header fields."""
+    heads = [arans._Header(st, len(dec)) for st, dec in items]
+    args = [(dec, h.kind, h.w, bool(h.signed), h.R, 0, h.K) for (_, dec), h in zip(items, heads)]
+    bits = arans.model_bits(args) if args else []
+    return [(b / 8, {"arans_kind": ["INT", "FLOAT32"][h.kind], "w": h.w, "lanes": h.K, "row": h.R,
+                     "state_bytes": 4 * h.K}) for b, h in zip(bits, heads)]
+
+
 def table(path: str) -> dict:
     rows = []
     with mbz.open(path) as r:
         buf = r._src.buf
         acct = r.accounting()
-        for rec in r.layout.records:
-            secs = read_sections(buf, rec)
+        recs = [(rec, read_sections(buf, rec)) for rec in r.layout.records]
+        ar = [(buf[s.offset:s.offset + s.stored], secs[s.role]) for rec, secs in recs for s in rec.sections
+              if s.filter == Filter.ARANS]
+        ar_b = iter(arans_bounds(ar))
+        for rec, secs in recs:
             kind = "weight" if rec.name.endswith("weight") and len(rec.shape) >= 2 else "other"
             for s in rec.sections:
                 dec = secs[s.role]
                 hint = section_hint(s.role, rec.params, rec.shape)
                 info = {}
-                if s.filter == Filter.RANS:
+                if s.filter == Filter.ARANS:
+                    bound, info = next(ar_b)
+                    model = "arans adaptive"
+                elif s.filter == Filter.RANS:
                     bound, info = rans_bound(buf[s.offset:s.offset + s.stored], dec, s.decoded)
                     model = "rans"
                 elif hint is not None:
@@ -74,16 +105,19 @@ def table(path: str) -> dict:
                 else:
                     bound, model = float(s.decoded), "raw"
                 rows.append({"tensor": rec.name, "kind": kind, "role": s.role.name, "filter": s.filter.name,
-                             "bytes": s.stored, "bound_bytes": round(bound, 1), "bound_model": model, **info})
+                             "bytes": s.stored, "bound_bytes": round(bound, 1), "bound_model": model,
+                             "order0_bytes": round(order0(s.role, dec, hint), 1), **info})
     groups = {}
     for row in rows:
         g = groups.setdefault(f"{row['kind']} {row['role']} ({row['filter']})",
-                              {"sections": 0, "bytes": 0, "bound_bytes": 0.0})
+                              {"sections": 0, "bytes": 0, "bound_bytes": 0.0, "order0_bytes": 0.0})
         g["sections"] += 1
         g["bytes"] += row["bytes"]
         g["bound_bytes"] += row["bound_bytes"]
+        g["order0_bytes"] += row["order0_bytes"]
     for g in groups.values():
         g["bound_bytes"] = round(g["bound_bytes"], 1)
+        g["order0_bytes"] = round(g["order0_bytes"], 1)
         g["ratio"] = round(g["bytes"] / g["bound_bytes"], 4) if g["bound_bytes"] else None
     return {"file": os.path.basename(path), "file_bytes": acct["file_bytes"], "categories": acct["categories"],
             "groups": dict(sorted(groups.items())), "sections": rows}
@@ -100,9 +134,10 @@ def main() -> int:
         with open(a.out, "w") as f:
             json.dump(t, f, indent=1)
     print(f"{t['file']}: {t['file_bytes']:,d} bytes")
-    print(f"{'group':<36} {'sections':>8} {'bytes':>9} {'bound':>10} {'ratio':>7}")
+    print(f"{'group':<36} {'sections':>8} {'bytes':>9} {'bound':>10} {'ratio':>7} {'order-0':>9}")
     for k, g in t["groups"].items():
-        print(f"{k:<36} {g['sections']:>8} {g['bytes']:>9,d} {g['bound_bytes']:>10,.0f} {g['ratio'] or 0:>7.3f}")
+        print(f"{k:<36} {g['sections']:>8} {g['bytes']:>9,d} {g['bound_bytes']:>10,.0f} {g['ratio'] or 0:>7.3f}"
+              f" {g['order0_bytes']:>9,.0f}")
     return 0
 
 

@@ -243,7 +243,24 @@ class RansFilter:
         return rans.decode(stored, decoded_len)
 
 
-FILTERS = {f.id: f for f in (NoFilter(), ZstdFilter(), ShuffleZstdFilter(), RansFilter())}
+class AransFilter:
+    """Adaptive binary context models over lane-interleaved rANS (spec §5.8); the stored bytes describe
+    themselves.  encode(data, stride, level, kind, w, signed, row, steps): see arans.encode_many."""
+    id = Filter.ARANS
+
+    def encode(self, data: bytes, stride: int = 1, level: int = 0, kind: int = 0, w: int = 8,
+               signed: bool = False, row: int = 0, steps: int = 16384) -> bytes:
+        from . import arans
+        return arans.encode(data, kind, w, signed, row, steps)
+
+    def decode(self, stored, decoded_len: int, stride: int = 1) -> bytes:
+        from . import arans
+        if decoded_len > max_decoded(len(stored)):
+            raise LimitError(f"arans section of {len(stored)} bytes claims {decoded_len} decoded bytes (limit {max_decoded(len(stored))})")
+        return arans.decode(stored, decoded_len)
+
+
+FILTERS = {f.id: f for f in (NoFilter(), ZstdFilter(), ShuffleZstdFilter(), RansFilter(), AransFilter())}
 
 
 def get_filter(fid: int):
