@@ -118,3 +118,27 @@ def test_golden_v1_2_quantized_float32_scales_decode():
     with mbz.open(path) as r:
         assert r.version == (1, 2)
         assert {x.name: x.params.get("sb", 4) for x in r.layout.records} == {"conv.weight": 4, "fc.weight": 8, "act": 4}
+
+
+def test_arans_golden_file_decodes_and_covers_the_filter():
+    """Format 1.2: the ARANS filter (spec §5.8) on 2-D and 1-D integer sections and float32 scales."""
+    from mbz.codecs.arans import _Header
+    from mbz.spec import AransKind, Filter
+    path = os.path.join(DATA, "golden_v1_2_arans.mbz")
+    with open(os.path.join(DATA, "golden_v1_2_arans.json")) as f:
+        expect = json.load(f)
+    got = mbz.load(path)
+    assert sorted(got) == sorted(expect)
+    for name, e in expect.items():
+        assert digest(got[name]) == e["sha256"], name
+    seen = set()
+    with mbz.open(path) as r:
+        assert r.version == (1, 2)
+        for rec in r.layout.records:
+            assert digest(r[rec.name]) == expect[rec.name]["sha256"]  # the per-tensor path too
+            for s in rec.sections:
+                if s.filter == Filter.ARANS:
+                    h = _Header(r._src.buf[s.offset:s.offset + s.stored], s.decoded)
+                    seen |= {AransKind(h.kind).name, "signed" if h.signed else "", "row" if h.R else "",
+                             "lanes" if h.K > 1 else "", s.role.name}
+    assert {"INT", "FLOAT32", "signed", "row", "lanes", "CODES", "MASK", "SCALES", "ZERO_POINTS"} <= seen
