@@ -487,7 +487,7 @@ def mut_filters(rng, m):
     if op == 0:
         s["filter"] = rng.choice([0, 1, 2])  # valid re-encoding: must decode to the same tensor
     elif op == 1:
-        s["filter"] = rng.choice([4, 255, -1])
+        s["filter"] = rng.choice([5, 255, -1])
         s["stored"] = s["decoded"]
     elif op == 2:  # stored bytes of one filter under another's name
         s["stored"] = zstd_c(s["decoded"]) if s["filter"] == 0 else s["decoded"]
@@ -501,6 +501,68 @@ def mut_filters(rng, m):
         s["filter"] = 1
         s["stored"] = zstd_c(b"")
         s["declen"] = len(s["decoded"])
+
+
+def _arans_hint(rec: dict, role: int, decoded: bytes):
+    """(kind, w, signed) under which a section's decoded bytes are ARANS elements (spec §5.8), or None."""
+    p = rec.get("p", {}) if isinstance(rec, dict) else {}
+    if role == 5 and p.get("sb", 4) == 4 and len(decoded) % 4 == 0:
+        return 1, _fraction_bits(decoded), False
+    w = {1: p.get("b"), 2: 1, 3: p.get("iw"), 4: 1, 6: p.get("zb")}.get(role)
+    if not isinstance(w, int) or not 1 <= w <= 16 or (role == 1 and rec.get("e") not in (1, 2)):
+        return None
+    return 0, w, bool(p.get("sg")) if role == 1 and rec.get("e") == 1 else False
+
+
+def _fraction_bits(b: bytes) -> int:
+    u = 0
+    for (x,) in struct.iter_unpack("<I", b):
+        u |= x & 0x7FFFFF
+    return 0 if not u else 23 - ((u & -u).bit_length() - 1)
+
+
+def mut_arans(rng, m):
+    """A section re-coded with the ARANS filter (spec §5.8): valid with random lanes and row length (must
+    read back the same tensors), or with its header, lane states or lane stream damaged."""
+    from mbz.codecs import arans
+    cands = [(i, j) for i, secs in enumerate(m["secs"]) for j, s in enumerate(secs)
+             if s["decoded"] and _arans_hint(m["header"]["tensors"][i], s["role"], s["decoded"])]
+    if not cands:
+        return
+    i, j = rng.choice(cands)
+    s = m["secs"][i][j]
+    kind, w, signed = _arans_hint(m["header"]["tensors"][i], s["role"], s["decoded"])
+    n = len(s["decoded"]) // 4 if kind == 1 else len(s["decoded"]) * 8 // w
+    while kind == 0 and n and (n * w + 7) // 8 > len(s["decoded"]):
+        n -= 1
+    row = rng.choice([0, 0, rng.randrange(1, max(2, n))]) if kind == 0 else 0
+    try:
+        e = arans.encode(s["decoded"], kind, w, signed, row if row < n else 0, rng.choice([1, 7, 64, 1000]))
+    except Exception:  # noqa: BLE001 - a section the filter cannot hold (padding bits set): leave it
+        return
+    s["filter"] = 4
+    op = rng.randrange(8)
+    if op < 3:
+        s["stored"] = e
+        m["same"] = True
+        return
+    b = bytearray(e)
+    if op == 3:    # a header field (mode, w, n, R, K) changed
+        k = rng.randrange(min(len(b), 6))
+        b[k] = rng.choice([0, 1, 2, 3, 4, 5, 8, 17, 24, 127, 128, 255, b[k] ^ 1])
+    elif op == 4:  # truncated or overlong
+        b = b[:rng.randrange(len(b))] if rng.random() < 0.7 else b + bytes(rng.randrange(1, 5))
+    elif op == 5:  # a lane state out of range or changed
+        h = arans._Header(e, len(s["decoded"]))
+        st = len(e) - h.stream.size - 4 * h.K
+        if h.K:
+            k = st + 4 * rng.randrange(h.K)
+            b[k:k + 4] = rng.choice([0, (1 << 23) - 1, 1 << 31, 0xFFFFFFFF, (1 << 23) + 1, rng.randrange(1 << 23, 1 << 31)]
+                                    ).to_bytes(4, "little")
+    else:          # bytes of the lane stream flipped
+        for _ in range(rng.randrange(1, 4)):
+            b[rng.randrange(len(b))] ^= rng.randrange(1, 256)
+    s["stored"] = bytes(b)
 
 
 def mut_payload(rng, m):
@@ -627,7 +689,7 @@ MUTATIONS = {
     "preamble": mut_preamble, "header": mut_header, "meta": mut_meta, "names": mut_names, "shape": mut_shape,
     "dtype": mut_dtype, "encoding": mut_encoding, "params": mut_params, "sections": mut_sections,
     "filters": mut_filters, "payload": mut_payload, "offsets": mut_offsets, "crc": mut_crc,
-    "amplification": mut_amplify, "noncanonical": mut_noncanonical, "tree": mut_tree,
+    "amplification": mut_amplify, "noncanonical": mut_noncanonical, "tree": mut_tree, "arans": mut_arans,
 }
 
 
@@ -659,6 +721,124 @@ def _unzstd(b: bytes, n: int) -> bytes:
     return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(b), read_across_frames=False).read(n + 1)[:n]
 
 
+def _varint(b: bytes, pos: int):
+    v = sh = 0
+    for _ in range(8):
+        x = b[pos]
+        pos += 1
+        v |= (x & 127) << sh
+        sh += 7
+        if not x & 128:
+            return v, pos
+    raise ValueError("varint over 8 bytes")
+
+
+def _arans_decode(b: bytes, declen: int) -> bytes:
+    """An ARANS section decoded from format_spec.md §5.8 alone, one decision at a time (ValueError: refused)."""
+    mode, w = b[0], b[1]
+    kind, signed = mode & 3, mode >> 2 & 1
+    n, pos = _varint(b, 2)
+    R, pos = _varint(b, pos)
+    K, pos = _varint(b, pos)
+    if mode >> 3 or kind > 1 or (kind == 1 and (signed or w > 23 or R)) or (kind == 0 and not 1 <= w <= 16):
+        raise ValueError("mode / width")
+    if (4 * n if kind else (n * w + 7) // 8) != declen or (K == 0) != (n == 0) or K > n or (R and R >= n):
+        raise ValueError("n / K / R")
+    x = list(struct.unpack_from(f"<{K}I", b, pos))
+    if any(not (1 << 23) <= v < (1 << 31) for v in x):
+        raise ValueError("state")
+    stream, sp = b[pos + 4 * K:], 0
+    S = -(-n // K) if K else 0
+    lens = [max(0, min(S, n - k * S)) for k in range(K)]
+    n0, n1 = [0] * 402, [0] * 402
+
+    def step(lanes_slots):  # [(lane, slot)] of one step -> decisions
+        nonlocal sp
+        out = []
+        for k, sl in lanes_slots:
+            q = min(max(((2 * n0[sl] + 1) << 16) // (2 * (n0[sl] + n1[sl]) + 2), 1), 65535)
+            slot = x[k] & 65535
+            d = 1 if slot >= q else 0
+            x[k] = (q * (x[k] >> 16) + slot) if d == 0 else ((65536 - q) * (x[k] >> 16) + slot - q)
+            out.append(d)
+        for (k, sl), d in zip(lanes_slots, out):
+            if d:
+                n1[sl] += 1
+            else:
+                n0[sl] += 1
+        for sl in {sl for _, sl in lanes_slots}:
+            if n0[sl] + n1[sl] > 1023:
+                n0[sl], n1[sl] = (n0[sl] + 1) >> 1, (n1[sl] + 1) >> 1
+        ks = [k for k, _ in lanes_slots]
+        while any(x[k] < (1 << 23) for k in ks):
+            for k in ks:
+                if x[k] < (1 << 23):
+                    if sp >= len(stream):
+                        raise ValueError("stream ends early")
+                    x[k] = (x[k] << 8) | stream[sp]
+                    sp += 1
+        return out
+    cls = lambda c: c if c <= 1 else 2 if c <= 3 else 3  # noqa: E731
+    z = [1] * n
+    if kind == 0:  # pass 1: zero flags
+        for t in range(max(lens, default=0)):
+            ls = []
+            for k in range(K):
+                if t < lens[k]:
+                    i, lo = k * S + t, k * S
+                    if R:
+                        c = i % R
+                        left = z[i - 1] if c > 0 and t > 0 else 0
+                        up = z[i - R] if t >= R else 0
+                        rc = sum(z[j] for j in range(max(lo, i - c), i))
+                        cc = sum(z[j] for j in range(i - R, lo - 1, -R))
+                        ls.append((k, left + 2 * up + 4 * cls(rc) + 16 * cls(cc)))
+                    else:
+                        ls.append((k, (z[i - 1] if t >= 1 else 0) + 2 * (z[i - 2] if t >= 2 else 0)))
+            for (k, _), d in zip(ls, step(ls)):
+                z[k * S + t] = d
+    D = 9 + w if kind else w
+    els = [[i for i in range(k * S, k * S + lens[k]) if z[i]] for k in range(K)]
+    val = [0] * n
+    acc, sgn, fr = [0] * K, [0] * K, [0] * K
+    for t in range(max((D * len(e) for e in els), default=0)):
+        ls = []
+        d = t % D
+        for k in range(K):
+            if t < D * len(els[k]):
+                if kind == 0:
+                    j = d - signed
+                    sl = 64 if j < 0 else 65 + ((1 << j) + acc[k] if j < 4 else 16 + j)
+                else:
+                    sl = 97 + (1 << d) + acc[k] if d < 8 else 353 if d == 8 else 354 + d - 9 + 24 * (acc[k] == 127)
+                ls.append((k, sl))
+        for (k, _), bit in zip(ls, step(ls)):
+            if (kind == 0 and d - signed < 0) or (kind == 1 and d == 8):
+                sgn[k] = bit
+            elif kind == 1 and d > 8:
+                fr[k] = 2 * fr[k] + bit
+            else:
+                acc[k] = 2 * acc[k] + bit
+            if d == D - 1:
+                i = els[k][t // D]
+                if kind:
+                    val[i] = (sgn[k] << 31) | (acc[k] << 23) | (fr[k] << (23 - w))
+                else:
+                    val[i] = -(acc[k] + 1) if sgn[k] else acc[k] + 1
+                acc[k] = sgn[k] = fr[k] = 0
+    if sp != len(stream) or any(v != (1 << 23) for v in x):
+        raise ValueError("stream not consumed / final states")
+    if kind:
+        return struct.pack(f"<{n}I", *val)
+    lo, hi = (-(1 << (w - 1)), (1 << (w - 1)) - 1) if signed else (0, (1 << w) - 1)
+    if any(not lo <= v <= hi for v in val):
+        raise ValueError("codes outside the range")
+    acc_i = 0
+    for i, v in enumerate(val):
+        acc_i |= (v & ((1 << w) - 1)) << (i * w)
+    return acc_i.to_bytes((n * w + 7) // 8, "little")
+
+
 def reference_decode(data: bytes) -> dict:
     """The tensors of a file the reference reader accepted, decoded from format_spec.md alone (no mbz code)."""
     _, _, _, codec, _, hlen, _ = PRE.unpack_from(data, 0)
@@ -675,7 +855,9 @@ def reference_decode(data: bytes) -> dict:
         secs = {}
         for role, off, stored, filt, dec in r["x"]:
             b = data[pstart + off:pstart + off + stored]
-            if filt:
+            if filt == 4:
+                b = _arans_decode(b, dec)
+            elif filt:
                 b = _unzstd(b, dec)
                 if filt == 2:
                     b = unshuffle(b, stride_of(role, dt))
@@ -904,14 +1086,15 @@ FAILURES = ("exception", "hang", "memory", "silent_wrong", "silent_accept", "cli
 
 def campaign(cases: int, seed: int = 0, cli_every: int = 1, progress: int = 0, deadline: float | None = None,
              folder: str | None = None, examples: int = 3, seeds: list | None = None,
-             failure_log: str | None = None) -> dict:
-    """Run `cases` mutated files (round robin over kinds and seeds); a table of outcomes per kind."""
+             failure_log: str | None = None, kinds: list | None = None) -> dict:
+    """Run `cases` mutated files (round robin over `kinds`, default all, and seeds); a table of outcomes per kind."""
+    kinds = kinds or KINDS
     rng = random.Random(seed)
     own = folder is None
     tmp = tempfile.TemporaryDirectory() if own else None
     folder = tmp.name if own else folder
     seeds = seeds or make_seeds(folder)
-    table = {k: {} for k in KINDS}
+    table = {k: {} for k in kinds}
     failures = []
     t0 = time.time()
     done = 0
@@ -919,8 +1102,8 @@ def campaign(cases: int, seed: int = 0, cli_every: int = 1, progress: int = 0, d
         for n in range(cases):
             if deadline is not None and time.time() > deadline:
                 break
-            kind = KINDS[n % len(KINDS)]
-            sd = seeds[(n // len(KINDS)) % len(seeds)]
+            kind = kinds[n % len(kinds)]
+            sd = seeds[(n // len(kinds)) % len(seeds)]
             try:
                 data, same = mutate(rng, sd, kind)
             except Exception:  # the mutator could not apply (e.g. an unencodable header): not a reader case
@@ -948,7 +1131,7 @@ def campaign(cases: int, seed: int = 0, cli_every: int = 1, progress: int = 0, d
     for t in table.values():
         for k, v in t.items():
             totals[k] = totals.get(k, 0) + v
-    return {"cases": done, "seconds": round(time.time() - t0, 1), "seed": seed, "kinds": len(KINDS),
+    return {"cases": done, "seconds": round(time.time() - t0, 1), "seed": seed, "kinds": len(kinds),
             "by_kind": table, "totals": totals,
             "failures": sum(totals.get(k, 0) for k in FAILURES), "examples": failures[:examples * 20]}
 
@@ -961,9 +1144,13 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, help="stop after this many minutes (the table says how many ran)")
     ap.add_argument("--out", help="write the result table (JSON) here")
     ap.add_argument("--log", help="append each failing (or once-slow) case here as it happens (JSON lines)")
+    ap.add_argument("--kinds", help="comma-separated mutation kinds (default: all): " + ",".join(KINDS))
     a = ap.parse_args(argv)
     deadline = time.time() + 60 * a.minutes if a.minutes else None
-    res = campaign(a.cases, a.seed, a.cli_every, progress=1000, deadline=deadline, failure_log=a.log)
+    kinds = a.kinds.split(",") if a.kinds else None
+    if kinds and set(kinds) - set(KINDS):
+        ap.error(f"unknown mutation kinds {sorted(set(kinds) - set(KINDS))}; known: {KINDS}")
+    res = campaign(a.cases, a.seed, a.cli_every, progress=1000, deadline=deadline, failure_log=a.log, kinds=kinds)
     res["command"] = "python tests/fuzz_format.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = json.dumps(res, indent=1)
     if a.out:

@@ -283,6 +283,8 @@ def register(sub) -> None:
                         "(default: zstd or nothing per section)")
     e.add_argument("--best", action="store_true",
                    help="smallest file whatever its decode time: RANS wherever it is smaller, with fewer, longer lanes, "
+                        "then the adaptive context-model coder ARANS (spec §5.8, format 1.2) on every integer section "
+                        "and float32 scale table it stores smaller (loading such a file takes seconds, not milliseconds), "
                         "and raw tensors zstd-compressed whenever that is smaller (default: raw tensors of 64 KiB or "
                         "more stay uncompressed, read with no decoding, unless zstd halves them)")
     e.add_argument("--align", type=int, default=None,
