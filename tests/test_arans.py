@@ -107,6 +107,10 @@ def test_malformed_sections_raise():
             pytest.fail(what)
     with pytest.raises(FormatError):
         arans.decode(e, len(d) + 1)
+    # one lane for 20,000 codes: more elements per lane than the spec allows (a bound on decode steps)
+    one = bytes([0, 1]) + bytes([0xA0, 0x9C, 0x01, 0, 1]) + RANS_L.to_bytes(4, "little")
+    with pytest.raises(FormatError, match="per lane"):
+        arans.decode(one, 2500)
     # codes outside the range: an unsigned 1-bit stream whose model decodes a magnitude bit of 1 (v = 2)
     hdr = bytes([0, 1]) + bytes([1, 0, 1])
     with pytest.raises(FormatError, match="outside|unread|final|ends early"):

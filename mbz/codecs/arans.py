@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EncodeError, FormatError
-from ..spec import ARANS_LIMIT, ARANS_P, RANS_L, RANS_STATE_BYTES, AransKind
+from ..spec import ARANS_LIMIT, ARANS_MAX_LANE, ARANS_P, RANS_L, RANS_STATE_BYTES, AransKind
 from .bitpack import pack_codes, packed_size, unpack_codes
 from .rans import _read_varint, _varint
 
@@ -213,6 +213,8 @@ class _Header:
             raise FormatError(f"arans: {n} elements need {need} bytes, section declares {decoded_len}")
         if (K == 0) != (n == 0) or K > n:
             raise FormatError(f"arans: {K} lanes for {n} elements (need 1..n, or 0 for none)")
+        if K and -(-n // K) > ARANS_MAX_LANE:
+            raise FormatError(f"arans: {-(-n // K)} elements per lane exceed {ARANS_MAX_LANE}")
         if R and (R >= n or kind == AransKind.FLOAT32):
             raise FormatError(f"arans: row length {R} with {n} elements (need 0, or below n for INT)")
         if pos + RANS_STATE_BYTES * K > len(buf):
@@ -273,7 +275,7 @@ def lanes_for(n: int, decisions: int, steps: int) -> int:
     """K: lanes so that no lane makes many more than `steps` decisions (about decisions / steps)."""
     if not n:
         return 0
-    return max(1, min(n, -(-decisions // max(1, steps))))
+    return max(1, -(-n // ARANS_MAX_LANE), min(n, -(-decisions // max(1, steps))))
 
 
 def _forward(items):
