@@ -198,6 +198,8 @@ def arans_pass(tensors: list, steps: int = ARANS_STEPS, progress=None) -> int:
     rans_out = dict(zip(rans_idx, rans.decode_many([(cands[k][2].data, cands[k][2].decoded_len) for k in rans_idx])))
     for k, (ti, si, s) in enumerate(cands):
         et = tensors[ti]
+        if s.role != Role.SCALES and section_hint(s.role, et.params, et.shape) is None:
+            continue  # float sections (RAW, CODEBOOK) are not decoded at all
         if s.filter == Filter.RANS:
             data = rans_out[k]
         else:
