@@ -11,6 +11,7 @@ from ..models import build_model
 from .data import MEAN, STD, ArrayDataset, augment_batch, evaluate
 from .prune import apply_masks, global_magnitude_masks, sparsity_report
 from .qat import calibrate, export_state_dict, fold_bn, insert_act_quant, snap_for_export, to_qmodules
+from .rate import RatePenalty, quantized_layers, section_bytes
 from .train import TrainConfig, train
 
 
@@ -25,6 +26,12 @@ class QatConfig:
     fold_bn: bool = True
     granularity: str = "channel"   # weight steps: "channel" (one per output channel) or "tensor"
     kd: float = 0.0                # distillation weight (teacher: the fp32 baseline)
+    layer_bits: dict | None = None  # {weight name: bits} overriding wbits per layer (mbz.pipeline.mixed plan)
+    rate: float = 0.0              # rate term: loss units per 1000 estimated bytes of weight codes (mbz.pipeline.rate)
+
+    def quantized(self) -> bool:
+        """Whether any weight is fake-quantized (wbits < 32, or a layer_bits entry below 32)."""
+        return self.wbits < 32 or any(b < 32 for b in (self.layer_bits or {}).values())
 
 
 def prune_step(model, train_ds, test_ds, s: float, epochs: int, lr: float, log, device, cfg_base: TrainConfig,
@@ -78,8 +85,9 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
     masks = {n: (p != 0) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2}
     if q.sparsity == 0:
         masks = {}
-    if q.wbits < 32:
-        to_qmodules(model, q.wbits, per_channel=q.granularity == "channel")
+    if q.quantized():
+        to_qmodules(model, q.wbits, per_channel=q.granularity == "channel", layer_bits=q.layer_bits)
+    penalty = RatePenalty(q.rate) if q.quantized() else None
     insert_act_quant(model, q.abits)
     model.to(device)
     if q.abits < 32:
@@ -87,21 +95,27 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
         batches = [augment_batch(train_ds.images[i:i + 256].to(device), gen=g)
                    for i in range(0, min(len(train_ds), 8 * 256), 256)]
         calibrate(model, batches)
-    if q.epochs and (q.wbits < 32 or q.abits < 32):
-        cfg = TrainConfig(epochs=q.epochs, lr=q.lr, warmup=0.5, ema=0, wd=0.0 if q.wbits < 32 else 5e-5,
+    if q.epochs and (q.quantized() or q.abits < 32):
+        cfg = TrainConfig(epochs=q.epochs, lr=q.lr, warmup=0.5, ema=0, wd=0.0 if q.quantized() else 5e-5,
                           kd=q.kd, batch=min(512, len(train_ds)), seed=seed)
         r = train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=q.name, device=device,
-                  teacher=teacher if q.kd else None, ckpt_path=ckpt_path, time_budget=time_budget)
+                  teacher=teacher if q.kd else None, ckpt_path=ckpt_path, time_budget=time_budget, penalty=penalty)
         if not r["complete"]:
             return None
-    return _export(model, q, arch_kw, test_ds, out_dir, device, pack, zstd, save_pt, t0, extra_meta)
+    return _export(model, q, arch_kw, test_ds, out_dir, device, pack, zstd, save_pt, t0, extra_meta, penalty)
 
 
 def _export(model, q: QatConfig, arch_kw: dict, test_ds, out_dir: str, device, pack: bool, zstd: bool,
-            save_pt: bool, t0: float, extra_meta: dict | None = None) -> dict:
-    """Snap, evaluate, export and (optionally) pack a QAT model; the packed file is evaluated again."""
+            save_pt: bool, t0: float, extra_meta: dict | None = None, penalty=None) -> dict:
+    """Snap, evaluate, export and (optionally) pack a QAT model; the packed file is evaluated again.
+
+    With `penalty` (a RatePenalty) the row has `est_weight_bytes` (the rate estimate of the snapped
+    weights) and, when packed, `weight_section_bytes` (the real bytes of their code, mask and delta
+    sections, mbz.pipeline.rate.section_bytes)."""
     model.eval()
     snap_for_export(model)
+    est = penalty.log(model)["est_weight_bytes"] if penalty is not None else None
+    qnames = [f"{n}.weight" for n, _ in quantized_layers(model)]
     ev_qat = evaluate(model, test_ds.to(device), device=device, amp=False)
     sd, act = export_state_dict(model)
     arch = dict(arch_kw, folded_bn=q.fold_bn, act_bits=act["act_bits"], act_alpha=act["act_alpha"])
@@ -123,6 +137,10 @@ def _export(model, q: QatConfig, arch_kw: dict, test_ds, out_dir: str, device, p
         ev_packed = evaluate(m2, test_ds.to(device), device=device, amp=False)
         res.update(mbz=os.path.basename(path), file_bytes=rep.file_bytes, top1_packed=ev_packed["top1"],
                    top1_equal=ev_packed["top1"] == ev_qat["top1"])
+        if est is not None:
+            res["weight_section_bytes"] = sum(section_bytes(path, set(qnames)).values())
+    if est is not None:
+        res["est_weight_bytes"] = est
     res["seconds"] = round(time.time() - t0, 1)
     return res
 
@@ -155,12 +173,14 @@ ARCH_ONLY = ("folded_bn", "act_bits", "act_alpha")  # set again by the export
 def qat_resume(path: str, name: str, epochs: int, lr: float, kd: float, train_ds: ArrayDataset,
                test_ds: ArrayDataset, out_dir: str, log: str | None, device, teacher=None,
                pack: bool = True, zstd: bool = True, seed: int = 0, ckpt_path: str | None = None,
-               time_budget: float | None = None, extra_meta: dict | None = None) -> dict | None:
+               time_budget: float | None = None, extra_meta: dict | None = None, rate: float = 0.0) -> dict | None:
     """More QAT epochs for a packed quantized model (e.g. a soup of runs, `mbz soup`); writes OUT_DIR/NAME.mbz.
 
     Everything comes from the file: architecture, zero pattern (kept by masks), weight bits and
     granularity (its 'compression' metadata), steps initialised at the file's exact grids, and
-    the activation ranges, which are learned on from there.  Returns the result row, or None when
+    the activation ranges, which are learned on from there; a mixed-precision file keeps its
+    per-layer widths ('compression.layer_bits').  `rate`: the rate term of these epochs
+    (mbz.pipeline.rate; 0: none).  Returns the result row, or None when
     `time_budget` stopped it between epochs (state in `ckpt_path`; the same call continues).
     """
     import mbz
@@ -172,28 +192,29 @@ def qat_resume(path: str, name: str, epochs: int, lr: float, kd: float, train_ds
     if not arch.get("folded_bn") or not comp:
         raise ValueError(f"{path}: not a packed QAT model (needs arch.folded_bn and 'compression' metadata)")
     known = {k: comp[k] for k in QatConfig.__dataclass_fields__ if k in comp}
-    q = QatConfig(**{**known, "name": name, "epochs": epochs, "lr": lr, "kd": kd})
+    q = QatConfig(**{**known, "name": name, "epochs": epochs, "lr": lr, "kd": kd, "rate": rate})
     arch_kw = {k: v for k, v in arch.items() if k not in ARCH_ONLY}
     model = build_model(dict(arch_kw, folded_bn=True))
     model.load_state_dict(sd)
     masks = {n: (p != 0) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2}
-    if q.wbits < 32:
-        to_qmodules(model, q.wbits, per_channel=q.granularity == "channel")
-        qmax = (1 << (q.wbits - 1)) - 1
+    if q.quantized():
+        to_qmodules(model, q.wbits, per_channel=q.granularity == "channel", layer_bits=q.layer_bits)
         for n, m in model.named_modules():
             if hasattr(m, "step") and isinstance(m.step, torch.nn.Parameter):
+                qmax = (1 << (m.wbits - 1)) - 1
                 g = detect_grid(m.weight.detach())
                 if g is None:
                     raise ValueError(f"{path}: tensor '{n}.weight' is not on an exact grid")
                 m.step.data = _file_steps(m.weight.detach(), torch.as_tensor(g.scales, dtype=torch.float32),
                                           m.step.numel(), qmax, m.step.detach())
+    penalty = RatePenalty(q.rate) if q.quantized() else None
     insert_act_quant(model, q.abits, learn=True, alphas=arch.get("act_alpha"))
     model.to(device)
-    cfg = TrainConfig(epochs=epochs, lr=lr, warmup=0.5, ema=0, wd=0.0 if q.wbits < 32 else 5e-5, kd=kd,
+    cfg = TrainConfig(epochs=epochs, lr=lr, warmup=0.5, ema=0, wd=0.0 if q.quantized() else 5e-5, kd=kd,
                       batch=min(512, len(train_ds)), seed=seed)
     r = train(model, train_ds, test_ds, cfg, log_path=log, masks=masks, desc=name, device=device,
-              teacher=teacher if kd else None, ckpt_path=ckpt_path, time_budget=time_budget)
+              teacher=teacher if kd else None, ckpt_path=ckpt_path, time_budget=time_budget, penalty=penalty)
     if not r["complete"]:
         return None
     return _export(model, q, arch_kw, test_ds, out_dir, device, pack, zstd, False, t0,
-                   extra_meta={"resumed_from": os.path.basename(path), **(extra_meta or {})})
+                   extra_meta={"resumed_from": os.path.basename(path), **(extra_meta or {})}, penalty=penalty)

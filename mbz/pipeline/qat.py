@@ -82,21 +82,39 @@ class QLinear(nn.Linear):
         return F.linear(x, self.qweight(), self.bias)
 
 
-def to_qmodules(model: nn.Module, wbits: int, skip_first: bool = False, per_channel: bool = True) -> nn.Module:
-    """Swap Conv2d / Linear for their fake-quantized versions (same parameters)."""
+def to_qmodules(model: nn.Module, wbits: int, skip_first: bool = False, per_channel: bool = True,
+                layer_bits: dict | None = None) -> nn.Module:
+    """Swap Conv2d / Linear for their fake-quantized versions (same parameters).
+
+    `layer_bits` ({weight name: bits}, e.g. 'features.3.conv.1.0.weight': 3; a mixed-precision plan of
+    mbz.pipeline.mixed) sets the width of the layers it names, `wbits` that of the others; 32 keeps
+    a layer in float.  ValueError naming the first entry that is no conv / linear weight of the model."""
+    layer_bits = dict(layer_bits or {})
     first = True
+    seen = set()
     for name, m in list(model.named_modules()):
         for k, child in list(m._modules.items()):
+            key = f"{name}.{k}.weight" if name else f"{k}.weight"
             if type(child) is nn.Conv2d:
                 if first and skip_first:
                     first = False
                     continue
                 first = False
-                child.__class__ = QConv2d
-                child.setup_quant(wbits, per_channel)
+                cls = QConv2d
             elif type(child) is nn.Linear:
-                child.__class__ = QLinear
-                child.setup_quant(wbits, per_channel)
+                cls = QLinear
+            else:
+                continue
+            seen.add(key)
+            bits = int(layer_bits.get(key, wbits))
+            if bits >= 32:
+                continue
+            child.__class__ = cls
+            child.setup_quant(bits, per_channel)
+    unknown = sorted(set(layer_bits) - seen)
+    if unknown:
+        raise ValueError(f"layer_bits: {unknown[0]!r} is no conv / linear weight of the model "
+                         f"({len(seen)} layers, e.g. {sorted(seen)[0]!r})")
     return model
 
 

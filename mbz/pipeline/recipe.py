@@ -16,7 +16,11 @@ chain, restart cycles, QAT runs, a soup, a reduction and the seeds; `mbz compres
                final_epochs [0: epochs_per_step], lr [0.05], kd [0.5], caps [none: a caps.json]
   restart:     cycles [list of epochs], lr [prune.lr], kd [prune.kd]
   qat:         list of {name [derived], wbits, abits, epochs, lr [0.02], kd [0.5],
-                        granularity [channel], fold_bn [true]}   (none: a baseline recipe)
+                        granularity [channel], fold_bn [true],
+                        layer_bits [none: a mixed-precision plan, {weight name: bits} or a plan JSON path;
+                                    wbits for the layers it does not name; epochs 0 = PTQ],
+                        rate [0: loss units per 1000 estimated bytes of weight codes, mbz.pipeline.rate]}
+               (none: a baseline recipe)
   soup:        runs ['all' or QAT run names], steps [mse], epochs [4], lr [0.005], kd [0.5], name [derived]
   reduce:      scale_bits [8], bias_bits [8]   (every QAT run and the fine-tuned soup)
   sweep:       files [sweep YAML files], jobs [1], where [KEY=VALUE filters]   (instead of qat/soup/reduce;
@@ -124,7 +128,13 @@ QAT = {"name": _spec(lambda v: isinstance(v, str) and v and "/" not in v and not
        "lr": _spec(lambda v: _num(v) and v > 0, 0.02, "a number > 0"),
        "kd": _spec(_prob(), 0.5, "a number in [0, 1)"),
        "granularity": _spec(lambda v: v in ("channel", "tensor"), "channel", "'channel' or 'tensor'"),
-       "fold_bn": _spec(lambda v: isinstance(v, bool), True, "true / false")}
+       "fold_bn": _spec(lambda v: isinstance(v, bool), True, "true / false"),
+       "layer_bits": _spec(lambda v: v is None or _path(v) or (isinstance(v, dict) and bool(v)), None,
+                           "a mapping {weight name: bits 2..8 or 32} or the path of a plan JSON (mbz mixed-precision)"),
+       "rate": _spec(lambda v: _num(v) and 0 <= v < float("inf"), 0.0,
+                     "a number >= 0 (loss units per 1000 estimated bytes of weight codes)")}
+# QAT keys whose default leaves a run's stage key and name as they were before the key existed
+QAT_NEW_DEFAULTS = {"layer_bits": None, "rate": 0.0}
 SOUP = {"runs": _spec(lambda v: v == "all" or (_str_list(v) and len(v) >= 2), "all",
                       "'all' or a list of at least two QAT run names"),
         "steps": _spec(lambda v: v in ("mse", "mean"), "mse", "'mse' or 'mean'"),
@@ -169,7 +179,28 @@ def qat_name(sparsity: float, q: dict) -> str:
     """The QAT run's name as the sweeps write it (s0.8_w4_a8_e14_kd0.7_lr0.02)."""
     g = "" if q["granularity"] == "channel" else "_gt"
     f = "" if q["fold_bn"] else "_bn"
-    return f"s{sparsity:g}_w{q['wbits']}_a{q['abits']}{g}{f}_e{q['epochs']}_kd{q['kd']:g}_lr{q['lr']:g}"
+    mp = ""
+    if q.get("layer_bits"):
+        from .mixed import plan_digest
+        mp = f"_mp{plan_digest(q['layer_bits'])}"
+    r = f"_r{q['rate']:g}" if q.get("rate") else ""
+    return (f"s{sparsity:g}_w{q['wbits']}{mp}_a{q['abits']}{g}{f}_e{q['epochs']}_kd{q['kd']:g}_lr{q['lr']:g}"
+            f"{r}")
+
+
+def qat_key(q: dict) -> dict:
+    """A QAT run's settings for its stage key: keys added later (QAT_NEW_DEFAULTS) left out at their
+    default, so that recipes written before them keep their stage keys."""
+    return {k: v for k, v in q.items() if not (k in QAT_NEW_DEFAULTS and v == QAT_NEW_DEFAULTS[k])}
+
+
+def _layer_bits(path: str, where: str, v) -> dict:
+    """A qat[].layer_bits value as {weight name: bits}: the mapping itself or the plan file it names."""
+    from .mixed import check_plan, read_plan
+    try:
+        return read_plan(v) if isinstance(v, str) else check_plan(v, "mapping")
+    except ValueError as e:
+        raise RecipeError(f"{path}: {where}.layer_bits: {e}") from None
 
 
 @dataclass
@@ -273,6 +304,8 @@ def parse_recipe(path: str, text: str) -> Recipe:
         runs, names = [], set()
         for i, q in enumerate(raw["qat"]):
             q = _section(path, f"qat[{i}]", q, QAT)
+            if q["layer_bits"] is not None:
+                q["layer_bits"] = _layer_bits(path, f"qat[{i}]", q["layer_bits"])
             q["name"] = q["name"] or qat_name(sp, q)
             if q["abits"] < 32 and s["model"]["name"] != "mobilenet_v2_cifar":
                 raise RecipeError(f"{path}: qat[{i}].abits: activation quantizers are inserted in mobilenet_v2_cifar "

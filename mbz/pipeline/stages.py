@@ -28,7 +28,7 @@ import time
 import torch
 
 from ..errors import UsageError
-from .recipe import Recipe, RecipeError, stage_key
+from .recipe import Recipe, RecipeError, qat_key, stage_key
 
 MANIFEST = "manifest.json"
 
@@ -109,7 +109,7 @@ class Compress:
         finals = []
         qkeys = {}
         for q in s["qat"]:
-            qkeys[q["name"]] = stage_key(start, common, q)
+            qkeys[q["name"]] = stage_key(start, common, qat_key(q))
             plan.append((f"qat/{q['name']}", qkeys[q["name"]]))
             finals.append((q["name"], qkeys[q["name"]]))
         if "soup" in s:
@@ -461,7 +461,7 @@ class Compress:
         src = self._start_file()
         start = mbz.load(src) if src else self.base()
         cfg = QatConfig(qn, self.r.sparsity, q["wbits"], q["abits"], q["epochs"], q["lr"], q["fold_bn"],
-                        q["granularity"], q["kd"])
+                        q["granularity"], q["kd"], q["layer_bits"], q["rate"])
         os.makedirs(self._p("qat"), exist_ok=True)
         e = self._entry(name)
         e["outputs"] = [f"qat/{qn}.mbz"]
@@ -469,15 +469,22 @@ class Compress:
         self._reset_tf32()
         self.log(f"[{name}] {q['epochs']} QAT epochs from {os.path.relpath(src, self.out) if src else 'the baseline'}")
         t = time.time()
-        row = qat_run(start, cfg, tr, te, self._p("qat"), self._p("train_log.jsonl"), self.device, self.arch_kw(),
-                      pack=True, zstd=zstd_available(), save_pt=False, teacher=self.teacher() if q["kd"] else None,
-                      seed=self.s["seed"], ckpt_path=self._ckpt(name), time_budget=left, extra_meta=self.meta)
+        try:
+            row = qat_run(start, cfg, tr, te, self._p("qat"), self._p("train_log.jsonl"), self.device, self.arch_kw(),
+                          pack=True, zstd=zstd_available(), save_pt=False, teacher=self.teacher() if q["kd"] else None,
+                          seed=self.s["seed"], ckpt_path=self._ckpt(name), time_budget=left, extra_meta=self.meta)
+        except ValueError as err:
+            i = next(i for i, x in enumerate(self.s["qat"]) if x["name"] == qn)
+            raise RecipeError(f"{self.r.path}: qat[{i}]: {err}") from None
         if row is None:
             e["seconds"] = round(e.get("seconds", 0.0) + time.time() - t, 1)
             self._save_manifest()
             raise _Stop(name)
         res = {"file": f"qat/{qn}.mbz", "file_bytes": row["file_bytes"], "top1": row["top1_packed"],
                "top1_qat_eval": row["top1_qat_eval"], "top1_equal": row["top1_equal"], "device": self.device.type}
+        for k in ("est_weight_bytes", "weight_section_bytes"):
+            if k in row:
+                res[k] = row[k]
         res["baseline_top1"] = self.baseline_top1()
         self._done(name, [res["file"]], res, time.time() - t)
         self.log(f"[{name}] top-1 {res['top1']:.2f} ({self.device.type}), {res['file_bytes']:,} B")

@@ -179,8 +179,11 @@ def _progress(n, desc):
 def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset, cfg: TrainConfig,
           log_path: str | None = None, masks: dict | None = None, ckpt_path: str | None = None,
           time_budget: float | None = None, desc: str = "train", device=None,
-          teacher: torch.nn.Module | None = None) -> dict:
-    """Train in place; returns {'history', 'final', 'model' (EMA model if any), 'complete'}."""
+          teacher: torch.nn.Module | None = None, penalty=None) -> dict:
+    """Train in place; returns {'history', 'final', 'model' (EMA model if any), 'complete'}.
+
+    `penalty` (e.g. mbz.pipeline.rate.RatePenalty): `penalty.loss(model)` is added to every step's
+    loss (outside autocast) and `penalty.log(model)` to every epoch's log line."""
     if cfg.kd and teacher is None:
         raise ValueError("TrainConfig.kd > 0 needs a teacher model")
     device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
@@ -248,6 +251,8 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
                 with torch.no_grad():
                     t_logits = teacher(x).float()
                 loss = (1 - cfg.kd) * loss + cfg.kd * distill_loss(out.float(), t_logits, cfg.kd_temp)
+        if penalty is not None and penalty.lam:
+            loss = loss + penalty.loss(model).to(loss.device)
         loss.backward()
         opt.step()
         loss_sum.add_(loss.detach() * len(y))
@@ -310,6 +315,8 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
                 ema.update(model)
         rec = {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / (spe * cfg.batch),
                "train_acc": 100.0 * float(correct) / (spe * cfg.batch), "epoch_s": round(time.time() - te, 2)}
+        if penalty is not None:
+            rec.update(penalty.log(model))
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             ev = evaluate(ema.model if ema else model, test_ds, device=device, amp=cfg.amp and cuda)
             rec.update(test_loss=ev["loss"], test_acc=ev["top1"])

@@ -1,0 +1,197 @@
+"""Mixed precision by sensitivity (mbz.pipeline.mixed): the PTQ rule, the scan, the allocation under a byte
+budget, per-layer widths in QAT and in recipes."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mbz
+from mbz.pipeline import mixed
+from mbz.pipeline.data import ArrayDataset
+from mbz.pipeline.qat import QConv2d, snap_for_export, to_qmodules
+
+
+class FeatNet(nn.Module):
+    """features -> global average pool -> classifier, as MobileNet-v2 and VGG."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+                                      nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()),
+                                      nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU()))
+        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def _ds(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ArrayDataset(torch.randint(0, 256, (n, 16, 16, 3), generator=g, dtype=torch.uint8),
+                        torch.randint(0, 10, (n,), generator=g), [f"c{i}" for i in range(10)], "random")
+
+
+def test_ptq_weight_is_what_qat_export_stores():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3)
+    for bits in (2, 3, 5, 8):
+        q = copy.deepcopy(nn.Sequential(conv))
+        to_qmodules(q, bits)
+        snap_for_export(q)
+        assert torch.equal(mixed.ptq_weight(conv.weight, bits), q[0].qweight().detach()), bits
+        assert mixed.ptq_weight(conv.weight, bits).unique().numel() <= 6 * (2 ** bits - 1)
+
+
+def test_scan_from_cached_stage_inputs_equals_full_evaluation(one_torch_thread):
+    torch.manual_seed(0)
+    model = FeatNet().eval()
+    ds = _ds()
+    base, rows = mixed.scan_bits(model, ds, bits=(2, 4))
+    assert [(r["name"], r["bits"]) for r in rows] == [(n, b) for n in mixed.quant_layers(model) for b in (2, 4)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pre = mixed._Prefix
+    try:
+        mixed._Prefix = lambda *a, **k: type("NoCache", (), {"ok": False})()
+        base2, rows2 = mixed.scan_bits(model, ds, bits=(2, 4))
+    finally:
+        mixed._Prefix = pre
+    assert base == base2
+    for a, b in zip(rows, rows2):
+        assert a["bytes"] == b["bytes"] and a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # restored
+    assert rows[0]["loss"] != base["loss"]                                          # quantizing changed something
+    by = {(r["name"], r["bits"]): r["bytes"] for r in rows}
+    assert all(by[(n, 2)] < by[(n, 4)] for n in mixed.quant_layers(model))          # real packed bytes
+
+
+def _rows(spec):
+    """Scan rows from {name: {bits: (bytes, loss)}}."""
+    return [{"name": n, "numel": 100, "bits": b, "bytes": by, "loss": lo, "top1": 0.0}
+            for n, d in spec.items() for b, (by, lo) in d.items()]
+
+
+def test_allocation_spends_the_budget_where_the_loss_is():
+    # 'a' is sensitive, 'b' and 'c' are not: at the bytes of uniform 3 bits, 'a' gets more bits, 'b'/'c' fewer
+    spec = {"a": {2: (100, 5.0), 3: (150, 1.0), 4: (200, 0.1), 8: (400, 0.0)},
+            "b": {2: (100, 0.02), 3: (150, 0.01), 4: (200, 0.0), 8: (400, 0.0)},
+            "c": {2: (1000, 0.03), 3: (1500, 0.01), 4: (2000, 0.0), 8: (4000, 0.0)}}
+    rows = _rows(spec)
+    budget = mixed.plan_bytes(rows, mixed.uniform_plan(rows, 3))
+    plan = mixed.allocate(rows, 0.0, budget)
+    assert mixed.plan_bytes(rows, plan) <= budget
+    assert plan["a"] > 3 and plan["c"] < 3
+    assert mixed.predicted_dloss(rows, 0.0, plan) < mixed.predicted_dloss(rows, 0.0, mixed.uniform_plan(rows, 3))
+    # every plan that fits is no better (exhaustive check on this small case)
+    import itertools
+    best = min(sum(spec[n][b][1] for n, b in zip(spec, bs)) for bs in itertools.product(*[list(d) for d in spec.values()])
+               if sum(spec[n][b][0] for n, b in zip(spec, bs)) <= budget)
+    assert mixed.predicted_dloss(rows, 0.0, plan) == pytest.approx(best)
+    assert mixed.allocate(rows, 0.0, 10 ** 9) == {"a": 8, "b": 4, "c": 4}    # no budget: least loss, then bytes
+    with pytest.raises(ValueError, match="below the smallest plan"):
+        mixed.allocate(rows, 0.0, 1199)
+    # a width off the convex hull of (bytes, loss): the Lagrangian skips it, the greedy fill takes it
+    hull = _rows({"a": {2: (100, 1.0), 3: (150, 0.9), 4: (200, 0.0)}, "b": {2: (100, 0.5), 4: (300, 0.0)}})
+    assert mixed.allocate(hull, 0.0, 260) == {"a": 3, "b": 2}
+
+
+def test_layer_bits_set_each_layers_width_and_unknown_names_are_refused():
+    torch.manual_seed(0)
+    m = to_qmodules(FeatNet(), 4, layer_bits={"features.1.0.weight": 2, "classifier.1.weight": 32})
+    assert m.features[0][0].wbits == 4 and m.features[1][0].wbits == 2
+    assert type(m.classifier[1]) is nn.Linear                      # 32: kept in float
+    assert isinstance(m.features[2][0], QConv2d)
+    with pytest.raises(ValueError, match="'features.9.weight' is no conv / linear weight"):
+        to_qmodules(FeatNet(), 4, layer_bits={"features.9.weight": 3})
+
+
+def test_ptq_state_dict_and_plan_files(tmp_path):
+    torch.manual_seed(0)
+    model = FeatNet().eval()
+    plan = {"features.0.0.weight": 2, "features.1.0.weight": 8}
+    sd = mixed.ptq_state_dict(model, plan, default_bits=4)
+    for name, bits in (("features.0.0.weight", 2), ("features.1.0.weight", 8), ("features.2.0.weight", 4)):
+        w = sd[name]
+        s = w.abs().amax(dim=(1, 2, 3))
+        assert (w.reshape(w.shape[0], -1).ne(0).any(1)).all()
+        k = max(torch.unique(w[c]).numel() for c in range(w.shape[0]))
+        assert k <= 2 ** bits - 1 and (bits < 8 or k > 15), name                # at most 2^b - 1 levels per channel
+        assert s.gt(0).all()
+    path = tmp_path / "p.mbz"
+    mbz.save(sd, path)
+    back = mbz.load(path)
+    assert all(torch.equal(back[k], sd[k]) for k in sd)           # on exact grids: stored losslessly
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps({"kind": "mixed", "layer_bits": plan}))
+    assert mixed.read_plan(str(p)) == plan
+    p.write_text(json.dumps({"layer_bits": {"x.weight": 9}}))
+    with pytest.raises(ValueError, match="x.weight: expected bits 2..8 or 32, got 9"):
+        mixed.read_plan(str(p))
+    with pytest.raises(ValueError, match="is no conv / linear weight"):
+        mixed.ptq_state_dict(model, {"nope.weight": 3})
+
+
+def test_recipe_layer_bits_and_rate_keys(tmp_path):
+    import yaml
+
+    from mbz.pipeline.recipe import RecipeError, load_recipe, qat_key, stage_key
+    base = {"data": {"source": "npz:x"}, "baseline": {"checkpoint": "b.pt"},
+            "qat": [{"wbits": 4, "abits": 32, "epochs": 0}]}
+
+    def write(obj):
+        p = tmp_path / "r.yaml"
+        p.write_text(yaml.safe_dump(obj))
+        return str(p)
+
+    r0 = load_recipe(write(base))
+    q0 = r0.settings["qat"][0]
+    assert q0["layer_bits"] is None and q0["rate"] == 0.0 and q0["name"] == "s0_w4_a32_e0_kd0.5_lr0.02"
+    old = {k: v for k, v in q0.items() if k not in ("layer_bits", "rate")}
+    assert stage_key(qat_key(q0)) == stage_key(old)               # recipes without the keys keep their stage keys
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layer_bits": {"features.0.0.weight": 3}}))
+    r1 = load_recipe(write({**base, "qat": [{"wbits": 4, "abits": 32, "epochs": 0, "layer_bits": str(plan),
+                                             "rate": 0.5}]}))
+    q1 = r1.settings["qat"][0]
+    assert q1["layer_bits"] == {"features.0.0.weight": 3} and q1["rate"] == 0.5
+    assert q1["name"].startswith("s0_w4_mp") and q1["name"].endswith("_r0.5")
+    assert stage_key(qat_key(q1)) != stage_key(qat_key(q0))
+    r2 = load_recipe(write({**base, "qat": [{"wbits": 4, "abits": 32, "epochs": 0,
+                                             "layer_bits": {"features.0.0.weight": 2}}]}))
+    assert r2.settings["qat"][0]["layer_bits"] == {"features.0.0.weight": 2}
+    for bad, msg in ((({"layer_bits": {"a.weight": 1}}), r"qat\[0\]\.layer_bits: mapping: a.weight: expected bits"),
+                     (({"layer_bits": str(tmp_path / "none.json")}), r"qat\[0\]\.layer_bits: .*not a readable JSON plan"),
+                     (({"layer_bits": 3}), r"qat\[0\]\.layer_bits: expected a mapping"),
+                     (({"rate": -1}), r"qat\[0\]\.rate: expected a number >= 0")):
+        with pytest.raises(RecipeError, match=msg):
+            load_recipe(write({**base, "qat": [{"wbits": 4, "abits": 32, "epochs": 0, **bad}]}))
+
+
+@pytest.mark.slow
+def test_qat_run_with_a_plan_records_it_and_stores_each_layers_width(tiny_npz, tmp_path, one_torch_thread):
+    from mbz.models import mobilenet_v2_cifar
+    from mbz.pipeline.compress import QatConfig, qat_resume, qat_run
+    from mbz.pipeline.data import load_dataset
+    tr, te = load_dataset(f"npz:{tiny_npz}", "train"), load_dataset(f"npz:{tiny_npz}", "test")
+    torch.manual_seed(0)
+    m = mobilenet_v2_cifar(width_mult=0.25).eval()
+    plan = {"features.0.0.weight": 8, "features.2.conv.1.0.weight": 2, "classifier.1.weight": 3}
+    cpu = torch.device("cpu")
+    row = qat_run(m.state_dict(), QatConfig("mp", 0.0, 4, 32, epochs=1, lr=0.01, layer_bits=plan), tr, te,
+                  str(tmp_path), None, cpu, {"name": "mobilenet_v2_cifar", "width_mult": 0.25}, save_pt=False)
+    path = tmp_path / "mp.mbz"
+    with mbz.open(path) as r:
+        assert r.metadata["compression"]["layer_bits"] == plan
+    sd = mbz.load(path)
+    levels = {k: max(torch.unique(sd[k][c]).numel() for c in range(sd[k].shape[0])) for k in plan}
+    assert levels["features.2.conv.1.0.weight"] <= 3 and levels["classifier.1.weight"] <= 7
+    assert levels["features.0.0.weight"] > 15                     # 8 bits: more levels than 4 bits allow
+    other = "features.3.conv.0.0.weight"
+    assert max(torch.unique(sd[other][c]).numel() for c in range(sd[other].shape[0])) <= 15
+    assert row["top1_equal"] and row["est_weight_bytes"] > 0 and row["weight_section_bytes"] > 0
+    # more epochs from the file keep each layer's width
+    qat_resume(str(path), "mp2", 0, 0.01, 0.0, tr, te, str(tmp_path), None, cpu)
+    sd2 = mbz.load(tmp_path / "mp2.mbz")
+    assert all(torch.equal(sd[k], sd2[k]) for k in sd)
