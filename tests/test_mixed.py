@@ -3,7 +3,6 @@ budget, per-layer widths in QAT and in recipes."""
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -195,3 +194,74 @@ def test_qat_run_with_a_plan_records_it_and_stores_each_layers_width(tiny_npz, t
     qat_resume(str(path), "mp2", 0, 0.01, 0.0, tr, te, str(tmp_path), None, cpu)
     sd2 = mbz.load(tmp_path / "mp2.mbz")
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
+
+
+@pytest.mark.slow
+def test_recipe_ptq_with_a_plan_through_compress(tiny_npz, tmp_path, capsys, one_torch_thread):
+    """`qat[].layer_bits` with epochs 0: PTQ by `mbz compress`; the file records the plan; a plan naming
+    no layer of the model is one line naming the recipe, the run and the layer."""
+    import yaml
+
+    from mbz.cli import main
+    from mbz.models import mobilenet_v2_cifar
+    torch.manual_seed(0)
+    ck = tmp_path / "b.pt"
+    torch.save(mobilenet_v2_cifar(width_mult=0.25).state_dict(), ck)
+    plan = {"features.1.conv.0.0.weight": 2, "classifier.1.weight": 8}
+
+    def run(layer_bits, out):
+        r = {"data": {"source": f"npz:{tiny_npz}", "subset": 32}, "model": {"width_mult": 0.25},
+             "baseline": {"checkpoint": str(ck)},
+             "qat": [{"wbits": 4, "abits": 32, "epochs": 0, "kd": 0.0, "layer_bits": layer_bits}]}
+        p = tmp_path / "r.yaml"
+        p.write_text(yaml.safe_dump(r))
+        return main(["compress", "--recipe", str(p), "--out", str(tmp_path / out)])
+
+    assert run(plan, "ok") == 0
+    f = next((tmp_path / "ok" / "qat").glob("*.mbz"))
+    assert "_mp" in f.name
+    with mbz.open(f) as r:
+        assert r.metadata["compression"]["layer_bits"] == plan and r.metadata["compression"]["epochs"] == 0
+    sd = mbz.load(f)
+    assert max(torch.unique(sd["features.1.conv.0.0.weight"][c]).numel() for c in range(8)) <= 3
+    capsys.readouterr()
+    assert run({"features.99.weight": 3}, "bad") == 2
+    err = capsys.readouterr().err.strip()
+    assert "r.yaml: qat[0]: layer_bits: 'features.99.weight' is no conv / linear weight" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_mixed_precision_verb_scans_plans_and_writes_ptq_files(tiny_npz, tmp_path, capsys, one_torch_thread):
+    from mbz.cli import main
+    from mbz.models import mobilenet_v2_cifar
+    torch.manual_seed(0)
+    ck = tmp_path / "b.pt"
+    torch.save(mobilenet_v2_cifar(width_mult=0.25).state_dict(), ck)
+    out = tmp_path / "mp"
+    cmd = ["mixed-precision", str(ck), "--out", str(out), "--data", f"npz:{tiny_npz}", "--val", "40", "--images", "16",
+           "--bits", "2,4", "-q"]
+    assert main(cmd + ["--like-bits", "3", "--ptq"]) == 0
+    head, rows = mixed.read_scan(str(out / "scan.jsonl"))
+    assert head["settings"]["images"] == 16 and len(rows) == 2 * len({r["name"] for r in rows}) == 2 * 53
+    plan = json.loads((out / "plan_w3.json").read_text())
+    u2 = mixed.plan_bytes(rows, mixed.uniform_plan(rows, 2))
+    u4 = mixed.plan_bytes(rows, mixed.uniform_plan(rows, 4))
+    assert plan["budget_bytes"] == (u2 + u4) // 2 and plan["scanned_bytes"] <= plan["budget_bytes"]
+    assert set(plan["layer_bits"].values()) <= {2, 4} and len(plan["layer_bits"]) == 53
+    with mbz.open(out / "plan_w3.mbz") as r:
+        assert r.metadata["compression"]["layer_bits"] == plan["layer_bits"] and r.metadata["arch"]["folded_bn"]
+    assert isinstance(mbz.load_model(out / "plan_w3.mbz"), nn.Module)
+    capsys.readouterr()
+    assert main(cmd + ["--like-bits", "3"]) == 2                  # an output exists: refused without --force
+    assert "--force" in capsys.readouterr().err
+    assert main(cmd + ["--budget", str(u4)]) == 0                  # the scan is reused
+    assert "scan: 106 rows from" in capsys.readouterr().out
+    p4 = json.loads((out / f"plan_{u4}.json").read_text())
+    base = head["base"]["loss"]
+    assert p4["scanned_bytes"] <= u4 and p4["predicted_dloss"] <= mixed.predicted_dloss(rows, base, mixed.uniform_plan(rows, 4))
+    assert main(cmd[:-2] + ["2,3", "-q", "--budget", "1"]) == 2    # other settings: the scan is not overwritten
+    assert "other settings" in capsys.readouterr().err
+    assert main(cmd + ["--budget", "1", "--force"]) == 2           # no plan fits
+    assert "below the smallest plan" in capsys.readouterr().err
+    assert main(cmd[:-2] + ["2,9"]) == 2
+    assert "in 2..8" in capsys.readouterr().err

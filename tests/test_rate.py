@@ -1,8 +1,6 @@
 """The rate term of QAT (mbz.pipeline.rate): its value is the code entropy, its gradient is usable, it agrees
 with the real packed sections, and training with it makes the estimate fall."""
 import copy
-import json
-import math
 
 import numpy as np
 import pytest

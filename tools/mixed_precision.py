@@ -56,16 +56,17 @@ def main() -> int:
     ap.add_argument("--test-images", type=int, default=0, help="0: the whole test set (a dry run: a few)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--scan-only", action="store_true")
+    ap.add_argument("--only", default="", help="evaluate only these plans (comma-separated names; several processes "
+                                               "may share the work, each appending its rows)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     import mbz
     from mbz.checkpoint import read_checkpoint
     from mbz.models import pipeline_arch
     from mbz.pipeline.baseline import load_splits
-    from mbz.pipeline.data import MEAN, STD, evaluate
     from mbz.pipeline.evaluate import evaluate_file
-    from mbz.pipeline.mixed import (allocate, folded_model, mean_bits, plan_bytes, predicted_dloss, ptq_state_dict,
-                                    scan_bits, uniform_plan)
+    from mbz.pipeline.mixed import (allocate, folded_model, mean_bits, plan_bytes, predicted_dloss, ptq_metadata,
+                                    ptq_state_dict, scan_bits, uniform_plan)
     bits = [int(x) for x in a.bits.split(",")]
     uniform = [int(x) for x in a.uniform.split(",")]
     mixed_at = [float(x) for x in a.mixed.split(",")]
@@ -129,17 +130,14 @@ def main() -> int:
     if a.test_images:
         test = test.subset(a.test_images)
     for name, (kind, p) in sorted(plans.items(), key=lambda kv: plan_bytes(rows, kv[1][1])):
-        if name in done:
+        if name in done or (a.only and name not in a.only.split(",")):
             continue
         t = time.time()
         qsd = ptq_state_dict(model, p)
         path = os.path.join(a.files, f"{name}.mbz")
-        meta = {"arch": dict(arch, folded_bn=True, act_bits=32, act_alpha={}),
-                "preprocess": {"mean": list(MEAN), "std": list(STD), "input_size": [3, 32, 32], "input_bits": 8},
-                "compression": {"method": "ptq", "layer_bits": p, "granularity": "channel", "fold_bn": True,
-                                "abits": 32},
-                "mixed_precision": {"kind": kind, "scan": "scan.jsonl", "scanned_bytes": plan_bytes(rows, p)},
-                "dataset": "CIFAR-10 (JPEG q75 export)"}
+        meta = ptq_metadata(arch, p, 32, {"mixed_precision": {"kind": kind, "scan": "scan.jsonl",
+                                                               "scanned_bytes": plan_bytes(rows, p)},
+                                          "dataset": "CIFAR-10 (JPEG q75 export)"})
         rep = mbz.save(qsd, path, metadata=meta)
         ev_val = evaluate_file(path, val_ds)
         ev_test = evaluate_file(path, test)
@@ -152,6 +150,7 @@ def main() -> int:
         done[name] = row
         log(f"{name}: {row['file_bytes']:,} B, val {row['val_top1']:.2f} (loss {row['val_loss']}), "
             f"test {row['test_top1']:.2f}")
+    done = {r["plan"]: r for r in read_jsonl(frontier_path)}
     write_outputs(a.out, list(done.values()), command, head)
     return 0
 

@@ -17,7 +17,7 @@ VERB_MODULES = (
     ("bench", "bench"),
     ("data", "data"),
     ("training", "train finetune soup reduce"),
-    ("analysis", "sensitivity prune-channels activations"),
+    ("analysis", "sensitivity mixed-precision prune-channels activations"),
     ("compress", "compress"),
     ("sweep", "sweep"),
     ("report", "report"),

@@ -1,5 +1,5 @@
-"""Analysis verbs: sensitivity (per-layer pruning scan and caps), prune-channels (structured pruning),
-activations (activation memory of a packed model)."""
+"""Analysis verbs: sensitivity (per-layer pruning scan and caps), mixed-precision (per-layer weight bits for a
+byte budget), prune-channels (structured pruning), activations (activation memory of a packed model)."""
 from __future__ import annotations
 
 import json
@@ -139,6 +139,92 @@ def _write_caps(path: str, caps: dict, head: dict, rows: list) -> None:
           f"{caps['tolerance']} points) -> {path}", flush=True)
 
 
+# --------------------------------------------------------------------------- mixed-precision
+def cmd_mixed_precision(a) -> int:
+    from ..errors import UsageError
+    try:
+        bits = sorted({int(x) for x in a.bits.split(",")})
+        budgets = [int(x) for x in a.budget.split(",")] if a.budget else []
+        like = [float(x) for x in a.like_bits.split(",")] if a.like_bits else []
+    except ValueError:
+        raise UsageError("--bits, --budget and --like-bits take comma-separated numbers") from None
+    if not bits or any(not (2 <= b <= 8) for b in bits):
+        raise UsageError(f"--bits {a.bits}: widths must lie in 2..8")
+    if any(b < 1 for b in budgets) or any(not (min(bits) <= x <= max(bits)) for x in like):
+        raise UsageError(f"--budget must be >= 1 byte; --like-bits must lie in {min(bits)}..{max(bits)}")
+    if a.images < 1 or a.val < 1:
+        raise UsageError("--images and --val must be >= 1")
+    input_file(a.checkpoint, "checkpoint")
+    scan_path = os.path.join(a.out, "scan.jsonl")
+    names = [f"plan_{b}.json" for b in budgets] + [f"plan_w{x:g}.json" for x in like]
+    if a.ptq:
+        names += [n.replace(".json", ".mbz") for n in names]
+    paths = _outputs(a.out, names, [a.checkpoint], a.force)
+    import time
+
+    from ..container import atomic_write
+    from ..pipeline import mixed
+    from ..pipeline.baseline import load_splits
+    sd, arch = mixed.model_of(a.checkpoint)
+    model = mixed.folded_model(sd, arch)
+    output_dir(a.out)
+    _, val = load_splits(a.data, 0, a.val)
+    settings = mixed.scan_settings(a.checkpoint, val.source, a.val, a.images, bits)
+    head = None
+    if os.path.exists(scan_path):
+        try:
+            head, rows = mixed.read_scan(scan_path)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if head["settings"] != settings:
+            if not a.force:
+                raise UsageError(f"{scan_path}: a scan with other settings; pass --force to scan again")
+            head = None
+        else:
+            print(f"scan: {len(rows)} rows from {scan_path}", flush=True)
+    if head is None:
+        t0 = time.time()
+        progress = None
+        if not a.quiet:
+            def progress(items):
+                for k, it in enumerate(items):
+                    if k % max(1, len(items) // 20) == 0:
+                        print(f"scan {k}/{len(items)} (layer, width) pairs", file=sys.stderr, flush=True)
+                    yield it
+        base, rows = mixed.scan_bits(model, val.subset(a.images, seed=1), bits, progress=progress)
+        head = {"command": _command(a, "mixed-precision"), "settings": settings, "base": base,
+                "seconds": round(time.time() - t0, 1)}
+        mixed.write_scan(scan_path, head, rows)
+    base_loss = head["base"]["loss"]
+    numel = {r["name"]: r["numel"] for r in rows}
+    ub = {b: mixed.plan_bytes(rows, mixed.uniform_plan(rows, b)) for b in bits}
+    import math
+    targets = [(f"plan_{b}", b) for b in budgets]
+    for x in like:
+        lo, hi = [max(b for b in bits if b <= x), min(b for b in bits if b >= x)]
+        f = 0.0 if hi == lo else (x - lo) / (hi - lo)
+        targets.append((f"plan_w{x:g}", int(math.floor(ub[lo] + f * (ub[hi] - ub[lo])))))
+    for name, budget in targets:
+        try:
+            plan = mixed.allocate(rows, base_loss, budget)
+        except ValueError as e:
+            raise UsageError(f"{name}: {e}") from None
+        doc = {"budget_bytes": budget, "scanned_bytes": mixed.plan_bytes(rows, plan),
+               "predicted_dloss": mixed.predicted_dloss(rows, base_loss, plan),
+               "mean_bits": mixed.mean_bits(plan, numel), "scan": settings, "layer_bits": plan}
+        atomic_write(paths[f"{name}.json"], [json.dumps(doc, indent=1).encode()])
+        line = (f"{name}: {doc['scanned_bytes']:,} of {budget:,} B of weights, mean {doc['mean_bits']:.2f} bits, "
+                f"predicted loss +{doc['predicted_dloss']:.4f}")
+        if a.ptq:
+            import mbz
+            meta = mixed.ptq_metadata(arch, plan, 32, {"mixed_precision": {k: v for k, v in doc.items()
+                                                                          if k != "layer_bits"}})
+            rep = mbz.save(mixed.ptq_state_dict(model, plan), paths[f"{name}.mbz"], metadata=meta)
+            line += f" -> {paths[f'{name}.mbz']} ({rep.file_bytes:,} B)"
+        print(line, flush=True)
+    return 0
+
+
 # --------------------------------------------------------------------------- prune-channels
 def cmd_prune_channels(a) -> int:
     from ..errors import UsageError
@@ -229,6 +315,35 @@ def register(sub) -> None:
     add_force(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_sensitivity)
+
+    p = sub.add_parser("mixed-precision", help="per-layer weight bits from a sensitivity scan, for a byte budget",
+                       description="Fold BatchNorm, then round each conv / linear weight alone to each --bits width "
+                                   "(per output channel, the step of least squared error, fp16: what QAT starts "
+                                   "from) and measure the cross-entropy on --images images of the validation split "
+                                   "(the last --val training images of the fixed permutation, as a recipe's "
+                                   "data.val; never the test set) and the real packed bytes of that layer: "
+                                   "OUT/scan.jsonl (reused when it exists with the same settings). Then, for each "
+                                   "--budget (bytes of the quantized weights) or --like-bits (the bytes the scan "
+                                   "gives every layer at that width; 3.5: half-way between 3 and 4), the plan of "
+                                   "least summed loss increase that fits (a Lagrangian over each layer's (bytes, "
+                                   "loss) points, then the remaining bytes spent greedily): OUT/plan_*.json "
+                                   "({'layer_bits': {weight name: bits}, ...}), which a recipe's qat[].layer_bits "
+                                   "takes. --ptq also writes OUT/plan_*.mbz, the post-training-quantized model "
+                                   "(`mbz eval` it; `mbz finetune` trains it on with each layer's width). A "
+                                   "MobileNet-v2 scan at 6 widths on 512 images takes about 20 minutes on one "
+                                   "idle CPU core.")
+    p.add_argument("checkpoint", help="fp32 model with BatchNorm: a MobileNet-v2 state_dict (.pt) or a .mbz with 'arch'")
+    p.add_argument("--out", required=True, help="output folder (made if missing; its parent must exist)")
+    add_data(p)
+    p.add_argument("--val", type=int, default=5000, help="training images held out as the validation split (5000)")
+    p.add_argument("--images", type=int, default=512, help="validation images the scan evaluates on (512)")
+    p.add_argument("--bits", default="2,3,4,5,6,8", help="widths scanned, comma-separated, in 2..8")
+    p.add_argument("--budget", help="bytes of the quantized weights, comma-separated: one plan each")
+    p.add_argument("--like-bits", help="plans at the bytes of these uniform widths, e.g. 3,3.5,4")
+    p.add_argument("--ptq", action="store_true", help="also write each plan's PTQ model as OUT/plan_*.mbz")
+    add_force(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(fn=cmd_mixed_precision)
 
     p = sub.add_parser("prune-channels", help="structured pruning: remove a share of every block's hidden channels",
                        description="MobileNet-v2: remove a share of the hidden channels of every inverted-residual block of a "

@@ -286,3 +286,58 @@ def mean_bits(plan: dict, numel: dict) -> float:
     """Weight-count-weighted mean width of a plan ({name: numel} from the scan)."""
     n = sum(numel[k] for k in plan)
     return sum(plan[k] * numel[k] for k in plan) / n if n else math.nan
+
+
+def model_of(path: str) -> tuple[dict, dict]:
+    """(state_dict, arch) of a checkpoint to scan: a MobileNet-v2 (CIFAR) state_dict (.pt / .pth / lossless .mbz),
+    or a .mbz with 'arch' metadata of a registry network, BatchNorm not yet folded.  MbzError otherwise."""
+    from ..checkpoint import read_checkpoint
+    from ..errors import CheckpointError
+    from ..models import pipeline_arch
+    from ..reader import MbzReader
+    from ..spec import MAGIC
+    sd = read_checkpoint(path)
+    arch = None
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            with MbzReader(path) as r:
+                arch = r.metadata.get("arch")
+    if isinstance(arch, dict) and arch.get("folded_bn"):
+        raise CheckpointError(f"{path}: BatchNorm already folded (a QAT / PTQ file); give the fp32 model with "
+                              f"BatchNorm")
+    if not isinstance(arch, dict):
+        arch = pipeline_arch({"name": "mobilenet_v2_cifar"}, sd)
+    return sd, {k: v for k, v in arch.items() if k not in ("act_bits", "act_alpha", "folded_bn")}
+
+
+def scan_settings(checkpoint: str, source: str, val: int, images: int, bits) -> dict:
+    import os
+    return {"checkpoint": os.path.basename(checkpoint), "val": val, "images": images, "bits": list(bits),
+            "data": source}
+
+
+def read_scan(path: str) -> tuple[dict, list[dict]]:
+    """(header, rows) of a scan.jsonl written by write_scan; ValueError naming the file if it is not one."""
+    try:
+        with open(path) as f:
+            head, *rows = [json.loads(x) for x in f if x.strip()]
+        head["base"]["loss"], head["settings"], [(r["name"], r["bits"], r["bytes"], r["loss"]) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a bit-width scan (a header line, then one row per layer and width): {e}") \
+            from None
+    return head, rows
+
+
+def write_scan(path: str, head: dict, rows: list[dict]) -> None:
+    from ..container import atomic_write
+    atomic_write(path, [(json.dumps(x) + "\n").encode() for x in [head, *rows]])
+
+
+def ptq_metadata(arch: dict, plan: dict, default_bits: int, extra: dict | None = None) -> dict:
+    """Metadata of a PTQ file (what mbz.load_model and mbz eval need, and the plan under compression.layer_bits)."""
+    from .data import MEAN, STD
+    return {"arch": dict(arch, folded_bn=True, act_bits=32, act_alpha={}),
+            "preprocess": {"mean": list(MEAN), "std": list(STD), "input_size": [3, 32, 32], "input_bits": 8},
+            "compression": {"method": "ptq", "wbits": default_bits, "layer_bits": dict(plan), "granularity": "channel",
+                            "fold_bn": True, "abits": 32, "epochs": 0},
+            **(extra or {})}
