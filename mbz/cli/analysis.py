@@ -330,8 +330,8 @@ def register(sub) -> None:
                                    "({'layer_bits': {weight name: bits}, ...}), which a recipe's qat[].layer_bits "
                                    "takes. --ptq also writes OUT/plan_*.mbz, the post-training-quantized model "
                                    "(`mbz eval` it; `mbz finetune` trains it on with each layer's width). A "
-                                   "MobileNet-v2 scan at 6 widths on 512 images takes about 20 minutes on one "
-                                   "idle CPU core.")
+                                   "MobileNet-v2 scan at 6 widths on 512 images took 48 minutes on one shared "
+                                   "CPU core.")
     p.add_argument("checkpoint", help="fp32 model with BatchNorm: a MobileNet-v2 state_dict (.pt) or a .mbz with 'arch'")
     p.add_argument("--out", required=True, help="output folder (made if missing; its parent must exist)")
     add_data(p)
