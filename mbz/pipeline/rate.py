@@ -62,7 +62,9 @@ def code_bits(w: torch.Tensor, step: torch.Tensor, bits: int, lsq_scale: bool = 
     frac = u - lo.float()
     soft = torch.zeros(nb, dtype=torch.float32, device=w.device)
     soft = soft.index_add(0, lo, 1 - frac).index_add(0, lo + 1, frac)
-    hard = torch.bincount(torch.round(u.detach()).long(), minlength=nb).float()
+    k = torch.round(u.detach()).long()
+    hard = torch.zeros(nb, dtype=torch.float32, device=w.device).index_add(0, k, torch.ones_like(frac))  # static shape
+    hard = hard.detach()
     c = hard + (soft - soft.detach())
     n = float(u.numel())
     p = (c / n).clamp_min(1e-12)
