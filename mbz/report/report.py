@@ -70,6 +70,8 @@ class _Inputs:
             self.base_file = summarize(rd, decode=False)
         self.pins = _pins(os.path.join(root, "constraints.txt"))
         self.nets = records.networks(R, idx)
+        mp = idx.get("mixed_precision")
+        self.mixed = ({**mp, "rows": records.read_jsonl(os.path.join(R, mp["file"]))} if mp else None)
 
 
 def build(root: str = ".", out: str | None = None, figures: str | None = None, draw: bool = True,
@@ -374,6 +376,29 @@ def _method(doc, inp):
                  "is quantized, the first convolution and the classifier included; the biases (after folding) are on "
                  f"{meta.get('reduced_params', {}).get('bias_bits', '?')}-bit per-tensor grids. The per-layer table is "
                  "in the appendix."))
+    if inp.mixed:
+        _mixed(doc, inp)
+
+
+def _mixed(doc, inp):
+    m = inp.mixed
+    rows = sorted(m["rows"], key=lambda r: (r["file_bytes"], r["kind"]))
+    doc.add(Para("Mixed precision by sensitivity (`mbz mixed-precision`, recipe key `qat[].layer_bits`): every conv and "
+                 "linear weight is quantized alone at 2-8 bits on images of the validation split (the reference was "
+                 "trained on all training images, so they are not unseen by it), its loss change and its real "
+                 "packed bytes recorded; a Lagrangian allocation then picks each layer's width under a byte budget. "
+                 "Post-training (no QAT) on the dense fp32 reference MobileNet-v2, BatchNorm folded, fp32 activations; "
+                 "each plan evaluated once on the test set:"))
+    doc.add(Table(["plan", "bytes", "mean bits", "top-1 %"],
+                  [[r["plan"], f"{r['file_bytes']:,}", f"{r['mean_bits']:.2f}", _pct(r["test_top1"])] for r in rows],
+                  "lrrr", widths=[30, 24, 20, 18], size=7.5,
+                  caption=f"`results/{m['file']}` (`python tools/mixed_precision.py`, one seed); at equal bytes, mixed vs "
+                          "uniform top-1: " + "; ".join(
+                              f"{u['mean_bits']:g} bits {x['test_top1']:.2f} vs {u['test_top1']:.2f}"
+                              for u in rows if u["kind"] == "uniform"
+                              for x in rows if x["kind"] == "mixed"
+                              and abs(x["file_bytes"] - u["file_bytes"]) <= 0.01 * u["file_bytes"]) + ":"))
+    doc.add(Image(os.path.join(inp.results, m["figure"]), "mixed vs uniform bits at equal bytes"))
 
 
 def _storage(doc, inp, figs):
