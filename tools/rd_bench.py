@@ -52,7 +52,7 @@ def main() -> int:
     from mbz import api, load_model
     from mbz.checkpoint import as_state_dict, read_object
     from mbz.models import arch_for_pack
-    from mbz.models.folding import fold_state_dict
+    from mbz.models.registry import fold_state_dict
     from mbz.pipeline.baseline import split_val
     from mbz.pipeline.data import evaluate, load_dataset
 

@@ -12,7 +12,7 @@ from ..compare import leaves, compare
 from ..container import atomic_write
 from ..errors import CheckpointError, MbzError, MismatchError, UsageError
 from ..models import arch_for_pack
-from ..models.folding import fold_state_dict
+from ..models.registry import fold_state_dict
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
 from ..ratedist import DEADZONE, SIZE_EXP, SIZE_REF
 from ..spec import M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN

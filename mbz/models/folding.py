@@ -74,28 +74,3 @@ def folded_skeleton(model: nn.Module) -> nn.Module:
     for seq, kc, c, kb, _ in list(conv_bn_pairs(model)):
         seq._modules[kc], seq._modules[kb] = _biased_like(c), nn.Identity()
     return model
-
-
-def fold_state_dict(sd: dict, arch: dict) -> tuple[dict, dict]:
-    """(folded state_dict, its arch) for a state_dict of the architecture `arch` (mbz.models.registry).
-
-    The network is built, loaded (strict) and every Conv2d -> BatchNorm2d pair folded (fold_bn, in
-    float32): the BatchNorm's four tensors become one bias per output channel, and the arch records
-    folded_bn, so mbz.load_model rebuilds the folded network.  The folded network computes the same
-    function in eval mode (up to float rounding).  Raises MbzError when the arch is already folded,
-    has no such pair, or the tensors do not fit it."""
-    from ..errors import MbzError
-    from .registry import build_model
-    if arch.get("folded_bn"):
-        raise MbzError(f"{arch.get('name')}: its BatchNorms are already folded (folded_bn)")
-    model = build_model(arch)
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
-    except RuntimeError as e:
-        raise MbzError(f"the tensors do not fit {arch.get('name')}: {str(e).splitlines()[0]}") from None
-    model.eval()
-    if not list(conv_bn_pairs(model)):
-        raise MbzError(f"{arch.get('name')}: no Conv2d -> BatchNorm2d pair to fold")
-    fold_bn(model)
-    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return out, dict(arch, folded_bn=True)
