@@ -15,7 +15,7 @@ from .container import write_file
 from .detect import detect_grid
 from .encoder import RANS_PROFILES, EntropyPolicy, arans_pass, encode_tensor
 from .errors import CheckpointError, EncodeError
-from .ratedist import StepPolicy, estimate_bytes, step_grid
+from .ratedist import DEADZONE, SIZE_EXP, StepPolicy, estimate_bytes, step_grid
 from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
 from .reader import MbzReader, load, load_checkpoint, map_small_first, open  # noqa: F401,A004
 from .reparam import fold_pruning
@@ -35,7 +35,10 @@ class TensorReport:
     negative_zeros: int = 0       # -0.0 elements in the input tensor
     negzero_bytes: int = 0        # what keeping their sign costs (bytes; 0 when dropped)
     step: float | None = None        # quantization step (--step / --target-size), in the tensor's units
+    #                                  (per-channel steps: their median)
     bits: int | None = None          # code width of the stored grid
+    rel_step: float | None = None    # the step relative to the rms (--step / --target-size)
+    steps: int = 0                   # number of steps (1 per tensor, or one per output channel)
 
 
 @dataclass
@@ -139,8 +142,8 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
          metadata: dict | None = None, arch: dict | None = None, progress: bool = False,
          workers: int | None = None, key: str | None = None, exact: bool = False,
          zero_sign: str = "keep", rans: bool = False, profile: str = "default",
-         step: float | None = None, step_1d: float | str | None = "auto", deadzone: float = 0.2,
-         step_channel: bool = False) -> SaveReport:
+         step: float | None = None, step_1d: float | str | None = "auto", deadzone: float = DEADZONE,
+         step_channel: bool = False, size_exp: float = SIZE_EXP, step_gain: bool = True) -> SaveReport:
     """Write a checkpoint (state_dict, module, or any structure torch.load(weights_only=True) returns) as .mbz.
 
     Without `wbits` every tensor is stored exactly (detected grids, codebooks
@@ -165,9 +168,11 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     unfiltered unless zstd halves them (and, in models of 64 MiB of tensors or more, code / mask / delta
     sections unless it saves 1/8): they load with no decoding (mbz.encoder.RAW_KEEP_SAVING); "best" keeps
     the smallest section.  `align` None: 64 when such unfiltered sections make the padding cheap, else 1.
-    `step` (exclusive with `wbits`) quantizes conv / linear weights of the model state_dict on a per-tensor
-    grid of step·rms(tensor) and 1-D float tensors at step_1d·rms, with dead-zone rounding (mbz.ratedist);
-    tensors already on an exact grid keep it.  See save_to_size for a byte budget.
+    `step` (exclusive with `wbits`) quantizes conv / linear weights of the model state_dict on a grid of
+    step·rms·(n / SIZE_REF)**size_exp (per tensor, or per output channel with `step_channel`) and 1-D float
+    tensors at step_1d·rms, with a zero bin widened by `deadzone` steps (mbz.ratedist); tensors already on
+    an exact grid keep it; `step_gain` rescales each weight step to keep the gain (mbz.ratedist.step_grid).
+    See save_to_size for a byte budget.
     Raises CheckpointError for values that cannot be stored (naming their key path),
     EncodeError for tensors that cannot be encoded (naming the tensor), an unknown profile or
     zero_sign, or both `wbits` and `step`.
@@ -197,11 +202,12 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     if key is not None:
         meta[M_KEY] = key
 
-    spol = StepPolicy(step, step_1d, deadzone, channel=step_channel) if step else None
+    spol = StepPolicy(step, step_1d, deadzone, channel=step_channel, size_exp=size_exp, gain=step_gain) if step else None
     if policy is not None:
         meta[M_LOSSY] = {"wbits": wbits, "granularity": granularity, "symmetric": bool(symmetric), "include": include}
     elif spol is not None:
-        meta[M_LOSSY] = {"step": step, "step_1d": step_1d, "deadzone": deadzone, "step_channel": bool(step_channel)}
+        meta[M_LOSSY] = {"step": step, "step_1d": step_1d, "deadzone": deadzone, "step_channel": bool(step_channel),
+                         "size_exp": size_exp, "gain": bool(step_gain)}
 
     def encode(item):
         name, t = item
@@ -215,15 +221,21 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         model = name in flat.main_names and not t.is_quantized
         use = policy is not None and model and policy.applies(name, t)
         grid = quantize_tensor(t, policy) if use else None
+        rel = None
         if spol is not None and model:
             rel = spol.relative_step(name, t)
             if rel and not (detect and detect_grid(t) is not None):  # a tensor on an exact grid keeps it
-                grid = step_grid(t, rel, spol.deadzone if t.dim() >= 2 else 0.0, spol.channel and t.dim() >= 2)
+                grid = step_grid(t, rel, spol.deadzone if t.dim() >= 2 else 0.0, spol.channel and t.dim() >= 2,
+                                 spol.gain)
+            else:
+                rel = None
         et = encode_tensor(name, t, grid=grid, ent=ent, detect=detect)
         rep = TensorReport(name, et.encoding.name, et.stored_bytes, grid is not None, negative_zeros=nz)
         if grid is not None:
             rep.error = error_stats(t, torch.from_numpy(grid.values()).reshape(t.shape))
-            rep.step = float(grid.scales[0]) if grid.scales.size == 1 else None
+            rep.step = float(np.median(grid.scales))
+            rep.steps = int(grid.scales.size)
+            rep.rel_step = rel
         elif nz and zero_sign == "keep":
             plus = torch.where(t == 0, torch.zeros((), dtype=t.dtype), t)
             rep.negzero_bytes = max(0, et.stored_bytes - encode_tensor(name, plus, ent=ent, detect=detect).stored_bytes)
@@ -252,8 +264,10 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
                       flat.tree is not None, flat.shared, zero_sign)
 
 
-def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = "auto", deadzone: float = 0.2,
-                 step_channel: bool = False, tries: int = 6, log=None, **kw) -> SaveReport:
+def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = "auto", deadzone: float = DEADZONE,
+                 step_channel: bool = False, size_exp: float = SIZE_EXP, step_gain: bool = True, tries: int = 6,
+                 log=None,
+                 **kw) -> SaveReport:
     """The file of least distortion (largest quality: smallest relative step) that fits `target_bytes`.
 
     The first step is bisected on an estimate of the file size (mbz.ratedist.estimate_bytes); then
@@ -266,7 +280,8 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     exact = {n for n, t in sd.items() if t.is_floating_point() and t.dim() >= 1 and t.numel() >= 2
              and detect_grid(t) is not None}
     # first guess from the estimate (bisection in log step), then secant steps on the real sizes
-    pol = lambda st: StepPolicy(st, step_1d, deadzone, channel=step_channel)  # noqa: E731
+    pol = lambda st: StepPolicy(st, step_1d, deadzone, channel=step_channel, size_exp=size_exp,  # noqa: E731
+                                gain=step_gain)
     lo, hi = math.log(1e-3), math.log(8.0)
     for _ in range(40):
         mid = (lo + hi) / 2
@@ -277,7 +292,8 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     s = math.exp(hi)
     tried, best, rep = [], None, None
     for attempt in range(tries):
-        rep = save(obj, path, step=s, step_1d=step_1d, deadzone=deadzone, step_channel=step_channel, **kw)
+        rep = save(obj, path, step=s, step_1d=step_1d, deadzone=deadzone, step_channel=step_channel,
+                   size_exp=size_exp, step_gain=step_gain, **kw)
         tried.append((s, rep.file_bytes))
         if log:
             log(f"step {s:.4g}: {rep.file_bytes:,d} bytes (target {target_bytes:,d})")
@@ -301,5 +317,6 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     if best is None:
         raise EncodeError(f"no step tried fits {target_bytes:,d} bytes (last: {rep.file_bytes:,d} bytes)")
     if best[1] is not rep:  # the last pack overshot: write the one that fit again
-        rep = save(obj, path, step=best[0], step_1d=step_1d, deadzone=deadzone, step_channel=step_channel, **kw)
+        rep = save(obj, path, step=best[0], step_1d=step_1d, deadzone=deadzone, step_channel=step_channel,
+                   size_exp=size_exp, step_gain=step_gain, **kw)
     return rep

@@ -1,19 +1,23 @@
-"""Rate-distortion packing: one relative quantization step for every tensor, or the step that fits a size.
+"""Rate-distortion packing: relative quantization steps allocated at equal slope, or the step that fits a size.
 
-``StepPolicy(step)`` quantizes each float tensor it applies to on a per-tensor grid
-of step ``Δ = step · rms(tensor)`` (conv / linear weights) or ``step_1d · rms`` (1-D
-tensors: BatchNorm parameters and statistics, biases; default step / 16, see AUTO_1D), with dead-zone rounding
-``|q| = max(0, floor(|x| / Δ + 1/2 − deadzone))``.
+``StepPolicy(step)`` quantizes each float tensor it applies to on a grid of step
+``Δ_t = step · rms · (n_t / SIZE_REF) ** size_exp`` (conv / linear weights of n_t elements; rms of
+the tensor, or of each output channel with ``channel``) or ``step_1d · rms`` (1-D tensors:
+BatchNorm parameters and statistics, biases; default step / 16, see AUTO_1D).  Rounding is to
+the nearest code, except that a dead zone widens the zero bin only:
+``q = 0 if |x| / Δ < 1/2 + deadzone, else round(x / Δ)`` (the non-zero codes keep their
+magnitude: shifting every threshold, ``floor(|x| / Δ + 1/2 − deadzone)``, shrinks every weight by
+about deadzone · Δ and the gain loss compounds over a deep network without BatchNorm renormalisation).
 
-Distortion is the weighted MSE ``Σ_t ‖x_t − x̂_t‖² / mean(x_t²)`` (each tensor's error
-relative to its own power: a BatchNorm after each convolution makes a layer's output
-insensitive to its weights' overall scale).  At high rate a uniform quantizer of step
-Δ has MSE Δ²/12 and rate h − log2 Δ bits per weight, so the slope dD/dR of tensor t is
-proportional to Δ_t² / mean(x_t²): one relative step for every tensor puts all tensors
-at equal slope, which is the rate allocation of least distortion for the bytes spent
-(Gish & Pierce 1968; the equal-slope condition of Shoham & Gersho 1988).  Dead-zone
-rounding trades a little distortion near zero for many more zero codes, which the
-entropy stage (spec §5.7) codes in a fraction of a bit.
+Allocation.  Distortion is the weighted MSE ``D = Σ_t w_t ‖x_t − x̂_t‖² / ‖x_t‖²`` with
+``w_t = n_t ** (1 − 2 · size_exp)``.  At high rate a uniform quantizer of step Δ has MSE Δ²/12 and
+rate h − log2 Δ bits per weight, so the slope dD_t/dR_t is proportional to
+``w_t Δ_t² / (n_t mean(x_t²))``; the steps above put every tensor at one slope, the rate allocation
+of least D for the bytes spent (Gish & Pierce 1968; the equal-slope condition of Shoham & Gersho
+1988).  size_exp 0 weights each element's relative error alike (one relative step for all);
+size_exp 1/2 weights each tensor's relative error alike (a large layer gets a coarser step, as
+its output error is spread over more weights); the default SIZE_EXP was chosen on held-out
+training images (results/ratedist).
 
 ``fit_step`` finds the largest-quality step whose file fits a byte budget: a bisection
 on an estimate (order-0 entropy of the codes), corrected by real packs.
@@ -38,17 +42,24 @@ MAX_CODE = (1 << 15) - 1  # signed 16-bit codes at most (spec §5.1)
 # shifts a whole output channel, i.e. the sum of about K weights' errors (K = fan-in x kernel, ~10..1300 here);
 # equal slope per output error gives a step sqrt(K) finer, about 16x for the typical K of a few hundred.
 AUTO_1D = 16.0
+# the allocation exponent and dead zone chosen on held-out training images (results/ratedist/README.md)
+SIZE_EXP = 0.5
+SIZE_REF = 16384     # n_t at which the relative step is `step` itself
+DEADZONE = 0.0
 
 
 @dataclass
 class StepPolicy:
-    """step: relative step of rank >= 2 weights matching `include`; step_1d: of 1-D float tensors
-    (None: keep them exact); deadzone: rounding offset in steps (0 = round to nearest)."""
+    """step: relative step of rank >= 2 weights matching `include` (of a tensor of SIZE_REF elements);
+    step_1d: of 1-D float tensors (None: keep them exact); deadzone: widening of the zero bin, in steps
+    (0 = round to nearest); size_exp: the allocation exponent (module docstring)."""
     step: float
     step_1d: float | str | None = "auto"
-    deadzone: float = 0.2
+    deadzone: float = DEADZONE
     include: str = DEFAULT_INCLUDE
     channel: bool = False      # one step per output channel (rel x the channel's rms) for weights
+    size_exp: float = SIZE_EXP
+    gain: bool = True          # gain-preserving steps for weights (step_grid)
 
     def __post_init__(self):
         if not (self.step > 0 and math.isfinite(self.step)):
@@ -59,26 +70,41 @@ class StepPolicy:
             raise EncodeError(f"--step-1d must be a positive number, got {self.step_1d}")
         if not 0 <= self.deadzone < 0.5:
             raise EncodeError(f"dead zone must be in [0, 0.5), got {self.deadzone}")
+        if not (0 <= self.size_exp <= 1):
+            raise EncodeError(f"--size-exp must be in [0, 1], got {self.size_exp}")
 
     def relative_step(self, name: str, t: torch.Tensor) -> float | None:
         """The relative step for this tensor, or None when it stays exact."""
         if not t.is_floating_point() or t.numel() < 2:
             return None
         if t.dim() >= 2 and re.search(self.include, name) is not None:
-            return self.step
+            return self.step * (t.numel() / SIZE_REF) ** self.size_exp
         if t.dim() == 1 and self.step_1d is not None:
             return self.step_1d
         return None
 
 
-def _snap(d: np.ndarray) -> np.ndarray:
-    """Steps rounded to a power of two times 1, 1.25, 1.5 or 1.75: few distinct scales, cheap to store."""
+def _snap(d: np.ndarray, bits: int = 2) -> np.ndarray:
+    """Steps rounded to a power of two times 1 + j / 2**bits (bits=2: 1, 1.25, 1.5, 1.75): few distinct
+    float32 scales (mantissas of `bits` bits), cheap to store."""
     e = np.floor(np.log2(d))
-    return (np.round(d / 2.0 ** e * 4) / 4 * 2.0 ** e).astype(np.float32)
+    m = float(1 << bits)
+    return (np.round(d / 2.0 ** e * m) / m * 2.0 ** e).astype(np.float32)
 
 
-def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = False) -> Grid | None:
-    """Grid of step rel · rms (per tensor, or per output channel) with dead-zone rounding; None if all zero."""
+GAIN_BITS = 4   # mantissa bits of a gain-preserving step (1/16 to 1/32 of an octave)
+
+
+def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = False, gain: bool = False) -> Grid | None:
+    """Grid of step rel · rms (per tensor, or per output channel), rounded to the nearest code with a
+    zero bin widened by `deadzone` steps; None if all zero (or a 1-D tensor 16-bit codes cannot span).
+
+    Steps are snapped to quarter octaves (_snap).  With `gain` (rank >= 2 only), once the codes q are
+    chosen each row's step is replaced by the one that keeps the row's gain, ``Δ = Σ x² / Σ x·q`` (then
+    ``<x, x̂> = ‖x‖²``: the output of a channel keeps its scale in expectation instead of shrinking
+    with the zeros that a coarse step makes; the shrinkage compounds over the layers of a network
+    whose BatchNorms are folded or frozen), snapped to GAIN_BITS mantissa bits; the error of a
+    value is then no longer bounded by half a step.  float32 input of any shape; the Grid's codes are int64."""
     x = t.detach().cpu().float().contiguous().reshape(-1).numpy()
     if not np.isfinite(x).all():
         raise EncodeError("cannot quantize a tensor with NaN or Inf")
@@ -88,12 +114,12 @@ def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = Fals
         return None
     amax = np.abs(rows).max(axis=1)
     if t.dim() == 1:
-        # 1-D tensors: the step also follows the smallest non-zero magnitude, so that no value (a running
-        # variance, a BatchNorm scale) rounds to zero or loses more than `rel` of itself; a tensor whose
-        # range then needs codes wider than 16 bits stays exact
-        nz = np.abs(x[x != 0])
-        d1 = rel * min(float(rms[0]), float(nz.min()) if nz.size else float(rms[0]))
-        if amax[0] / d1 > MAX_CODE:
+        # positive 1-D tensors (running variances, BatchNorm scales): the step also follows the smallest
+        # magnitude, so that no value rounds to zero or loses more than `rel` of itself; a tensor whose
+        # range then needs codes wider than 16 bits stays exact.  Signed ones (shifts, biases, means) at
+        # rel x rms: a value near zero may round to zero.
+        d1 = rel * (min(float(rms[0]), float(x.min())) if (x > 0).all() else float(rms[0]))
+        if not d1 > 0 or amax[0] > MAX_CODE * d1:   # (a step that underflows to 0 included)
             return None
         d = np.array([d1])
     else:
@@ -101,8 +127,18 @@ def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = Fals
     d = np.where(d > 0, d, max(float(d.max()), 1e-30))   # an all-zero channel: any step
     d = _snap(d)
     a = np.abs(rows) / d[:, None]
-    mag = np.maximum(0, np.floor(a + np.float32(0.5 - deadzone))) if deadzone else np.rint(a)
-    k = (np.sign(rows) * np.minimum(mag, MAX_CODE)).astype(np.int64).reshape(-1)
+    mag = np.rint(a)
+    if deadzone:
+        mag[a < 0.5 + deadzone] = 0
+    k2 = np.sign(rows) * np.minimum(mag, MAX_CODE)
+    if gain and t.dim() >= 2:
+        xq = (rows.astype(np.float64) * k2).sum(axis=1)
+        xx = (rows.astype(np.float64) ** 2).sum(axis=1)
+        g = np.where(xq > 0, xx / np.where(xq > 0, xq, 1.0), d)
+        # the new step keeps every code within 16 bits
+        g = np.where(np.abs(k2).max(axis=1) * g <= MAX_CODE * d, g, d)
+        d = _snap(np.maximum(g, 1e-30), GAIN_BITS)
+    k = k2.astype(np.int64).reshape(-1)
     if rows.shape[0] > 1:
         return Grid(k, d, Granularity.CHANNEL, tuple(t.shape), axis=0)
     return Grid(k, d, Granularity.TENSOR, tuple(t.shape))
@@ -121,8 +157,12 @@ def estimate_bytes(sd: dict, policy: StepPolicy, exact: set) -> float:
     total = 0.0
     for name, t in sd.items():
         rel = policy.relative_step(name, t) if name not in exact else None
-        g = step_grid(t, rel, policy.deadzone if t.dim() >= 2 else 0.0, policy.channel and t.dim() >= 2) if rel else None
-        total += code_entropy_bytes(g.k) + 8 if g is not None else t.numel() * t.element_size() * 0.5
+        g = step_grid(t, rel, policy.deadzone if t.dim() >= 2 else 0.0, policy.channel and t.dim() >= 2,
+                      policy.gain) if rel else None
+        if g is None:
+            total += t.numel() * t.element_size() * 0.5
+        else:   # codes at their order-0 entropy; snapped per-channel scales about a byte each after zstd
+            total += code_entropy_bytes(g.k) + 8 + (g.scales.size if g.scales.size > 1 else 0)
     return total
 
 

@@ -1,4 +1,6 @@
 """Rate-distortion packing (mbz.ratedist, mbz pack --step / --target-size)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +98,98 @@ def test_one_d_tensors_never_round_to_zero():
     assert (np.abs(back - var.numpy()) <= var.numpy() / 16).all()
     wide = torch.tensor([1e-9, 1.0, 2.0, 3.0])   # 16-bit codes cannot span it: kept exact
     assert step_grid(wide, 1 / 16, 0.0) is None
+
+
+def test_dead_zone_widens_the_zero_bin_only():
+    """Beyond the dead zone every code is the nearest one: no shrinkage of the non-zero weights."""
+    t = torch.randn(50, 80, generator=torch.Generator().manual_seed(5))
+    g = step_grid(t, 0.5, 0.3)
+    d = float(g.scales[0])
+    x = t.reshape(-1).numpy()
+    nz = g.k != 0
+    assert (np.abs(x[~nz]) < 0.8 * d + 1e-6).all()                   # zero bin: |x| < (1/2 + 0.3) step
+    assert (np.abs(x[nz] - g.values()[nz]) <= d / 2 + 1e-6).all()   # the others round to nearest
+    assert abs(float((x[nz] - g.values()[nz]).mean())) < 0.02 * d     # no bias toward zero
+
+
+def test_size_exponent_gives_large_tensors_coarser_steps():
+    small, big = torch.randn(16, 16), torch.randn(256, 256)
+    p = StepPolicy(0.4, size_exp=0.5)
+    r_small, r_big = p.relative_step("a.weight", small), p.relative_step("b.weight", big)
+    assert r_big / r_small == pytest.approx((big.numel() / small.numel()) ** 0.5)
+    assert StepPolicy(0.4, size_exp=0.0).relative_step("b.weight", big) == 0.4
+    with pytest.raises(EncodeError):
+        StepPolicy(0.4, size_exp=1.5)
+
+
+def test_report_fields_and_one_d_error_within_half_a_step(tmp_path):
+    sd = model(6)
+    sd["bn.bias"] = torch.randn(64, generator=torch.Generator().manual_seed(6)) * 0.1   # signed 1-D tensor
+    rep = api.save(sd, tmp_path / "r.mbz", step=0.5, step_channel=True)
+    by = {t.name: t for t in rep.tensors}
+    back = mbz.load(tmp_path / "r.mbz")
+    for name in ("conv.weight", "fc.weight", "bn.weight", "bn.running_var", "bn.bias"):
+        r = by[name]
+        assert r.quantized and r.bits and r.step > 0 and r.rel_step > 0 and r.stored_bytes > 0
+        assert set(r.error) >= {"rmse", "max_abs_err", "sqnr_db"}
+    assert by["conv.weight"].steps == 64 and by["fc.weight"].steps == 10 and by["bn.bias"].steps == 1
+    for name in ("bn.weight", "bn.running_var", "bn.bias"):     # 1-D: one step, error at most half of it
+        err = (back[name] - sd[name]).abs().max().item()
+        assert err <= by[name].step / 2 * (1 + 1e-5) and by[name].error["max_abs_err"] == pytest.approx(err, rel=1e-4)
+    assert (back["bn.running_var"] > 0).all()
+
+
+def test_fold_bn_pack_loads_with_load_model(tmp_path, capsys):
+    """--fold-bn: a small MobileNet-v2's BatchNorms folded, quantized at a step, rebuilt by load_model."""
+    from mbz.models import build_model, load_model
+    arch = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 0.25}
+    torch.manual_seed(0)
+    net = build_model(arch)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():   # BatchNorm statistics that are not the identity
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.1, generator=g)
+    net.eval()
+    ck = tmp_path / "net.pt"
+    torch.save(net.state_dict(), ck)
+    x = torch.randn(4, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        ref = net(x)
+    out = tmp_path / "f.mbz"
+    assert main(["pack", str(ck), "-o", str(out), "--arch", "mobilenet_v2_cifar:width_mult=0.25", "--fold-bn",
+                 "--step", "0.05", "--step-channel", "-q", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["folded_bn"] and rep["arch"]["folded_bn"]
+    names = {t["name"] for t in rep["tensors"]}
+    assert not any("running_var" in n for n in names) and "features.0.0.bias" in names
+    back = load_model(out)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in back.modules())
+    with torch.no_grad():
+        y = back(x)
+    assert (y - ref).abs().max() < 0.1 * ref.abs().max()          # a fine step: close to the dense network
+    assert (y.argmax(1) == ref.argmax(1)).all()
+    # a fitting budget with the folded network
+    assert main(["pack", str(ck), "-o", str(tmp_path / "t.mbz"), "--arch", "mobilenet_v2_cifar:width_mult=0.25",
+                 "--fold-bn", "--step-channel", "--target-size", "30000", "-q"]) == 0
+    assert (tmp_path / "t.mbz").stat().st_size <= 30000
+    load_model(tmp_path / "t.mbz")
+    # no architecture: refused in one line
+    assert main(["pack", str(ck), "-o", str(tmp_path / "u.mbz"), "--fold-bn", "--step", "0.3", "-q"]) == 2
+
+
+def test_gain_preserving_steps_keep_each_channels_gain():
+    """Few weights per channel (a depthwise 3x3) at a coarse step: rounding alone leaves each channel's
+    gain <x, x_hat> / |x|^2 far from 1; the gain-preserving step puts it back at 1."""
+    g = torch.Generator().manual_seed(8)
+    t = torch.randn(64, 1, 3, 3, generator=g) ** 3 * torch.linspace(0.1, 2, 64)[:, None, None, None]
+    x = t.reshape(64, 9).numpy().astype(np.float64)
+    plain = step_grid(t, 1.5, 0.0, channel=True).values().reshape(64, 9)
+    kept = step_grid(t, 1.5, 0.0, channel=True, gain=True).values().reshape(64, 9)
+    ratio = lambda v: (x * v).sum(1) / (x * x).sum(1)  # noqa: E731
+    assert np.abs(ratio(plain) - 1).max() > 0.2                  # round to nearest alone
+    assert np.allclose(ratio(kept), 1.0, atol=0.04)               # within the snapping of the step
+    assert (np.sign(kept) == np.sign(plain)).all()                # the same codes, another step

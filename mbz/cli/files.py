@@ -12,7 +12,9 @@ from ..compare import leaves, compare
 from ..container import atomic_write
 from ..errors import CheckpointError, MbzError, MismatchError, UsageError
 from ..models import arch_for_pack
+from ..models.registry import fold_state_dict
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
+from ..ratedist import DEADZONE, SIZE_EXP, SIZE_REF
 from ..spec import M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
 from ..structure import main_path, subtree
 from ..summary import format_table, summarize
@@ -74,6 +76,18 @@ def _pack(a, obj, meta: dict) -> int:
             arch, arch_note = kept, f"architecture: {kept.get('name')} (kept from {a.checkpoint})"
     if sum(x is not None for x in (a.wbits, a.step, a.target_size)) > 1:
         raise UsageError("--wbits, --step and --target-size are exclusive: give one")
+    fold_note = None
+    if a.fold_bn:
+        if arch is None:
+            raise UsageError("--fold-bn needs the architecture: pass --arch NAME (the conv -> BatchNorm pairs are "
+                             "found in the network it builds)")
+        if main is not prep.obj or len(plain) != len(prep.obj):
+            raise UsageError("--fold-bn folds a plain state_dict of tensors: pick it with --key")
+        folded, arch = fold_state_dict(plain, arch)
+        arch_note = f"architecture recorded: {arch}"
+        fold_note = (f"  BatchNorm folded into the convolutions before packing (--fold-bn): {len(plain)} tensors -> "
+                     f"{len(folded)}; recorded as {arch.get('name')} with folded_bn")
+        prep = api.Prepared(folded, prep.folded, prep.left_out)
     common = dict(include=a.include, detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level,
                   align=a.align, metadata=dict(meta, **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
                                                **({M_KEY: a.key} if a.key is not None else {})),
@@ -84,16 +98,19 @@ def _pack(a, obj, meta: dict) -> int:
         if a.target_size < 1:
             raise UsageError(f"--target-size must be a positive number of bytes, got {a.target_size}")
         rep = api.save_to_size(prep.obj, a.output, a.target_size, step_1d=step_1d, deadzone=a.deadzone,
-                               step_channel=a.step_channel,
+                               step_channel=a.step_channel, size_exp=a.size_exp,
+                               step_gain=not a.no_gain,
                                log=None if a.quiet or a.json else print, **common)
     else:
         rep = api.save(prep.obj, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
                        group_size=a.group_size, symmetric=not a.asymmetric, step=a.step, step_1d=step_1d,
-                       deadzone=a.deadzone, step_channel=a.step_channel, **common)
+                       deadzone=a.deadzone, step_channel=a.step_channel, size_exp=a.size_exp,
+                               step_gain=not a.no_gain, **common)
     own, fp32 = _input_note(rep.input_dtypes)
     nz = [t for t in rep.tensors if t.negative_zeros]
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32, "input_bytes": own,
+                          "folded_bn": bool(a.fold_bn), "arch": arch,
                           "input_dtypes": rep.input_dtypes, "folded": prep.folded, "left_out": prep.left_out,
                           "structure": rep.structure, "shared": rep.shared, "zero_sign": rep.zero_sign,
                           "negative_zeros": sum(t.negative_zeros for t in nz),
@@ -102,23 +119,31 @@ def _pack(a, obj, meta: dict) -> int:
         return 0
     lossy = a.wbits or a.step or a.target_size is not None
     if lossy:
-        print(f"{'tensor':<40} {'enc':<8} {'bits':>4} {'step':>10} {'bytes':>9} {'max|err|':>10} {'rmse':>10} {'sqnr dB':>8}")
+        print(f"{'tensor':<40} {'enc':<8} {'bits':>4} {'step':>10} {'rel':>6} {'steps':>5} {'bytes':>9} "
+              f"{'max|err|':>10} {'rmse':>10} {'sqnr dB':>8}")
         for t in rep.tensors:
             if t.quantized:
                 e = t.error
                 step = f"{t.step:>10.4g}" if t.step is not None else f"{'-':>10}"
-                print(f"{t.name[:40]:<40} {t.encoding:<8} {t.bits or '-':>4} {step} {t.stored_bytes:>9} "
-                      f"{e['max_abs_err']:>10.3g} {e['rmse']:>10.3g} {e['sqnr_db']:>8.2f}")
+                rel = f"{t.rel_step:>6.3g}" if t.rel_step is not None else f"{'-':>6}"
+                print(f"{t.name[:40]:<40} {t.encoding:<8} {t.bits or '-':>4} {step} {rel} {t.steps or '-':>5} "
+                      f"{t.stored_bytes:>9} {e['max_abs_err']:>10.3g} {e['rmse']:>10.3g} {e['sqnr_db']:>8.2f}")
+        print("  (step: the quantization step in the tensor's units, the median one for per-channel steps; rel: "
+              "the step relative to the rms; steps: how many)")
     counts = {}
     for t in rep.tensors:
         counts[t.encoding] = counts.get(t.encoding, 0) + 1
     mode = (f"lossy {a.wbits}-bit {a.granularity}" if a.wbits else
-            "lossy, one relative step per tensor" if lossy else "lossless")
+            f"lossy, relative steps {'per channel' if a.step_channel else 'per tensor'} at equal slope "
+            f"(size exponent {a.size_exp:g}, dead zone {a.deadzone:g}{', gain kept' if not a.no_gain else ''})"
+            if lossy else "lossless")
     dt = ", ".join(f"{k} {v:,d}" for k, v in sorted(rep.input_dtypes.items(), key=lambda x: -x[1]))
     print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")")
     print(f"  input tensors {own:,d} bytes in their own dtypes ({dt}): ratio {own / rep.file_bytes:.2f}x; "
           f"as fp32 {fp32:,d} bytes: ratio {fp32 / rep.file_bytes:.2f}x")
+    if fold_note:
+        print(fold_note)
     if prep.folded:
         print(f"  pruning re-parametrisation: {len(prep.folded)} tensors stored as X_orig * X_mask under their plain "
               f"names (pruned elements exactly +0.0, masks not kept): {', '.join(prep.folded[:6])}"
@@ -261,8 +286,9 @@ def register(sub) -> None:
                         "store +0.0 and record in the file that it is not bit-exact there")
     r = p.add_argument_group("rate-distortion (exclusive with --wbits)")
     r.add_argument("--step", type=float,
-                   help="relative quantization step: conv / linear weights on a per-tensor grid of STEP x rms(tensor) "
-                        "with dead-zone rounding (one step for all = equal slope; smaller = better quality, larger file)")
+                   help="relative quantization step: conv / linear weights on a grid of STEP x rms(tensor) x "
+                        f"(n / {SIZE_REF})^SIZE_EXP (equal slope across layers, see --size-exp; smaller = better quality, "
+                        "larger file)")
     r.add_argument("--target-size", type=int, metavar="BYTES",
                    help="the least-distortion file that fits BYTES: the step is searched (a few packs)")
     r.add_argument("--step-1d", type=float,
@@ -271,8 +297,20 @@ def register(sub) -> None:
     r.add_argument("--step-channel", action="store_true",
                    help="one step per output channel (STEP x the channel's rms) instead of per tensor; steps are "
                         "rounded to quarter octaves so the scales stay cheap")
-    r.add_argument("--deadzone", type=float, default=0.2,
-                   help="dead-zone rounding offset in steps for weights, 0..0.5 (default 0.2; 0 = round to nearest)")
+    r.add_argument("--deadzone", type=float, default=DEADZONE,
+                   help="widening of the zero bin in steps for weights, 0..0.5 (values below 1/2 + DEADZONE steps "
+                        f"become 0, the others round to nearest; default {DEADZONE:g} = round to nearest)")
+    r.add_argument("--size-exp", type=float, default=SIZE_EXP,
+                   help="allocation across layers: a tensor of n weights gets the relative step STEP x "
+                        f"(n / {SIZE_REF})^SIZE_EXP (0: one relative step for all; 0.5: each tensor's relative error "
+                        f"weighted alike; default {SIZE_EXP:g}, chosen on held-out training images)")
+    r.add_argument("--no-gain", action="store_true",
+                   help="keep each weight step as chosen (default: once the codes are chosen, rescale the step so that "
+                        "each channel keeps its gain, sum x^2 / sum x q; see mbz.ratedist.step_grid)")
+    r.add_argument("--fold-bn", action="store_true",
+                   help="fold every Conv2d -> BatchNorm2d pair of the architecture (--arch) into the conv before "
+                        "packing: one bias per channel instead of four BatchNorm tensors; the file records the "
+                        "folded architecture (mbz.load_model / mbz eval rebuild it)")
     e = p.add_argument_group("encoding")
     e.add_argument("--no-detect", action="store_true", help="do not look for exact grids / codebooks (store raw)")
     e.add_argument("--no-zstd", action="store_true", help="no entropy stage")

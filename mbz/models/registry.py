@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import CheckpointError, MbzError
 from .cifar_resnet import resnet18_cifar
 from .cifar_vgg import vgg11_bn_cifar, vgg16_bn_cifar
+from .folding import conv_bn_pairs, fold_bn
 from .mobilenet_v2 import _mnv2_channels, _width_of, expand_blocks, hidden_widths, mobilenet_v2_cifar
 
 MAX_MODEL_ELEMENTS = 1 << 30  # parameters + buffers of a module build_model makes (4 GiB in fp32; ViT-H/14 is 0.63e9)
@@ -538,3 +539,26 @@ def arch_for_pack(sd, spec: str | None, num_classes: int | None = None) -> tuple
 def _spec_text(arch: dict) -> str:
     args = ",".join(f"{k}={json.dumps(v)}" for k, v in arch.items() if k != "name" and not isinstance(v, (list, dict)))
     return arch["name"] + (f":{args}" if args else "")
+
+
+def fold_state_dict(sd: dict, arch: dict) -> tuple[dict, dict]:
+    """(folded state_dict, its arch) for a state_dict of the architecture `arch` (mbz.models.registry).
+
+    The network is built, loaded (strict) and every Conv2d -> BatchNorm2d pair folded (fold_bn, in
+    float32): the BatchNorm's four tensors become one bias per output channel, and the arch records
+    folded_bn, so mbz.load_model rebuilds the folded network.  The folded network computes the same
+    function in eval mode (up to float rounding).  Raises MbzError when the arch is already folded,
+    has no such pair, or the tensors do not fit it."""
+    if arch.get("folded_bn"):
+        raise MbzError(f"{arch.get('name')}: its BatchNorms are already folded (folded_bn)")
+    model = build_model(arch)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+    except RuntimeError as e:
+        raise MbzError(f"the tensors do not fit {arch.get('name')}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    if not list(conv_bn_pairs(model)):
+        raise MbzError(f"{arch.get('name')}: no Conv2d -> BatchNorm2d pair to fold")
+    fold_bn(model)
+    out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return out, dict(arch, folded_bn=True)
