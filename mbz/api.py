@@ -143,7 +143,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
          workers: int | None = None, key: str | None = None, exact: bool = False,
          zero_sign: str = "keep", rans: bool = False, profile: str = "default",
          step: float | None = None, step_1d: float | str | None = "auto", deadzone: float = DEADZONE,
-         step_channel: bool = False, size_exp: float = SIZE_EXP, step_gain: bool = True) -> SaveReport:
+         step_channel: bool = True, size_exp: float = SIZE_EXP, step_gain: bool = True) -> SaveReport:
     """Write a checkpoint (state_dict, module, or any structure torch.load(weights_only=True) returns) as .mbz.
 
     Without `wbits` every tensor is stored exactly (detected grids, codebooks
@@ -169,7 +169,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     sections unless it saves 1/8): they load with no decoding (mbz.encoder.RAW_KEEP_SAVING); "best" keeps
     the smallest section.  `align` None: 64 when such unfiltered sections make the padding cheap, else 1.
     `step` (exclusive with `wbits`) quantizes conv / linear weights of the model state_dict on a grid of
-    step·rms·(n / SIZE_REF)**size_exp (per tensor, or per output channel with `step_channel`) and 1-D float
+    step·rms·(n / SIZE_REF)**size_exp (per output channel, or per tensor with `step_channel=False`) and 1-D float
     tensors at step_1d·rms, with a zero bin widened by `deadzone` steps (mbz.ratedist); tensors already on
     an exact grid keep it; `step_gain` rescales each weight step to keep the gain (mbz.ratedist.step_grid).
     See save_to_size for a byte budget.
@@ -265,7 +265,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
 
 
 def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = "auto", deadzone: float = DEADZONE,
-                 step_channel: bool = False, size_exp: float = SIZE_EXP, step_gain: bool = True, tries: int = 6,
+                 step_channel: bool = True, size_exp: float = SIZE_EXP, step_gain: bool = True, tries: int = 6,
                  log=None,
                  **kw) -> SaveReport:
     """The file of least distortion (largest quality: smallest relative step) that fits `target_bytes`.
@@ -291,6 +291,29 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
             lo = mid
     s = math.exp(hi)
     tried, best, rep = [], None, None
+    trial = f"{path}.{os.getpid()}.try"   # trial packs never touch `path`: a failed search leaves nothing there
+    try:
+        rep = _search_steps(obj, trial, target_bytes, s, tried, tries, log, step_1d=step_1d, deadzone=deadzone,
+                            step_channel=step_channel, size_exp=size_exp, step_gain=step_gain, **kw)
+        best, last = rep
+        if best is None:
+            raise EncodeError(f"no step tried fits {target_bytes:,d} bytes (last: {last.file_bytes:,d} bytes)")
+        if best[1] is last:
+            os.replace(trial, path)
+            last.path = path
+            return last
+        return save(obj, path, step=best[0], step_1d=step_1d, deadzone=deadzone, step_channel=step_channel,
+                    size_exp=size_exp, step_gain=step_gain, **kw)
+    finally:
+        if os.path.exists(trial):
+            os.remove(trial)
+
+
+def _search_steps(obj, path, target_bytes, s, tried, tries, log, *, step_1d, deadzone, step_channel, size_exp,
+                  step_gain, **kw):
+    """save_to_size's search: packs at up to `tries` steps into `path`; returns ((step, report) of the smallest
+    step that fit, or None; the last report)."""
+    best = rep = None
     for attempt in range(tries):
         rep = save(obj, path, step=s, step_1d=step_1d, deadzone=deadzone, step_channel=step_channel,
                    size_exp=size_exp, step_gain=step_gain, **kw)
@@ -314,9 +337,4 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
             s = s0 * (b0 / (target_bytes * 0.995)) ** 2
         if any(abs(math.log(s / t[0])) < 1e-3 for t in tried):
             break
-    if best is None:
-        raise EncodeError(f"no step tried fits {target_bytes:,d} bytes (last: {rep.file_bytes:,d} bytes)")
-    if best[1] is not rep:  # the last pack overshot: write the one that fit again
-        rep = save(obj, path, step=best[0], step_1d=step_1d, deadzone=deadzone, step_channel=step_channel,
-                   size_exp=size_exp, step_gain=step_gain, **kw)
-    return rep
+    return best, rep

@@ -87,9 +87,11 @@ class StepPolicy:
 def _snap(d: np.ndarray, bits: int = 2) -> np.ndarray:
     """Steps rounded to a power of two times 1 + j / 2**bits (bits=2: 1, 1.25, 1.5, 1.75): few distinct
     float32 scales (mantissas of `bits` bits), cheap to store."""
-    e = np.floor(np.log2(d))
-    m = float(1 << bits)
-    return (np.round(d / 2.0 ** e * m) / m * 2.0 ** e).astype(np.float32)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # d = 0 (all-zero channel) stays 0
+        e = np.floor(np.log2(d))
+        m = float(1 << bits)
+        out = np.round(d / 2.0 ** e * m) / m * 2.0 ** e
+    return np.where(d > 0, out, d).astype(np.float32)
 
 
 GAIN_BITS = 4   # mantissa bits of a gain-preserving step (1/16 to 1/32 of an octave)

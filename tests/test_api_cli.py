@@ -73,7 +73,7 @@ def test_cli_pack_inspect_unpack_verify(tmp_path, capsys):
     ck = tmp_path / "m.pt"
     torch.save(sd, ck)
     out = tmp_path / "m.mbz"
-    assert main(["pack", str(ck), "-o", str(out), "--wbits", "4", "-q"]) == 0
+    assert main(["pack", str(ck), "-o", str(out), "--wbits", "4"]) == 0
     assert "max|err|" in capsys.readouterr().out
     assert main(["inspect", str(out), "--json"]) == 0
     js = json.loads(capsys.readouterr().out)
@@ -209,3 +209,19 @@ def test_a_corrupt_tensor_names_the_file(tmp_path):
     p.write_bytes(bytes(b))
     with pytest.raises(MbzError, match=f"^{p}: tensor 'w': "):
         mbz.load(p)
+
+
+def test_pack_option_values_and_a_failed_size_search(tmp_path, capsys):
+    """--wbits 0, --step 0 and --zstd-level 99 are refused in one line (not packed losslessly, no traceback);
+    a --target-size no step reaches leaves no output file."""
+    ck = tmp_path / "m.pt"
+    torch.save(tiny_model().state_dict(), ck)
+    for bad in (["--wbits", "0"], ["--step", "0"], ["--zstd-level", "99"]):
+        capsys.readouterr()
+        assert main(["pack", str(ck), "-o", str(tmp_path / "x.mbz"), *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and bad[0] in err, err
+        assert not (tmp_path / "x.mbz").exists()
+    assert main(["pack", str(ck), "-o", str(tmp_path / "t.mbz"), "--target-size", "10", "-q"]) == 2
+    assert "no step tried fits 10 bytes" in capsys.readouterr().err
+    assert not (tmp_path / "t.mbz").exists() and os.listdir(tmp_path) == ["m.pt"]

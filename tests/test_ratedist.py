@@ -69,9 +69,11 @@ def test_target_size_fits_and_uses_the_budget(tmp_path):
 def test_cli_step_and_target_size(tmp_path, capsys):
     ck = tmp_path / "m.pt"
     torch.save(model(3), ck)
-    assert main(["pack", str(ck), "-o", str(tmp_path / "s.mbz"), "--step", "0.4", "-q"]) == 0
+    assert main(["pack", str(ck), "-o", str(tmp_path / "s.mbz"), "--step", "0.4"]) == 0
     out = capsys.readouterr().out
     assert "step" in out and "conv.weight" in out and "bits" in out
+    assert main(["pack", str(ck), "-o", str(tmp_path / "s2.mbz"), "--step", "0.4", "-q"]) == 0
+    assert "conv.weight" not in capsys.readouterr().out      # -q: the summary without the per-tensor table
     assert main(["pack", str(ck), "-o", str(tmp_path / "t.mbz"), "--target-size", "9000", "-q"]) == 0
     assert (tmp_path / "t.mbz").stat().st_size <= 9000
     assert main(["pack", str(ck), "-o", str(tmp_path / "u.mbz"), "--step", "0.4", "--wbits", "4", "-q"]) == 2
