@@ -112,7 +112,10 @@ def format_table(s: dict, limit: int | None = None) -> str:
                  f"/ file {s['file_bytes']:,d} B)")
     lines.append(f"model compression ratio  {s['model_compression_ratio']:.2f}x  "
                  f"(fp32 checkpoint tensors {s['fp32_bytes']:,d} B / file {s['file_bytes']:,d} B)")
-    lines.append(f"weight compression ratio {s['weight_compression_ratio']:.2f}x  "
-                 f"(conv/linear weights: fp32 {s['weight_fp32_bytes']:,d} B / their bytes in the file "
-                 f"{s['weight_file_bytes']:,d} B, records and checksums included)")
+    if s["weight_file_bytes"]:
+        lines.append(f"weight compression ratio {s['weight_compression_ratio']:.2f}x  "
+                     f"(conv/linear weights: fp32 {s['weight_fp32_bytes']:,d} B / their bytes in the file "
+                     f"{s['weight_file_bytes']:,d} B, records and checksums included)")
+    else:
+        lines.append("weight compression ratio n/a  (the file holds no conv/linear weights)")
     return "\n".join(lines)

@@ -225,3 +225,10 @@ def test_pack_option_values_and_a_failed_size_search(tmp_path, capsys):
     assert main(["pack", str(ck), "-o", str(tmp_path / "t.mbz"), "--target-size", "10", "-q"]) == 2
     assert "no step tried fits 10 bytes" in capsys.readouterr().err
     assert not (tmp_path / "t.mbz").exists() and os.listdir(tmp_path) == ["m.pt"]
+
+
+def test_inspect_says_na_without_conv_or_linear_weights(tmp_path, capsys):
+    mbz.save({"a": torch.randn(5), "b": torch.arange(3)}, tmp_path / "nw.mbz")
+    assert main(["inspect", str(tmp_path / "nw.mbz")]) == 0
+    out = capsys.readouterr().out
+    assert "weight compression ratio n/a" in out and "0.00x" not in out
