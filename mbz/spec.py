@@ -174,6 +174,7 @@ class AransKind(IntEnum):
 
 ARANS_P = 16              # decision probabilities are in units of 2^-16
 ARANS_LIMIT = 1023        # a slot's decision counts are halved when their sum exceeds this
+RANS_MAX_LANE = 16384     # symbols per RANS lane, S = ceil(n / K), at most this (bounds the decoder's steps)
 ARANS_MAX_LANE = 16384    # elements per lane, S = ceil(n / K), at most this (bounds the decoder's steps)
 
 

@@ -171,3 +171,18 @@ def test_filter_registry():
     f = FILTERS[Filter.RANS]
     d = stream(4, True, 500)
     assert f.decode(f.encode(d, w=4, signed=True, row=20), len(d)) == d
+
+
+def test_a_lane_longer_than_the_limit_is_refused():
+    """spec §5.7: ceil(n / K) <= 16384 symbols per lane bounds the decoder's steps; a header claiming one lane for
+    20,000 symbols is refused before anything is decoded."""
+    import numpy as np
+    from mbz.codecs import rans
+    from mbz.errors import FormatError
+    data = np.random.default_rng(0).integers(0, 16, 20000).astype(np.uint8).tobytes()
+    enc = bytearray(rans.encode(data, 8, steps=1024))
+    assert enc[8] == 20                       # 4-byte header, n = 20000 (3 varint bytes), R = 0, K = 20
+    assert rans.decode(bytes(enc), len(data)) == data
+    enc[8] = 1
+    with pytest.raises(FormatError, match="20000 symbols per lane exceed 16384"):
+        rans.decode(bytes(enc), len(data))

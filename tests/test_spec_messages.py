@@ -30,6 +30,7 @@ MESSAGES = {
     "rans: context byte {} outside 1..{} per neighbour": ("5.7", "each 1..4"),
     "rans: {} codes of {} bits pack to {} bytes, section declares {}": ("5.7", "must equal the section's decoded length"),
     "rans: {} lanes for {} symbols (need 1..n, or 0 for none)": ("5.7", "1 ≤ K ≤ n"),
+    "rans: {} symbols per lane exceed {}": ("5.7", "`ceil(n / K) ≤ 16384` symbols per lane"),
     "rans: upper-neighbour context with row length {} for {} symbols": ("5.7", "`0 < R < n` when `TU > 1`"),
     "rans: row length {} exceeds the {} symbols": ("5.7", "`R ≤ n`"),
     "rans: frequency tables run past the section end": ("5.7", "tables that run"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EncodeError, FormatError
-from ..spec import RANS_L, RANS_MAX_CTX, RANS_MAX_P, RANS_STATE_BYTES, RansAlphabet
+from ..spec import RANS_L, RANS_MAX_CTX, RANS_MAX_LANE, RANS_MAX_P, RANS_STATE_BYTES, RansAlphabet
 from .bitpack import pack_codes, packed_size, unpack_codes
 
 _STATE_HI = RANS_L << 8  # states live in [L, 256 L)
@@ -255,7 +255,7 @@ def plan(data: bytes, w: int, signed: bool = False, row: int = 0, steps: int = 1
         raise EncodeError(f"rans: not a packed stream of {w}-bit codes: {e}") from None
     if pack_codes(v, w, signed) != bytes(data):
         raise EncodeError("rans: the stream's padding bits are not zero")
-    K = max(1, -(-n // max(1, steps))) if n else 0
+    K = max(1, -(-n // max(1, min(steps, RANS_MAX_LANE)))) if n else 0
     S = -(-n // K) if K else 0
     R = row if 0 < row < n else 0
     if alphabets is None:
@@ -380,6 +380,8 @@ class _Section:
             raise FormatError(f"rans: {n} codes of {w} bits pack to {packed_size(n, w)} bytes, section declares {decoded_len}")
         if (K == 0) != (n == 0) or K > n:
             raise FormatError(f"rans: {K} lanes for {n} symbols (need 1..n, or 0 for none)")
+        if K and -(-n // K) > RANS_MAX_LANE:
+            raise FormatError(f"rans: {-(-n // K)} symbols per lane exceed {RANS_MAX_LANE}")
         if tu > 1 and not 0 < R < n:
             raise FormatError(f"rans: upper-neighbour context with row length {R} for {n} symbols")
         if R > n:
