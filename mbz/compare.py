@@ -1,6 +1,7 @@
 """Whole-checkpoint comparison for `mbz verify`: every value of the structure, every tensor bit for bit."""
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -94,3 +95,44 @@ def leaves(v):
     elif isinstance(v, (list, tuple)):
         for x in v:
             yield from leaves(x)
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 (hex) of a tensor's raw bytes in C order; a quantized tensor's integer codes (int_repr)."""
+    if t.is_quantized:
+        t = t.int_repr()
+    b = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return hashlib.sha256(b).hexdigest()
+
+
+def fingerprint(obj, path: str = "") -> dict:
+    """{key path: description} of every leaf of a checkpoint: tensors by type, dtype, shape, layout, the
+    tensor_digest of their bytes (a sparse COO tensor's indices and values apart) and their quantization
+    parameters; containers by type and keys / length; other values by type and repr.  JSON-ready; the
+    golden files under tests/data hold it for what they must decode to."""
+    out = {}
+    if isinstance(obj, torch.Tensor):
+        d = {"type": type(obj).__name__, "dtype": str(obj.dtype), "shape": list(obj.shape), "layout": str(obj.layout)}
+        if obj.layout == torch.sparse_coo:
+            d["parts"] = [tensor_digest(obj._indices()), tensor_digest(obj._values())]
+        else:
+            d["sha256"] = tensor_digest(obj)
+        if obj.is_quantized:
+            d["qscheme"] = str(obj.qscheme())
+            if obj.qscheme() == torch.per_tensor_affine:
+                d["q"] = [obj.q_scale(), obj.q_zero_point()]
+            else:
+                d["q"] = [obj.q_per_channel_scales().tolist(), obj.q_per_channel_zero_points().tolist(),
+                          obj.q_per_channel_axis()]
+        out[path] = d
+    elif isinstance(obj, dict):
+        out[path] = {"type": type(obj).__name__, "keys": [repr(k) for k in obj]}
+        for k, v in obj.items():
+            out.update(fingerprint(v, f"{path}/{k}"))
+    elif isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
+        out[path] = {"type": type(obj).__name__, "len": len(obj)}
+        for i, v in enumerate(obj):
+            out.update(fingerprint(v, f"{path}/{i}"))
+    else:
+        out[path] = {"type": type(obj).__name__, "repr": repr(obj)}
+    return out

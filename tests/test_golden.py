@@ -6,6 +6,7 @@ import os
 import torch
 
 import mbz
+from mbz.compare import fingerprint
 from mbz.spec import Encoding
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -36,38 +37,7 @@ def test_golden_file_covers_encodings():
         assert r.version == (1, 0)
 
 
-def _digest11(t: torch.Tensor) -> str:
-    return digest(t.int_repr() if t.is_quantized else t)
-
-
-def leaves(obj, path="") -> dict:
-    """{key path: description} of every leaf (the same function as tools/make_golden_v1_1.py's)."""
-    out = {}
-    if isinstance(obj, torch.Tensor):
-        d = {"type": type(obj).__name__, "dtype": str(obj.dtype), "shape": list(obj.shape), "layout": str(obj.layout)}
-        if obj.layout == torch.sparse_coo:
-            d["parts"] = [_digest11(obj._indices()), _digest11(obj._values())]
-        else:
-            d["sha256"] = _digest11(obj)
-        if obj.is_quantized:
-            d["qscheme"] = str(obj.qscheme())
-            if obj.qscheme() == torch.per_tensor_affine:
-                d["q"] = [obj.q_scale(), obj.q_zero_point()]
-            else:
-                d["q"] = [obj.q_per_channel_scales().tolist(), obj.q_per_channel_zero_points().tolist(),
-                          obj.q_per_channel_axis()]
-        out[path] = d
-    elif isinstance(obj, dict):
-        out[path] = {"type": type(obj).__name__, "keys": [repr(k) for k in obj]}
-        for k, v in obj.items():
-            out.update(leaves(v, f"{path}/{k}"))
-    elif isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
-        out[path] = {"type": type(obj).__name__, "len": len(obj)}
-        for i, v in enumerate(obj):
-            out.update(leaves(v, f"{path}/{i}"))
-    else:
-        out[path] = {"type": type(obj).__name__, "repr": repr(obj)}
-    return out
+leaves = fingerprint   # what tools/make_golden_v1_1.py wrote into the golden JSON files
 
 
 def test_golden_v1_1_file_decodes():

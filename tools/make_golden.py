@@ -10,13 +10,13 @@ the committed file is never replaced for that: only a new format version needs a
 file, and the old one stays.  Uses the installed mbz package.
 """
 import argparse
-import hashlib
 import json
 import os
 
 import torch
 
 import mbz
+from mbz.compare import tensor_digest as digest
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
 
@@ -42,12 +42,6 @@ def golden_state_dict():
         "flags": torch.tensor([True, False, True]),                               # RAW bool
         "empty": torch.zeros(0, 3),
     }
-
-
-def digest(t: torch.Tensor) -> str:
-    """sha256 of the tensor's raw bytes (the same function as tests/test_golden.py's)."""
-    b = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-    return hashlib.sha256(b).hexdigest()
 
 
 def main() -> int:

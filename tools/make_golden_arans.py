@@ -16,6 +16,7 @@ import os
 import torch
 
 import mbz
+from mbz.compare import tensor_digest as digest
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
 NAME = "golden_v1_2_arans"
@@ -36,12 +37,6 @@ def golden_state_dict():
         "sparse.weight": sparse.reshape(150, 200),
         "bias": torch.round(torch.randn(400, generator=g) * 40).clamp(-127, 127) * 0.01 + 0.0,
     }
-
-
-def digest(t: torch.Tensor) -> str:
-    import hashlib
-    b = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-    return hashlib.sha256(b).hexdigest()
 
 
 def main() -> int:

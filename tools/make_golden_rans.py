@@ -16,6 +16,7 @@ import os
 import torch
 
 import mbz
+from mbz.compare import tensor_digest as digest
 from mbz.encoder import RANS_PROFILES
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
@@ -44,12 +45,6 @@ def golden_state_dict():
         "sparse.weight": sparse.reshape(100, 200),
         "bias": torch.round(torch.randn(300, generator=g) * 40) * 0.01,
     }
-
-
-def digest(t: torch.Tensor) -> str:
-    import hashlib
-    b = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-    return hashlib.sha256(b).hexdigest()
 
 
 def main() -> int:

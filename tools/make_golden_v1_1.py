@@ -10,7 +10,6 @@ and shared storage (one record named twice, VIEW alias records).  tests/test_gol
 checks that the committed file keeps decoding to the leaves in golden_v1_1.json, forever.
 """
 import argparse
-import hashlib
 import json
 import os
 import warnings
@@ -18,6 +17,7 @@ import warnings
 import torch
 
 import mbz
+from mbz.compare import fingerprint as leaves
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
 warnings.filterwarnings("ignore")
@@ -42,43 +42,6 @@ def golden_checkpoint():
              "fc._packed_params.dtype": torch.qint8}
     return {"epoch": 12, "model": model, "extra": [1.5, "x", None, True, (2, 3), torch.Size([4, 5]), 1 << 70],
             "opt": {"state": {0: {"momentum_buffer": torch.randn(4, generator=g)}}, "param_groups": [{"lr": 0.1}]}}
-
-
-def digest(t: torch.Tensor) -> str:
-    if t.is_quantized:
-        t = t.int_repr()
-    b = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-    return hashlib.sha256(b).hexdigest()
-
-
-def leaves(obj, path="") -> dict:
-    """{key path: description} of every leaf, tensors by dtype, shape, layout, bytes (and quantization)."""
-    out = {}
-    if isinstance(obj, torch.Tensor):
-        d = {"type": type(obj).__name__, "dtype": str(obj.dtype), "shape": list(obj.shape), "layout": str(obj.layout)}
-        if obj.layout == torch.sparse_coo:
-            d["parts"] = [digest(obj._indices()), digest(obj._values())]
-        else:
-            d["sha256"] = digest(obj)
-        if obj.is_quantized:
-            d["qscheme"] = str(obj.qscheme())
-            if obj.qscheme() == torch.per_tensor_affine:
-                d["q"] = [obj.q_scale(), obj.q_zero_point()]
-            else:
-                d["q"] = [obj.q_per_channel_scales().tolist(), obj.q_per_channel_zero_points().tolist(),
-                          obj.q_per_channel_axis()]
-        out[path] = d
-    elif isinstance(obj, dict):
-        out[path] = {"type": type(obj).__name__, "keys": [repr(k) for k in obj]}
-        for k, v in obj.items():
-            out.update(leaves(v, f"{path}/{k}"))
-    elif isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
-        out[path] = {"type": type(obj).__name__, "len": len(obj)}
-        for i, v in enumerate(obj):
-            out.update(leaves(v, f"{path}/{i}"))
-    else:
-        out[path] = {"type": type(obj).__name__, "repr": repr(obj)}
-    return out
 
 
 def main() -> int:

@@ -12,15 +12,15 @@ keeps decoding to golden_v1_2_qscales.json, forever.
 import argparse
 import json
 import os
-import sys
 import warnings
 
 import torch
 
 import mbz
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_golden_v1_1 import HERE, leaves  # noqa: E402
+from mbz.compare import fingerprint as leaves
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
 
 warnings.filterwarnings("ignore")
 
