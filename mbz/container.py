@@ -21,7 +21,7 @@ from .codecs.bitpack import packed_size
 from .codecs.filters import FILTERS, max_decoded, unfilter, zstd_available, zstd_decompress
 from .codecs.raw import ITEMSIZE
 from .errors import ChecksumError, EncodeError, FormatError, LimitError, MbzError, TruncatedError, VersionError
-from .headerscan import scan, unpack
+from .headerscan import checked_object
 from .spec import (ELEMENT_SLACK, ELEMENTS_PER_BYTE, ENCODING_DTYPES, ENCODING_ROLES, H_ALIGN, H_CRCS, H_FORMAT,
                    H_META, H_PAYLOAD, H_TENSORS, HEADER_KEYS, KNOWN_PARAMS, MAGIC, MAX_ALIGN, MAX_DIM_PRODUCT,
                    MAX_HEADER_BYTES, MAX_RANK, PARAM_DEFAULTS, PARAM_RULES, PREAMBLE, PREAMBLE_SIZE, RECORD_KEYS,
@@ -253,8 +253,7 @@ def decode_header_block(codec: HeaderCodec, block: bytes) -> bytes:
 
 def header_object(raw: bytes, file_size: int):
     """Scan (objects, depth, key types, ext types) then unpack the header msgpack (spec §3, §7)."""
-    scan(raw, max_header_objects(file_size))
-    return unpack(raw)
+    return checked_object(raw, max_header_objects(file_size))
 
 
 def check_header(h, hlen: int, size: int, buf=None) -> FileLayout:
@@ -316,6 +315,10 @@ def check_header(h, hlen: int, size: int, buf=None) -> FileLayout:
                       meta, records, tree, main)
 
 
+_F_NONE, _R_NEGZERO = Filter.NONE, Role.NEGZERO
+_REQUIRED_RECORD_KEYS = frozenset(k for k, required in RECORD_KEYS.items() if required)
+
+
 def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     where = f"tensor #{i}"
     if not isinstance(r, dict):
@@ -324,20 +327,26 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     if not isinstance(name, str) or not name:
         raise FormatError(f"{where}: name must be a non-empty string, got {name!r}")
     where = f"tensor '{name}'"
-    for key, required in RECORD_KEYS.items():
-        if required and key not in r:
-            raise FormatError(f"{where}: record lacks the required key '{key}'")
-    dtype = _enum(DType, r[T_DTYPE], f"{where} dtype")
+    if not r.keys() >= _REQUIRED_RECORD_KEYS:
+        key = next(k for k, required in RECORD_KEYS.items() if required and k not in r)
+        raise FormatError(f"{where}: record lacks the required key '{key}'")
+    dtype = _MEMBERS[DType].get(r[T_DTYPE]) if type(r[T_DTYPE]) is int else None
+    if dtype is None:
+        dtype = _enum(DType, r[T_DTYPE], f"{where} dtype")
     shape = r[T_SHAPE]
     if not isinstance(shape, list) or len(shape) > MAX_RANK:
         raise FormatError(f"{where}: shape must be a list of at most {MAX_RANK} sizes, got {shape!r}")
-    shape = tuple(_int(d, f"{where} shape", 0, MAX_DIM_PRODUCT) for d in shape)
+    if not all(type(d) is int and 0 <= d <= MAX_DIM_PRODUCT for d in shape):
+        shape = tuple(_int(d, f"{where} shape", 0, MAX_DIM_PRODUCT) for d in shape)
+    shape = tuple(shape)
     nonzero = numel_of(d for d in shape if d)
     if nonzero > MAX_DIM_PRODUCT:
         raise LimitError(f"{where}: shape {list(shape)} has a product of nonzero sizes {nonzero}, "
                          f"limit {MAX_DIM_PRODUCT}")
     numel = numel_of(shape)
-    enc = _enum(Encoding, r[T_ENC], f"{where} encoding")
+    enc = _MEMBERS[Encoding].get(r[T_ENC]) if type(r[T_ENC]) is int else None
+    if enc is None:
+        enc = _enum(Encoding, r[T_ENC], f"{where} encoding")
     if dtype not in ENCODING_DTYPES[enc]:
         raise FormatError(f"{where}: encoding {enc.name} is not defined for dtype {dtype.name} "
                           f"(allowed: {', '.join(d.name for d in DType if d in ENCODING_DTYPES[enc])})")
@@ -352,13 +361,13 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     refs, roles = [], set()
     roles_by_value, filters_by_value = _MEMBERS[Role], _MEMBERS[Filter]
     for j, s in enumerate(secs):
-        sw = f"{where} section #{j}"
         # fast path: five well-formed fields; anything else takes the checks that name the fault
         if (type(s) is list and len(s) == 5 and type(s[1]) is int and type(s[2]) is int and type(s[4]) is int
                 and s[1] >= 0 and s[2] >= 0 and s[4] >= 0
                 and type(s[0]) is int and s[0] in roles_by_value and type(s[3]) is int and s[3] in filters_by_value):
             role, off, stored, filt, dec = roles_by_value[s[0]], s[1], s[2], filters_by_value[s[3]], s[4]
         else:
+            sw = f"{where} section #{j}"
             if not isinstance(s, list) or len(s) != 5:
                 raise FormatError(f"{sw}: expected [role, offset, stored, filter, decoded], got {s!r}")
             role = _enum(Role, s[0], f"{sw} role")
@@ -367,28 +376,32 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
             filt = _enum(Filter, s[3], f"{sw} filter")
             dec = _int(s[4], f"{sw} decoded length")
         if role not in allowed:
-            raise FormatError(f"{sw}: role {role.name} is not a section of {enc.name} "
+            raise FormatError(f"{where} section #{j}: role {role.name} is not a section of {enc.name} "
                               f"(allowed: {', '.join(x.name for x in Role if x in allowed)})")
         if role in roles:
-            raise FormatError(f"{sw}: role {role.name} appears twice")
+            raise FormatError(f"{where} section #{j}: role {role.name} appears twice")
         roles.add(role)
-        want = align_up(cursor, align)
+        want = cursor if align == 1 else align_up(cursor, align)
         if off != want:
             what = "overlaps the previous section" if off < want else "leaves a gap after the previous section"
-            raise FormatError(f"{sw} ({role.name}) at payload offset {off} {what}; expected offset {want}")
-        if buf is not None and any(bytes(buf[pstart + cursor:pstart + off])):
-            raise FormatError(f"{sw}: padding before payload offset {off} must be zero")
+            raise FormatError(f"{where} section #{j} ({role.name}) at payload offset {off} {what}; "
+                              f"expected offset {want}")
+        if buf is not None and off > cursor and any(bytes(buf[pstart + cursor:pstart + off])):
+            raise FormatError(f"{where} section #{j}: padding before payload offset {off} must be zero")
         cursor = off + stored
-        if filt == Filter.NONE and dec != stored:
-            raise FormatError(f"{sw} ({role.name}): unfiltered section stores {stored} bytes but declares {dec}")
-        if filt != Filter.NONE and dec > max_decoded(stored):
-            raise LimitError(f"{sw} ({role.name}): {stored} stored bytes may not expand to {dec} "
+        if filt == _F_NONE:
+            if dec != stored:
+                raise FormatError(f"{where} section #{j} ({role.name}): unfiltered section stores {stored} bytes "
+                                  f"but declares {dec}")
+        elif dec > max_decoded(stored):
+            raise LimitError(f"{where} section #{j} ({role.name}): {stored} stored bytes may not expand to {dec} "
                              f"(limit {max_decoded(stored)})")
         exp = _expected_len(role, enc, p, dtype, shape, numel)
         if exp is not None and dec != exp:
-            raise FormatError(f"{sw} ({role.name}): decoded length {dec}, expected {exp}")
-        if role == Role.NEGZERO and dec > (numel + 7) // 8:
-            raise FormatError(f"{sw} (NEGZERO): {dec} bytes exceed one bit per element ({(numel + 7) // 8})")
+            raise FormatError(f"{where} section #{j} ({role.name}): decoded length {dec}, expected {exp}")
+        if role == _R_NEGZERO and dec > (numel + 7) // 8:
+            raise FormatError(f"{where} section #{j} (NEGZERO): {dec} bytes exceed one bit per element "
+                              f"({(numel + 7) // 8})")
         refs.append(SectionRef(role, pstart + off, stored, filt, dec))
     required = set(required)
     if enc != Encoding.RAW:
@@ -424,6 +437,9 @@ def _params(enc: Encoding, p: dict, shape, numel: int, where: str, dtype: DType)
                 continue
             raise FormatError(f"{w}: required key '{key}' ({PARAM_NAMES[key]}) is missing")
         v = p[key]
+        if kind == "int" and type(v) is int and v >= lo and hi is None:
+            out[key] = v
+            continue
         label = f"{w} '{key}' ({PARAM_NAMES[key]})"
         if kind == "bool":
             if not isinstance(v, bool):

@@ -172,3 +172,32 @@ def test_not_msgpack_header():
     data = PREAMBLE.pack(MAGIC, 1, 0, 0, b"\0\0\0", len(block), zlib.crc32(block)) + block
     with pytest.raises(FormatError, match="not valid msgpack"):
         read_all(data)
+
+
+def test_header_fast_path_refuses_what_the_scan_refuses():
+    """checked_object (unpack first for small headers) raises the scan's own error for every rule it checks."""
+    import msgpack
+    from mbz.headerscan import checked_object, scan, unpack
+
+    deep = {"a": 1}
+    for _ in range(70):
+        deep = {"a": deep}
+    bad = [
+        msgpack.packb({"a": 1}) + b"\x00",                      # bytes after the object
+        b"\x82\xa1a\x01\xa1a\x02",                               # duplicate key
+        b"\x81\xc4\x01a\x01",                                    # bin (non-string) key
+        b"\x81\x01\x01",                                         # int key
+        b"\x81\xa1a\xd4\x01\x00",                                # ext type
+        msgpack.packb(deep),                                     # nested deeper than 64
+        b"\x81\xa1a",                                            # truncated
+        b"\x81\xa1a\xc1",                                        # unused byte
+    ]
+    for raw in bad:
+        with pytest.raises(MbzError) as slow:
+            scan(raw, 1 << 20)
+            unpack(raw)
+        with pytest.raises(MbzError) as fast:
+            checked_object(raw, 1 << 20)
+        assert str(fast.value) == str(slow.value), raw
+    good = msgpack.packb({"a": [1, {"b": b"x"}], "c": 2.5})
+    assert checked_object(good, 1 << 20) == unpack(good)
