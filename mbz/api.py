@@ -251,7 +251,17 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         bar.close()
     encoded, reports = [d[0] for d in done], [d[1] for d in done]
     if ent.rans and profile == "best":  # adaptive context models (spec §5.8) wherever they are smaller
-        arans_pass(encoded)
+        if progress:
+            import sys
+            import time
+            t0 = time.perf_counter()
+            print("best profile: coding the integer and scale sections with adaptive context models (ARANS, "
+                  "spec §5.8) and decoding them again to check; this takes minutes on large models",
+                  file=sys.stderr, flush=True)
+        saved = arans_pass(encoded)
+        if progress:
+            print(f"best profile: ARANS saved {saved:,} bytes in {time.perf_counter() - t0:.0f} s", file=sys.stderr,
+                  flush=True)
         for et, rep in zip(encoded, reports):
             rep.stored_bytes = et.stored_bytes
     if zero_sign == "drop":
