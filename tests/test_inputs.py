@@ -548,3 +548,17 @@ def test_reading_a_quantized_checkpoint_prints_none_of_torchs_notes(tmp_path, ca
         assert main(["pack", str(ck), "-o", str(tmp_path / "q.mbz"), "-q"]) == 0
         assert main(["verify", str(tmp_path / "q.mbz"), str(ck)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_pack_counts_quantized_tensors_as_fp32_values_like_inspect(tmp_path):
+    """pack's 'as fp32' figure counts a qint8 element as 4 bytes, as inspect's model ratio does."""
+    from mbz.cli.files import _input_note
+    from mbz.summary import summarize
+
+    q = torch.quantize_per_channel(torch.randn(8, 4), torch.full((8,), 0.02, dtype=torch.float64),
+                                   torch.zeros(8, dtype=torch.long), 0, torch.qint8)
+    rep = mbz.save({"w": q, "b": torch.randn(8)}, tmp_path / "q.mbz")
+    own, fp32 = _input_note(rep.input_dtypes)
+    assert own == 32 + 32 and fp32 == 32 * 4 + 32
+    with mbz.open(tmp_path / "q.mbz") as r:
+        assert summarize(r)["fp32_bytes"] == fp32

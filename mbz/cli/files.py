@@ -40,7 +40,8 @@ def _input_note(dtypes: dict) -> tuple:
     fp32 = 0
     for name, b in dtypes.items():
         d = getattr(torch, name, None)
-        fp32 += b // d.itemsize * 4 if d is not None and d.is_floating_point else b
+        quantized = d in (torch.qint8, torch.quint8, torch.qint32)   # their values are floats
+        fp32 += b // d.itemsize * 4 if d is not None and (d.is_floating_point or quantized) else b
     return own, fp32
 
 
