@@ -316,6 +316,12 @@ def check_header(h, hlen: int, size: int, buf=None) -> FileLayout:
 
 
 _F_NONE, _R_NEGZERO = Filter.NONE, Role.NEGZERO
+
+
+def _sw(where: str, j: int) -> str:
+    return f"{where} section #{j}"
+
+
 _REQUIRED_RECORD_KEYS = frozenset(k for k, required in RECORD_KEYS.items() if required)
 
 
@@ -376,31 +382,31 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
             filt = _enum(Filter, s[3], f"{sw} filter")
             dec = _int(s[4], f"{sw} decoded length")
         if role not in allowed:
-            raise FormatError(f"{where} section #{j}: role {role.name} is not a section of {enc.name} "
+            raise FormatError(f"{_sw(where, j)}: role {role.name} is not a section of {enc.name} "
                               f"(allowed: {', '.join(x.name for x in Role if x in allowed)})")
         if role in roles:
-            raise FormatError(f"{where} section #{j}: role {role.name} appears twice")
+            raise FormatError(f"{_sw(where, j)}: role {role.name} appears twice")
         roles.add(role)
         want = cursor if align == 1 else align_up(cursor, align)
         if off != want:
             what = "overlaps the previous section" if off < want else "leaves a gap after the previous section"
-            raise FormatError(f"{where} section #{j} ({role.name}) at payload offset {off} {what}; "
+            raise FormatError(f"{_sw(where, j)} ({role.name}) at payload offset {off} {what}; "
                               f"expected offset {want}")
         if buf is not None and off > cursor and any(bytes(buf[pstart + cursor:pstart + off])):
-            raise FormatError(f"{where} section #{j}: padding before payload offset {off} must be zero")
+            raise FormatError(f"{_sw(where, j)}: padding before payload offset {off} must be zero")
         cursor = off + stored
         if filt == _F_NONE:
             if dec != stored:
-                raise FormatError(f"{where} section #{j} ({role.name}): unfiltered section stores {stored} bytes "
+                raise FormatError(f"{_sw(where, j)} ({role.name}): unfiltered section stores {stored} bytes "
                                   f"but declares {dec}")
         elif dec > max_decoded(stored):
-            raise LimitError(f"{where} section #{j} ({role.name}): {stored} stored bytes may not expand to {dec} "
+            raise LimitError(f"{_sw(where, j)} ({role.name}): {stored} stored bytes may not expand to {dec} "
                              f"(limit {max_decoded(stored)})")
         exp = _expected_len(role, enc, p, dtype, shape, numel)
         if exp is not None and dec != exp:
-            raise FormatError(f"{where} section #{j} ({role.name}): decoded length {dec}, expected {exp}")
+            raise FormatError(f"{_sw(where, j)} ({role.name}): decoded length {dec}, expected {exp}")
         if role == _R_NEGZERO and dec > (numel + 7) // 8:
-            raise FormatError(f"{where} section #{j} (NEGZERO): {dec} bytes exceed one bit per element "
+            raise FormatError(f"{_sw(where, j)} (NEGZERO): {dec} bytes exceed one bit per element "
                               f"({(numel + 7) // 8})")
         refs.append(SectionRef(role, pstart + off, stored, filt, dec))
     required = set(required)
