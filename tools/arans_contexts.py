@@ -1,6 +1,7 @@
 """Ideal code length of candidate ARANS context models on the integer sections of .mbz files (results/entropy/).
 
     python tools/arans_contexts.py FILE.mbz [FILE.mbz ...] -o results/entropy/arans_contexts.json
+    python tools/arans_contexts.py --floats CHECKPOINT.pt -o results/entropy/arans_floats.json
 
 Measures, before anything is built into the coder (format_spec.md §5.8), what a context model would
 cost: every decision is charged -log2 p with p the adaptive count estimate of its context,
@@ -20,6 +21,9 @@ Models (bytes summed over the files' sections):
   suffix bits), `eg x nb` (left + upper magnitude class), `eg x row` (the row's running mean
   magnitude, half-octave classes), `eg x nb+row`, and `eg x oracle row` (the row's final mean
   magnitude: not decodable, an upper reference for any per-channel model).
+--floats: the 1-D float32 tensors of a checkpoint (BN parameters and statistics, biases), each one ARANS
+FLOAT32 section with all the fraction bits it needs: bytes under the section's own adaptive model
+(`arans.model_bits`, real coder's model) against the raw bytes.
 """
 import argparse
 import json
@@ -185,12 +189,31 @@ def measure(path: str) -> dict:
             "ideal_bytes": {g: {k: round(b) for k, b in d.items()} for g, d in tot.items()}}
 
 
+def floats(path: str) -> dict:
+    import torch
+    from mbz.codecs import arans
+    from mbz.spec import AransKind
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    items = []
+    for v in sd.values():
+        if isinstance(v, torch.Tensor) and v.dtype == torch.float32 and v.dim() == 1 and v.numel():
+            d = v.numpy().astype("<f4").tobytes()
+            items.append((d, AransKind.FLOAT32, arans.fraction_bits(d), False, 0, 16384))
+    bits = arans.model_bits(items)
+    return {"file": os.path.basename(path), "tensors": len(items), "raw_bytes": sum(len(i[0]) for i in items),
+            "fraction_bits": sorted({i[2] for i in items}), "arans_float32_model_bytes": round(sum(bits) / 8)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("files", nargs="+")
+    ap.add_argument("files", nargs="*")
+    ap.add_argument("--floats", help="checkpoint whose 1-D float32 tensors are measured instead")
     ap.add_argument("-o", "--out", help="JSON output")
     a = ap.parse_args()
     res = {"command": "python tools/arans_contexts.py " + " ".join(sys.argv[1:]), "files": []}
+    if a.floats:
+        res["floats"] = floats(a.floats)
+        print(json.dumps(res["floats"]))
     for f in a.files:
         r = measure(f)
         res["files"].append(r)

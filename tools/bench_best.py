@@ -28,7 +28,7 @@ import mbz  # noqa: E402
 from mbz.compare import compare  # noqa: E402
 
 REFERENCE = os.environ.get("MBZ_REFERENCE", "/work/shared/data/reference_mnv2_cifar10_fp32.pt")
-EXAMPLE = os.path.join(HERE, "..", "examples", "mobilenetv2_cifar10_200k.mbz")
+EXAMPLE = os.path.normpath(os.path.join(HERE, "..", "examples", "mobilenetv2_cifar10_200k.mbz"))
 
 
 def pack(args: list, out: str) -> float:
@@ -61,7 +61,8 @@ def part_cli(name: str, args: list, tmp: str, runs: int, same_as: str | None) ->
     files = {p: os.path.join(tmp, f"{name}_{p}.mbz") for p in ("default", "best")}
     secs = {p: pack(args + (["--best"] if p == "best" else []), f) for p, f in files.items()}
     ref = mbz.load(same_as) if same_as else mbz.load(files["default"])
-    row = {"command_default": "mbz pack " + " ".join(args), "command_best": "mbz pack " + " ".join(args) + " --best",
+    shown = " ".join(os.path.relpath(x) if os.path.exists(x) else x for x in args)
+    row = {"command_default": "mbz pack " + shown, "command_best": "mbz pack " + shown + " --best",
            "bytes": {p: os.path.getsize(f) for p, f in files.items()},
            "pack_s": {p: round(s, 2) for p, s in secs.items()},
            "load_s_median": loads(files, runs),
