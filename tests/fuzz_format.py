@@ -750,7 +750,7 @@ def _arans_decode(b: bytes, declen: int) -> bytes:
     stream, sp = b[pos + 4 * K:], 0
     S = -(-n // K) if K else 0
     lens = [max(0, min(S, n - k * S)) for k in range(K)]
-    n0, n1 = [0] * 402, [0] * 402
+    n0, n1 = [0] * 421, [0] * 421
 
     def step(lanes_slots):  # [(lane, slot)] of one step -> decisions
         nonlocal sp
@@ -778,7 +778,7 @@ def _arans_decode(b: bytes, declen: int) -> bytes:
                     x[k] = (x[k] << 8) | stream[sp]
                     sp += 1
         return out
-    cls = lambda c: c if c <= 1 else 2 if c <= 3 else 3  # noqa: E731
+    dens = lambda x, y: (8 * x + y // 2) // y if y else 4  # noqa: E731
     z = [1] * n
     if kind == 0:  # pass 1: zero flags
         for t in range(max(lens, default=0)):
@@ -788,11 +788,10 @@ def _arans_decode(b: bytes, declen: int) -> bytes:
                     i, lo = k * S + t, k * S
                     if R:
                         c = i % R
-                        left = z[i - 1] if c > 0 and t > 0 else 0
-                        up = z[i - R] if t >= R else 0
-                        rc = sum(z[j] for j in range(max(lo, i - c), i))
-                        cc = sum(z[j] for j in range(i - R, lo - 1, -R))
-                        ls.append((k, left + 2 * up + 4 * cls(rc) + 16 * cls(cc)))
+                        row = range(max(lo, i - c), i)
+                        col = range(i - R, lo - 1, -R)
+                        rc, cc = sum(z[j] for j in row), sum(z[j] for j in col)
+                        ls.append((k, dens(rc, len(row)) + 9 * dens(cc, len(col))))
                     else:
                         ls.append((k, (z[i - 1] if t >= 1 else 0) + 2 * (z[i - 2] if t >= 2 else 0)))
             for (k, _), d in zip(ls, step(ls)):
@@ -807,10 +806,12 @@ def _arans_decode(b: bytes, declen: int) -> bytes:
         for k in range(K):
             if t < D * len(els[k]):
                 if kind == 0:
-                    j = d - signed
-                    sl = 64 if j < 0 else 65 + ((1 << j) + acc[k] if j < 4 else 16 + j)
+                    j, i = d - signed, els[k][t // D]
+                    inrow = i - 1 >= k * S and z[i - 1] and (R == 0 or i % R > 0)
+                    left = (1 if val[i - 1] > 0 else 2) if inrow else 0
+                    sl = 81 + left if j < 0 else 84 + ((1 << j) + acc[k] if j < 4 else 16 + j)
                 else:
-                    sl = 97 + (1 << d) + acc[k] if d < 8 else 353 if d == 8 else 354 + d - 9 + 24 * (acc[k] == 127)
+                    sl = 116 + (1 << d) + acc[k] if d < 8 else 372 if d == 8 else 373 + d - 9 + 24 * (acc[k] == 127)
                 ls.append((k, sl))
         for (k, _), bit in zip(ls, step(ls)):
             if (kind == 0 and d - signed < 0) or (kind == 1 and d == 8):

@@ -79,6 +79,37 @@ def test_context_models_pay():
     assert len(e) < 0.5 * len(f) and len(e) <= 1.01 * bound + 16
 
 
+def test_density_and_sign_contexts_pay():
+    # rows of different densities: the row / column density classes must find them
+    rng = np.random.default_rng(5)
+    dens = rng.choice([0.5, 0.8, 0.95], 24)
+    z = (rng.random((24, 200)) < dens[:, None]).astype(np.int64)
+    bits = arans.model_bits([(pack_codes(z.reshape(-1), 1), AransKind.INT, 1, False, 200, 2000)])[0]
+    rows_h = sum(200 * _h2(z[r].mean()) for r in range(24))  # each row's own zero-flag entropy
+    assert rows_h < 0.85 * z.size * _h2(z.mean())
+    assert bits < 1.05 * rows_h + 60
+    # no zeros, signs that flip 3% of the time along a row: the left neighbour's sign must find it
+    sgn = np.where(np.cumsum(rng.random((24, 200)) < 0.03, axis=1) % 2 == 0, 1, -1)
+    v = (sgn * rng.integers(1, 8, (24, 200))).reshape(-1)
+    bits = arans.model_bits([(pack_codes(v, 4, True), AransKind.INT, 4, True, 200, 2000)])[0]
+    assert bits < v.size * (np.log2(7) + 0.3)  # magnitudes: log2(7) bits; signs: H(0.03) = 0.19 bits, learning
+
+
+def _h2(p):
+    return 0.0 if p in (0, 1) else float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
+
+
+@pytest.mark.parametrize("w,signed,n,row,steps", INT_CASES[:5] + [(4, True, 600, 30, 200), (3, True, 200, 0, 60)])
+def test_spec_decoder_agrees(w, signed, n, row, steps):
+    # tests/fuzz_format.py decodes from format_spec.md §5.8 alone, one decision at a time
+    import fuzz_format
+    d = codes(w, signed, n, seed=n + w)
+    e = arans.encode(d, AransKind.INT, w, signed, row, steps)
+    assert fuzz_format._arans_decode(e, len(d)) == d
+    f = floats(60, 7)
+    assert fuzz_format._arans_decode(arans.encode(f, AransKind.FLOAT32, 7, False, 0, 100), len(f)) == f
+
+
 def _good():
     d = codes(4, True, 1200, seed=9)
     return d, arans.encode(d, AransKind.INT, 4, True, 40, 400)

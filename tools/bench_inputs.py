@@ -2,6 +2,7 @@
 
     python tools/bench_inputs.py --out results/format_inputs/results.json
     python tools/bench_inputs.py --only speed --repeats 5 --out /tmp/speed.json
+    python tools/bench_inputs.py --only ptq --best --data npz:/work/shared/data --out /tmp/ptq.json
 
 * prune: a MobileNet-v2 (CIFAR; the reference fp32 weights when --reference exists, else
   random) pruned 90% with torch.nn.utils.prune.global_unstructured (L1) and no prune.remove,
@@ -103,7 +104,9 @@ def _calibration(n: int, data: str | None):
     return torch.randn(n, 3, 32, 32, generator=g), f"{n} random inputs"
 
 
-def bench_ptq(tmp: str, reference: str, calib: int, data: str | None) -> dict:
+def bench_ptq(tmp: str, reference: str, calib: int, data: str | None, best: bool = False, runs: int = 3) -> dict:
+    """The PTQ part (module docstring); `best`: also pack with profile='best' (`mbz pack --best`, ARANS):
+    its size, pack seconds, exactness, weight-code bits, and mbz.load medians of `runs` alternating runs."""
     from torch.ao.quantization import convert, get_default_qconfig, prepare
     from torchvision.models.quantization import mobilenet_v2
     torch.manual_seed(0)
@@ -156,7 +159,7 @@ def bench_ptq(tmp: str, reference: str, calib: int, data: str | None) -> dict:
         recs = [x for x in r.layout.records if x.name in weights]
         codes_bytes = sum(s.stored for x in recs for s in x.sections if s.role.name == "CODES")
         scales32 = f"{sum(x.params.get('sb', 4) == 4 for x in recs)} of {len(recs)} weight tensors"
-    return {
+    out = {
         "model": f"torchvision quantizable mobilenet_v2 (10 classes), weights: {src}; fused, fbgemm per-channel qint8 "
                  f"weights, calibrated on {calib_src}",
         "torch_save_bytes": os.path.getsize(path),
@@ -176,6 +179,33 @@ def bench_ptq(tmp: str, reference: str, calib: int, data: str | None) -> dict:
         "bound_order0_codes_bytes": int(bits / 8),
         "pack_seconds": pack_s,
     }
+    if best:
+        bpath = os.path.join(tmp, "ptq_best.mbz")
+        t0 = time.perf_counter()
+        rb = mbz.save(sd, bpath, profile="best")
+        out["pack_seconds_best"] = time.perf_counter() - t0
+        out["mbz_bytes_best"] = rb.file_bytes
+        out["ratio_best_vs_torch_save"] = rb.file_bytes / os.path.getsize(path)
+        out["round_trip_exact_best"] = compare(sd, mbz.load(bpath)).ok
+        with mbz.open(bpath) as r:
+            out["mbz_categories_best"] = r.accounting()["categories"]
+            recs = [x for x in r.layout.records if x.name in weights]
+            cb = sum(s.stored for x in recs for s in x.sections if s.role.name == "CODES")
+            out["weight_codes_filters_best"] = sorted({s.filter.name for x in recs for s in x.sections
+                                                       if s.role.name == "CODES"})
+        out["weight_codes_stored_bytes_best"] = cb
+        out["weight_codes_bits_per_weight_best"] = 8 * cb / n
+        ts = {"default": [], "best": [], "torch_load": []}
+        for _ in range(runs):  # alternated
+            for k, f in (("default", os.path.join(tmp, "ptq.mbz")), ("best", bpath)):
+                t0 = time.perf_counter()
+                mbz.load(f)
+                ts[k].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            torch.load(path, map_location="cpu", weights_only=True)
+            ts["torch_load"].append(time.perf_counter() - t0)
+        out["load_s_median"] = {k: round(_median(v), 3) for k, v in ts.items()}
+    return out
 
 
 def _median(x):
@@ -257,6 +287,7 @@ def main() -> int:
     ap.add_argument("--data", default=os.environ.get("MBZ_DATA") and f"npz:{os.environ['MBZ_DATA']}",
                     help="calibration data spec for ptq (e.g. npz:/work/shared/data); random inputs without it")
     ap.add_argument("--calib", type=int, default=512, help="ptq: calibration images")
+    ap.add_argument("--best", action="store_true", help="ptq: also pack with --best (ARANS; slow) and time mbz.load")
     a = ap.parse_args()
     parts = a.only or ["prune", "ptq", "speed"]
     res = {"command": "python tools/bench_inputs.py " + " ".join(sys.argv[1:]),
@@ -267,7 +298,7 @@ def main() -> int:
             res["prune"] = bench_prune(tmp, a.reference)
             print("prune", json.dumps(res["prune"], indent=1))
         if "ptq" in parts:
-            res["ptq"] = bench_ptq(tmp, a.reference, a.calib, a.data)
+            res["ptq"] = bench_ptq(tmp, a.reference, a.calib, a.data, best=a.best, runs=a.repeats)
             print("ptq", json.dumps(res["ptq"], indent=1))
         if "speed" in parts:
             res["speed"] = bench_speed(tmp, a.repeats)

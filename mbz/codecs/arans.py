@@ -7,9 +7,11 @@ for the non-zero codes, the sign and the bits of ``|v| - 1`` (pass 2); for FLOAT
 bits, the sign and the top ``w`` fraction bits.  Each decision is coded with the probability of its
 context slot, estimated from the counts of the decisions that slot saw so far in the section
 (halved past a limit), so no frequency table is stored.  The zero flag's context in a 2-D section
-(row length ``R``) is the significance of the left and upper neighbours and the counts of non-zero
-codes already decoded in its row and its column: a position's significance from its decoded
-neighbours and its row's density.
+(row length ``R``) is the density class of the non-zero codes already decoded in its row and in its
+column (a position's significance from its row's and its column's density); the sign's context is
+the sign of the left neighbour.  The magnitude bits have contexts from their bit prefix only:
+measured on pruned 4-bit and PTQ 8-bit checkpoints, neighbour and row (output channel) magnitude
+contexts and an Exp-Golomb binarization gain below 0.3% there (tools/arans_contexts.py).
 
 Lane ``k`` codes the contiguous elements ``[k·S, min(n, (k+1)·S))``; every lane makes one decision per
 step, so a section -- or every ARANS section of a file, together -- decodes in vectorized numpy
@@ -32,21 +34,23 @@ from .rans import _read_varint, _varint
 
 _M = 1 << ARANS_P
 _HI = RANS_L << 8
-# context slots of a section (spec table 15)
+# context slots of a section (spec table 17)
 PB = 4        # INT magnitude bits with their own slot per prefix (the rest: one slot per depth)
-ZF = 0        # zero flags: 64 slots
-SGN = 64      # INT sign
-MG = 65       # INT magnitude bits: 2^PB + 16 slots
+DQ = 8        # density classes 0..DQ of the 2-D zero-flag context
+ZF = 0        # zero flags: (DQ + 1)^2 slots
+SGN = ZF + (DQ + 1) ** 2   # INT sign: 3 slots (left neighbour none / zero, positive, negative)
+MG = SGN + 3               # INT magnitude bits: 2^PB + 16 slots
 FE = MG + (1 << PB) + 16   # FLOAT32 exponent bits: 256 slots
 FS = FE + 256              # FLOAT32 sign
 FF = FS + 1                # FLOAT32 fraction bits: 48 slots
 NSLOT = FF + 48
 
 
-def count_class(x):
-    """Class of a count in the zero-flag context: 0, 1, 2-3, >= 4 -> 0, 1, 2, 3."""
-    x = np.asarray(x)
-    return np.where(x >= 4, 3, np.where(x >= 2, 2, x))
+def density_class(x, y):
+    """Density class of `x` non-zero flags among `y` positions: round(DQ·x / y), i.e.
+    floor((DQ·x + floor(y/2)) / y), and DQ / 2 when y = 0 (spec §5.8)."""
+    x, y = np.asarray(x), np.asarray(y)
+    return np.where(y > 0, (DQ * x + y // 2) // np.maximum(y, 1), DQ // 2)
 
 
 def decisions_per_element(kind: int, w: int, signed: bool) -> int:
@@ -109,7 +113,6 @@ class _Run:
         Rc = np.maximum(self.R, 1)
         colbase = np.concatenate([[0], np.cumsum(Rc)[:-1]]).astype(np.int64) if K else np.zeros(0, np.int64)
         colcnt = np.zeros(int(Rc.sum()) + 1, np.int64)
-        upnz = np.zeros_like(colcnt)
         rowcnt, nzl, nzl2 = np.zeros(K, np.int64), np.zeros(K, np.int64), np.zeros(K, np.int64)
         two = self.R > 0
         T1 = int(len1.max()) if K else 0
@@ -123,15 +126,14 @@ class _Run:
             col = np.where(two_a, (pos_a + t) % R_a, 0)
             ci = cb_a + col
             l1 = nzl[act]
-            ctx = np.where(two_a, l1 * (col > 0) + 2 * upnz[ci] + 4 * count_class(rowcnt[act])
-                           + 16 * count_class(colcnt[ci]), l1 + 2 * nzl2[act])
+            ctx = np.where(two_a, density_class(rowcnt[act], np.minimum(col, t))
+                           + (DQ + 1) * density_class(colcnt[ci], t // R_a), l1 + 2 * nzl2[act])
             sl = sb_a + ctx
             q = self.prob(sl)
             b = decide(act, q, 1, f_a + t)
             self.count(sl, b)
             z[f_a + t] = b
             colcnt[ci] += b
-            upnz[ci] = b
             rowcnt[act] = np.where(col == R_a - 1, 0, rowcnt[act] + b)
             nzl2[act] = l1
             nzl[act] = b
@@ -143,6 +145,8 @@ class _Run:
         T2 = int(len2.max()) if K else 0
         val = np.zeros(self.E, np.int64)
         acc, sg, fr = np.zeros(K, np.int64), np.zeros(K, np.int64), np.zeros(K, np.int64)
+        prev, psg = np.full(K, -2, np.int64), np.zeros(K, np.int64)  # a lane's last pass-2 element and its sign
+        e0 = self.first - self.start  # the first element of each lane's section
         act = None
         for t in range(T2):
             if act is None or t == nxt:
@@ -150,13 +154,16 @@ class _Run:
                 nxt = int(len2[act].min())
                 D_a, flt_a, sg_a, w_a, sb_a, nzb_a = (self.D[act], self.flt[act], self.signed[act], self.w[act],
                                                       self.slotbase[act], nzb[act])
+                R_a, two_a, e0_a = Rc[act], two[act], e0[act]
                 anyflt = bool(flt_a.any())
             d = t % D_a
             at = nzpos[nzb_a + t // D_a]
             ac = acc[act]
             j = d - sg_a
             sl = np.where(j < PB, (1 << np.maximum(j, 0)) | ac, (1 << PB) + j) + MG
-            sl = np.where(j < 0, SGN, sl)
+            if (j < 0).any():  # sign: is the left neighbour (element i - 1, same lane and row) non-zero, its sign
+                left = (prev[act] == at - 1) & ~(two_a & ((at - e0_a) % R_a == 0))
+                sl = np.where(j < 0, SGN + left * (1 + psg[act]), sl)
             if anyflt:
                 fsl = np.where(d < 8, FE + ((1 << np.minimum(d, 8)) | ac),
                                np.where(d == 8, FS, FF + d - 9 + 24 * (ac == 127)))
@@ -181,6 +188,8 @@ class _Run:
                 iv = np.where(s_ == 1, -(m + 1), m + 1)
                 fw = (s_ << 31) | (m << 23) | (f_ << np.maximum(23 - self.w[ae], 0))
                 val[at[end]] = np.where(fl, fw, iv)
+                prev[ae] = at[end]
+                psg[ae] = s_
                 acc[ae] = 0
                 sg[ae] = 0
                 fr[ae] = 0
