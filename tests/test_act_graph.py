@@ -180,6 +180,12 @@ def test_exported_file_rebuilds_the_quantized_network_bit_for_bit(tmp_path, tiny
     m2 = mbz.load_model(p)
     with torch.no_grad():
         assert torch.equal(m2(x), y)
+    from mbz.pipeline.activations import measure
+    with torch.no_grad():
+        y1 = m2(x[:1])
+    r = measure(m2, x[:1])                        # `mbz activations`: every quantized tensor held bit-packed
+    assert torch.equal(r["output"], y1) and len(r["layers"]) == 1 + len(act["act_alpha"])
+    assert 32 / 8 < r["total_ratio"] <= 32 / 4                # 4-bit activations, the 8-bit input image
     assert main(["eval", str(p), "--data", f"npz:{tiny_npz}", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["activation_bits"] == 4 and out["activation_compression_ratio"] == 8.0

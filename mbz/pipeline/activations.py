@@ -50,7 +50,8 @@ def measure(model: torch.nn.Module, x: torch.Tensor, input_bits: int = 8) -> dic
     qs = {n: m for n, m in model.named_modules() if isinstance(m, ActQuant) and m.bits < 32}
     for n, m in qs.items():
         handles.append(m.register_forward_hook(pack_hook(n, m)))
-    for i, blk in enumerate(model.features):
+    feats = getattr(model, "features", None)
+    for i, blk in enumerate(feats if isinstance(feats, torch.nn.Sequential) else ()):
         inner = blk[0] if isinstance(blk, torch.nn.Sequential) and hasattr(blk[0], "use_res_connect") else blk
         handles.append(blk.register_forward_pre_hook(block_pre(i, inner)))
     try:
