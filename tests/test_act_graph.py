@@ -200,3 +200,24 @@ def test_act_alpha_that_names_other_quantizers_is_refused(tmp_path):
         build_model(dict(arch, act_alpha={**al, "features.3": 2.0}))
     m = build_model(dict(arch, act_alpha=al))
     assert {k: float(q.alpha) for k, q in act_quantizers(m).items()} == al
+
+
+@pytest.mark.slow
+def test_qat_run_trains_a_resnet18_with_activation_quantizers_and_the_file_gives_its_top1(tmp_path, tiny_npz):
+    from mbz.models.thinning import channel_groups
+    from mbz.pipeline.compress import QatConfig, qat_run
+    from mbz.pipeline.data import load_dataset
+    torch.manual_seed(0)
+    arch = {"name": "resnet18_cifar", "num_classes": 10}
+    arch["channels"] = {g["producer"]: 8 for g in channel_groups(build_model(arch))}
+    base = build_model(arch).state_dict()
+    tr, te = load_dataset(f"npz:{tiny_npz}", "train").subset(32), load_dataset(f"npz:{tiny_npz}", "test").subset(20)
+    q = QatConfig("r18_a8", sparsity=0.0, wbits=8, abits=8, epochs=1, lr=0.01)
+    row = qat_run(base, q, tr, te, str(tmp_path), str(tmp_path / "log.jsonl"), torch.device("cpu"), arch,
+                  save_pt=False)
+    assert row["arch"]["act_bits"] == 8 and len(row["arch"]["act_alpha"]) == 17
+    assert row["top1_equal"] and row["top1_packed"] == row["top1_qat_eval"]
+    m = mbz.load_model(tmp_path / "r18_a8.mbz")
+    assert isinstance(m, torch.fx.GraphModule) and len(act_quantizers(m)) == 17
+    assert all(abs(float(a) - row["arch"]["act_alpha"][k]) == 0 for k, a in
+               ((k, q.alpha) for k, q in act_quantizers(m).items()))
