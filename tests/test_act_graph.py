@@ -186,6 +186,8 @@ def test_exported_file_rebuilds_the_quantized_network_bit_for_bit(tmp_path, tiny
     r = measure(m2, x[:1])                        # `mbz activations`: every quantized tensor held bit-packed
     assert torch.equal(r["output"], y1) and len(r["layers"]) == 1 + len(act["act_alpha"])
     assert 32 / 8 < r["total_ratio"] <= 32 / 4                # 4-bit activations, the 8-bit input image
+    if name == "resnet18_cifar":  # peak in layer1: block input (64 ch, held for the add) + first ReLU (8 ch) + output
+        assert r["peak_packed_bytes"] == (64 + 8 + 64) * 32 * 32 * 4 // 8
     assert main(["eval", str(p), "--data", f"npz:{tiny_npz}", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["activation_bits"] == 4 and out["activation_compression_ratio"] == 8.0

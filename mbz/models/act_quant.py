@@ -156,6 +156,11 @@ class _Tracer(torch.fx.Tracer):
             or super().is_leaf_module(m, qualname)
 
 
+def graph_tracer() -> torch.fx.Tracer:
+    """The torch.fx tracer act_points uses: convs, linears, BatchNorms and activation quantizers are leaves."""
+    return _Tracer()
+
+
 @dataclass
 class ActPoint:
     """One activation quantizer: its metadata key, signedness, how it is inserted, and the fx node it follows.
