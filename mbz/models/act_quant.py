@@ -187,8 +187,10 @@ def _is(node, modules, functions, methods, mods) -> bool:
 
 
 def _scope(node) -> list:
-    """Module paths the node runs inside, outermost first (the module itself for a call_module node)."""
-    return [v[0] for v in node.meta.get("nn_module_stack", {}).values()]
+    """Module paths the node runs inside, outermost first (the module itself for a call_module node).
+
+    torch.fx records them as {path: (path, type)} (older releases: {path: type}); the path is read either way."""
+    return [v[0] if isinstance(v, tuple) else k for k, v in node.meta.get("nn_module_stack", {}).items()]
 
 
 def act_points(model: nn.Module) -> list:
