@@ -66,7 +66,6 @@ def test_shipped_recipes_load_with_every_setting():
     (lambda r: r["baseline"]["train"].update(lr="fast"), "baseline.train.lr", "expected a number"),
     (lambda r: r["soup"].update(runs=["nope", "s0.5_w4_a8_e1_kd0.5_lr0.02"]), "soup.runs", "no QAT run"),
     (lambda r: r.update(sweep={"files": ["a.yaml"]}), "qat", "not with a sweep"),
-    (lambda r: r.update(model={"name": "resnet18_cifar"}), "qat[0].abits", "mobilenet_v2_cifar only"),
     (lambda r: r["data"].update(subset=100, val=100), "data.val", "larger data.subset"),
 ])
 def test_malformed_recipe_is_one_line_naming_file_and_key(tmp_path, capsys, edit, key, problem):

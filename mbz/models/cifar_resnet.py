@@ -10,17 +10,22 @@ from __future__ import annotations
 
 from torch import nn
 
+from .act_quant import insert_act_quant
 from .folding import folded_skeleton
 
 
-def resnet18_cifar(num_classes: int = 10, folded_bn: bool = False, **_) -> nn.Module:
+def resnet18_cifar(num_classes: int = 10, folded_bn: bool = False, act_bits: int = 32, act_alpha: dict | None = None,
+                   **_) -> nn.Module:
     """torchvision ResNet-18 with a 3x3 stride-1 stem and no max pool; 11.17 M parameters at 10 classes.
 
-    `folded_bn` builds convs with bias and no BatchNorm (what weight QAT with BN folding exports)."""
+    `folded_bn` builds convs with bias and no BatchNorm (what weight QAT with BN folding exports);
+    `act_bits` < 32 adds the activation quantizers QAT exports, with ranges `act_alpha`
+    (mbz.models.act_quant.insert_act_quant: the module returned is then a torch.fx.GraphModule with
+    the same submodules, since the block's ReLU module is called twice)."""
     from torchvision.models import resnet18
     m = resnet18(num_classes=num_classes)
     m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
     m.maxpool = nn.Identity()
     if folded_bn:
         folded_skeleton(m)
-    return m
+    return insert_act_quant(m, act_bits, learn=False, alphas=act_alpha)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .act_quant import insert_act_quant
 from .folding import folded_skeleton
 
 
@@ -26,19 +27,23 @@ class VGGCifar(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def _vgg(config: str, num_classes: int, folded_bn: bool) -> nn.Module:
+def _vgg(config: str, num_classes: int, folded_bn: bool, act_bits: int, act_alpha: dict | None) -> nn.Module:
     from torchvision.models.vgg import cfgs, make_layers
     m = VGGCifar(make_layers(cfgs[config], batch_norm=True), num_classes)
     if folded_bn:
         folded_skeleton(m)
-    return m
+    return insert_act_quant(m, act_bits, learn=False, alphas=act_alpha)
 
 
-def vgg11_bn_cifar(num_classes: int = 10, folded_bn: bool = False, **_) -> nn.Module:
-    """VGG-11 with BatchNorm, CIFAR classifier (one Linear 512 -> num_classes)."""
-    return _vgg("A", num_classes, folded_bn)
+def vgg11_bn_cifar(num_classes: int = 10, folded_bn: bool = False, act_bits: int = 32, act_alpha: dict | None = None,
+                   **_) -> nn.Module:
+    """VGG-11 with BatchNorm, CIFAR classifier (one Linear 512 -> num_classes).
+
+    `folded_bn` / `act_bits` / `act_alpha`: what QAT exports (as resnet18_cifar)."""
+    return _vgg("A", num_classes, folded_bn, act_bits, act_alpha)
 
 
-def vgg16_bn_cifar(num_classes: int = 10, folded_bn: bool = False, **_) -> nn.Module:
-    """VGG-16 with BatchNorm, CIFAR classifier (one Linear 512 -> num_classes)."""
-    return _vgg("D", num_classes, folded_bn)
+def vgg16_bn_cifar(num_classes: int = 10, folded_bn: bool = False, act_bits: int = 32, act_alpha: dict | None = None,
+                   **_) -> nn.Module:
+    """VGG-16 with BatchNorm, CIFAR classifier (one Linear 512 -> num_classes); arguments as vgg11_bn_cifar."""
+    return _vgg("D", num_classes, folded_bn, act_bits, act_alpha)

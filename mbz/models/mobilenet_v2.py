@@ -38,7 +38,7 @@ def mobilenet_v2_cifar(num_classes: int = 10, width_mult: float = 1.0, dropout: 
     if folded_bn or act_bits < 32:
         if folded_bn:
             folded_skeleton(m)
-        insert_act_quant(m, act_bits, learn=False, alphas=act_alpha)
+        m = insert_act_quant(m, act_bits, learn=False, alphas=act_alpha)
     return m
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import CheckpointError, MbzError
 from .cifar_resnet import resnet18_cifar
 from .cifar_vgg import vgg11_bn_cifar, vgg16_bn_cifar
+from .act_quant import insert_act_quant
 from .folding import conv_bn_pairs, fold_bn
 from .mobilenet_v2 import _mnv2_channels, _width_of, expand_blocks, hidden_widths, mobilenet_v2_cifar
 
@@ -136,9 +137,9 @@ def _tv_mnv2_infer(shapes: dict) -> dict:
     return {k: v for k, v in _mnv2_infer(shapes).items() if k == "width_mult"}
 
 
-# the pipeline's exports record act_bits 32 and an empty act_alpha for them: activations are quantized in MobileNet-v2 only
-_CIFAR_OTHER = {"num_classes": NUM_CLASSES, "folded_bn": FLAG, "act_bits": Param("int", 32, 32),
-                "act_alpha": Param("float_map", -1e6, 1e6, max_len=0), "channels": CHANNELS}
+# act_bits < 32: activation quantizers placed from the module graph (mbz.models.act_quant.act_points)
+_CIFAR_OTHER = {"num_classes": NUM_CLASSES, "folded_bn": FLAG, "act_bits": Param("int", 2, 32),
+                "act_alpha": Param("float_map", -1e6, 1e6, max_len=256), "channels": CHANNELS}
 ARCHITECTURES = {
     "mobilenet_v2_cifar": ArchSpec("mobilenet_v2_cifar", mobilenet_v2_cifar, _CIFAR_MNV2, infer=_mnv2_infer),
     "resnet18_cifar": ArchSpec("resnet18_cifar", resnet18_cifar, _CIFAR_OTHER),
@@ -227,10 +228,13 @@ def validate_arch(arch) -> tuple[ArchSpec, dict]:
 def _build(spec: ArchSpec, kwargs: dict) -> nn.Module:
     kwargs = dict(kwargs)
     channels = kwargs.pop("channels", None)
+    act_bits, act_alpha = kwargs.pop("act_bits", 32), kwargs.pop("act_alpha", None)
     m = spec.builder(**kwargs)
     if channels and isinstance(m, nn.Module):  # thinned by structured pruning: rebuild the pruned layers
         from .thinning import apply_widths
         apply_widths(m, channels)
+    if act_bits < 32 and isinstance(m, nn.Module):  # quantizers last: they are placed from the final graph
+        m = insert_act_quant(m, act_bits, learn=False, alphas=act_alpha)
     return m
 
 

@@ -1,16 +1,18 @@
 """Activation sizes and peak live activation memory of one inference, fp32 vs packed integers.
 
 Method.  Every activation that crosses a layer boundary in the quantized model
-is the output of an activation quantizer (ReLU6 outputs: unsigned; block
-outputs: signed) or the 8-bit input image.  `measure` runs an inference in
-which each such activation is really converted to integer codes, bit-packed
-with mbz's own packer (`pack_codes`), and unpacked again before the next
-layer reads it, so the model evaluated is the one that holds activations as
+is the output of an activation quantizer (ReLU / ReLU6 outputs: unsigned; other
+tensors a conv / linear reads, such as MobileNet-v2's block outputs: signed;
+mbz.models.act_quant.act_points) or the 8-bit input image.  `measure` runs an
+inference in which each such activation is really converted to integer codes,
+bit-packed with mbz's own packer (`pack_codes`), and unpacked again before the
+next layer reads it, so the model evaluated is the one that holds activations as
 packed bytes; it records the byte length of every packed buffer.  Peak live
-memory walks the same sequence: while a layer runs, its input and output are
-live, plus the block input an inverted-residual block keeps for its skip
-connection.  The graph figures (numel x bits / 8) are computed beside the
-measured ones.
+memory walks the same sequence with the model's torch.fx graph: when a quantized
+tensor is written, it is live together with every earlier one that a node after
+the previous quantized tensor still reads (the layer's input, and the shortcut a
+residual block holds until its add).  The graph figures (numel x bits / 8) are
+computed beside the measured ones.
 """
 from __future__ import annotations
 
@@ -20,13 +22,30 @@ import numpy as np
 import torch
 
 from ..codecs.bitpack import pack_codes, unpack_codes
-from ..models.act_quant import ActQuant
+from ..models.act_quant import ActQuant, graph_tracer
+
+
+def _readers(model: torch.nn.Module) -> tuple[dict, dict, int]:
+    """({id(quantizer): graph position of the tensor it writes}, {id(quantizer): position of the last node that
+    reads that tensor}, position of the input's last reader), from the model's torch.fx graph (quantizers are
+    leaves; one applied by a forward hook is traced where the hook applies it)."""
+    graph = graph_tracer().trace(model)
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    mods = dict(model.named_modules())
+    at, last, x_last = {}, {}, 0
+    for n in graph.nodes:
+        end = max((order[u] for u in n.users), default=order[n])
+        if n.op == "call_module" and isinstance(mods.get(n.target), ActQuant):
+            at[id(mods[n.target])], last[id(mods[n.target])] = order[n], end
+        elif n.op == "placeholder":
+            x_last = max(x_last, end)
+    return at, last, x_last
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, input_bits: int = 8) -> dict:
     model.eval()
-    events = []          # (name, numel, packed_bytes, bits, block, residual_held)
-    state = {"block": None, "res": 0}
+    at, last, x_last = _readers(model)
+    events = []          # (name, numel, packed_bytes, bits, graph position, position of the last reader)
 
     def pack_hook(name, q: ActQuant):
         def hook(mod, inp, out):
@@ -35,40 +54,31 @@ def measure(model: torch.nn.Module, x: torch.Tensor, input_bits: int = 8) -> dic
             buf = pack_codes(codes, q.bits, signed=q.signed)
             back = unpack_codes(buf, codes.size, q.bits, signed=q.signed).astype(np.float32)
             held = torch.from_numpy(back).reshape(out.shape).to(out.device) * step
-            events.append((name, out.numel(), len(buf), q.bits, state["block"], state["res"]))
+            events.append((name, out.numel(), len(buf), q.bits, at[id(q)], last[id(q)]))
             return held
-        return hook
-
-    def block_pre(i, blk):
-        def hook(mod, inp):
-            state["block"] = i
-            # an inverted-residual block with a skip keeps its input alive until the add
-            state["res"] = events[-1][2] if getattr(blk, "use_res_connect", False) and events else 0
         return hook
 
     handles = []
     qs = {n: m for n, m in model.named_modules() if isinstance(m, ActQuant) and m.bits < 32}
     for n, m in qs.items():
         handles.append(m.register_forward_hook(pack_hook(n, m)))
-    for i, blk in enumerate(model.features):
-        inner = blk[0] if isinstance(blk, torch.nn.Sequential) and hasattr(blk[0], "use_res_connect") else blk
-        handles.append(blk.register_forward_pre_hook(block_pre(i, inner)))
     try:
         with torch.no_grad():
             n_in = x.numel()
             in_bytes = math.ceil(n_in * input_bits / 8)
-            events.append(("input", n_in, in_bytes, input_bits, None, 0))
+            events.append(("input", n_in, in_bytes, input_bits, 0, x_last))
             y = model(x)
     finally:
         for h in handles:
             h.remove()
     rows, peak_fp32, peak_packed = [], 0, 0
-    for (name, numel, pbytes, bits, blk, res), prev in zip(events, [None] + events[:-1]):
-        fp32 = 4 * numel
-        live_p = pbytes + (prev[2] if prev else 0) + (res if res and prev and res != prev[2] else 0)
-        live_f = fp32 + (4 * prev[1] if prev else 0) + (4 * res * 8 // max(1, bits) if res and prev and res != prev[2] else 0)
+    for k, (name, numel, pbytes, bits, pos, _) in enumerate(events):
+        # live while the layers before this tensor run: it, and every earlier one that a later node still reads
+        held = [e for e in events[:k] if e[5] > events[k - 1][4]]
+        live_p = pbytes + sum(e[2] for e in held)
+        live_f = 4 * numel + sum(4 * e[1] for e in held)
         peak_fp32, peak_packed = max(peak_fp32, live_f), max(peak_packed, live_p)
-        rows.append({"name": name, "numel": numel, "bits": bits, "fp32_bytes": fp32, "packed_bytes": pbytes,
+        rows.append({"name": name, "numel": numel, "bits": bits, "fp32_bytes": 4 * numel, "packed_bytes": pbytes,
                      "graph_bytes": math.ceil(numel * bits / 8)})
     tot_f = sum(r["fp32_bytes"] for r in rows)
     tot_p = sum(r["packed_bytes"] for r in rows)

@@ -74,9 +74,6 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
     if q.granularity not in ("channel", "tensor"):
         raise ValueError(f"{q.name}: granularity must be 'channel' or 'tensor', got {q.granularity!r}")
     t0 = time.time()
-    if q.abits < 32 and arch_kw.get("name", "mobilenet_v2_cifar") != "mobilenet_v2_cifar":
-        raise ValueError(f"{q.name}: activation quantization (abits {q.abits}) is built for mobilenet_v2_cifar only; "
-                         f"use abits: 32 for {arch_kw.get('name')}")
     model = build_model(dict(arch_kw))
     model.load_state_dict(base_sd)
     model.to(device).eval()
@@ -88,7 +85,7 @@ def qat_run(base_sd: dict, q: QatConfig, train_ds: ArrayDataset, test_ds: ArrayD
     if q.quantized():
         to_qmodules(model, q.wbits, per_channel=q.granularity == "channel", layer_bits=q.layer_bits)
     penalty = RatePenalty(q.rate) if q.quantized() else None
-    insert_act_quant(model, q.abits)
+    model = insert_act_quant(model, q.abits)  # placed from the module graph; may return a GraphModule
     model.to(device)
     if q.abits < 32:
         g = torch.Generator(device=device).manual_seed(1)
@@ -208,7 +205,7 @@ def qat_resume(path: str, name: str, epochs: int, lr: float, kd: float, train_ds
                 m.step.data = _file_steps(m.weight.detach(), torch.as_tensor(g.scales, dtype=torch.float32),
                                           m.step.numel(), qmax, m.step.detach())
     penalty = RatePenalty(q.rate) if q.quantized() else None
-    insert_act_quant(model, q.abits, learn=True, alphas=arch.get("act_alpha"))
+    model = insert_act_quant(model, q.abits, learn=True, alphas=arch.get("act_alpha"))
     model.to(device)
     cfg = TrainConfig(epochs=epochs, lr=lr, warmup=0.5, ema=0, wd=0.0 if q.quantized() else 5e-5, kd=kd,
                       batch=min(512, len(train_ds)), seed=seed)

@@ -307,9 +307,6 @@ def parse_recipe(path: str, text: str) -> Recipe:
             if q["layer_bits"] is not None:
                 q["layer_bits"] = _layer_bits(path, f"qat[{i}]", q["layer_bits"])
             q["name"] = q["name"] or qat_name(sp, q)
-            if q["abits"] < 32 and s["model"]["name"] != "mobilenet_v2_cifar":
-                raise RecipeError(f"{path}: qat[{i}].abits: activation quantizers are inserted in mobilenet_v2_cifar "
-                                  f"only; use abits: 32 for {s['model']['name']}")
             if q["name"] in names:
                 raise RecipeError(f"{path}: qat[{i}].name: {q['name']!r} twice (give the runs names of their own)")
             names.add(q["name"])
