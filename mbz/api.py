@@ -15,7 +15,7 @@ from .container import write_file
 from .detect import detect_grid
 from .encoder import RANS_PROFILES, EntropyPolicy, arans_pass, encode_tensor
 from .errors import CheckpointError, EncodeError
-from .ratedist import DEADZONE, SIZE_EXP, StepPolicy, estimate_bytes, step_grid
+from .ratedist import DEADZONE, SIZE_EXP, BiasFix, StepPolicy, estimate_bytes, expected_shift, step_grid
 from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
 from .reader import MbzReader, load, load_checkpoint, map_small_first, open  # noqa: F401,A004
 from .reparam import fold_pruning
@@ -143,7 +143,8 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
          workers: int | None = None, key: str | None = None, exact: bool = False,
          zero_sign: str = "keep", rans: bool = False, profile: str = "default",
          step: float | None = None, step_1d: float | str | None = "auto", deadzone: float = DEADZONE,
-         step_channel: bool = True, size_exp: float = SIZE_EXP, step_gain: bool = True) -> SaveReport:
+         step_channel: bool = True, size_exp: float = SIZE_EXP, step_gain: bool = True,
+         bias_fix: dict[str, BiasFix] | None = None) -> SaveReport:
     """Write a checkpoint (state_dict, module, or any structure torch.load(weights_only=True) returns) as .mbz.
 
     Without `wbits` every tensor is stored exactly (detected grids, codebooks
@@ -172,6 +173,9 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     step·rms·(n / SIZE_REF)**size_exp (per output channel, or per tensor with `step_channel=False`) and 1-D float
     tensors at step_1d·rms, with a zero bin widened by `deadzone` steps (mbz.ratedist); tensors already on
     an exact grid keep it; `step_gain` rescales each weight step to keep the gain (mbz.ratedist.step_grid).
+    `bias_fix` ({weight key: mbz.ratedist.BiasFix}, e.g. from mbz.models.biascorr.bias_fixes; with `step`):
+    once such a weight is quantized, its expected output shift E[ΔW x] (mbz.ratedist.expected_shift) is
+    subtracted from its float bias before the bias is quantized (data-free bias correction).
     See save_to_size for a byte budget.
     Raises CheckpointError for values that cannot be stored (naming their key path),
     EncodeError for tensors that cannot be encoded (naming the tensor), an unknown profile or
@@ -209,6 +213,27 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         meta[M_LOSSY] = {"step": step, "step_1d": step_1d, "deadzone": deadzone, "step_channel": bool(step_channel),
                          "size_exp": size_exp, "gain": bool(step_gain)}
 
+    pre = {}   # grids computed before the biases they correct
+    if spol is not None and bias_fix:
+        sd = dict(sd)
+        for wname, fix in bias_fix.items():
+            t, b = sd.get(wname), sd.get(fix.bias)
+            if t is None or b is None or wname not in flat.main_names or fix.bias not in flat.main_names:
+                raise EncodeError(f"bias correction: {wname} or {fix.bias} is not a tensor of the model state_dict")
+            rel = spol.relative_step(wname, t)
+            if not rel or t.dim() < 2 or (detect and detect_grid(t) is not None):
+                continue
+            g = step_grid(t, rel, spol.deadzone, spol.channel, spol.gain)
+            if g is None:
+                continue
+            pre[wname] = g
+            dw = g.values().reshape(t.shape).astype(np.float64) - t.detach().cpu().double().numpy()
+            if b.shape != (t.shape[0],):
+                raise EncodeError(f"bias correction: {fix.bias} {tuple(b.shape)} is not one value per output "
+                                  f"channel of {wname} {tuple(t.shape)}")
+            sd[fix.bias] = (b.detach().cpu().double() - torch.from_numpy(expected_shift(fix, dw))).to(b.dtype)
+        meta[M_LOSSY]["bias_correction"] = len(pre)
+
     def encode(item):
         name, t = item
         try:
@@ -224,7 +249,9 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         rel = None
         if spol is not None and model:
             rel = spol.relative_step(name, t)
-            if rel and not (detect and detect_grid(t) is not None):  # a tensor on an exact grid keeps it
+            if name in pre:
+                grid = pre[name]
+            elif rel and not (detect and detect_grid(t) is not None):  # a tensor on an exact grid keeps it
                 grid = step_grid(t, rel, spol.deadzone if t.dim() >= 2 else 0.0, spol.channel and t.dim() >= 2,
                                  spol.gain)
             else:

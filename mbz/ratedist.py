@@ -22,6 +22,11 @@ training images (results/ratedist).
 ``fit_step`` finds the largest-quality step whose file fits a byte budget: a bisection
 on an estimate (order-0 entropy of the codes), corrected by real packs.
 Tensors already on an exact grid (mbz.detect) keep it: lossless detection comes first.
+
+Bias correction (``BiasFix``, ``expected_shift``; mbz.api.save's ``bias_fix``): a quantized weight moves
+its layer's expected output by E[ΔW x]; subtracting that from the layer's bias (before the bias is
+quantized) keeps the expected output (Nagel et al. 2019, section 4.2).  The input means come from the
+BatchNorm statistics, no data (mbz.models.biascorr).
 """
 from __future__ import annotations
 
@@ -146,6 +151,42 @@ def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = Fals
     return Grid(k, d, Granularity.TENSOR, tuple(t.shape))
 
 
+@dataclass
+class BiasFix:
+    """What the data-free bias correction of one conv / linear weight needs (mbz.models.biascorr builds it).
+
+    bias: state_dict key of the bias that absorbs the shift; mean: float32 (C_in,), the expected value of
+    each input channel; taps: float32 (kh, kw), the fraction of output positions at which each kernel tap
+    falls inside the zero-padded input (None for a linear layer); groups: the conv's groups."""
+    bias: str
+    mean: np.ndarray
+    taps: np.ndarray | None = None
+    groups: int = 1
+
+
+def expected_shift(fix: BiasFix, dw: np.ndarray) -> np.ndarray:
+    """E[ΔW x] per output channel: float64 (C_out,) for a weight error ΔW (C_out, C_in / groups[, kh, kw]) and
+    inputs of per-channel mean `fix.mean`, averaged over the output positions (zero padding: `fix.taps`).
+
+    The bias correction of Nagel et al. 2019 ("Data-Free Quantization Through Weight Equalization and Bias
+    Correction", ICCV, section 4.2): subtracting it from the bias keeps each output's expected value.
+    Raises EncodeError when the shapes do not fit."""
+    dw = np.asarray(dw, np.float64)
+    mu = np.asarray(fix.mean, np.float64).reshape(-1)
+    g = int(fix.groups)
+    cout, cin_g = dw.shape[0], dw.shape[1] if dw.ndim >= 2 else 0
+    if dw.ndim < 2 or g < 1 or cout % g or mu.size != cin_g * g:
+        raise EncodeError(f"bias correction of {fix.bias}: weight {tuple(dw.shape)} does not fit {mu.size} input means "
+                          f"in {g} groups")
+    if dw.ndim > 2:
+        taps = np.ones(dw.shape[2:]) if fix.taps is None else np.asarray(fix.taps, np.float64)
+        if taps.shape != dw.shape[2:]:
+            raise EncodeError(f"bias correction of {fix.bias}: taps {taps.shape} do not fit the kernel {dw.shape[2:]}")
+        dw = (dw * taps).reshape(cout, cin_g, -1).sum(-1)
+    w = dw.reshape(g, cout // g, cin_g)
+    return np.einsum("goi,gi->go", w, mu.reshape(g, cin_g)).reshape(cout)
+
+
 def code_entropy_bytes(k: np.ndarray) -> float:
     """Order-0 entropy of integer codes, in bytes (an estimate of their coded size)."""
     if k.size == 0:
@@ -168,4 +209,4 @@ def estimate_bytes(sd: dict, policy: StepPolicy, exact: set) -> float:
     return total
 
 
-__all__ = ["StepPolicy", "step_grid", "estimate_bytes", "code_entropy_bytes"]
+__all__ = ["StepPolicy", "BiasFix", "expected_shift", "step_grid", "estimate_bytes", "code_entropy_bytes"]

@@ -11,7 +11,7 @@
 
 For every target and every setting (size exponent x dead zone) the checkpoint is
 packed exactly as `mbz pack CKPT -o F --arch ARCH --fold-bn --step-channel --target-size T
---size-exp E --deadzone Z [--best]` does (mbz.api.save_to_size on the BatchNorm-folded state_dict),
+--size-exp E --deadzone Z [--best] [--bias-correct]` does (mbz.api.save_to_size on the BatchNorm-folded state_dict),
 the file is read back with mbz.load_model and evaluated on the split (CPU).  Every row holds the real
 file bytes.  `--keep DIR` keeps the files.  `--fold none` packs the state_dict as it is.
 """
@@ -39,6 +39,7 @@ def main() -> int:
     ap.add_argument("--deadzone", default="0", help="dead zones to try, comma-separated")
     ap.add_argument("--per-tensor", action="store_true", help="one step per tensor (default: per output channel)")
     ap.add_argument("--no-gain", action="store_true", help="mbz pack --no-gain")
+    ap.add_argument("--bias-correct", action="store_true", help="mbz pack --bias-correct (needs --fold bn)")
     ap.add_argument("--fold", choices=("bn", "none"), default="bn")
     ap.add_argument("--best", action="store_true", help="mbz pack --best (RANS wherever smaller)")
     ap.add_argument("--split", choices=("val", "test"), required=True,
@@ -46,12 +47,16 @@ def main() -> int:
     ap.add_argument("--val", type=int, default=5000)
     ap.add_argument("--data", default="npz:/work/shared/data")
     ap.add_argument("--keep", help="keep the packed files in this folder")
+    ap.add_argument("--reuse", action="store_true",
+                    help="a file already in --keep of the same setting is evaluated as it is, not packed again "
+                         "(e.g. the file chosen on --split val, then evaluated once with --split test)")
     ap.add_argument("--out", help="write the rows as JSON here")
     a = ap.parse_args()
 
     from mbz import api, load_model
     from mbz.checkpoint import as_state_dict, read_object
     from mbz.models import arch_for_pack
+    from mbz.models.biascorr import bias_fixes
     from mbz.models.registry import fold_state_dict
     from mbz.pipeline.baseline import split_val
     from mbz.pipeline.data import evaluate, load_dataset
@@ -67,26 +72,35 @@ def main() -> int:
     print(f"data: {split}, {time.time() - t0:.0f} s", flush=True)
     sd = as_state_dict(read_object(a.checkpoint))
     arch, _ = arch_for_pack(sd, a.arch)
+    fix = None
     if a.fold == "bn":
-        sd, arch = fold_state_dict(sd, arch)
+        folded, farch = fold_state_dict(sd, arch)
+        if a.bias_correct:
+            fix = bias_fixes(sd, arch, folded)
+        sd, arch = folded, farch
     out_dir = a.keep or tempfile.mkdtemp(prefix="rd_bench")
     os.makedirs(out_dir, exist_ok=True)
     rows = []
     for target, e, z in itertools.product([int(t) for t in a.targets.split(",")], floats(a.size_exp),
                                           floats(a.deadzone)):
-        path = os.path.join(out_dir, f"rd_{target}_e{e:g}_z{z:g}{'_best' if a.best else ''}.mbz")
-        if os.path.exists(path):
-            os.remove(path)
+        path = os.path.join(out_dir, f"rd_{target}_e{e:g}_z{z:g}{'_best' if a.best else ''}{'_bc' if fix else ''}.mbz")
         t = time.time()
-        rep = api.save_to_size(sd, path, target, deadzone=z, step_channel=not a.per_tensor, size_exp=e, arch=arch,
-                               step_gain=not a.no_gain, profile="best" if a.best else "default", rans=a.best)
-        t_pack = time.time() - t
+        if a.reuse and a.keep and os.path.exists(path):
+            file_bytes, t_pack = os.path.getsize(path), None
+        else:
+            if os.path.exists(path):
+                os.remove(path)
+            rep = api.save_to_size(sd, path, target, deadzone=z, step_channel=not a.per_tensor, size_exp=e,
+                                   arch=arch, step_gain=not a.no_gain, profile="best" if a.best else "default",
+                                   rans=a.best, **({"bias_fix": fix} if fix else {}))
+            file_bytes, t_pack = rep.file_bytes, round(time.time() - t, 1)
         model = load_model(path)
         r = evaluate(model, ds, batch=100)
-        row = {"target_bytes": target, "file_bytes": rep.file_bytes, "size_exp": e, "deadzone": z,
+        row = {"target_bytes": target, "file_bytes": file_bytes, "size_exp": e, "deadzone": z,
                "per_channel": not a.per_tensor, "gain": not a.no_gain, "fold_bn": a.fold == "bn", "best": a.best,
+               "bias_correct": bool(fix),
                "top1": round(r["top1"], 2), "loss": round(r["loss"], 4), "n": r["n"], "split": a.split,
-               "pack_s": round(t_pack, 1)}
+               "pack_s": t_pack}
         rows.append(row)
         print(json.dumps(row), flush=True)
     res = {"command": "python tools/rd_bench.py " + " ".join(sys.argv[1:]), "checkpoint": a.checkpoint,

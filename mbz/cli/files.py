@@ -12,6 +12,7 @@ from ..compare import leaves, compare
 from ..container import atomic_write
 from ..errors import CheckpointError, MbzError, MismatchError, UsageError
 from ..models import arch_for_pack
+from ..models.biascorr import bias_fixes
 from ..models.registry import fold_state_dict
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
 from ..ratedist import DEADZONE, SIZE_EXP, SIZE_REF
@@ -83,14 +84,20 @@ def _pack(a, obj, meta: dict) -> int:
         raise UsageError(f"--step must be a positive relative step, got {a.step} (leave it out for a lossless pack)")
     if a.zstd_level is not None and not 1 <= a.zstd_level <= 22:
         raise UsageError(f"--zstd-level must be in 1..22, got {a.zstd_level}")
-    fold_note = None
+    fold_note, common_fix = None, None
+    if a.bias_correct and not (a.fold_bn and (a.step is not None or a.target_size is not None)):
+        raise UsageError("--bias-correct corrects the biases of folded convolutions: it needs --fold-bn and "
+                         "--step or --target-size")
     if a.fold_bn:
         if arch is None:
             raise UsageError("--fold-bn needs the architecture: pass --arch NAME (the conv -> BatchNorm pairs are "
                              "found in the network it builds)")
         if main is not prep.obj or len(plain) != len(prep.obj):
             raise UsageError("--fold-bn folds a plain state_dict of tensors: pick it with --key")
-        folded, arch = fold_state_dict(plain, arch)
+        folded, arch0 = fold_state_dict(plain, arch)
+        if a.bias_correct:
+            common_fix = bias_fixes(plain, arch, folded)
+        arch = arch0
         arch_note = f"architecture recorded: {arch}"
         fold_note = (f"  BatchNorm folded into the convolutions before packing (--fold-bn): {len(plain)} tensors -> "
                      f"{len(folded)}; recorded as {arch.get('name')} with folded_bn")
@@ -99,7 +106,8 @@ def _pack(a, obj, meta: dict) -> int:
                   align=a.align, metadata=dict(meta, **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
                                                **({M_KEY: a.key} if a.key is not None else {})),
                   arch=arch, progress=show_progress(a.quiet), exact=a.exact, zero_sign=a.zero_sign, key=None,
-                  rans=a.rans, profile="best" if a.best else "default")
+                  rans=a.rans, profile="best" if a.best else "default",
+                  **({"bias_fix": common_fix} if common_fix else {}))
     step_1d = "auto" if a.step_1d is None else None if a.step_1d == 0 else a.step_1d
     if a.target_size is not None:
         if a.target_size < 1:
@@ -324,6 +332,10 @@ def register(sub) -> None:
                    help="fold every Conv2d -> BatchNorm2d pair of the architecture (--arch) into the conv before "
                         "packing: one bias per channel instead of four BatchNorm tensors; the file records the "
                         "folded architecture (mbz.load_model / mbz eval rebuild it)")
+    r.add_argument("--bias-correct", action="store_true",
+                   help="with --fold-bn and --step / --target-size: subtract from each conv's bias the expected shift "
+                        "of its output, E[dW x], with the input means predicted from the BatchNorm statistics (no "
+                        "data; Nagel et al. 2019; mbz.models.biascorr)")
     e = p.add_argument_group("encoding")
     e.add_argument("--no-detect", action="store_true", help="do not look for exact grids / codebooks (store raw)")
     e.add_argument("--no-zstd", action="store_true", help="no entropy stage")
