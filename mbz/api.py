@@ -322,7 +322,7 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     lo, hi = math.log(1e-3), math.log(8.0)
     for _ in range(40):
         mid = (lo + hi) / 2
-        if estimate_bytes(sd, pol(math.exp(mid)), exact) <= target_bytes:
+        if estimate_bytes(sd, pol(math.exp(mid)), exact) <= 0.995 * target_bytes:   # the secant steps' goal
             hi = mid
         else:
             lo = mid
