@@ -434,7 +434,7 @@ def _storage(doc, inp, figs):
         doc.add(Items(lines))
     ref = inp.fmt["reference"]
     doc.add(Para(f"The format alone, without training: the dense fp32 reference MobileNet-v2 packs losslessly to "
-                 f"{ref['lossless']['file_bytes']:,} bytes, bit-exact (top-1 {ref['lossless']['top1_unpacked']:.2f}% "
+                 f"{ref['lossless']['file_bytes']:,} bytes in the default profile, bit-exact (top-1 {ref['lossless']['top1_unpacked']:.2f}% "
                  f"unpacked and without mbz); rounded to 8-bit per-channel weights {ref['wbits8']['file_bytes']:,} B "
                  f"({ref['wbits8']['top1_unpacked']:.2f}%) (`results/format`, `python tools/bench_format.py`)."))
 
