@@ -187,11 +187,18 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         raise EncodeError("--wbits and --step are exclusive: a bit width or a step, not both")
     if profile not in RANS_PROFILES:
         raise EncodeError(f"unknown entropy profile {profile!r}; known: {sorted(RANS_PROFILES)}")
+    if wbits:
+        import re
+        try:
+            re.compile(include)
+        except re.error as e:
+            raise EncodeError(f"--include {include!r} is not a valid regular expression ({e})") from None
     prep = prepare(obj, key=key, exact=exact)
     dtypes = input_dtypes(prep.obj)
     flat = flatten(prep.obj)
-    if not flat.tensors and flat.tree is None:
-        raise CheckpointError("checkpoint holds no tensors")
+    if not flat.tensors:
+        raise CheckpointError(f"checkpoint holds no tensors (it is a {type(prep.obj).__name__}); "
+                              "expected a state_dict, a module or a checkpoint holding one")
     policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
     sd = flat.tensors
     ent = EntropyPolicy(zstd=zstd, level=zstd_level, rans=rans or profile == "best", profile=profile).resolved(
@@ -245,7 +252,10 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
             t = torch.where(t == 0, torch.zeros((), dtype=t.dtype), t)
         model = name in flat.main_names and not t.is_quantized
         use = policy is not None and model and policy.applies(name, t)
-        grid = quantize_tensor(t, policy) if use else None
+        try:
+            grid = quantize_tensor(t, policy) if use else None
+        except EncodeError as e:
+            raise EncodeError(f"tensor '{name}': {e}") from None
         rel = None
         if spol is not None and model:
             rel = spol.relative_step(name, t)

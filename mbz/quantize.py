@@ -66,6 +66,9 @@ def quantize_tensor(t: torch.Tensor, policy: QuantPolicy) -> Grid:
     if not np.isfinite(x).all():
         raise EncodeError("cannot quantize a tensor with NaN or Inf")
     gran = Granularity[policy.granularity.upper()]
+    if gran == Granularity.CHANNEL and shape and not -len(shape) <= policy.axis < len(shape):
+        raise EncodeError(f"axis {policy.axis} is out of range for a tensor of shape {list(shape)} "
+                          f"(per-channel scales need -{len(shape)} <= axis < {len(shape)})")
     axis = policy.axis % max(1, len(shape))
     if gran == Granularity.CHANNEL and len(shape) == 0:
         gran = Granularity.TENSOR

@@ -390,3 +390,43 @@ def test_unreadable_checkpoints_are_one_line_naming_the_file(run, tmp_path):
             rc, err = run(argv)
             _one_line(rc, err, argv)
             assert name in err
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--wbits", "4", "--include", "(["], "not a valid regular expression"),
+    (["--wbits", "4", "--axis", "7"], "axis 7 is out of range"),
+    (["--wbits", "4", "--axis", "-9"], "axis -9 is out of range"),
+])
+def test_pack_refuses_bad_quantization_options_in_one_line(tmp_path, capsys, extra, says):
+    ck = tmp_path / "m.pt"
+    torch.save({"conv.weight": torch.randn(8, 3, 3, 3), "fc.weight": torch.randn(10, 8)}, ck)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "m.mbz"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m.mbz").exists()
+
+
+@pytest.mark.parametrize("obj", [[1, 2, 3], 42, {"epoch": 3}])
+def test_pack_refuses_a_checkpoint_without_tensors(tmp_path, capsys, obj):
+    ck = tmp_path / "x.pt"
+    torch.save(obj, ck)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "x.mbz")]) == 2
+    assert "holds no tensors" in capsys.readouterr().err
+    assert not (tmp_path / "x.mbz").exists()
+
+
+def test_load_model_of_a_quantized_file_into_a_float_module_is_an_mbz_error(tmp_path):
+    q = torch.quantize_per_tensor(torch.randn(4, 3), 0.1, 0, torch.qint8)
+    mbz.save({"fc.weight": q, "fc.scale": torch.tensor(0.1), "meta": torch.float32}, tmp_path / "q.mbz")
+    with pytest.raises(mbz.MbzError, match="do not fit"):
+        mbz.load_model(tmp_path / "q.mbz", model=torch.nn.Sequential())
+
+
+def test_inspect_into_a_closed_pipe_is_quiet():
+    """`mbz inspect F | head`: the reader closing the pipe is not an error (exit 0, nothing on stderr)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-m", "mbz.cli", "inspect", "examples/mobilenetv2_cifar10.mbz"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root)
+    p.stdout.close()  # every write of the command now fails with EPIPE
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and not err.strip(), err

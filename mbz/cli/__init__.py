@@ -56,6 +56,10 @@ def main(argv=None) -> int:
     except MbzError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `mbz inspect F | head`: the reader stopped reading, which is not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 0
     except OSError as e:  # missing / unreadable file, a directory, a full disk ...
         what = f"{e.filename}: " if e.filename else ""
         print(f"{prog}: error: {what}{e.strerror or e}", file=sys.stderr)

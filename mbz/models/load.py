@@ -37,7 +37,7 @@ def load_model(path, *, model: nn.Module | None = None, strict: bool = True) -> 
         # a structure tree (spec §3.1): the names and shapes of its model state_dict, which is decoded
         # first; a flat file: its records, nothing decoded before the check
         sd = r.state_dict() if r.has_structure else None
-        names = {k: tuple(v.shape) for k, v in sd.items()} if sd is not None else \
+        names = shapes_of(sd) if sd is not None else \
             {rec.name: tuple(rec.shape) for rec in r.layout.records}
         prefix = strip_wrapper(names)
         got = {k[len(prefix):]: s for k, s in names.items()}

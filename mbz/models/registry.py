@@ -333,7 +333,7 @@ def strip_wrapper(names) -> str:
 
 def shapes_of(sd) -> dict:
     """{name: tuple shape} of a state_dict (tensors or anything with a .shape)."""
-    return {k: tuple(v.shape) for k, v in sd.items()}
+    return {k: tuple(v.shape) if hasattr(v, "shape") else (type(v).__name__,) for k, v in sd.items()}
 
 
 def fit_errors(expected: dict, got: dict) -> tuple[list, list, list]:
