@@ -136,6 +136,14 @@ def _negative_zeros(t: torch.Tensor) -> int:
     return int(np.count_nonzero(a == idt(pattern)))
 
 
+def _is_width(w) -> bool:
+    """Whether `w` is a code width in 1..16 (an int, numpy ints included; not a bool)."""
+    try:
+        return not isinstance(w, bool) and int(w) == w and 1 <= w <= 16
+    except (TypeError, ValueError):
+        return False
+
+
 def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", axis: int = 0,
          group_size: int = 64, symmetric: bool = True, include: str = DEFAULT_INCLUDE,
          detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int | None = None,
@@ -183,6 +191,8 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     """
     if zero_sign not in ZERO_SIGNS:
         raise EncodeError(f"zero_sign must be one of {ZERO_SIGNS}, got {zero_sign!r}")
+    if wbits is not None and not _is_width(wbits):
+        raise EncodeError(f"wbits must be an integer in 1..16, got {wbits!r} (None for a lossless pack)")
     if wbits and step:
         raise EncodeError("--wbits and --step are exclusive: a bit width or a step, not both")
     if profile not in RANS_PROFILES:

@@ -430,3 +430,13 @@ def test_inspect_into_a_closed_pipe_is_quiet():
     p.stdout.close()  # every write of the command now fails with EPIPE
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 0 and not err.strip(), err
+
+
+@pytest.mark.parametrize("extra, says", [(["--no-zstd", "--best"], "contradict"), (["--meta", "=x"], "non-empty KEY")])
+def test_pack_refuses_contradicting_or_empty_options(tmp_path, capsys, extra, says):
+    ck = tmp_path / "m.pt"
+    torch.save({"fc.weight": torch.randn(10, 8)}, ck)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "m.mbz"), *extra]) == 2
+    assert says in capsys.readouterr().err
+    with pytest.raises(mbz.MbzError, match="wbits must be"):
+        mbz.save({"fc.weight": torch.randn(10, 8)}, tmp_path / "w.mbz", wbits=0)

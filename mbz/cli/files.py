@@ -28,6 +28,8 @@ def _meta_pairs(pairs):
         if "=" not in p:
             raise MbzError(f"--meta expects KEY=VALUE, got {p!r}")
         k, v = p.split("=", 1)
+        if not k:
+            raise MbzError(f"--meta expects KEY=VALUE with a non-empty KEY, got {p!r}")
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
@@ -78,6 +80,8 @@ def _pack(a, obj, meta: dict) -> int:
             arch, arch_note = kept, f"architecture: {kept.get('name')} (kept from {a.checkpoint})"
     if sum(x is not None for x in (a.wbits, a.step, a.target_size)) > 1:
         raise UsageError("--wbits, --step and --target-size are exclusive: give one")
+    if a.no_zstd and a.best:
+        raise UsageError("--no-zstd and --best contradict each other: --best tries every entropy stage")
     if a.wbits is not None and not 1 <= a.wbits <= 16:
         raise UsageError(f"--wbits must be in 1..16, got {a.wbits} (leave it out for a lossless pack)")
     if a.step is not None and not a.step > 0:
