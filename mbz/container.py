@@ -118,7 +118,10 @@ def atomic_write(path, chunks) -> None:
         raise FileNotFoundError(2, "output folder does not exist", d)
     if os.path.isdir(path):
         raise IsADirectoryError(21, "output is a directory", path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    except OSError as e:  # name the output the user gave, not the temporary file
+        raise type(e)(e.errno, f"cannot write the output: {e.strerror or e}", path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             for c in chunks:
@@ -129,11 +132,13 @@ def atomic_write(path, chunks) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename == tmp:
+            raise type(e)(e.errno, f"cannot write the output: {e.strerror or e}", path) from None
         raise
 
 

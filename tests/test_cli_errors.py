@@ -440,3 +440,16 @@ def test_pack_refuses_contradicting_or_empty_options(tmp_path, capsys, extra, sa
     assert says in capsys.readouterr().err
     with pytest.raises(mbz.MbzError, match="wbits must be"):
         mbz.save({"fc.weight": torch.randn(10, 8)}, tmp_path / "w.mbz", wbits=0)
+
+
+def test_a_failed_write_names_the_output_not_the_temporary_file(tmp_path, monkeypatch, capsys):
+    import tempfile as tf
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".m.mbz.abc.tmp"))
+    ck = tmp_path / "m.pt"
+    torch.save({"fc.weight": torch.randn(10, 8)}, ck)
+    monkeypatch.setattr(tf, "mkstemp", refuse)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "m.mbz")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'm.mbz'}: cannot write the output: Permission denied" in err and ".tmp" not in err
