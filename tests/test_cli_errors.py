@@ -453,3 +453,18 @@ def test_a_failed_write_names_the_output_not_the_temporary_file(tmp_path, monkey
     assert main(["pack", str(ck), "-o", str(tmp_path / "m.mbz")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'm.mbz'}: cannot write the output: Permission denied" in err and ".tmp" not in err
+
+
+def test_offline_torchvision_cifar_is_one_data_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    from mbz.errors import DataError
+    from mbz.pipeline.data import load_torchvision_cifar
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(tvd, "CIFAR100", offline)
+    with pytest.raises(DataError, match="could not be downloaded"):
+        load_torchvision_cifar(str(tmp_path), train=False, classes=100)

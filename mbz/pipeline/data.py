@@ -62,12 +62,19 @@ def load_npz(path: str) -> ArrayDataset:
 def load_torchvision_cifar(root: str, train: bool, download: bool = True, classes: int = 10) -> ArrayDataset:
     """torchvision.datasets.CIFAR10 / CIFAR100 (`classes` 10 or 100) as uint8 arrays."""
     from torchvision.datasets import CIFAR10, CIFAR100
-    ds = (CIFAR100 if classes == 100 else CIFAR10)(root, train=train, download=download)
+    try:
+        ds = (CIFAR100 if classes == 100 else CIFAR10)(root, train=train, download=download)
+    except (OSError, RuntimeError) as e:  # offline (urllib's URLError is an OSError), or a corrupt archive
+        from ..errors import DataError
+        raise DataError(f"cifar{classes}:{root}: the CIFAR-{classes} files are not in {root} and could not be "
+                        f"downloaded ({str(e).strip() or type(e).__name__}); put torchvision's "
+                        f"cifar-{classes}-python folder there, or use npz:DIR / folder:ROOT") from None
     return ArrayDataset(torch.from_numpy(np.asarray(ds.data)), torch.tensor(ds.targets, dtype=torch.int64),
                         list(ds.classes), f"cifar{classes}:{root}")
 
 
 load_torchvision_cifar10 = load_torchvision_cifar
+
 
 
 def load_folder(root: str) -> ArrayDataset:
