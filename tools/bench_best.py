@@ -21,11 +21,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+import mbz
+from mbz.compare import compare
 
-import mbz  # noqa: E402
-from mbz.compare import compare  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 REFERENCE = os.environ.get("MBZ_REFERENCE", "/work/shared/data/reference_mnv2_cifar10_fp32.pt")
 EXAMPLE = os.path.normpath(os.path.join(HERE, "..", "examples", "mobilenetv2_cifar10_200k.mbz"))
@@ -92,8 +91,9 @@ def main() -> int:
             res["w4"]["target_bytes_best"] = int(0.85 * 1161493)
             print("w4", json.dumps(res["w4"]), flush=True)
         if "ptq" in parts:
-            import bench_inputs
-            res["ptq"] = bench_inputs.bench_ptq(tmp, REFERENCE, 512, a.data, best=True, runs=a.runs)
+            import runpy
+            bench_ptq = runpy.run_path(os.path.join(HERE, "bench_inputs.py"))["bench_ptq"]
+            res["ptq"] = bench_ptq(tmp, REFERENCE, 512, a.data, best=True, runs=a.runs)
             print("ptq", json.dumps(res["ptq"]), flush=True)
         res["load_average_end"] = os.getloadavg()[0]
     if a.out:
