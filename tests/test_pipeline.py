@@ -151,6 +151,18 @@ def test_train_smoke_and_eval_cli(tiny_npz, tmp_path, capsys):
     assert out["top1"] == want and out["n"] == 40 and out["file_bytes"] == p.stat().st_size
 
 
+def test_train_stopped_by_budget_creates_its_resume_folder(tiny_npz, tmp_path):
+    # a stage stopped in its first cycle has no resume/ folder yet; the stop must not lose the epoch
+    tr = load_dataset(f"npz:{tiny_npz}", "train")
+    te = load_dataset(f"npz:{tiny_npz}", "test")
+    ck = tmp_path / "out" / "resume" / "restart.pt"
+    r = train(tiny(), tr, te, TrainConfig(epochs=3, batch=32, lr=0.05, warmup=0.5), ckpt_path=str(ck),
+              time_budget=1e-9, device=torch.device("cpu"))
+    assert not r["complete"] and len(r["history"]) == 1
+    state = torch.load(ck, weights_only=True)
+    assert state["epoch"] == 1 and not list(ck.parent.glob("*.part"))
+
+
 @pytest.mark.parametrize("abits", [4, 8])
 def test_activations_held_packed_change_nothing(abits):
     from mbz.pipeline.activations import measure

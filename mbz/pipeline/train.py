@@ -341,7 +341,11 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
             ck["ema_updates"] = ema.updates
         if cuda:
             ck["rng_cuda"] = torch.cuda.get_rng_state()
-        torch.save(ck, ckpt_path)
+        # the stage's resume/ folder may not exist yet (a stage stopped in its first cycle)
+        os.makedirs(os.path.dirname(os.path.abspath(ckpt_path)), exist_ok=True)
+        tmp = ckpt_path + ".part"
+        torch.save(ck, tmp)
+        os.replace(tmp, ckpt_path)
     final = ema.model if ema else model
     return {"history": history, "model": final, "complete": complete, "config": asdict(cfg)}
 
