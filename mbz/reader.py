@@ -29,19 +29,28 @@ def map_small_first(fn, items: list, sizes: list, workers: int, tick=None) -> li
     """
     big = sorted((i for i, n in enumerate(sizes) if n >= PARALLEL_MIN_ELEMENTS), key=lambda i: -sizes[i])
     out = [None] * len(items)
-    pooled = set(big) if workers > 1 and len(big) > 1 else set()
-    for i, x in enumerate(items):
-        if i not in pooled:
-            out[i] = fn(x)
-            if tick is not None:
-                tick()
-    if pooled:
+    pooled = big if workers > 1 and len(big) > 1 else []
+    pool = futures = None
+    if pooled:  # the large ones start first; the small ones run here meanwhile
         from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(workers) as pool:
-            for i, r in zip(big, pool.map(fn, (items[i] for i in big))):
-                out[i] = r
+        pool = ThreadPoolExecutor(workers)
+        futures = [pool.submit(fn, items[i]) for i in pooled]
+    try:
+        skip = set(pooled)
+        for i, x in enumerate(items):
+            if i not in skip:
+                out[i] = fn(x)
                 if tick is not None:
                     tick()
+        for i, f in zip(pooled, futures or ()):
+            out[i] = f.result()
+            if tick is not None:
+                tick()
+    finally:
+        if pool is not None:
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=True)
     return out
 
 

@@ -262,3 +262,21 @@ def test_registry_lists_torchvision_classifiers_with_their_arguments():
     spec, kw = validate_arch({"name": "mobilenet_v2", "width_mult": 0.5, "dropout": 0.1, "num_classes": 7})
     assert spec.source == "torchvision" and kw == {"width_mult": 0.5, "dropout": 0.1, "num_classes": 7}
     assert sum(p.numel() for p in build_model({"name": "squeezenet1_1", "num_classes": 3}).parameters()) > 0
+
+
+def test_meta_skeletons_skip_initialisation_of_meta_tensors_only():
+    from torch import nn
+    from mbz.models import registry
+    before = nn.init.normal_
+    cpu = torch.zeros(64)
+    with registry._no_init_on_meta():
+        assert nn.init.normal_ is not before
+        nn.init.normal_(cpu)                   # another tensor than a skeleton's is initialised as usual
+        meta = torch.empty(3, device="meta")
+        assert nn.init.normal_(meta) is meta
+    assert nn.init.normal_ is before and cpu.abs().sum() > 0
+    for name in ("resnet50", "vgg11_bn_cifar", "mobilenet_v2_cifar"):
+        arch = {"name": name}
+        want = shapes_of(getattr(torchvision.models, name)().state_dict()) if name == "resnet50" else \
+            shapes_of(build_model(arch).state_dict())
+        assert registry.skeleton_shapes(arch) == want

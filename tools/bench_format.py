@@ -76,6 +76,8 @@ def bound_bytes(sd: dict, policy: QuantPolicy) -> dict:
 
 
 def pack_cli(ckpt, out, *extra):
+    from mbz.models import registry
+    registry._skeleton_shapes.cache_clear()  # each pack matches the architectures anew, as a fresh `mbz pack` does
     t = time.perf_counter()
     rc = mbz_cli(["pack", ckpt, "-o", out, "-q", "--force", *extra])
     assert rc == 0

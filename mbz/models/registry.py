@@ -20,9 +20,11 @@ records an architecture only when the user names it.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -238,10 +240,36 @@ def _build(spec: ArchSpec, kwargs: dict) -> nn.Module:
     return m
 
 
+_NO_INIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_init_on_meta():
+    """torch.nn.init's in-place initialisers return meta tensors untouched while a skeleton is built
+    (meta tensors hold no values; the initialisers' Python work is most of a meta build's time).
+    Tensors on any other device, e.g. a model another thread builds meanwhile, are initialised as usual."""
+    with _NO_INIT_LOCK:
+        saved = {n: f for n, f in vars(nn.init).items()
+                 if n.endswith("_") and not n.startswith("_") and callable(f)}
+
+        def skip(f):
+            @functools.wraps(f)
+            def init(tensor, *a, **k):
+                return tensor if isinstance(tensor, torch.Tensor) and tensor.is_meta else f(tensor, *a, **k)
+            return init
+        for n, f in saved.items():
+            setattr(nn.init, n, skip(f))
+        try:
+            yield
+        finally:
+            for n, f in saved.items():
+                setattr(nn.init, n, f)
+
+
 def _call(spec: ArchSpec, kwargs: dict, meta: bool = False) -> nn.Module | None:
     try:
         if meta:
-            with torch.device("meta"):
+            with torch.device("meta"), _no_init_on_meta():
                 m = _build(spec, kwargs)
         else:
             m = _build(spec, kwargs)
@@ -271,6 +299,26 @@ def skeleton(arch) -> nn.Module | None:
         raise MbzError(f"architecture {spec.name} {kwargs} has {n:,d} elements; at most {MAX_MODEL_ELEMENTS:,d} "
                        f"are built")
     return m
+
+
+def skeleton_shapes(arch) -> dict | None:
+    """{state_dict name: shape tuple} of the module `arch` describes (its meta skeleton), or None where it has
+    none; cached by the arch's JSON text (pack matches a state_dict against several architectures)."""
+    try:
+        key = json.dumps(arch, sort_keys=True)
+    except (TypeError, ValueError):
+        key = None
+    if key is None:
+        m = skeleton(arch)
+        return None if m is None else shapes_of(m.state_dict())
+    r = _skeleton_shapes(key)
+    return None if r is None else dict(r)
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton_shapes(key: str) -> dict | None:
+    m = skeleton(json.loads(key))
+    return None if m is None else shapes_of(m.state_dict())
 
 
 def build_model(arch) -> nn.Module:
@@ -375,9 +423,8 @@ def complete_arch(arch: dict, shapes: dict) -> dict:
         for k, v in spec.infer(_shape_view(shapes)).items():
             out.setdefault(k, v)
     if "num_classes" in spec.params and "num_classes" not in arch:
-        a, b = skeleton(dict(out, num_classes=7)), skeleton(dict(out, num_classes=11))
-        if a is not None and b is not None:
-            sa, sb = shapes_of(a.state_dict()), shapes_of(b.state_dict())
+        sa, sb = skeleton_shapes(dict(out, num_classes=7)), skeleton_shapes(dict(out, num_classes=11))
+        if sa is not None and sb is not None:
             for k, s in sa.items():
                 if k in shapes and len(s) == len(sb[k]) == len(shapes[k]) and s != sb[k]:
                     dim = next(i for i, (x, y) in enumerate(zip(s, sb[k])) if x != y)
@@ -440,18 +487,18 @@ def suggest_archs(shapes: dict) -> list[dict]:
             continue
         try:
             arch = complete_arch({"name": name}, shapes)
-            m = skeleton(arch)
+            want = skeleton_shapes(arch)
         except MbzError:
             continue
-        if m is not None and not any(fit_errors(shapes_of(m.state_dict()), shapes)):
+        if want is not None and not any(fit_errors(want, shapes)):
             out.append(arch)
     return out
 
 
 @functools.lru_cache(maxsize=None)
 def _default_keys(name: str) -> frozenset:
-    m = skeleton({"name": name})
-    return frozenset(m.state_dict()) if m is not None else frozenset()
+    m = skeleton_shapes({"name": name})
+    return frozenset(m) if m is not None else frozenset()
 
 
 def arch_of_module(module: nn.Module) -> dict | None:
