@@ -427,8 +427,33 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     return Record(i, name, dtype, shape, enc, p, refs, 0), cursor
 
 
+_PARAMS_SEEN: dict = {}   # (encoding, dtype, rank, params but the count, with types) -> checked params
+
+
 def _params(enc: Encoding, p: dict, shape, numel: int, where: str, dtype: DType) -> dict:
-    """Params checked against spec table 9 (PARAM_RULES); returns them with defaults filled in."""
+    """Params checked against spec table 9 (PARAM_RULES); returns them with defaults filled in.
+
+    The rules that do not involve the stored count `m` depend only on the encoding, dtype, rank and the
+    other params, which repeat from tensor to tensor: their outcome is remembered, the count checked each time."""
+    m = p.get(P_COUNT)
+    try:
+        key = (enc, dtype, len(shape), tuple((k, type(v), v) for k, v in p.items() if k != P_COUNT))
+        hit = _PARAMS_SEEN.get(key)
+    except TypeError:  # an unhashable value (a list): the full checks name it
+        key = hit = None
+    if hit is not None and type(m) is int and m >= 0:
+        out = dict(hit)
+        out[P_COUNT] = m
+        return _count_rules(enc, out, numel, where)
+    out = _params_checked(enc, p, shape, numel, where, dtype)
+    if key is not None and enc != Encoding.RAW:
+        if len(_PARAMS_SEEN) > 4096:
+            _PARAMS_SEEN.clear()
+        _PARAMS_SEEN[key] = out
+    return out
+
+
+def _params_checked(enc: Encoding, p: dict, shape, numel: int, where: str, dtype: DType) -> dict:
     rules = PARAM_RULES[enc]
     w = f"{where} params"
     for key in p:
@@ -474,6 +499,11 @@ def _params(enc: Encoding, p: dict, shape, numel: int, where: str, dtype: DType)
         raise FormatError(f"{w} 'sb' (scale bytes) may be 8 for quantized dtypes only, else 4; got 8 for {dtype.name}")
     if dtype in QUANTIZED_DTYPES and out[P_GRAN] == Granularity.GROUP:
         raise FormatError(f"{where}: quantized dtype {dtype.name} takes per-tensor or per-channel scales only")
+    return _count_rules(enc, out, numel, where)
+
+
+def _count_rules(enc: Encoding, out: dict, numel: int, where: str) -> dict:
+    """The rules that involve the stored count 'm' (spec table 9)."""
     m, sp = out[P_COUNT], out[P_SPARSE]
     if sp == Sparsity.DENSE and m != numel:
         raise FormatError(f"{where}: DENSE layout stores {m} codes for {numel} elements ('m' must equal numel)")
