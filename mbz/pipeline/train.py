@@ -219,9 +219,9 @@ def train(model: torch.nn.Module, train_ds: ArrayDataset, test_ds: ArrayDataset,
             ema.model.load_state_dict(ck["ema"])
             ema.updates = int(ck.get("ema_updates", 0))
         start_epoch, history = ck["epoch"], json.loads(ck["history"])
-        torch.set_rng_state(ck["rng_cpu"])
+        torch.set_rng_state(ck["rng_cpu"].cpu())  # map_location moved it to the device
         if cuda and "rng_cuda" in ck:
-            torch.cuda.set_rng_state(ck["rng_cuda"])
+            torch.cuda.set_rng_state(ck["rng_cuda"].cpu())
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed * 1000 + start_epoch)
     if cfg.cuda_graph and cfg.compile:
