@@ -1,0 +1,25 @@
+"""Whether the entropy stages run their compiled lane loops (`entropy_jit`, numba) or the numpy reference.
+
+numba is optional (the `fast` extra): `kernels()` imports it on first use, never at `import mbz`.  The
+numpy implementations in `rans.py` / `arans.py` stay the reference and the fallback; set the environment
+variable ``MBZ_NO_JIT=1`` to force them.  Both give the same bytes and the same errors.
+"""
+from __future__ import annotations
+
+import os
+
+_loaded = None  # the entropy_jit module, False when numba cannot be imported, None before the first try
+
+
+def kernels():
+    """The `entropy_jit` module, or None when numba is missing or MBZ_NO_JIT is set (to anything but 0)."""
+    global _loaded
+    if os.environ.get("MBZ_NO_JIT", "0") not in ("", "0"):
+        return None
+    if _loaded is None:
+        try:
+            from . import entropy_jit
+            _loaded = entropy_jit
+        except ImportError:
+            _loaded = False
+    return _loaded or None
