@@ -73,6 +73,9 @@ def arans_items(seed=0, count=24):
     items.append((codes(2, False, 3000, rng, 0.3), AransKind.INT, 2, False, 0, 10 ** 6))
     items.append((codes(1, False, 5000, rng, 0.9), AransKind.INT, 1, False, 0, 1, 2500))  # 2500 > 2 x limit
     items.append((codes(3, True, 2500, rng, 0.6), AransKind.INT, 3, True, 40, 1, 1250))
+    # saturated slots and rare ones: a decision of probability ~1/2048 needs two bytes of renormalization
+    items.append((codes(1, False, 1500, rng, 0.997), AransKind.INT, 1, False, 0, 10 ** 6))
+    items.append((codes(1, False, 3000, rng, 0.997), AransKind.INT, 1, False, 100, 1, 3))
     return items
 
 
@@ -99,8 +102,12 @@ def test_rans_encode_decode_agree(monkeypatch):
     rng = np.random.default_rng(1)
     cases = [(w, s, n, row, steps) for w, s, n, row, steps in
              [(4, True, 3000, 40, 100), (1, False, 2000, 50, 300), (8, False, 700, 0, 64), (12, True, 900, 30, 200),
-              (16, False, 300, 7, 50), (3, False, 1, 0, 1), (5, True, 0, 0, 10), (2, True, 999, 10, 9)]]
+              (16, False, 300, 7, 50), (3, False, 1, 0, 1), (5, True, 0, 0, 10), (2, True, 999, 10, 9),
+              (8, True, 20000, 0, 4000)]]
     datas = [codes(w, s, n, rng, 0.6, 3.0) for w, s, n, _, _ in cases]
+    v = np.zeros(20000, np.int64)
+    v[rng.integers(0, 20000, 12)] = rng.integers(-128, 128, 12)  # rare symbols: frequency 1 of 2^12, two bytes
+    datas[-1] = pack_codes(v, 8, True)
     coded = []
     for d, (w, s, n, row, steps) in zip(datas, cases):
         for alpha in (None, [rans.RansAlphabet.DIRECT] if w <= 8 else None):

@@ -39,17 +39,23 @@ NSLOT = FF + 48
 FLOAT32 = 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _dc(x, y):
     """density_class(x, y) of arans.py, for scalars."""
     if y > 0:
-        return (DQ * x + y // 2) // y
+        return (DQ * x + (y >> 1)) // y
     return DQ // 2
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _prob(n0, n1):
-    q = ((2 * n0 + 1) << ARANS_P) // (2 * (n0 + n1) + 2)
+    """P(decision = 0) in units of 2^-16 from a slot's counts (arans._Run.prob)."""
+    num = (2 * n0 + 1) << ARANS_P
+    den = 2 * (n0 + n1) + 2
+    if num < 4294967296 and den < 4294967296:
+        q = np.int64(np.uint32(num) // np.uint32(den))
+    else:
+        q = num // den
     if q < 1:
         return 1
     if q > _M - 1:
@@ -57,28 +63,28 @@ def _prob(n0, n1):
     return q
 
 
-@njit(cache=True, nogil=True)
-def _count(act, na, sl, b, n0, n1, stamp, step):
-    """The step's count updates, then each slot whose total exceeds the limit halved once."""
-    for i in range(na):
-        k = act[i]
-        if b[k]:
-            n1[sl[k]] += 1
-        else:
-            n0[sl[k]] += 1
+@njit(cache=True, nogil=True, error_model="numpy")
+def _halve(act, na, sl, cnt, qt, stamp, step):
+    """After a step's count updates: each slot whose total exceeds the limit halved once; the touched slots'
+    probabilities qt recomputed."""
     for i in range(na):
         s = sl[act[i]]
-        if n0[s] + n1[s] > _LIMIT and stamp[s] != step:
+        n0 = cnt[2 * s]
+        n1 = cnt[2 * s + 1]
+        if n0 + n1 > _LIMIT and stamp[s] != step:
             stamp[s] = step
-            n0[s] = (n0[s] + 1) >> 1
-            n1[s] = (n1[s] + 1) >> 1
+            n0 = (n0 + 1) >> 1
+            n1 = (n1 + 1) >> 1
+            cnt[2 * s] = n0
+            cnt[2 * s + 1] = n1
+        qt[s] = _prob(n0, n1)
 
 
-@njit(cache=True, nogil=True)
-def _renorm(act, na, x, stream, ptr):
-    """Round-robin renormalization of a step's lanes; returns (new ptr, round that ran out of bytes or 0)."""
+@njit(cache=True, nogil=True, error_model="numpy")
+def _renorm(act, na, x, stream, ptr, r):
+    """Round-robin renormalization of a step's lanes, rounds after `r`; returns (new ptr, round that ran out of
+    bytes or 0)."""
     slen = stream.shape[0]
-    r = 0
     while True:
         r += 1
         took = False
@@ -94,7 +100,7 @@ def _renorm(act, na, x, stream, ptr):
             return ptr, 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _lane_lengths(n, K):
     S = -(-n // K) if K else 0
     lens = np.empty(K, np.int64)
@@ -104,7 +110,7 @@ def _lane_lengths(n, K):
     return S, lens
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, blog, llog, steps, info):
     """Both passes of one ARANS section (spec §5.8).
 
@@ -116,13 +122,14 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
     flt = kind == FLOAT32
     D = 9 + w if flt else w
     S, lens = _lane_lengths(n, K)
-    n0 = np.zeros(NSLOT, np.int64)
-    n1 = np.zeros(NSLOT, np.int64)
+    cnt = np.zeros(2 * NSLOT, np.int64)  # slot s: cnt[2s] zeros seen, cnt[2s + 1] ones
+    qt = np.full(NSLOT, _M // 2, np.int64)  # each slot's current probability of a zero
     stamp = np.full(NSLOT, -1, np.int64)
     sl = np.zeros(K, np.int64)
     b = np.zeros(K, np.int64)
-    act = np.zeros(K, np.int64)
+    act = np.arange(K)
     ptr = 0
+    slen = stream.shape[0]
     step = 0
     nlog = 0
     two = R > 0
@@ -133,27 +140,29 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
         rowcnt = np.zeros(K, np.int64)
         nzl = np.zeros(K, np.int64)
         nzl2 = np.zeros(K, np.int64)
-        na = 0
+        col = np.zeros(K, np.int64)  # the column of each lane's next element
+        if two:
+            for k in range(K):
+                col[k] = (k * S) % R
+        na = K
+        tq = 0  # t // R
+        tm = 0  # t % R
         for t in range(lens[0]):
-            na = 0
-            for k in range(K):  # lanes are non-increasing in length: the active ones come first
-                if lens[k] > t:
-                    act[na] = k
-                    na += 1
+            while na > 0 and lens[na - 1] <= t:  # lanes are non-increasing in length
+                na -= 1
             if encode:
                 steps[step] = nlog
-            for i in range(na):
-                k = act[i]
+            more = False
+            for k in range(na):
                 if two:
-                    col = (k * S + t) % R
-                    ctx = _dc(rowcnt[k], min(col, t)) + (DQ + 1) * _dc(colcnt[k * Rc + col], t // R)
+                    c = col[k]
+                    s = _dc(rowcnt[k], min(c, t)) + (DQ + 1) * _dc(colcnt[k * Rc + c], tq)
                 else:
-                    ctx = nzl[k] + 2 * nzl2[k]
-                s = ZF + ctx
+                    s = nzl[k] + 2 * nzl2[k]
                 sl[k] = s
-                q = _prob(n0[s], n1[s])
+                q = qt[s]
                 if encode:
-                    bk = 1 if vin[k * S + t] != 0 else 0
+                    bk = np.int64(vin[k * S + t] != 0)
                     qlog[nlog] = q
                     blog[nlog] = bk
                     llog[nlog] = k
@@ -161,32 +170,55 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                 else:
                     xk = x[k]
                     slot = xk & _MASK
-                    if slot >= q:
-                        bk = 1
-                        x[k] = (_M - q) * (xk >> ARANS_P) + slot - q
-                    else:
-                        bk = 0
-                        x[k] = q * (xk >> ARANS_P) + slot
+                    bk = np.int64(slot >= q)
+                    xk = (q + bk * (_M - 2 * q)) * (xk >> ARANS_P) + slot - bk * q
+                    if xk < _L:  # renormalization, round 1: lanes in lane order
+                        if ptr >= slen:
+                            info[0] = 1
+                            info[1] = t
+                            info[2] = 1
+                            return 1, ptr, nlog, step
+                        xk = (xk << 8) | np.int64(stream[ptr])
+                        ptr += 1
+                        more |= xk < _L
+                    x[k] = xk
                 b[k] = bk
-            if not encode:
-                ptr, r = _renorm(act, na, x, stream, ptr)
+            if more:
+                ptr, r = _renorm(act, na, x, stream, ptr, 1)
                 if r:
                     info[0] = 1
                     info[1] = t
                     info[2] = r
                     return 1, ptr, nlog, step
-            _count(act, na, sl, b, n0, n1, stamp, step)
-            step += 1
-            for i in range(na):
-                k = act[i]
+            big = False
+            for k in range(na):
                 bk = b[k]
+                s = sl[k]
+                cnt[2 * s + bk] += 1
+                n0 = cnt[2 * s]
+                n1 = cnt[2 * s + 1]
+                big |= n0 + n1 > _LIMIT
+                qt[s] = _prob(n0, n1)
                 z[k * S + t] = bk
                 if two:
-                    col = (k * S + t) % R
-                    colcnt[k * Rc + col] += bk
-                    rowcnt[k] = 0 if col == R - 1 else rowcnt[k] + bk
+                    c = col[k]
+                    colcnt[k * Rc + c] += bk
+                    if c == R - 1:
+                        rowcnt[k] = 0
+                        col[k] = 0
+                    else:
+                        rowcnt[k] += bk
+                        col[k] = c + 1
                 nzl2[k] = nzl[k]
                 nzl[k] = bk
+            if big:
+                _halve(act, na, sl, cnt, qt, stamp, step)
+            step += 1
+            if two:
+                tm += 1
+                if tm == R:
+                    tm = 0
+                    tq += 1
     else:
         for e in range(n):
             z[e] = 1
@@ -213,6 +245,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
     fr = np.zeros(K, np.int64)
     prev = np.full(K, -2, np.int64)
     psg = np.zeros(K, np.int64)
+    atk = np.zeros(K, np.int64)
     T2 = 0
     na = 0
     for k in range(K):
@@ -222,6 +255,8 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
         if len2[k] > T2:
             T2 = len2[k]
     nxt = 0
+    d = 0
+    tD = 0
     for t in range(T2):
         if t == nxt:
             m = 0
@@ -236,10 +271,12 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
             na = m
         if encode:
             steps[step] = nlog
-        d = t % D
+        j = d - signed
+        more = False
         for i in range(na):
             k = act[i]
-            at = nzpos[nzb[k] + t // D]
+            at = nzpos[nzb[k] + tD]
+            atk[k] = at
             ac = acc[k]
             if flt:
                 if d < 8:
@@ -248,17 +285,15 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                     s = FS
                 else:
                     s = FF + d - 9 + (24 if ac == 127 else 0)
+            elif j < 0:
+                left = prev[k] == at - 1 and not (two and at % R == 0)
+                s = SGN + (1 + psg[k] if left else 0)
+            elif j < PB:
+                s = MG + ((1 << j) | ac)
             else:
-                j = d - signed
-                if j < 0:
-                    left = prev[k] == at - 1 and not (two and at % R == 0)
-                    s = SGN + (1 + psg[k] if left else 0)
-                elif j < PB:
-                    s = MG + ((1 << j) | ac)
-                else:
-                    s = MG + (1 << PB) + j
+                s = MG + (1 << PB) + j
             sl[k] = s
-            q = _prob(n0[s], n1[s])
+            q = qt[s]
             if encode:
                 v = vin[at]
                 if flt:
@@ -268,12 +303,10 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                         bk = (v >> 31) & 1
                     else:
                         bk = ((v & 0x7FFFFF) >> (23 - w)) >> (w - 1 - (d - 9)) & 1
+                elif j < 0:
+                    bk = np.int64(v < 0)
                 else:
-                    j = d - signed
-                    if j < 0:
-                        bk = 1 if v < 0 else 0
-                    else:
-                        bk = ((abs(v) - 1) >> (w - signed - 1 - j)) & 1
+                    bk = ((abs(v) - 1) >> (w - signed - 1 - j)) & 1
                 qlog[nlog] = q
                 blog[nlog] = bk
                 llog[nlog] = k
@@ -281,25 +314,37 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
             else:
                 xk = x[k]
                 slot = xk & _MASK
-                if slot >= q:
-                    bk = 1
-                    x[k] = (_M - q) * (xk >> ARANS_P) + slot - q
-                else:
-                    bk = 0
-                    x[k] = q * (xk >> ARANS_P) + slot
+                bk = np.int64(slot >= q)
+                xk = (q + bk * (_M - 2 * q)) * (xk >> ARANS_P) + slot - bk * q
+                if xk < _L:  # renormalization, round 1: lanes in lane order
+                    if ptr >= slen:
+                        info[0] = 2
+                        info[1] = t
+                        info[2] = 1
+                        return 1, ptr, nlog, step
+                    xk = (xk << 8) | np.int64(stream[ptr])
+                    ptr += 1
+                    more |= xk < _L
+                x[k] = xk
             b[k] = bk
-        if not encode:
-            ptr, r = _renorm(act, na, x, stream, ptr)
+        if more:
+            ptr, r = _renorm(act, na, x, stream, ptr, 1)
             if r:
                 info[0] = 2
                 info[1] = t
                 info[2] = r
                 return 1, ptr, nlog, step
-        _count(act, na, sl, b, n0, n1, stamp, step)
-        step += 1
+        last = d == D - 1
+        big = False
         for i in range(na):
             k = act[i]
             bk = b[k]
+            s = sl[k]
+            cnt[2 * s + bk] += 1
+            n0 = cnt[2 * s]
+            n1 = cnt[2 * s + 1]
+            big |= n0 + n1 > _LIMIT
+            qt[s] = _prob(n0, n1)
             if flt:
                 if d > 8:
                     fr[k] = 2 * fr[k] + bk
@@ -307,16 +352,15 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                     sg[k] = bk
                 else:
                     acc[k] = 2 * acc[k] + bk
-            elif d - signed < 0:
+            elif j < 0:
                 sg[k] = bk
             else:
                 acc[k] = 2 * acc[k] + bk
-            if d == D - 1:
-                at = nzpos[nzb[k] + t // D]
+            if last:
+                at = atk[k]
                 m_, s_ = acc[k], sg[k]
                 if flt:
-                    sh = 23 - w if w < 23 else 0
-                    val[at] = (s_ << 31) | (m_ << 23) | (fr[k] << sh)
+                    val[at] = (s_ << 31) | (m_ << 23) | (fr[k] << (23 - w))
                 else:
                     val[at] = -(m_ + 1) if s_ == 1 else m_ + 1
                 prev[k] = at
@@ -324,6 +368,13 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                 acc[k] = 0
                 sg[k] = 0
                 fr[k] = 0
+        if big:
+            _halve(act, na, sl, cnt, qt, stamp, step)
+        step += 1
+        d += 1
+        if d == D:
+            d = 0
+            tD += 1
     if encode:
         steps[step] = nlog
         for e in range(n):
@@ -332,7 +383,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
     return ERR_OK, ptr, nlog, step
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def arans_decode(kind, w, signed, n, R, K, x, stream, z, val, info):
     """Decode one ARANS section: fills z and val, advances x; returns (error code, stream bytes read)."""
     dummy = np.zeros(1, np.int64)
@@ -341,7 +392,7 @@ def arans_decode(kind, w, signed, n, R, K, x, stream, z, val, info):
     return err, ptr
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def arans_forward(kind, w, signed, n, R, K, vin, ndec):
     """Replay the model of one ARANS section over its known elements `vin` (int64[n]; `ndec` decisions).
 
@@ -365,7 +416,7 @@ def arans_forward(kind, w, signed, n, R, K, vin, ndec):
     return err, qlog, blog, llog, steps[:nsteps + 1]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def arans_reverse(K, qlog, blog, llog, steps):
     """Reverse rANS over a section's logged decisions: (final states int64[K], byte stream uint8)."""
     x = np.full(K, _L, np.int64)
@@ -413,7 +464,7 @@ def arans_reverse(K, qlog, blog, llog, steps):
     return x, buf[end:].copy()
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def rans_decode(n, K, R, tl, tu, P, sym_of, f_of, bias_of, lut, x, stream, out, info):
     """The lane loop of one RANS section (spec §5.7): fills out (symbols, int64[n]), advances x.
 
@@ -422,15 +473,15 @@ def rans_decode(n, K, R, tl, tu, P, sym_of, f_of, bias_of, lut, x, stream, out, 
     S, lens = _lane_lengths(n, K)
     M = np.int64(1) << P
     mask = M - 1
-    act = np.zeros(K, np.int64)
+    act = np.arange(K)
     lastc = np.zeros(K, np.int64)
     ptr = 0
+    slen = stream.shape[0]
+    na = K
     for t in range(S):
-        na = 0
-        for k in range(K):
-            if lens[k] > t:
-                act[na] = k
-                na += 1
+        while na > 0 and lens[na - 1] <= t:  # lanes are non-increasing in length: the active ones come first
+            na -= 1
+        more = False
         for i in range(na):
             k = act[i]
             e = k * S + t
@@ -446,10 +497,22 @@ def rans_decode(n, K, R, tl, tu, P, sym_of, f_of, bias_of, lut, x, stream, out, 
             xk = x[k]
             slot = (xk & mask) + ctx * M
             s = sym_of[slot]
-            x[k] = f_of[slot] * (xk >> P) + bias_of[slot]
+            xk = f_of[slot] * (xk >> P) + bias_of[slot]
+            if xk < _L:  # renormalization, round 1: lanes in lane order
+                if ptr >= slen:
+                    info[0] = 0
+                    info[1] = t
+                    info[2] = 1
+                    return ERR_TRUNCATED, ptr
+                xk = (xk << 8) | np.int64(stream[ptr])
+                ptr += 1
+                more |= xk < _L
+            x[k] = xk
             out[e] = s
             lastc[k] = lut[s]
-        ptr, r = _renorm(act, na, x, stream, ptr)
+        if not more:
+            continue
+        ptr, r = _renorm(act, na, x, stream, ptr, 1)
         if r:
             info[0] = 0
             info[1] = t
@@ -458,7 +521,7 @@ def rans_decode(n, K, R, tl, tu, P, sym_of, f_of, bias_of, lut, x, stream, out, 
     return ERR_OK, ptr
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def rans_encode(n, K, P, sym, ctx, freq, cum):
     """Reverse rANS of one RANS section (spec §5.7): (final states int64[K], byte stream uint8)."""
     S, lens = _lane_lengths(n, K)
