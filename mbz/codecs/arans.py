@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import EncodeError, FormatError
 from ..spec import ARANS_LIMIT, ARANS_MAX_LANE, ARANS_P, RANS_L, RANS_STATE_BYTES, AransKind
 from .bitpack import pack_codes, packed_size, unpack_codes
-from .jit import kernels
+from .jit import kernels, map_sections
 from .rans import _read_varint, _varint
 
 _M = 1 << ARANS_P
@@ -385,11 +385,11 @@ def encode_many(items) -> list:
     jk = kernels()
     if jk is not None:
         secs, vals, decs = _sections(items)
-        out = []
-        for s, v, dec in zip(secs, vals, decs):
-            x, stream = jk.arans_reverse(s.K, *_forward_jit(jk, s, v, dec))
-            out.append(_header_bytes(s) + x.astype("<u4").tobytes() + stream.tobytes())
-        return out
+
+        def one(i):
+            x, stream = jk.arans_reverse(secs[i].K, *_forward_jit(jk, secs[i], vals[i], decs[i]))
+            return _header_bytes(secs[i]) + x.astype("<u4").tobytes() + stream.tobytes()
+        return map_sections(one, list(range(len(secs))), [s.n for s in secs])
     secs, run, log, _ = _forward(items)
     x = np.full(run.K, RANS_L, np.uint64)
     steps_sid, steps_byt = [], []
@@ -510,15 +510,16 @@ def _decode_jit(jk, secs, where):
 
     Raises the FormatError the numpy reference raises first: the byte stream ends early in the section whose
     lanes run out first in the reference's order (pass, step, round, section)."""
-    outs, early = [], None
-    for j, s in enumerate(secs):
+    def one(s):
         z, val, info = np.zeros(s.n, np.int64), np.zeros(s.n, np.int64), np.zeros(3, np.int64)
         x = s.x0.copy()
         err, ptr = jk.arans_decode(s.kind, s.w, s.signed, s.n, s.R, s.K, x, s.stream.copy(), z, val, info)
-        if err:
-            key = (int(info[0]), int(info[1]), int(info[2]), j)
-            early = key if early is None or key < early else early
-        outs.append((z, val, int(ptr), x))
+        return (z, val, int(ptr), x), (int(info[0]), int(info[1]), int(info[2])) if err else None
+    outs, early = [], None
+    for j, (out, err) in enumerate(map_sections(one, secs, [s.n for s in secs])):
+        if err is not None and (early is None or err + (j,) < early):
+            early = err + (j,)
+        outs.append(out)
     if early is not None:
         j = early[3]
         raise FormatError(f"arans: byte stream of {secs[j].stream.size} bytes ends early (truncated lane data){where(j)}")

@@ -23,3 +23,19 @@ def kernels():
         except ImportError:
             _loaded = False
     return _loaded or None
+
+
+PARALLEL_MIN = 1 << 16  # elements: a batch of sections smaller than this decodes on the calling thread
+
+
+def map_sections(fn, items: list, sizes: list) -> list:
+    """[fn(x) for x in items], on up to min(cpu_count, 8) threads when the batch holds PARALLEL_MIN elements
+    or more (`sizes`: elements per item; the compiled kernels release the GIL); largest first."""
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or len(items) < 2 or sum(sizes) < PARALLEL_MIN:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+    order = sorted(range(len(items)), key=lambda i: -sizes[i])
+    with ThreadPoolExecutor(min(workers, len(items))) as pool:
+        done = dict(zip(order, pool.map(lambda i: fn(items[i]), order)))
+    return [done[i] for i in range(len(items))]

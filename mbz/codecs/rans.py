@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import EncodeError, FormatError
 from ..spec import RANS_L, RANS_MAX_CTX, RANS_MAX_LANE, RANS_MAX_P, RANS_STATE_BYTES, RansAlphabet
 from .bitpack import pack_codes, packed_size, unpack_codes
-from .jit import kernels
+from .jit import kernels, map_sections
 
 _STATE_HI = RANS_L << 8  # states live in [L, 256 L)
 
@@ -629,16 +629,17 @@ def _run(secs):
 def _run_jit(jk, secs):
     """`_run` with the compiled lane loop (entropy_jit), one section at a time; the same results and errors
     (a byte stream that ends early: the section whose lanes run out first in `_run`'s order, step, round)."""
-    outs, bad, early = [], {}, None
-    for j, sec in enumerate(secs):
+    def one(sec):
         sym_of, f_of, bias_of = sec.lookup()
         lut = np.append(_class_lut(sec.alpha, sec.w, sec.signed).astype(np.int64), 0)
         out, info, x = np.zeros(sec.n, np.int64), np.zeros(3, np.int64), sec.x0.copy()
         err, ptr = jk.rans_decode(sec.n, sec.K, sec.R, sec.tl, sec.tu, sec.P, sym_of, f_of, bias_of, lut, x,
                                   sec.stream.copy(), out, info)
-        if err:
-            key = (int(info[1]), int(info[2]), j)
-            early = key if early is None or key < early else early
+        return out, int(ptr), x, (int(info[1]), int(info[2])) if err else None
+    outs, bad, early = [], {}, None
+    for j, (sec, (out, ptr, x, err)) in enumerate(zip(secs, map_sections(one, secs, [s.n for s in secs]))):
+        if err is not None and (early is None or err + (j,) < early):
+            early = err + (j,)
         outs.append(out)
         if ptr != sec.stream.size:
             bad[j] = f"rans: {int(sec.stream.size - ptr)} bytes of the lane stream left unread"
