@@ -64,15 +64,14 @@ def _prob(n0, n1):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _halve(act, na, sl, cnt, qt, stamp, step):
-    """After a step's count updates: each slot whose total exceeds the limit halved once; the touched slots'
-    probabilities qt recomputed."""
-    for i in range(na):
-        s = sl[act[i]]
+def _settle(uniq, nu, cnt, qt):
+    """After a step's count updates, for each slot the step touched (once each): halved if its total exceeds
+    the limit, its probability qt recomputed."""
+    for i in range(nu):
+        s = uniq[i]
         n0 = cnt[2 * s]
         n1 = cnt[2 * s + 1]
-        if n0 + n1 > _LIMIT and stamp[s] != step:
-            stamp[s] = step
+        if n0 + n1 > _LIMIT:
             n0 = (n0 + 1) >> 1
             n1 = (n1 + 1) >> 1
             cnt[2 * s] = n0
@@ -124,7 +123,8 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
     S, lens = _lane_lengths(n, K)
     cnt = np.zeros(2 * NSLOT, np.int64)  # slot s: cnt[2s] zeros seen, cnt[2s + 1] ones
     qt = np.full(NSLOT, _M // 2, np.int64)  # each slot's current probability of a zero
-    stamp = np.full(NSLOT, -1, np.int64)
+    stamp = np.full(NSLOT, -1, np.int64)  # the last step that touched each slot
+    uniq = np.zeros(NSLOT, np.int64)  # the slots a step touched, once each
     sl = np.zeros(K, np.int64)
     b = np.zeros(K, np.int64)
     act = np.arange(K)
@@ -190,15 +190,15 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                     info[1] = t
                     info[2] = r
                     return 1, ptr, nlog, step
-            big = False
+            nu = 0
             for k in range(na):
                 bk = b[k]
                 s = sl[k]
                 cnt[2 * s + bk] += 1
-                n0 = cnt[2 * s]
-                n1 = cnt[2 * s + 1]
-                big |= n0 + n1 > _LIMIT
-                qt[s] = _prob(n0, n1)
+                if stamp[s] != step:
+                    stamp[s] = step
+                    uniq[nu] = s
+                    nu += 1
                 z[k * S + t] = bk
                 if two:
                     c = col[k]
@@ -211,8 +211,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                         col[k] = c + 1
                 nzl2[k] = nzl[k]
                 nzl[k] = bk
-            if big:
-                _halve(act, na, sl, cnt, qt, stamp, step)
+            _settle(uniq, nu, cnt, qt)
             step += 1
             if two:
                 tm += 1
@@ -335,16 +334,16 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                 info[2] = r
                 return 1, ptr, nlog, step
         last = d == D - 1
-        big = False
+        nu = 0
         for i in range(na):
             k = act[i]
             bk = b[k]
             s = sl[k]
             cnt[2 * s + bk] += 1
-            n0 = cnt[2 * s]
-            n1 = cnt[2 * s + 1]
-            big |= n0 + n1 > _LIMIT
-            qt[s] = _prob(n0, n1)
+            if stamp[s] != step:
+                stamp[s] = step
+                uniq[nu] = s
+                nu += 1
             if flt:
                 if d > 8:
                     fr[k] = 2 * fr[k] + bk
@@ -368,8 +367,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                 acc[k] = 0
                 sg[k] = 0
                 fr[k] = 0
-        if big:
-            _halve(act, na, sl, cnt, qt, stamp, step)
+        _settle(uniq, nu, cnt, qt)
         step += 1
         d += 1
         if d == D:
