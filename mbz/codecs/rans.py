@@ -7,6 +7,9 @@ lanes and, in the CLASSES alphabet, a stream of raw bits (mantissa and sign
 bits).  Lane ``k`` codes the contiguous symbols ``[k·S, min(n, (k+1)·S))`` with
 ``S = ceil(n / K)``; the decoder advances all lanes one symbol per step, so a
 section decodes in ``S`` vectorized numpy steps (no Python loop per symbol).
+Where numba is installed (the ``fast`` extra) the lane loops of the decoder and
+the encoder run compiled (`entropy_jit`); the numpy code is the reference and
+the fallback (``MBZ_NO_JIT=1``), with the same bytes and errors.
 
 Coder: range-variant asymmetric numeral systems (J. Duda, "Asymmetric numeral
 systems", arXiv:1311.2540, 2013) with 32-bit states, byte-wise renormalization
