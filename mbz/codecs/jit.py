@@ -20,7 +20,7 @@ def kernels():
         try:
             from . import entropy_jit
             _loaded = entropy_jit
-        except ImportError:
+        except Exception:  # noqa: BLE001 -- numba missing or broken (e.g. built for another numpy): numpy then
             _loaded = False
     return _loaded or None
 
