@@ -81,6 +81,13 @@ def arans_items(seed=0, count=24):
     return items
 
 
+def test_kernel_constants_are_the_reference_ones():
+    from mbz.codecs import entropy_jit as ej
+    for name in ("PB", "DQ", "ZF", "SGN", "MG", "FE", "FS", "FF", "NSLOT"):
+        assert getattr(ej, name) == getattr(arans, name), name
+    assert ej.FLOAT32 == AransKind.FLOAT32
+
+
 def test_kernels_switch(monkeypatch):
     monkeypatch.setenv("MBZ_NO_JIT", "1")
     assert jit.kernels() is None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..spec import ARANS_LIMIT, ARANS_P, RANS_L
+from ..spec import ARANS_LIMIT, ARANS_P, RANS_L, AransKind
 
 ERR_OK, ERR_TRUNCATED, ERR_REPLAY = 0, 1, 2
 
@@ -26,7 +26,7 @@ _M = 1 << ARANS_P
 _MASK = _M - 1
 _LIMIT = ARANS_LIMIT
 _L = RANS_L
-# context slots of an ARANS section (spec table 17; the same constants as arans.py, checked by arans.py)
+# context slots of an ARANS section (spec table 17): arans.py's constants (tests/test_entropy_jit.py checks)
 PB = 4
 DQ = 8
 ZF = 0
@@ -36,7 +36,7 @@ FE = MG + (1 << PB) + 16
 FS = FE + 256
 FF = FS + 1
 NSLOT = FF + 48
-FLOAT32 = 1
+FLOAT32 = int(AransKind.FLOAT32)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -177,7 +177,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                             info[0] = 1
                             info[1] = t
                             info[2] = 1
-                            return 1, ptr, nlog, step
+                            return ERR_TRUNCATED, ptr, nlog, step
                         xk = (xk << 8) | np.int64(stream[ptr])
                         ptr += 1
                         more |= xk < _L
@@ -189,7 +189,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                     info[0] = 1
                     info[1] = t
                     info[2] = r
-                    return 1, ptr, nlog, step
+                    return ERR_TRUNCATED, ptr, nlog, step
             nu = 0
             for k in range(na):
                 bk = b[k]
@@ -320,7 +320,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                         info[0] = 2
                         info[1] = t
                         info[2] = 1
-                        return 1, ptr, nlog, step
+                        return ERR_TRUNCATED, ptr, nlog, step
                     xk = (xk << 8) | np.int64(stream[ptr])
                     ptr += 1
                     more |= xk < _L
@@ -332,7 +332,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                 info[0] = 2
                 info[1] = t
                 info[2] = r
-                return 1, ptr, nlog, step
+                return ERR_TRUNCATED, ptr, nlog, step
         last = d == D - 1
         nu = 0
         for i in range(na):
