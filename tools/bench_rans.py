@@ -3,8 +3,9 @@
     python tools/bench_rans.py --out results/entropy/decode_speed.json --runs 5 [FILE.mbz ...]
 
 Synthetic streams: 4-bit signed codes (Laplacian, half zeros) coded with the lanes of the default
-profile (1024 codes per lane) and of --best (16384), decoded by rans.decode_many; M symbols/s on one
-core (numpy runs these loops on one thread).  Files: mbz.load of each FILE, runs alternating between
+profile (1024 codes per lane) and of --best (16384), decoded by rans.decode_many, one section (one
+thread): M symbols/s per core, with the compiled lane loop (numba, mbz/codecs/entropy_jit.py, "jit") and
+with the numpy reference (MBZ_NO_JIT=1, "numpy"), alternating.  Files: mbz.load of each FILE, runs alternating between
 the files, median.  Timings vary with the machine's load: compare ratios measured in one run.
 """
 import argparse
@@ -17,7 +18,7 @@ import time
 import numpy as np
 
 import mbz
-from mbz.codecs import rans
+from mbz.codecs import jit, rans
 from mbz.codecs.bitpack import pack_codes
 
 
@@ -35,22 +36,27 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--sizes", default="262144,1048576,4194304", help="symbols per synthetic stream")
     a = ap.parse_args()
+    paths = ["jit", "numpy"] if jit.kernels() is not None else ["numpy"]
     res = {"command": "python tools/bench_rans.py " + " ".join(sys.argv[1:]), "cpu_count": os.cpu_count(),
-           "synthetic": [], "files": []}
+           "load_average_start": os.getloadavg(), "synthetic": [], "files": []}
     for n in [int(x) for x in a.sizes.split(",")]:
         d = synthetic(n)
         for prof, steps in (("default", 1024), ("best", 16384)):
             e = rans.encode(d, 4, True, 0, steps)
-            ts = []
+            ts = {p: [] for p in paths}
             for _ in range(a.runs):
-                t = time.perf_counter()
-                out = rans.decode_many([(e, len(d))])[0]
-                ts.append(time.perf_counter() - t)
-            assert out == d
-            med = statistics.median(ts)
+                for p in paths:  # alternating
+                    os.environ["MBZ_NO_JIT"] = "1" if p == "numpy" else "0"
+                    t = time.perf_counter()
+                    out = rans.decode_many([(e, len(d))])[0]
+                    ts[p].append(time.perf_counter() - t)
+                    assert out == d
+            os.environ.pop("MBZ_NO_JIT", None)
             row = {"symbols": n, "profile": prof, "lanes": -(-n // steps), "stored_bytes": len(e),
-                   "order0_bound_bytes": round(rans.entropy_bound(d, 4, True), 1), "decode_s_median": round(med, 4),
-                   "msym_per_s": round(n / med / 1e6, 2)}
+                   "order0_bound_bytes": round(rans.entropy_bound(d, 4, True), 1)}
+            for p in paths:
+                med = statistics.median(ts[p])
+                row[p] = {"decode_s_median": round(med, 4), "msym_per_s": round(n / med / 1e6, 2)}
             res["synthetic"].append(row)
             print(row)
     if a.files:
@@ -65,6 +71,7 @@ def main() -> int:
                    "load_s_median": round(statistics.median(ts[f]), 4)}
             res["files"].append(row)
             print(row)
+    res["load_average_end"] = os.getloadavg()
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(res, fh, indent=1)

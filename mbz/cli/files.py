@@ -351,7 +351,8 @@ def register(sub) -> None:
     e.add_argument("--best", action="store_true",
                    help="smallest file whatever its decode time: RANS wherever it is smaller, with fewer, longer lanes, "
                         "then the adaptive context-model coder ARANS (spec §5.8, format 1.2) on every integer section "
-                        "and float32 scale table it stores smaller (loading such a file takes seconds, not milliseconds), "
+                        "and float32 scale table it stores smaller (such a file loads in a few times the default file's time "
+                        "where numba is installed, the 'fast' extra; in seconds, not milliseconds, without it), "
                         "and raw tensors zstd-compressed whenever that is smaller (default: raw tensors of 64 KiB or "
                         "more stay uncompressed, read with no decoding, unless zstd halves them)")
     e.add_argument("--align", type=int, default=None,

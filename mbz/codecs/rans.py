@@ -7,6 +7,9 @@ lanes and, in the CLASSES alphabet, a stream of raw bits (mantissa and sign
 bits).  Lane ``k`` codes the contiguous symbols ``[k·S, min(n, (k+1)·S))`` with
 ``S = ceil(n / K)``; the decoder advances all lanes one symbol per step, so a
 section decodes in ``S`` vectorized numpy steps (no Python loop per symbol).
+Where numba is installed (the ``fast`` extra) the lane loops of the decoder and
+the encoder run compiled (`entropy_jit`); the numpy code is the reference and
+the fallback (``MBZ_NO_JIT=1``), with the same bytes and errors.
 
 Coder: range-variant asymmetric numeral systems (J. Duda, "Asymmetric numeral
 systems", arXiv:1311.2540, 2013) with 32-bit states, byte-wise renormalization
@@ -24,6 +27,7 @@ import numpy as np
 from ..errors import EncodeError, FormatError
 from ..spec import RANS_L, RANS_MAX_CTX, RANS_MAX_LANE, RANS_MAX_P, RANS_STATE_BYTES, RansAlphabet
 from .bitpack import pack_codes, packed_size, unpack_codes
+from .jit import kernels, map_sections
 
 _STATE_HI = RANS_L << 8  # states live in [L, 256 L)
 
@@ -310,6 +314,24 @@ def _encode_with(n, w, signed, alpha, tl, tu, R, K, P, tables, sym, ctx, nb, ev)
         if f is not None:
             freq[c] = f
     cum = np.concatenate([np.zeros((C, 1), np.int64), np.cumsum(freq, axis=1)], axis=1)
+    jk = kernels()
+    if jk is not None:
+        x, stream = jk.rans_encode(n, K, P, np.ascontiguousarray(sym, np.int64), np.ascontiguousarray(ctx, np.int64),
+                                   freq, cum)
+        stream = stream.tobytes()
+    else:
+        x, stream = _lanes_encode(n, K, P, sym, ctx, freq, cum)
+    hdr = bytes([int(alpha) | (int(signed) << 2), w, P, tl | (tu << 4)]) + _varint(n) + _varint(R) + _varint(K)
+    bits = _Bits()
+    _write_tables(bits, tables)
+    tb = bits.tobytes()
+    raw = _pack_var(nb, ev) if nb is not None else b""
+    return (hdr + _varint(len(tb)) + tb + _varint(len(stream))
+            + x.astype("<u4").tobytes() + stream + raw)
+
+
+def _lanes_encode(n, K, P, sym, ctx, freq, cum):
+    """Reverse rANS over the lanes, numpy, vectorized across lanes: (final states, byte stream)."""
     S = -(-n // K) if K else 0
     starts = np.arange(K, dtype=np.int64) * S
     lens = np.clip(n - starts, 0, S)
@@ -343,14 +365,7 @@ def _encode_with(n, w, signed, alpha, tl, tu, R, K, P, tables, sym, ctx, nb, ev)
                 chunk.append(e[cnt[lanes] - r, lanes].astype(np.uint8).tobytes())
         chunks.append(b"".join(chunk))
         x[:na] = (xa // f << np.uint64(P)) + xa % f + cs
-    stream = b"".join(reversed(chunks))
-    hdr = bytes([int(alpha) | (int(signed) << 2), w, P, tl | (tu << 4)]) + _varint(n) + _varint(R) + _varint(K)
-    bits = _Bits()
-    _write_tables(bits, tables)
-    tb = bits.tobytes()
-    raw = _pack_var(nb, ev) if nb is not None else b""
-    return (hdr + _varint(len(tb)) + tb + _varint(len(stream))
-            + x.astype("<u4").tobytes() + stream + raw)
+    return x, b"".join(reversed(chunks))
 
 
 # --------------------------------------------------------------------------- decoder
@@ -482,7 +497,8 @@ def decode_many(items) -> list:
         except FormatError as e:
             raise FormatError(f"{e} (section {i})" if len(items) > 1 else str(e)) from None
     try:
-        outs, bad = _run(secs)
+        jk = kernels()
+        outs, bad = _run(secs) if jk is None else _run_jit(jk, secs)
     except FormatError as e:
         raise FormatError(str(e)) from None
     res = []
@@ -610,6 +626,32 @@ def _run(secs):
         elif sec.K and (x[lane0:lane0 + sec.K] != RANS_L).any():
             bad[j] = f"rans: final lane states differ from {RANS_L}: the stream is corrupt"
         lane0 += sec.K
+    return outs, bad
+
+
+def _run_jit(jk, secs):
+    """`_run` with the compiled lane loop (entropy_jit), one section at a time; the same results and errors
+    (a byte stream that ends early: the section whose lanes run out first in `_run`'s order, step, round)."""
+    def one(sec):
+        sym_of, f_of, bias_of = sec.lookup()
+        lut = np.append(_class_lut(sec.alpha, sec.w, sec.signed).astype(np.int64), 0)
+        out, info, x = np.zeros(sec.n, np.int64), np.zeros(3, np.int64), sec.x0.copy()
+        err, ptr = jk.rans_decode(sec.n, sec.K, sec.R, sec.tl, sec.tu, sec.P, sym_of, f_of, bias_of, lut, x,
+                                  sec.stream.copy(), out, info)
+        return out, int(ptr), x, (int(info[1]), int(info[2])) if err else None
+    outs, bad, early = [], {}, None
+    for j, (sec, (out, ptr, x, err)) in enumerate(zip(secs, map_sections(one, secs, [s.n for s in secs]))):
+        if err is not None and (early is None or err + (j,) < early):
+            early = err + (j,)
+        outs.append(out)
+        if ptr != sec.stream.size:
+            bad[j] = f"rans: {int(sec.stream.size - ptr)} bytes of the lane stream left unread"
+        elif sec.K and (x != RANS_L).any():
+            bad[j] = f"rans: final lane states differ from {RANS_L}: the stream is corrupt"
+    if early is not None:
+        j = early[2]
+        raise FormatError(f"rans: byte stream of {secs[j].stream.size} bytes ends early (truncated lane data)"
+                          + (f" (section {j})" if len(secs) > 1 else ""))
     return outs, bad
 
 

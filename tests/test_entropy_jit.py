@@ -1,0 +1,231 @@
+"""The compiled (numba) RANS / ARANS lane loops agree bit for bit with the numpy reference (spec §5.7, §5.8).
+
+Every case runs twice, with MBZ_NO_JIT=1 (numpy) and without (numba): the same bytes out of the encoders,
+the same bytes out of the decoders, the same FormatError message on malformed sections.  Skipped where
+numba is not installed (the numpy path is then the only one, tested by test_arans.py / test_rans.py), all
+but the test that mbz imports and decodes without numba."""
+import os
+
+import numpy as np
+import pytest
+
+import mbz
+from mbz.codecs import arans, jit, rans
+from mbz.codecs.bitpack import pack_codes
+from mbz.errors import FormatError, MbzError
+from mbz.spec import ARANS_LIMIT, RANS_L, AransKind, Filter
+
+try:
+    import numba  # noqa: F401
+    HAVE_NUMBA = True
+except ImportError:
+    HAVE_NUMBA = False
+# every test but the import one compares the two paths: they need numba
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (the 'fast' extra)")
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def both(monkeypatch, f):
+    """(numpy result, numba result) of f(); an exception counts as its (type, message).  Batches of sections
+    run on threads (jit.map_sections) whatever their size."""
+    monkeypatch.setattr(jit, "PARALLEL_MIN", 0)
+    out = []
+    for nojit in ("1", "0"):
+        monkeypatch.setenv("MBZ_NO_JIT", nojit)
+        assert (jit.kernels() is None) == (nojit == "1")
+        try:
+            out.append(f())
+        except Exception as e:  # noqa: BLE001 -- compared, not swallowed
+            out.append((type(e).__name__, str(e)))
+    return out
+
+
+def agree(monkeypatch, f):
+    ref, fast = both(monkeypatch, f)
+    assert fast == ref
+    return ref
+
+
+def codes(w, signed, n, rng, zeros=0.5, scale=2.0):
+    lo, hi = (-(1 << (w - 1)), (1 << (w - 1)) - 1) if signed else (0, (1 << w) - 1)
+    v = np.clip(np.round(rng.laplace(0, scale, n)), lo, hi).astype(np.int64)
+    v[rng.random(n) < zeros] = 0
+    return pack_codes(v, w, signed) if n else b""
+
+
+def floats(n, rng, fb):
+    f = (rng.random(n) * 0.2 + 0.01).astype(np.float32)
+    f[rng.random(n) < 0.3] = 1.0
+    f[rng.random(n) < 0.05] *= -1
+    u = f.view(np.uint32) & np.uint32((0xFFFFFFFF << (23 - fb)) & 0xFFFFFFFF)
+    return u.astype("<u4").tobytes()
+
+
+def arans_items(seed=0, count=24):
+    """Random ARANS sections: widths 1..16, signed / unsigned, 1-D / 2-D rows, FLOAT32, empty, 1..many lanes."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(count):
+        n = int(rng.choice([0, 1, 2, 7, 60, 300, 1500]))
+        if i % 6 == 5:
+            fb = int(rng.integers(0, 24))
+            items.append((floats(n, rng, fb), AransKind.FLOAT32, fb, False, 0, int(rng.integers(1, 400))))
+            continue
+        w = int(rng.integers(1, 17))
+        signed = bool(rng.integers(0, 2)) and w > 1
+        row = int(rng.choice([0, 0, 3, 16, 50]))
+        zeros = float(rng.choice([0.0, 0.5, 0.9]))
+        items.append((codes(w, signed, n, rng, zeros, float(rng.choice([1.0, 3.0, 300.0]))), AransKind.INT, w, signed,
+                      row, int(rng.integers(1, 800))))
+    # the halving limit: one slot past ARANS_LIMIT in one lane, and in one step of many lanes sharing slots
+    items.append((codes(2, False, 3000, rng, 0.3), AransKind.INT, 2, False, 0, 10 ** 6))
+    items.append((codes(1, False, 5000, rng, 0.9), AransKind.INT, 1, False, 0, 1, 2500))  # 2500 > 2 x limit
+    items.append((codes(3, True, 2500, rng, 0.6), AransKind.INT, 3, True, 40, 1, 1250))
+    # saturated slots and rare ones: a decision of probability ~1/2048 needs two bytes of renormalization
+    items.append((codes(1, False, 1500, rng, 0.997), AransKind.INT, 1, False, 0, 10 ** 6))
+    items.append((codes(1, False, 3000, rng, 0.997), AransKind.INT, 1, False, 100, 1, 3))
+    return items
+
+
+@needs_numba
+def test_kernel_constants_are_the_reference_ones():
+    from mbz.codecs import entropy_jit as ej
+    for name in ("PB", "DQ", "ZF", "SGN", "MG", "FE", "FS", "FF", "NSLOT"):
+        assert getattr(ej, name) == getattr(arans, name), name
+    assert ej.FLOAT32 == AransKind.FLOAT32
+
+
+@needs_numba
+def test_kernels_switch(monkeypatch):
+    monkeypatch.setenv("MBZ_NO_JIT", "1")
+    assert jit.kernels() is None
+    monkeypatch.setenv("MBZ_NO_JIT", "0")
+    assert jit.kernels() is not None
+
+
+@needs_numba
+def test_arans_encode_decode_model_bits_agree(monkeypatch):
+    items = arans_items()
+    assert max(len(it[0]) for it in items) and any(len(it[0]) == 0 for it in items)
+    coded = agree(monkeypatch, lambda: arans.encode_many(items))
+    assert any(arans._Header(c, len(it[0])).K > ARANS_LIMIT for c, it in zip(coded, items))
+    pairs = [(c, len(it[0])) for c, it in zip(coded, items)]
+    assert agree(monkeypatch, lambda: arans.decode_many(pairs)) == [bytes(it[0]) for it in items]
+    assert agree(monkeypatch, lambda: [arans.decode(c, d) for c, d in pairs[:8]]) == [bytes(it[0]) for it in items[:8]]
+    ref, fast = both(monkeypatch, lambda: arans.model_bits(items))
+    assert fast == ref  # the same float additions in the same order
+
+
+@needs_numba
+def test_rans_encode_decode_agree(monkeypatch):
+    rng = np.random.default_rng(1)
+    cases = [(w, s, n, row, steps) for w, s, n, row, steps in
+             [(4, True, 3000, 40, 100), (1, False, 2000, 50, 300), (8, False, 700, 0, 64), (12, True, 900, 30, 200),
+              (16, False, 300, 7, 50), (3, False, 1, 0, 1), (5, True, 0, 0, 10), (2, True, 999, 10, 9),
+              (8, True, 20000, 0, 4000)]]
+    datas = [codes(w, s, n, rng, 0.6, 3.0) for w, s, n, _, _ in cases]
+    v = np.zeros(20000, np.int64)
+    v[rng.integers(0, 20000, 12)] = rng.integers(-128, 128, 12)  # rare symbols: frequency 1 of 2^12, two bytes
+    datas[-1] = pack_codes(v, 8, True)
+    coded = []
+    for d, (w, s, n, row, steps) in zip(datas, cases):
+        for alpha in (None, [rans.RansAlphabet.DIRECT] if w <= 8 else None):
+            coded.append((agree(monkeypatch, lambda: rans.encode(d, w, s, row, steps, alphabets=alpha)), len(d), d))
+    pairs = [(c, n) for c, n, _ in coded]
+    assert agree(monkeypatch, lambda: rans.decode_many(pairs)) == [bytes(d) for _, _, d in coded]
+
+
+def _golden_sections(name, flt):
+    with mbz.open(os.path.join(DATA, name)) as r:
+        buf = r._src.buf
+        return [(bytes(buf[s.offset:s.offset + s.stored]), s.decoded) for rec in r.layout.records
+                for s in rec.sections if s.filter == flt]
+
+
+@pytest.mark.parametrize("name,flt,mod", [("golden_v1_2_arans.mbz", Filter.ARANS, arans),
+                                          ("golden_v1_1_rans.mbz", Filter.RANS, rans)])
+@needs_numba
+def test_golden_files_agree(monkeypatch, name, flt, mod):
+    items = _golden_sections(name, flt)
+    assert items
+    agree(monkeypatch, lambda: mod.decode_many(items))
+    ref, fast = both(monkeypatch, lambda: mbz.load(os.path.join(DATA, name)))
+    assert ref.keys() == fast.keys() and all(ref[k].equal(fast[k]) for k in ref)
+
+
+def _arans_bad(rng):
+    """Malformed ARANS sections: (what, stored, decoded length)."""
+    d = codes(4, True, 1200, rng, 0.5)
+    e = arans.encode(d, AransKind.INT, 4, True, 40, 300)
+    h = arans._Header(e, len(d))
+    s0 = len(e) - h.stream.size
+    f = floats(200, rng, 7)
+    ef = arans.encode(f, AransKind.FLOAT32, 7, False, 0, 100)
+    sf = len(ef) - arans._Header(ef, len(f)).stream.size
+    out = [("truncated", e[:s0 + h.stream.size // 2], len(d)), ("truncated early", e[:s0 + 3], len(d)),
+           ("one byte short", e[:-1], len(d)), ("unread", e + b"\x07\x00", len(d)),
+           ("state", e[:s0 - 4] + (RANS_L + 77).to_bytes(4, "little") + e[s0:], len(d)),
+           ("state low", e[:s0 - 4] + (RANS_L - 1).to_bytes(4, "little") + e[s0:], len(d)),
+           ("state high", e[:s0 - 4] + (1 << 31).to_bytes(4, "little") + e[s0:], len(d)),
+           ("float truncated", ef[:sf + 10], len(f)), ("float stream", ef[:sf + 4] + bytes([ef[sf + 4] ^ 0x10]) + ef[sf + 5:], len(f)),
+           ("range", bytes([0, 1, 1, 0, 1]) + (RANS_L + 12345).to_bytes(4, "little") + b"\x00\x00\x00", 1)]
+    for i in range(12):  # random byte flips in the lane stream and states
+        b = bytearray(e)
+        b[int(rng.integers(s0 - 4 * h.K, len(b)))] ^= int(rng.integers(1, 256))
+        out.append((f"flip {i}", bytes(b), len(d)))
+    return out, (e, len(d)), (ef, len(f))
+
+
+@needs_numba
+def test_arans_malformed_same_errors(monkeypatch):
+    bad, good, goodf = _arans_bad(np.random.default_rng(2))
+    for what, b, n in bad:
+        res = agree(monkeypatch, lambda: arans.decode(b, n))
+        if not what.startswith("flip"):
+            assert isinstance(res, tuple) and res[0] == "FormatError", what
+    # several sections: the error of the section the reference meets first (a truncation during the run
+    # before the checks that follow it, in section order)
+    for combo in ([good, bad[1][1:], bad[0][1:]], [bad[3][1:], good, bad[0][1:]], [goodf, bad[4][1:], bad[7][1:]],
+                  [bad[9][1:], bad[3][1:]], [good, bad[7][1:], bad[1][1:]]):
+        res = agree(monkeypatch, lambda: arans.decode_many(combo))
+        assert isinstance(res, tuple) and "(section" in res[1]
+
+
+@needs_numba
+def test_rans_malformed_same_errors(monkeypatch):
+    rng = np.random.default_rng(3)
+    d = codes(4, True, 2000, rng, 0.5, 3.0)
+    e = rans.encode(d, 4, True, 40, 100)
+    s = rans._Section(e, len(d))
+    raw = len(s.raw)
+    s0 = len(e) - raw - s.stream.size
+    bad = [e[:s0] + s.stream.tobytes()[:-5] + s.raw, e[:s0 - 4] + (RANS_L + 3).to_bytes(4, "little") + e[s0:]]
+    for i in range(12):
+        b = bytearray(e)
+        b[int(rng.integers(s0 - 4 * s.K, s0 + s.stream.size))] ^= int(rng.integers(1, 256))
+        bad.append(bytes(b))
+    for b in bad:
+        agree(monkeypatch, lambda: rans.decode(b, len(d)))
+    assert agree(monkeypatch, lambda: rans.decode_many([(e, len(d)), (bad[0], len(d)), (bad[1], len(d))]))[0] == "FormatError"
+
+
+def test_import_mbz_without_numba():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import mbz; from mbz.codecs import arans, jit\n"
+            "from mbz.spec import AransKind\n"
+            "assert jit.kernels() is None and 'numba' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
+            "d = bytes(range(40))\n"
+            "assert arans.decode(arans.encode(d, AransKind.INT, 8), len(d)) == d\n")
+    env = dict(os.environ, MBZ_NO_JIT="0", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@needs_numba
+def test_errors_are_mbz_errors(monkeypatch):
+    monkeypatch.setenv("MBZ_NO_JIT", "0")
+    with pytest.raises(FormatError):
+        arans.decode(b"\x00\x04\x01", 10)
+    assert issubclass(FormatError, MbzError)
