@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -118,6 +119,10 @@ def atomic_write(path, chunks) -> None:
         raise FileNotFoundError(2, "output folder does not exist", d)
     if os.path.isdir(path):
         raise IsADirectoryError(21, "output is a directory", path)
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        # a rename would replace a device, pipe or link with a regular file
+        raise FileExistsError(17, "output exists and is not a regular file (a device, pipe or link); "
+                                  "mbz writes regular files only", path)
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     except OSError as e:  # name the output the user gave, not the temporary file

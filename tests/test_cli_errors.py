@@ -468,3 +468,31 @@ def test_offline_torchvision_cifar_is_one_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd, "CIFAR100", offline)
     with pytest.raises(DataError, match="could not be downloaded"):
         load_torchvision_cifar(str(tmp_path), train=False, classes=100)
+
+
+def test_output_that_is_not_a_regular_file_is_refused(tmp_path, capsys):
+    sd = {"w": torch.arange(6.0)}
+    src = tmp_path / "m.pt"
+    torch.save(sd, src)
+    target = tmp_path / "kept.mbz"
+    target.write_bytes(b"keep")
+    link = tmp_path / "link.mbz"
+    link.symlink_to(target)
+    fifo = tmp_path / "pipe.mbz"
+    os.mkfifo(fifo)
+    for out in (link, fifo):
+        assert main(["pack", str(src), "-o", str(out), "--force", "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not a regular file" in err[0]
+    assert link.is_symlink() and target.read_bytes() == b"keep"
+    with pytest.raises(OSError, match="not a regular file"):
+        mbz.save(sd, link)
+
+
+@pytest.mark.parametrize("device", ["tpu", "meta", "", "cuda:x"])
+def test_eval_device_is_checked_first(device, tmp_path, capsys):
+    p = tmp_path / "m.mbz"
+    mbz.save({"w": torch.arange(6.0)}, p)
+    assert main(["eval", str(p), "--device", device]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use cpu or cuda" in err[0]

@@ -102,6 +102,11 @@ def test_kernels_switch(monkeypatch):
     assert jit.kernels() is None
     monkeypatch.setenv("MBZ_NO_JIT", "0")
     assert jit.kernels() is not None
+    for off in ("false", "No", "off", ""):           # the usual false spellings leave the JIT on
+        monkeypatch.setenv("MBZ_NO_JIT", off)
+        assert jit.kernels() is not None
+    monkeypatch.setenv("NUMBA_DISABLE_JIT", "1")      # numba's interpreted kernels: numpy instead
+    assert jit.kernels() is None
 
 
 @needs_numba

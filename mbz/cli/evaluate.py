@@ -1,6 +1,7 @@
 """`mbz eval`: top-1 of a packed model, rebuilt with mbz.load_model, beside its size figures."""
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -60,6 +61,8 @@ def cmd_eval(a) -> int:
     input_file(a.file, ".mbz file")
     if a.limit < 0:
         raise UsageError(f"--limit {a.limit}: must be >= 1 (or 0: every test image)")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", a.device):
+        raise UsageError(f"--device {a.device!r}: use cpu or cuda[:N]")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {a.device}: no CUDA device here")
     with api.open(a.file) as r:

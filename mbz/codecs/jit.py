@@ -11,16 +11,28 @@ import os
 _loaded = None  # the entropy_jit module, False when numba cannot be imported, None before the first try
 
 
+_OFF = ("", "0", "false", "no", "off")
+
+
 def kernels():
-    """The `entropy_jit` module, or None when numba is missing or MBZ_NO_JIT is set (to anything but 0)."""
+    """The `entropy_jit` module, or None when numba is missing or cannot compile, MBZ_NO_JIT is set (to
+    anything but 0 / false / no / off), or numba's own NUMBA_DISABLE_JIT is set (its interpreted kernels
+    would be slower than numpy)."""
     global _loaded
-    if os.environ.get("MBZ_NO_JIT", "0") not in ("", "0"):
+    if os.environ.get("MBZ_NO_JIT", "0").strip().lower() not in _OFF:
+        return None
+    if os.environ.get("NUMBA_DISABLE_JIT", "0").strip().lower() not in _OFF:
         return None
     if _loaded is None:
         try:
             from . import entropy_jit
             _loaded = entropy_jit
-        except Exception:  # noqa: BLE001 -- numba missing or broken (e.g. built for another numpy): numpy then
+        except ImportError:  # numba not installed: the numpy reference, silently (the `fast` extra is optional)
+            _loaded = False
+        except Exception as e:  # noqa: BLE001 -- numba broken, or no folder to cache its code in: say so once
+            import warnings
+            warnings.warn(f"mbz: compiled entropy coders unavailable ({type(e).__name__}: {str(e)[:160]}); "
+                          f"RANS / ARANS sections decode with numpy, far slower", RuntimeWarning, stacklevel=2)
             _loaded = False
     return _loaded or None
 
