@@ -280,3 +280,19 @@ def test_meta_skeletons_skip_initialisation_of_meta_tensors_only():
         want = shapes_of(getattr(torchvision.models, name)().state_dict()) if name == "resnet50" else \
             shapes_of(build_model(arch).state_dict())
         assert registry.skeleton_shapes(arch) == want
+
+
+def test_eval_model_imports_from_the_working_folder(tmp_path, tiny_npz, capsys, monkeypatch):
+    # the `mbz` console script does not put the working folder on sys.path; --model looks there as documented
+    (tmp_path / "cwdnets").mkdir()
+    (tmp_path / "cwdnets" / "__init__.py").write_text("")
+    (tmp_path / "cwdnets" / "lin.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    out = tmp_path / "lin.mbz"
+    mbz.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).state_dict(), out)
+    assert main(["eval", str(out), "--model", "cwdnets.lin:build", "--data", f"npz:{tiny_npz}", "--json"]) == 0, \
+        capsys.readouterr().err

@@ -23,7 +23,7 @@ def _bar(enabled: bool):
 
 def user_model(spec: str):
     """The module `package.module:builder` builds (called with no arguments), imported because the user named it
-    on the command line; it must be importable (installed, or on PYTHONPATH).  UsageError otherwise."""
+    on the command line; it must be importable (from the working folder, installed, or on PYTHONPATH).  UsageError otherwise."""
     import importlib
 
     from torch import nn
@@ -32,6 +32,9 @@ def user_model(spec: str):
     mod_name, colon, attr = spec.partition(":")
     if not colon or not mod_name or not attr:
         raise UsageError(f"--model {spec!r}: expected package.module:builder")
+    import os
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the working folder, as `python -m` would (the console script omits it)
     try:
         mod = importlib.import_module(mod_name)
     except Exception as e:  # noqa: BLE001 - the user's module may fail in any way; say how, in one line
