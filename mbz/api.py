@@ -340,6 +340,10 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     pol = lambda st: StepPolicy(st, step_1d, deadzone, channel=step_channel, size_exp=size_exp,  # noqa: E731
                                 gain=step_gain)
     lo, hi = math.log(1e-3), math.log(8.0)
+    floor = estimate_bytes(sd, pol(8.0), exact)
+    if floor > target_bytes:  # even the coarsest step's codes alone do not fit: no search can succeed
+        raise EncodeError(f"target {target_bytes:,d} bytes is too small: at the coarsest step searched (8.0) the "
+                          f"codes alone are estimated at {floor:,.0f} bytes")
     for _ in range(40):
         mid = (lo + hi) / 2
         if estimate_bytes(sd, pol(math.exp(mid)), exact) <= 0.995 * target_bytes:   # the secant steps' goal

@@ -64,6 +64,9 @@ def test_target_size_fits_and_uses_the_budget(tmp_path):
     assert (tmp_path / "t.mbz").stat().st_size == rep.file_bytes
     with pytest.raises(EncodeError):
         api.save_to_size(sd, tmp_path / "u.mbz", 200, tries=2)
+    with pytest.raises(EncodeError, match="too small"):   # refused before any pack, no overflowing steps
+        api.save_to_size(sd, tmp_path / "v.mbz", 10)
+    assert not (tmp_path / "v.mbz").exists()
 
 
 def test_cli_step_and_target_size(tmp_path, capsys):
