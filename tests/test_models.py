@@ -296,3 +296,15 @@ def test_eval_model_imports_from_the_working_folder(tmp_path, tiny_npz, capsys, 
     mbz.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).state_dict(), out)
     assert main(["eval", str(out), "--model", "cwdnets.lin:build", "--data", f"npz:{tiny_npz}", "--json"]) == 0, \
         capsys.readouterr().err
+
+
+def test_verify_of_a_folded_file_says_why_names_differ(tmp_path, capsys):
+    ck = tmp_path / "m.pt"
+    torch.save(mobilenet_v2_cifar(num_classes=10, width_mult=0.25).state_dict(), ck)
+    out = tmp_path / "f.mbz"
+    assert main(["pack", str(ck), "-o", str(out), "--arch", "mobilenet_v2_cifar", "--fold-bn", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), str(ck)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any("BatchNorm folded" in x for x in lines if x.startswith("NOTE"))
+    assert sum(x.startswith("MISSING  features") for x in lines) == 10 and any("more (BatchNorm" in x for x in lines)

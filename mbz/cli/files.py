@@ -254,10 +254,17 @@ def cmd_verify(a) -> int:
         how = ", ".join(f"{k} {v}" for k, v in lossy.items() if v not in (None, False))
         print(f"NOTE     the file was packed lossy ({how}): its quantized tensors differ from the checkpoint by "
               f"design; `mbz inspect` gives their error and `mbz eval` their top-1")
-    for k in c.missing:
-        print(f"MISSING  {k} (in checkpoint, not in file)")
-    for k in c.extra:
-        print(f"EXTRA    {k} (in file, not in checkpoint)")
+    folded_bn = isinstance(meta.get("arch"), dict) and bool(meta["arch"].get("folded_bn"))
+    if folded_bn and (c.missing or c.extra):
+        print("NOTE     the file holds BatchNorm folded into the convs (pack --fold-bn): its names differ from "
+              "an unfolded checkpoint's by design; `mbz eval` gives its top-1")
+    for label, keys, what in (("MISSING ", c.missing, "in checkpoint, not in file"),
+                              ("EXTRA   ", c.extra, "in file, not in checkpoint")):
+        shown_keys = keys[:10] if folded_bn else keys
+        for k in shown_keys:
+            print(f"{label} {k} ({what})")
+        if len(shown_keys) < len(keys):
+            print(f"{label} ... and {len(keys) - len(shown_keys)} more (BatchNorm folded by design)")
     shown = c.mismatched[:10] if lossy else c.mismatched
     for k in shown:
         print(f"MISMATCH {k}")
