@@ -308,3 +308,15 @@ def test_verify_of_a_folded_file_says_why_names_differ(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any("BatchNorm folded" in x for x in lines if x.startswith("NOTE"))
     assert sum(x.startswith("MISSING  features") for x in lines) == 10 and any("more (BatchNorm" in x for x in lines)
+
+
+def test_save_of_a_dataparallel_module_records_its_arch(tmp_path):
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    p = tmp_path / "dp.mbz"
+    mbz.save(torch.nn.DataParallel(net), p)
+    with mbz.open(p) as r:
+        assert r.metadata["arch"] == {"name": "resnet18", "num_classes": 10}
+    m = mbz.load_model(p)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), net(x))

@@ -504,7 +504,11 @@ def _default_keys(name: str) -> frozenset:
 def arch_of_module(module: nn.Module) -> dict | None:
     """The registry `arch` of a module built by build_model (its `mbz_arch`), or of a registry module built
     directly (mobilenet_v2_cifar(...), torchvision.models.resnet18(num_classes=10)): accepted only when the
-    module's structure (every submodule's type and settings, strides included) equals the rebuilt one's."""
+    module's structure (every submodule's type and settings, strides included) equals the rebuilt one's.
+    A DataParallel / DistributedDataParallel wrapper is looked through (its state_dict's 'module.' prefix is
+    stripped on load like any wrapper prefix)."""
+    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        module = module.module
     shapes = shapes_of(module.state_dict())
     cands = []
     tag = getattr(module, "mbz_arch", None)
