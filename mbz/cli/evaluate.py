@@ -21,22 +21,44 @@ def _bar(enabled: bool):
     return bar, tick
 
 
+def _import_user_module(name: str):
+    """import `name` from the installed packages, else its top-level package from the working folder (the
+    `mbz` console script, unlike `python -m`, does not put the working folder on sys.path; sys.path is left
+    as it is)."""
+    import importlib
+    import importlib.machinery
+    import importlib.util
+    import os
+    top = name.partition(".")[0]
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != top or top in sys.modules:
+            raise
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
+        if spec is None:
+            raise
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[top] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[top]
+        raise
+    return importlib.import_module(name)
+
+
 def user_model(spec: str):
     """The module `package.module:builder` builds (called with no arguments), imported because the user named it
     on the command line; it must be importable (from the working folder, installed, or on PYTHONPATH).  UsageError otherwise."""
-    import importlib
-
     from torch import nn
 
     from ..errors import UsageError
     mod_name, colon, attr = spec.partition(":")
     if not colon or not mod_name or not attr:
         raise UsageError(f"--model {spec!r}: expected package.module:builder")
-    import os
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())  # the working folder, as `python -m` would (the console script omits it)
     try:
-        mod = importlib.import_module(mod_name)
+        mod = _import_user_module(mod_name)
     except Exception as e:  # noqa: BLE001 - the user's module may fail in any way; say how, in one line
         raise UsageError(f"--model {spec}: cannot import {mod_name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     fn = mod
