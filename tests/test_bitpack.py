@@ -48,3 +48,19 @@ def test_widths():
 def test_bitmap():
     f = np.random.default_rng(0).random(77) < 0.3
     assert np.array_equal(unpack_bits(pack_bits(f), 77), f)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64])
+def test_every_integer_input_type(dtype):
+    """pack_codes reads codes of any integer type (masked in that type): the bytes equal those of int64."""
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    for width in range(1, 17):
+        for signed in (False, True):
+            lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else (0, (1 << width) - 1)
+            if lo < info.min or hi > info.max:
+                continue
+            v = rng.integers(lo, hi + 1, 1001)
+            v[:2] = lo, hi
+            assert pack_codes(v.astype(dtype), width, signed) == pack_codes(v, width, signed), (width, signed)
+            assert np.array_equal(unpack_codes(pack_codes(v.astype(dtype), width, signed), 1001, width, signed), v)

@@ -42,11 +42,25 @@ def pack_codes(values: np.ndarray, width: int, signed: bool = False) -> bytes:
     if vmin < lo or vmax > hi:
         raise EncodeError(f"codes in [{vmin}, {vmax}] do not fit {'signed' if signed else 'unsigned'} {width}-bit range [{lo}, {hi}]")
     mask = (1 << width) - 1
+    if v.dtype.kind in "iu" and v.dtype.itemsize < 8:  # the mask in v's own type (wrapped: the same low bits)
+        v = v & np.array(mask).astype(v.dtype)
+    else:
+        v = v.astype(np.int64, copy=False) & mask
     if width == 8:
-        return (v.astype(np.int64) & mask).astype(np.uint8).tobytes()
+        return v.astype(np.uint8).tobytes()
     if width == 16:
-        return (v.astype(np.int64) & mask).astype("<u2").tobytes()
-    u = (v.astype(np.int64) & mask).astype(np.uint64)
+        return v.astype("<u2").tobytes()
+    if 8 % width == 0:  # 1, 2, 4 bits: whole codes per byte, in uint8
+        per = 8 // width
+        u = v.astype(np.uint8)
+        if n % per:
+            u = np.concatenate([u, np.zeros(per - n % per, np.uint8)])
+        u = u.reshape(-1, per)
+        out = u[:, 0].copy()
+        for j in range(1, per):
+            out |= u[:, j] << np.uint8(j * width)
+        return out.tobytes()
+    u = v.astype(np.uint64)
     groups = -(-n // 8)
     if groups * 8 != n:
         u = np.concatenate([u, np.zeros(groups * 8 - n, np.uint64)])

@@ -464,38 +464,57 @@ def arans_reverse(K, qlog, blog, llog, steps):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def rans_decode(n, K, R, tl, tu, P, sym_of, f_of, bias_of, lut, x, stream, out, info):
-    """The lane loop of one RANS section (spec §5.7): fills out (symbols, int64[n]), advances x.
+    """The lane loop of one RANS section (spec §5.7): fills out (symbols, int32[n]), advances x.
 
     sym_of / f_of / bias_of: per (context, slot) as `rans._Section.lookup`; lut: class of each symbol
-    (the absent-table symbol A last).  Returns (error code, stream bytes read)."""
+    (the absent-table symbol A last).  Returns (error code, stream bytes read).
+
+    The three per-slot values are merged into one int64 entry (symbol | f << 20 | bias << 40; f, bias <=
+    2^12, symbol < 2^17), the neighbours' classes pre-clipped and pre-scaled to their context offsets, and
+    each lane's column (e % R) carried from step to step: one table load and no division per symbol."""
     S, lens = _lane_lengths(n, K)
     M = np.int64(1) << P
     mask = M - 1
+    tab = np.empty(sym_of.shape[0], np.int64)
+    for j in range(sym_of.shape[0]):
+        tab[j] = sym_of[j] | (f_of[j] << 20) | (bias_of[j] << 40)
+    nl = lut.shape[0]
+    cl = np.empty(nl, np.int64)  # left neighbour's class, clipped to tl - 1, times M
+    cu = np.empty(nl, np.int64)  # upper neighbour's class, clipped to tu - 1, times tl * M
+    for j in range(nl):
+        cl[j] = min(lut[j], tl - 1) * M
+        cu[j] = min(lut[j], tu - 1) * tl * M if tu > 1 else 0
     act = np.arange(K)
-    lastc = np.zeros(K, np.int64)
+    lastc = np.zeros(K, np.int64)  # the left context offset of each lane's next symbol
+    col = np.zeros(K, np.int64)  # each lane's next element's column, e % R
+    if R > 0:
+        for k in range(K):
+            col[k] = (k * S) % R
     ptr = 0
     slen = stream.shape[0]
     na = K
+    up = tu > 1
     for t in range(S):
         while na > 0 and lens[na - 1] <= t:  # lanes are non-increasing in length: the active ones come first
             na -= 1
         more = False
-        for i in range(na):
-            k = act[i]
-            e = k * S + t
-            left = lastc[k]
-            if left > tl - 1:
-                left = tl - 1
-            if t == 0 or (R > 0 and e % R == 0):
-                left = 0
-            ctx = left
-            if tu > 1 and t >= R:
-                up = lut[out[e - R]]
-                ctx += tl * (up if up < tu - 1 else tu - 1)
+        above = up and t >= R
+        e = t
+        for k in range(na):
+            ctx = lastc[k]
+            if R > 0:
+                if col[k] == 0:
+                    ctx = 0
+                c = col[k] + 1
+                col[k] = 0 if c == R else c
+            elif t == 0:
+                ctx = 0
+            if above:
+                ctx += cu[out[e - R]]
             xk = x[k]
-            slot = (xk & mask) + ctx * M
-            s = sym_of[slot]
-            xk = f_of[slot] * (xk >> P) + bias_of[slot]
+            v = tab[(xk & mask) + ctx]
+            s = v & 0xFFFFF
+            xk = ((v >> 20) & 0xFFFFF) * (xk >> P) + (v >> 40)
             if xk < _L:  # renormalization, round 1: lanes in lane order
                 if ptr >= slen:
                     info[0] = 0
@@ -507,7 +526,8 @@ def rans_decode(n, K, R, tl, tu, P, sym_of, f_of, bias_of, lut, x, stream, out, 
                 more |= xk < _L
             x[k] = xk
             out[e] = s
-            lastc[k] = lut[s]
+            lastc[k] = cl[s]
+            e += S
         if not more:
             continue
         ptr, r = _renorm(act, na, x, stream, ptr, 1)

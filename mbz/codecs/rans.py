@@ -635,7 +635,7 @@ def _run_jit(jk, secs):
     def one(sec):
         sym_of, f_of, bias_of = sec.lookup()
         lut = np.append(_class_lut(sec.alpha, sec.w, sec.signed).astype(np.int64), 0)
-        out, info, x = np.zeros(sec.n, np.int64), np.zeros(3, np.int64), sec.x0.copy()
+        out, info, x = np.zeros(sec.n, np.int32), np.zeros(3, np.int64), sec.x0.copy()  # symbols < 2^17
         err, ptr = jk.rans_decode(sec.n, sec.K, sec.R, sec.tl, sec.tu, sec.P, sym_of, f_of, bias_of, lut, x,
                                   sec.stream.copy(), out, info)
         return out, int(ptr), x, (int(info[1]), int(info[2])) if err else None
