@@ -133,10 +133,10 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
     step = 0
     nlog = 0
     two = R > 0
-    Rc = R if R > 0 else 1
+    Rc = (R if R > 0 else 1) + 9  # a lane's row of column counts; + 9: rows not a power of two apart (cache sets)
     # ---- pass 1: zero flags of INT elements
     if not flt and K:
-        colcnt = np.zeros(K * Rc, np.int64)
+        colcnt = np.zeros(K * Rc, np.int32)
         rowcnt = np.zeros(K, np.int64)
         nzl = np.zeros(K, np.int64)
         nzl2 = np.zeros(K, np.int64)
