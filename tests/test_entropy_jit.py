@@ -38,6 +38,8 @@ def both(monkeypatch, f):
             out.append(f())
         except Exception as e:  # noqa: BLE001 -- compared, not swallowed
             out.append((type(e).__name__, str(e)))
+        # the compiled path really ran (jit.compiled falls back to numpy when numba itself fails)
+        assert (jit.kernels() is None) == (nojit == "1")
     return out
 
 
@@ -234,3 +236,46 @@ def test_errors_are_mbz_errors(monkeypatch):
     with pytest.raises(FormatError):
         arans.decode(b"\x00\x04\x01", 10)
     assert issubclass(FormatError, MbzError)
+
+
+def test_numba_failure_falls_back_to_numpy_once(monkeypatch):
+    """An error raised inside numba (a corrupt cache file, a compiler error) is reported once and the numpy
+    reference used from then on; an error of mbz's own code propagates, the compiled path kept."""
+    monkeypatch.setattr(jit, "_loaded", object())  # stands for the loaded kernels module
+    monkeypatch.delenv("MBZ_NO_JIT", raising=False)
+    numba_error = type("TypingError", (Exception,), {"__module__": "numba.core.errors"})
+
+    def broken(jk):
+        raise numba_error("cache index unreadable")
+    with pytest.warns(RuntimeWarning, match="compiled entropy coders failed .*TypingError.*using numpy"):
+        assert jit.compiled(broken, lambda: "numpy") == "numpy"
+    assert jit.kernels() is None  # off for the rest of the process
+    monkeypatch.setattr(jit, "_loaded", object())
+    with pytest.raises(FormatError, match="own"):
+        jit.compiled(lambda jk: (_ for _ in ()).throw(FormatError("own")), lambda: "numpy")
+    with pytest.raises(ZeroDivisionError):
+        jit.compiled(lambda jk: 1 // 0, lambda: "numpy")
+    assert jit.kernels() is not None
+
+
+@needs_numba
+def test_corrupt_numba_cache_decodes_with_numpy(tmp_path):
+    """A corrupt numba cache (index files overwritten) in a fresh process: one RuntimeWarning line, the
+    section decoded by the numpy reference, no traceback."""
+    import subprocess
+    import sys
+    code = ("import os, warnings; warnings.simplefilter('always')\n"
+            "from mbz.codecs import rans\n"
+            "d = bytes(range(256)) * 40\n"
+            "os.environ['MBZ_NO_JIT'] = '1'; e = rans.encode(d, 8, row=64); del os.environ['MBZ_NO_JIT']\n"
+            "print(rans.decode(e, len(d)) == d)\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), MBZ_NO_JIT="0")
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert first.stdout.strip() == "True" and "RuntimeWarning" not in first.stderr, first.stderr
+    index = list(tmp_path.rglob("*.nbi"))
+    assert index, "numba wrote no cache under NUMBA_CACHE_DIR"
+    for f in index:
+        f.write_bytes(b"garbage")
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert second.stdout.strip() == "True", second.stderr
+    assert "compiled entropy coders failed" in second.stderr and "Traceback" not in second.stderr, second.stderr

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import EncodeError, FormatError
 from ..spec import ARANS_LIMIT, ARANS_MAX_LANE, ARANS_P, RANS_L, RANS_STATE_BYTES, AransKind
 from .bitpack import pack_codes, packed_size, unpack_codes
-from .jit import kernels, map_sections
+from .jit import compiled, map_sections
 from .rans import _read_varint, _varint
 
 _M = 1 << ARANS_P
@@ -371,11 +371,10 @@ def model_bits(items) -> list:
     """Ideal code length in bits of each section under its adaptive model (sum of -log2 p), a reference figure.
 
     items: [(data, kind, w, signed, row, steps[, K])] as for encode_many; K fixes the lane count."""
-    jk = kernels()
-    if jk is None:
-        return _forward(items)[3].tolist()
-    secs, vals, decs = _sections(items)
-    return [_ideal_bits(*_forward_jit(jk, s, v, d)[:2]) for s, v, d in zip(secs, vals, decs)]
+    def jit_bits(jk):
+        secs, vals, decs = _sections(items)
+        return [_ideal_bits(*_forward_jit(jk, s, v, d)[:2]) for s, v, d in zip(secs, vals, decs)]
+    return compiled(jit_bits, lambda: _forward(items)[3].tolist())
 
 
 def encode_many(items) -> list:
@@ -384,14 +383,16 @@ def encode_many(items) -> list:
     kind INT: `data` holds §5.1 `w`-bit codes (`signed`: two's complement), `row` the row length of the
     zero-flag context (0: 1-D); FLOAT32: float32 words whose fraction bits below the top `w` are zero.
     `steps`: lanes are chosen so that a lane makes about this many decisions.  Raises EncodeError."""
-    jk = kernels()
-    if jk is not None:
+    def jit_encode(jk):
         secs, vals, decs = _sections(items)
 
         def one(i):
             x, stream = jk.arans_reverse(secs[i].K, *_forward_jit(jk, secs[i], vals[i], decs[i]))
             return _header_bytes(secs[i]) + x.astype("<u4").tobytes() + stream.tobytes()
         return map_sections(one, list(range(len(secs))), [s.n for s in secs])
+    done = compiled(jit_encode, lambda: None)
+    if done is not None:
+        return done
     secs, run, log, _ = _forward(items)
     x = np.full(run.K, RANS_L, np.uint64)
     steps_sid, steps_byt = [], []
@@ -463,9 +464,9 @@ def decode_many(items) -> list:
             secs.append(_Header(stored, dlen))
         except FormatError as e:
             raise FormatError(str(e) + where(j)) from None  # the message of _Header's raise site, located
-    jk = kernels()
-    if jk is not None:
-        return _finish(secs, *_decode_jit(jk, secs, where), where)
+    done = compiled(lambda jk: _finish(secs, *_decode_jit(jk, secs, where), where), lambda: None)
+    if done is not None:
+        return done
     run = _Run(secs)
     x = np.concatenate([s.x0 for s in secs]) if secs else np.zeros(0, np.int64)
     sbase = np.cumsum([0] + [s.stream.size for s in secs])

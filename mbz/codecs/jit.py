@@ -37,6 +37,41 @@ def kernels():
     return _loaded or None
 
 
+def _from_numba(e: BaseException) -> bool:
+    """The exception was raised inside numba (loading a cache file, compiling), not by mbz's own code."""
+    if type(e).__module__.split(".")[0] == "numba":
+        return True
+    tb = e.__traceback__
+    while tb is not None:
+        if f"{os.sep}numba{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def compiled(call, reference):
+    """call(kernels) when the compiled kernels are available, else reference() (the numpy path).
+
+    A failure inside numba itself on a kernel's first use (a corrupt or unreadable cache file, a compiler
+    error) is reported once (RuntimeWarning) and turns the compiled path off for the process: reference()
+    gives the same result.  Errors of mbz's own code (FormatError for a malformed section, ...) propagate."""
+    global _loaded
+    jk = kernels()
+    if jk is None:
+        return reference()
+    try:
+        return call(jk)
+    except Exception as e:  # noqa: BLE001 -- sorted below: numba's failures fall back, the rest propagate
+        if not _from_numba(e):
+            raise
+        import warnings
+        warnings.warn(f"mbz: compiled entropy coders failed ({type(e).__name__}: {str(e)[:160]}); using numpy "
+                      f"from now on, far slower (to recompile, delete numba's cache files entropy_jit.*.nbi / .nbc, "
+                      f"beside mbz/codecs/entropy_jit.py or under NUMBA_CACHE_DIR)", RuntimeWarning, stacklevel=2)
+        _loaded = False
+        return reference()
+
+
 PARALLEL_MIN = 1 << 16  # elements: a batch of sections smaller than this decodes on the calling thread
 
 

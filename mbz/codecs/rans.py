@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import EncodeError, FormatError
 from ..spec import RANS_L, RANS_MAX_CTX, RANS_MAX_LANE, RANS_MAX_P, RANS_STATE_BYTES, RansAlphabet
 from .bitpack import pack_codes, packed_size, unpack_codes
-from .jit import kernels, map_sections
+from .jit import compiled, map_sections
 
 _STATE_HI = RANS_L << 8  # states live in [L, 256 L)
 
@@ -314,13 +314,11 @@ def _encode_with(n, w, signed, alpha, tl, tu, R, K, P, tables, sym, ctx, nb, ev)
         if f is not None:
             freq[c] = f
     cum = np.concatenate([np.zeros((C, 1), np.int64), np.cumsum(freq, axis=1)], axis=1)
-    jk = kernels()
-    if jk is not None:
-        x, stream = jk.rans_encode(n, K, P, np.ascontiguousarray(sym, np.int64), np.ascontiguousarray(ctx, np.int64),
-                                   freq, cum)
-        stream = stream.tobytes()
-    else:
-        x, stream = _lanes_encode(n, K, P, sym, ctx, freq, cum)
+    def jit_encode(jk):
+        xj, sj = jk.rans_encode(n, K, P, np.ascontiguousarray(sym, np.int64), np.ascontiguousarray(ctx, np.int64),
+                                freq, cum)
+        return xj, sj.tobytes()
+    x, stream = compiled(jit_encode, lambda: _lanes_encode(n, K, P, sym, ctx, freq, cum))
     hdr = bytes([int(alpha) | (int(signed) << 2), w, P, tl | (tu << 4)]) + _varint(n) + _varint(R) + _varint(K)
     bits = _Bits()
     _write_tables(bits, tables)
@@ -497,8 +495,7 @@ def decode_many(items) -> list:
         except FormatError as e:
             raise FormatError(f"{e} (section {i})" if len(items) > 1 else str(e)) from None
     try:
-        jk = kernels()
-        outs, bad = _run(secs) if jk is None else _run_jit(jk, secs)
+        outs, bad = compiled(lambda jk: _run_jit(jk, secs), lambda: _run(secs))
     except FormatError as e:
         raise FormatError(str(e)) from None
     res = []
