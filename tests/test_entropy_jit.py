@@ -279,3 +279,46 @@ def test_corrupt_numba_cache_decodes_with_numpy(tmp_path):
     second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert second.stdout.strip() == "True", second.stderr
     assert "compiled entropy coders failed" in second.stderr and "Traceback" not in second.stderr, second.stderr
+
+
+def test_slow_numpy_decode_is_announced_once(monkeypatch, tmp_path):
+    """Without numba, a batch whose lanes take many numpy steps says so once (what to install), in one line
+    on the CLI; with MBZ_NO_JIT set on purpose, or short lanes, nothing is said."""
+    import warnings
+
+    from mbz.cli import main
+    monkeypatch.setattr(jit, "_loaded", False)  # as when numba is not installed
+    monkeypatch.setattr(jit, "_noted", False)
+    monkeypatch.delenv("MBZ_NO_JIT", raising=False)
+    d = codes(4, True, 3000, np.random.default_rng(0))
+    long_lanes, short_lanes = arans.encode(d, AransKind.INT, 4, True, 100, 20000), arans.encode(d, AransKind.INT, 4, True, 100, 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert arans.decode(short_lanes, len(d)) == d  # 30 steps per lane: quiet
+    with pytest.warns(RuntimeWarning, match=r"with numpy, up to [\d,]+ steps per lane.*mbz\[fast\]"):
+        assert arans.decode(long_lanes, len(d)) == d
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert arans.decode(long_lanes, len(d)) == d  # once per process
+    monkeypatch.setattr(jit, "_noted", False)
+    monkeypatch.setenv("MBZ_NO_JIT", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert arans.decode(long_lanes, len(d)) == d
+    # the CLI prints it as one line
+    monkeypatch.delenv("MBZ_NO_JIT")
+    monkeypatch.setattr(jit, "SLOW_STEPS", 0)
+    import torch
+    path = tmp_path / "m.mbz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the writer's self-check decodes too
+        mbz.save({"w": torch.randint(-7, 8, (64, 300)).float() * 0.5}, path, profile="best")
+    monkeypatch.setattr(jit, "_noted", False)
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["verify", str(path), str(path)]) == 0
+    lines = [ln for ln in err.getvalue().splitlines() if "warning" in ln]
+    assert lines and all(ln.startswith("mbz verify: warning: decoding") for ln in lines), err.getvalue()

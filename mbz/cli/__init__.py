@@ -48,6 +48,18 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)  # what the command was, for the records it writes
     prog = f"mbz {a.cmd}"
+    import warnings
+    shown = warnings.showwarning
+    # a warning (mbz's own, numpy's, torch's) is one line on stderr, like the errors
+    warnings.showwarning = lambda message, *_a, **_k: print(f"{prog}: warning: {message}", file=sys.stderr)
+    try:
+        return _run(a, prog)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(a, prog: str) -> int:
+    from ..errors import MbzError, MismatchError
     try:
         return a.fn(a) or 0
     except MismatchError as e:

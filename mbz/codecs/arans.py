@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import EncodeError, FormatError
 from ..spec import ARANS_LIMIT, ARANS_MAX_LANE, ARANS_P, RANS_L, RANS_STATE_BYTES, AransKind
 from .bitpack import pack_codes, packed_size, unpack_codes
-from .jit import compiled, map_sections
+from .jit import compiled, map_sections, note_numpy
 from .rans import _read_varint, _varint
 
 _M = 1 << ARANS_P
@@ -467,6 +467,9 @@ def decode_many(items) -> list:
     done = compiled(lambda jk: _finish(secs, *_decode_jit(jk, secs, where), where), lambda: None)
     if done is not None:
         return done
+    # numpy steps: pass 1 (INT zero flags) + pass 2 (D decisions per non-zero element), at most
+    note_numpy(max((-(-s.n // max(s.K, 1)) * (s.w + (9 if s.kind == AransKind.FLOAT32 else 1)) for s in secs),
+                   default=0), len(secs))
     run = _Run(secs)
     x = np.concatenate([s.x0 for s in secs]) if secs else np.zeros(0, np.int64)
     sbase = np.cumsum([0] + [s.stream.size for s in secs])

@@ -72,6 +72,23 @@ def compiled(call, reference):
         return reference()
 
 
+SLOW_STEPS = 8192  # numpy lane-loop steps above which decoding takes seconds (~0.1-1 ms per step)
+_noted = False
+
+
+def note_numpy(steps: int, sections: int) -> None:
+    """Say once per process (RuntimeWarning) that a batch of `sections` entropy-coded sections decodes with
+    numpy in about `steps` lane-loop steps, when that is slow and numba is not installed (MBZ_NO_JIT unset)."""
+    global _noted
+    if _noted or steps <= SLOW_STEPS or os.environ.get("MBZ_NO_JIT", "0").strip().lower() not in _OFF:
+        return
+    _noted = True
+    import warnings
+    warnings.warn(f"decoding {sections} entropy-coded section(s) with numpy, up to {steps:,} steps per lane: "
+                  f"this takes seconds to minutes; with numba (pip install 'mbz[fast]') it takes milliseconds",
+                  RuntimeWarning, stacklevel=3)
+
+
 PARALLEL_MIN = 1 << 16  # elements: a batch of sections smaller than this decodes on the calling thread
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import EncodeError, FormatError
 from ..spec import RANS_L, RANS_MAX_CTX, RANS_MAX_LANE, RANS_MAX_P, RANS_STATE_BYTES, RansAlphabet
 from .bitpack import pack_codes, packed_size, unpack_codes
-from .jit import compiled, map_sections
+from .jit import compiled, map_sections, note_numpy
 
 _STATE_HI = RANS_L << 8  # states live in [L, 256 L)
 
@@ -495,7 +495,10 @@ def decode_many(items) -> list:
         except FormatError as e:
             raise FormatError(f"{e} (section {i})" if len(items) > 1 else str(e)) from None
     try:
-        outs, bad = compiled(lambda jk: _run_jit(jk, secs), lambda: _run(secs))
+        def reference():
+            note_numpy(max((s.S for s in secs), default=0), len(secs))
+            return _run(secs)
+        outs, bad = compiled(lambda jk: _run_jit(jk, secs), reference)
     except FormatError as e:
         raise FormatError(str(e)) from None
     res = []
