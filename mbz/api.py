@@ -20,7 +20,7 @@ from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
 from .reader import MbzReader, load, load_checkpoint, map_small_first, open  # noqa: F401,A004
 from .reparam import fold_pruning
 from .spec import H_MAIN, H_TREE, M_INPUT, M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
-from .structure import flatten
+from .structure import check_materialized, flatten
 
 ZERO_SIGNS = ("keep", "drop")
 
@@ -78,7 +78,8 @@ def prepare(obj, *, key: str | None = None, exact: bool = False) -> Prepared:
     """Select `key` of a checkpoint dict (naming the keys left out) and, unless `exact`, fold
     torch.nn.utils.prune's `X_orig` / `X_mask` pairs into `X` (mbz.reparam).
 
-    Raises CheckpointError when `key` is not a key of the checkpoint."""
+    Raises CheckpointError when `key` is not a key of the checkpoint, or naming the key path of a tensor
+    on the 'meta' device (no values to store or compare; mbz.structure.check_materialized)."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     left_out = []
@@ -88,6 +89,7 @@ def prepare(obj, *, key: str | None = None, exact: bool = False) -> Prepared:
             raise CheckpointError(f"key {key!r} is not in the checkpoint (its keys: {', '.join(map(str, keys))[:300]})")
         left_out = [k for k in obj if k != key]
         obj = obj[key]
+    check_materialized(obj)
     folded = []
     if not exact:
         obj, folded = fold_pruning(obj)
@@ -187,7 +189,9 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     See save_to_size for a byte budget.
     Raises CheckpointError for values that cannot be stored (naming their key path),
     EncodeError for tensors that cannot be encoded (naming the tensor), an unknown profile or
-    zero_sign, or both `wbits` and `step`.
+    zero_sign, or both `wbits` and `step`; CheckpointError naming the key path of a tensor on the 'meta'
+    device; a PathError (also the matching OSError) when `path` is a folder, its folder does not exist, or
+    the file cannot be written.
     """
     if zero_sign not in ZERO_SIGNS:
         raise EncodeError(f"zero_sign must be one of {ZERO_SIGNS}, got {zero_sign!r}")

@@ -1,7 +1,6 @@
 """Reading PyTorch checkpoints safely: torch.load(weights_only=True), wrapped checkpoints, .mbz inputs."""
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections import OrderedDict
@@ -10,11 +9,12 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .paths import open_input
 from .reader import load as load_mbz
 from .reader import load_checkpoint as load_mbz_checkpoint
 from .safetensors_io import is_safetensors, read_safetensors
 from .spec import MAGIC
-from .structure import WRAPPER_KEYS  # noqa: F401  (re-exported)
+from .structure import WRAPPER_KEYS, check_materialized  # noqa: F401  (WRAPPER_KEYS re-exported)
 
 
 def as_state_dict(obj) -> "OrderedDict[str, torch.Tensor]":
@@ -42,19 +42,15 @@ def as_state_dict(obj) -> "OrderedDict[str, torch.Tensor]":
 
 def read_object(path):
     """What the checkpoint file holds, whole: torch.load(weights_only=True) on the CPU, or a .mbz file's
-    checkpoint (mbz.load_checkpoint).  Raises CheckpointError naming the file."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such file")
-    with open(path, "rb") as f:
+    checkpoint (mbz.load_checkpoint).  Raises CheckpointError naming the file, a PathError (mbz.paths.open_input)
+    when `path` is missing, a folder or unreadable."""
+    with open_input(path, "checkpoint") as f:
         head = f.read(len(MAGIC))
     if head == MAGIC:
         return load_mbz_checkpoint(path)
     if str(path).endswith(".safetensors") or is_safetensors(path):
         return read_safetensors(path)
-    try:
-        return _torch_load(path)
-    except Exception as e:
-        raise _load_error(path, e) from None
+    return _torch_load(path)
 
 
 # torch's own notes while it rebuilds what a checkpoint holds (sparse invariants checked, TypedStorage and
@@ -64,10 +60,19 @@ _TORCH_NOTES = ("Validating sparse tensor invariants", "TypedStorage is deprecat
 
 
 def _torch_load(path):
-    with warnings.catch_warnings():
-        for note in _TORCH_NOTES:
-            warnings.filterwarnings("ignore", message=note)
-        return torch.load(path, map_location="cpu", weights_only=True)
+    """torch.load(weights_only=True) on the CPU; CheckpointError naming the file for anything it refuses."""
+    try:
+        with warnings.catch_warnings():
+            for note in _TORCH_NOTES:
+                warnings.filterwarnings("ignore", message=note)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _load_error(path, e) from None
+    try:  # torch.save keeps tensors of the 'meta' device as such (no values): refused here, naming file and key
+        check_materialized(obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return obj
 
 
 def _load_error(path, e: Exception) -> CheckpointError:
@@ -84,19 +89,17 @@ def _load_error(path, e: Exception) -> CheckpointError:
 
 
 def read_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
-    """torch.load with weights_only=True (no code runs), mapped to the CPU; a .mbz file through mbz.load."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such file")
-    with open(path, "rb") as f:
+    """torch.load with weights_only=True (no code runs), mapped to the CPU; a .mbz file through mbz.load.
+
+    Raises CheckpointError naming the file, a PathError (mbz.paths.open_input) when `path` is missing, a folder
+    or unreadable."""
+    with open_input(path, "checkpoint") as f:
         is_mbz = f.read(len(MAGIC)) == MAGIC
     if is_mbz:  # a .mbz file is a checkpoint too (e.g. a baseline kept losslessly)
         return load_mbz(path)
     if str(path).endswith(".safetensors") or is_safetensors(path):
         return read_safetensors(path)
-    try:
-        obj = _torch_load(path)
-    except Exception as e:
-        raise _load_error(path, e) from None
+    obj = _torch_load(path)
     try:
         return as_state_dict(obj)
     except CheckpointError as e:

@@ -6,6 +6,7 @@ tensor decoder (decoder.py) only ever sees validated records.
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
@@ -21,8 +22,10 @@ from .codecs.affine import n_groups, numel_of
 from .codecs.bitpack import packed_size
 from .codecs.filters import FILTERS, max_decoded, unfilter, zstd_available, zstd_decompress
 from .codecs.raw import ITEMSIZE
-from .errors import ChecksumError, EncodeError, FormatError, LimitError, MbzError, TruncatedError, VersionError
+from .errors import (ChecksumError, EncodeError, FormatError, LimitError, MbzError, TruncatedError, VersionError,
+                     path_error)
 from .headerscan import checked_object
+from .paths import open_input
 from .spec import (ELEMENT_SLACK, ELEMENTS_PER_BYTE, ENCODING_DTYPES, ENCODING_ROLES, H_ALIGN, H_CRCS, H_FORMAT,
                    H_META, H_PAYLOAD, H_TENSORS, HEADER_KEYS, KNOWN_PARAMS, MAGIC, MAX_ALIGN, MAX_DIM_PRODUCT,
                    MAX_HEADER_BYTES, MAX_RANK, PARAM_DEFAULTS, PARAM_RULES, PREAMBLE, PREAMBLE_SIZE, RECORD_KEYS,
@@ -116,17 +119,17 @@ def atomic_write(path, chunks) -> None:
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
-        raise FileNotFoundError(2, "output folder does not exist", d)
+        raise path_error(errno.ENOENT, f"output folder {d} does not exist", path)
     if os.path.isdir(path):
-        raise IsADirectoryError(21, "output is a directory", path)
+        raise path_error(errno.EISDIR, "is a directory; give a file name for the output", path)
     if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
         # a rename would replace a device, pipe or link with a regular file
-        raise FileExistsError(17, "output exists and is not a regular file (a device, pipe or link); "
-                                  "mbz writes regular files only", path)
+        raise path_error(errno.EEXIST, "output exists and is not a regular file (a device, pipe or link); "
+                                       "mbz writes regular files only", path)
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     except OSError as e:  # name the output the user gave, not the temporary file
-        raise type(e)(e.errno, f"cannot write the output: {e.strerror or e}", path) from None
+        raise path_error(e.errno, f"cannot write the output: {e.strerror or e}", path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             for c in chunks:
@@ -142,8 +145,8 @@ def atomic_write(path, chunks) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and e.filename == tmp:
-            raise type(e)(e.errno, f"cannot write the output: {e.strerror or e}", path) from None
+        if isinstance(e, OSError):  # a full disk, a quota ...: named by the output the user gave
+            raise path_error(e.errno, f"cannot write the output: {e.strerror or e}", path) from None
         raise
 
 
@@ -551,9 +554,7 @@ class Source:
         if data is not None:
             self.buf = memoryview(data)
             return
-        if os.path.isdir(path):
-            raise IsADirectoryError(21, "is a directory, not a .mbz file", os.fspath(path))
-        self._f = open(path, "rb")
+        self._f = open_input(path, ".mbz file")
         size = os.fstat(self._f.fileno()).st_size
         if size == 0:
             self.buf = memoryview(b"")

@@ -43,3 +43,43 @@ class DataError(MbzError):
 
 class UsageError(MbzError):
     """A command's arguments cannot be carried out as given (e.g. an output that exists without --force)."""
+
+
+class PathError(MbzError, OSError):
+    """A path names nothing mbz can read or write: missing, a folder where a file is expected, unreadable.
+
+    Also an OSError carrying errno, strerror and filename; the subclasses below derive from the matching
+    built-in too, so `except FileNotFoundError` (or IsADirectoryError, PermissionError, FileExistsError) keeps
+    working.  Its message is one line: "PATH: what is wrong (what was expected)"."""
+
+    def __str__(self):
+        if self.filename is None:
+            return str(self.strerror)
+        return f"{self.filename or repr(self.filename)}: {self.strerror}"   # an empty path shows as ''
+
+
+class PathNotFoundError(PathError, FileNotFoundError):
+    """No file or folder at the path."""
+
+
+class PathIsDirectoryError(PathError, IsADirectoryError):
+    """A folder where a file is expected."""
+
+
+class PathPermissionError(PathError, PermissionError):
+    """The file exists but may not be read (or written)."""
+
+
+class PathExistsError(PathError, FileExistsError):
+    """Something at the path may not be replaced."""
+
+
+_PATH_ERRORS = {2: PathNotFoundError, 21: PathIsDirectoryError, 13: PathPermissionError, 1: PathPermissionError,
+                17: PathExistsError}
+
+
+def path_error(errno: int | None, message: str, path) -> PathError:
+    """The PathError subclass for `errno` (ENOENT, EISDIR, EACCES / EPERM, EEXIST; PathError for others),
+    with `message` (what is wrong, what was expected) and `path` as its filename."""
+    import os
+    return _PATH_ERRORS.get(errno, PathError)(errno, message, os.fspath(path))

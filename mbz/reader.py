@@ -64,6 +64,11 @@ class MbzReader:
     for a path) views a private copy-on-write mapping of the file (no copy, no decoding: reading one tensor of
     a large file touches only its pages; writes to the tensor stay private; the file must not be truncated
     or rewritten in place while the tensor lives), "copy" copies it (what mbz.load does).
+
+    Raises PathNotFoundError / PathIsDirectoryError / PathPermissionError (mbz.paths.open_input: MbzError
+    subclasses that are also FileNotFoundError / IsADirectoryError / PermissionError) when `path` names no
+    readable file, FormatError (or a subclass) naming the file when its bytes are not a valid .mbz file;
+    open, load and load_checkpoint raise the same.
     """
 
     def __init__(self, path=None, *, data: bytes | None = None, plain: str = "map"):

@@ -49,6 +49,31 @@ def main_path(obj) -> list:
     return []
 
 
+def check_materialized(obj) -> None:
+    """Raise CheckpointError naming the key path of the first tensor on the 'meta' device in `obj` (a module,
+    a state_dict, or any checkpoint structure): such a tensor has a shape and a dtype but no values, so
+    nothing can be stored, compared or evaluated from it."""
+    def visit(v, path, depth):
+        if depth > MAX_TREE_DEPTH:
+            return
+        if isinstance(v, nn.Module):
+            v = v.state_dict()
+        if isinstance(v, torch.Tensor):
+            if v.is_meta:
+                raise CheckpointError(
+                    f"{'/'.join(map(str, path)) or 'checkpoint'}: tensor {list(v.shape)} "
+                    f"{str(v.dtype).replace('torch.', '')} is on the 'meta' device and holds no values; "
+                    "expected real tensors (materialize the model first, e.g. to_empty(device='cpu') and "
+                    "load_state_dict)")
+        elif isinstance(v, Mapping):
+            for k, x in v.items():
+                visit(x, path + [k], depth + 1)
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                visit(x, path + [i], depth + 1)
+    visit(obj, [], 0)
+
+
 def subtree(obj, path: list):
     for k in path:
         obj = obj[k]

@@ -6,19 +6,16 @@ import os
 import sys
 
 from ..errors import UsageError
+from ..paths import open_input
 
 DATA_HELP = ("dataset: 'jpeg' (the CIFAR-10 JPEG q75 export in the folder $MBZ_DATA), npz:DIR_OR_FILE, "
              "cifar10:ROOT, cifar100:ROOT (torchvision) or folder:ROOT (ImageFolder with train/ and test/)")
 
 
 def input_file(path: str, what: str = "input") -> str:
-    """`path` if it is a readable file; UsageError naming it otherwise."""
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such file ({what})")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a directory, expected a file ({what})")
-    if not os.access(path, os.R_OK):
-        raise UsageError(f"{path}: not readable ({what})")
+    """`path` if it is a readable file; a PathError naming it otherwise (mbz.paths.open_input, the check every
+    reader of the API makes)."""
+    open_input(path, what).close()
     return path
 
 
