@@ -65,7 +65,7 @@ def _pack(a, obj, meta: dict) -> int:
     prep = api.prepare(obj, key=a.key, exact=a.exact)
     main = subtree(prep.obj, main_path(prep.obj))
     plain = {k: v for k, v in main.items() if isinstance(v, torch.Tensor)} if hasattr(main, "items") else {}
-    if a.arch or a.num_classes is not None:
+    if a.arch is not None or a.num_classes is not None:
         arch, arch_note = arch_for_pack(plain, a.arch, a.num_classes)
     else:
         try:

@@ -336,7 +336,10 @@ def build_model(arch) -> nn.Module:
 def parse_arch(text: str) -> dict:
     """`NAME`, `NAME:k=v,k=v` (values read as JSON where they parse: 10, 0.5, true) or a JSON object -> arch.
 
-    Raises MbzError on a malformed spec (the values are validated by validate_arch)."""
+    A trailing ':' or ',' (nothing after it) is accepted: `resnet18_cifar:` is `resnet18_cifar`.
+    Raises MbzError naming what is wrong: an empty spec or NAME, an item that is not KEY=VALUE, an empty
+    KEY or VALUE, an empty item between commas, a KEY given twice or 'name' as a KEY (the values themselves
+    are validated by validate_arch)."""
     text = text.strip()
     if text.startswith("{"):
         try:
@@ -346,16 +349,32 @@ def parse_arch(text: str) -> dict:
         if not isinstance(arch, dict):
             raise MbzError(f"--arch {text!r}: expected a JSON object")
         return arch
+    usage = "expected NAME[:KEY=VALUE,...], e.g. resnet18_cifar:num_classes=100"
     name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise MbzError(f"--arch {text!r}: no architecture NAME{' before the colon' if text else ''}; {usage}")
     arch = {"name": name}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
+    parts = [p.strip() for p in rest.split(",")]
+    if parts and not parts[-1]:  # a trailing ',' or ':' adds nothing
+        parts.pop()
+    for part in parts:
+        if not part:
+            raise MbzError(f"--arch {text!r}: an empty item between commas; {usage}")
         k, eq, v = part.partition("=")
-        if not eq or not k.strip():
-            raise MbzError(f"--arch {text!r}: expected NAME[:KEY=VALUE,...], got {part!r}")
+        k, v = k.strip(), v.strip()
+        if not eq or not k:
+            raise MbzError(f"--arch {text!r}: {part!r} is not KEY=VALUE; {usage}")
+        if not v:
+            raise MbzError(f"--arch {text!r}: {k!r} has an empty value; {usage}")
+        if k == "name":
+            raise MbzError(f"--arch {text!r}: the architecture is named before the colon, not as 'name='")
+        if k in arch:
+            raise MbzError(f"--arch {text!r}: {k!r} is given twice")
         try:
-            arch[k.strip()] = json.loads(v)
+            arch[k] = json.loads(v)
         except json.JSONDecodeError:
-            arch[k.strip()] = v
+            arch[k] = v
     return arch
 
 
@@ -568,10 +587,14 @@ def arch_for_pack(sd, spec: str | None, num_classes: int | None = None) -> tuple
     p = strip_wrapper(names)
     shapes = {k[len(p):]: s for k, s in names.items()}
     wrapped = f" (names under the wrapper prefix {p!r}, matched without it)" if p else ""
-    if spec:
+    if spec is not None:
         arch = parse_arch(spec)
         if num_classes is not None:
             arch["num_classes"] = num_classes
+        try:
+            validate_arch(arch)
+        except MbzError as e:  # e.g. 'arch.num_classes' of resnet18_cifar must be an integer ..., got 'ten'
+            raise MbzError(f"--arch {spec!r}: {e}") from None
         arch = complete_arch(arch, shapes)
         sk = skeleton(arch)
         if sk is None:
