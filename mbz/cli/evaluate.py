@@ -111,7 +111,7 @@ def cmd_eval(a) -> int:
         if bar is not None:
             bar.close()
     abits = 32 if a.model else arch.get("act_bits", 32)  # validated by load_model; --model: not the file's arch
-    out = {"file": a.file, "data": ds.source, "n": ev["n"], "top1": ev["top1"], "file_bytes": s["file_bytes"],
+    out = {"file": a.file, "data": ds.source, "split": "test", "n": ev["n"], "top1": ev["top1"], "file_bytes": s["file_bytes"],
            "file_mb": s["file_mb"], "model_compression_ratio": s["model_compression_ratio"],
            "weight_compression_ratio": s["weight_compression_ratio"],
            "input_bytes": s["input_bytes"], "input_compression_ratio": s["input_compression_ratio"],
@@ -120,7 +120,7 @@ def cmd_eval(a) -> int:
     if a.json:
         print_json(out)
         return 0
-    print(f"{a.file}: top-1 {ev['top1']:.2f}% on {ev['n']} images of {ds.source}")
+    print(f"{a.file}: top-1 {ev['top1']:.2f}% on {ev['n']} images of {ds.source} (test split)")
     print(f"file {s['file_bytes']:,d} bytes ({s['file_mb']:.4f} MB, every byte counted); "
           f"model CR {s['model_compression_ratio']:.2f}x, weight CR {s['weight_compression_ratio']:.2f}x, "
           + (f"activations {abits}-bit = {32 / abits:.1f}x vs fp32 (per-tensor quantizers in the file's metadata)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,13 +88,22 @@ def load_folder(root: str) -> ArrayDataset:
 DATA_ENV = "MBZ_DATA"  # folder holding cifar10_jpeg_{train,test}.npz when --data is 'jpeg'
 
 
+def split_of_file(path: str) -> str | None:
+    """The split an .npz file's name says ('train', 'test' or 'val' as a word of it, e.g. cifar10_jpeg_test.npz),
+    or None when it says none or several."""
+    words = set(re.split(r"[^a-z0-9]+", os.path.splitext(os.path.basename(path))[0].lower()))
+    named = words & {"train", "test", "val"}
+    return named.pop() if len(named) == 1 else None
+
+
 def load_dataset(spec: str, split: str) -> ArrayDataset:
     """One split ('train' or 'test') of a dataset named by `spec`.
 
     'jpeg' (the CIFAR-10 JPEG q75 export in the folder $MBZ_DATA), 'npz:DIR_OR_FILE',
     'cifar10:ROOT' / 'cifar100:ROOT' (torchvision; downloads when online) or
     'folder:ROOT' (ImageFolder with ROOT/train and ROOT/test).  Raises DataError
-    (one line naming the path) when nothing readable is there."""
+    (one line naming the path) when nothing readable is there, or when an .npz FILE's name says another
+    split than `split` (split_of_file: npz:.../cifar10_jpeg_train.npz is never read as the test split)."""
     from ..errors import DataError
     kind, _, arg = spec.partition(":")
     if kind in ("jpeg", "npz"):
@@ -103,6 +113,10 @@ def load_dataset(spec: str, split: str) -> ArrayDataset:
         path = base if base.endswith(".npz") else os.path.join(base, f"cifar10_jpeg_{split}.npz")
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file (pass --data npz:DIR or set {DATA_ENV}=DIR)")
+        named = split_of_file(path)
+        if named is not None and named != split:  # e.g. npz:.../cifar10_jpeg_train.npz where the test split is read
+            raise DataError(f"{path}: its name says the {named} split, but the {split} split is read here; pass "
+                            f"npz:DIR (the folder holding cifar10_jpeg_{{train,test}}.npz) or the {split} file")
         try:
             return load_npz(path)
         except (OSError, KeyError, ValueError) as e:
