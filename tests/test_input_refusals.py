@@ -104,6 +104,18 @@ def test_save_refuses_meta_tensors_naming_the_key(tmp_path):
     assert torch.equal(mbz.load(tmp_path / "k.mbz")["w"], torch.ones(2))
 
 
+def test_load_model_refuses_a_module_on_the_meta_device(tmp_path):
+    p = tmp_path / "lin.mbz"
+    mbz.save(nn.Linear(3, 2).state_dict(), p)
+    with pytest.raises(MbzError) as e:   # load_state_dict into it would do nothing and return it empty
+        mbz.load_model(p, model=nn.Linear(3, 2, device="meta"))
+    assert _one_line(e.value, p).endswith("the given Linear's weight: tensor [2, 3] float32 is on the 'meta' device "
+                                          "and holds no values; expected real tensors (materialize the model first, "
+                                          "e.g. to_empty(device='cpu') and load_state_dict)")
+    m = mbz.load_model(p, model=nn.Linear(3, 2, device="meta").to_empty(device="cpu"))
+    assert torch.equal(m.weight, mbz.load(p)["weight"])
+
+
 def test_cli_refuses_a_checkpoint_of_meta_tensors_in_one_line(tmp_path, packed, capsys):
     ck = tmp_path / "meta.pt"
     torch.save({"fc.weight": torch.empty(4, 3, device="meta")}, ck)

@@ -13,7 +13,7 @@ from torch import nn
 from .. import api
 from ..checkpoint import as_state_dict
 from ..errors import MbzError
-from ..structure import main_path, subtree
+from ..structure import check_materialized, main_path, subtree
 from ..reader import MbzReader
 from .registry import arch_of_module, build_model, check_fit, shapes_of, skeleton, strip_wrapper, validate_arch
 
@@ -31,7 +31,8 @@ def load_model(path, *, model: nn.Module | None = None, strict: bool = True) -> 
     unexpected and mis-shaped keys (the first few, with counts) when the file's tensors do not fit
     the network, so an untrained network is never returned.  `strict=False` accepts tensors the
     network has no place for; missing and mis-shaped ones are refused all the same.  MbzError also
-    when the file has no `arch` (and no `model` is given) or its `arch` is not valid."""
+    when the file has no `arch` (and no `model` is given) or its `arch` is not valid, or when the given
+    `model` has tensors on the 'meta' device (load_state_dict would leave them empty)."""
     where = os.fspath(path) if path is not None else "<bytes>"
     with MbzReader(path) as r:
         # a structure tree (spec §3.1): the names and shapes of its model state_dict, which is decoded
@@ -60,6 +61,10 @@ def load_model(path, *, model: nn.Module | None = None, strict: bool = True) -> 
             raise MbzError(f"load_model(model=...) expects a torch.nn.Module, got {type(model).__name__}")
         else:
             what = f"{where}: its tensors do not fit the given {type(model).__name__}"
+            try:  # load_state_dict into tensors on the 'meta' device does nothing: the model would stay empty
+                check_materialized(model)
+            except MbzError as e:
+                raise MbzError(f"{where}: load_model(model=...): the given {type(model).__name__}'s {e}") from None
         check_fit(shapes_of(model.state_dict()), got, what, strict)
         if sd is None:
             sd = r.decode_all()
