@@ -256,12 +256,27 @@ def test_numba_failure_falls_back_to_numpy_once(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         jit.compiled(lambda jk: 1 // 0, lambda: "numpy")
     assert jit.kernels() is not None
+    # kernels with a numba cache: the index is emptied and the call retried once
+    from types import SimpleNamespace
+    flushed, calls = [], []
+    monkeypatch.setattr(jit, "_loaded", SimpleNamespace(k=SimpleNamespace(_cache=SimpleNamespace(
+        flush=lambda: flushed.append(1)))))
+
+    def fails_once(jk):
+        calls.append(1)
+        if len(calls) == 1:
+            raise numba_error("cache data unreadable")
+        return "jit"
+    with pytest.warns(RuntimeWarning, match="cache of the compiled entropy coders was unreadable"):
+        assert jit.compiled(fails_once, lambda: "numpy") == "jit"
+    assert flushed == [1] and len(calls) == 2 and jit.kernels() is not None
 
 
 @needs_numba
-def test_corrupt_numba_cache_decodes_with_numpy(tmp_path):
-    """A corrupt numba cache (index files overwritten) in a fresh process: one RuntimeWarning line, the
-    section decoded by the numpy reference, no traceback."""
+def test_corrupt_numba_cache_is_rebuilt(tmp_path):
+    """A corrupt numba cache (index or data files overwritten) in a fresh process: one RuntimeWarning that the
+    cache was emptied and the coders compiled again, the section decoded, no traceback; the next process
+    loads the rebuilt cache without a word."""
     import subprocess
     import sys
     code = ("import os, warnings; warnings.simplefilter('always')\n"
@@ -270,15 +285,22 @@ def test_corrupt_numba_cache_decodes_with_numpy(tmp_path):
             "os.environ['MBZ_NO_JIT'] = '1'; e = rans.encode(d, 8, row=64); del os.environ['MBZ_NO_JIT']\n"
             "print(rans.decode(e, len(d)) == d)\n")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), MBZ_NO_JIT="0")
-    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert first.stdout.strip() == "True" and "RuntimeWarning" not in first.stderr, first.stderr
-    index = list(tmp_path.rglob("*.nbi"))
-    assert index, "numba wrote no cache under NUMBA_CACHE_DIR"
-    for f in index:
-        f.write_bytes(b"garbage")
-    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert second.stdout.strip() == "True", second.stderr
-    assert "compiled entropy coders failed" in second.stderr and "Traceback" not in second.stderr, second.stderr
+
+    def run():
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    first = run()
+    assert first.stdout.strip() == "True" and "Warning" not in first.stderr, first.stderr
+    for pattern in ("*.nbi", "*.nbc"):
+        files = list(tmp_path.rglob(pattern))
+        assert files, f"numba wrote no {pattern} under NUMBA_CACHE_DIR"
+        for f in files:
+            f.write_bytes(b"garbage")
+        second = run()
+        assert second.stdout.strip() == "True", second.stderr
+        assert "cache of the compiled entropy coders was unreadable" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr and "using numpy" not in second.stderr, second.stderr
+        third = run()
+        assert third.stdout.strip() == "True" and "Warning" not in third.stderr, third.stderr
 
 
 def test_slow_numpy_decode_is_announced_once(monkeypatch, tmp_path):

@@ -52,24 +52,52 @@ def _from_numba(e: BaseException) -> bool:
 def compiled(call, reference):
     """call(kernels) when the compiled kernels are available, else reference() (the numpy path).
 
-    A failure inside numba itself on a kernel's first use (a corrupt or unreadable cache file, a compiler
-    error) is reported once (RuntimeWarning) and turns the compiled path off for the process: reference()
+    A failure inside numba itself (a corrupt or unreadable cache file, a compiler error) empties numba's
+    cache index of these kernels (so that they compile again and re-save it) and retries once; if that fails
+    too, it is reported once (RuntimeWarning) and the compiled path is off for the process: reference()
     gives the same result.  Errors of mbz's own code (FormatError for a malformed section, ...) propagate."""
-    global _loaded
+    global _loaded, _noted
     jk = kernels()
     if jk is None:
         return reference()
     try:
         return call(jk)
-    except Exception as e:  # noqa: BLE001 -- sorted below: numba's failures fall back, the rest propagate
+    except Exception as e:  # noqa: BLE001 -- sorted below: numba's failures are repaired or fall back
         if not _from_numba(e):
             raise
-        import warnings
-        warnings.warn(f"mbz: compiled entropy coders failed ({type(e).__name__}: {str(e)[:160]}); using numpy "
-                      f"from now on, far slower (to recompile, delete numba's cache files entropy_jit.*.nbi / .nbc, "
-                      f"beside mbz/codecs/entropy_jit.py or under NUMBA_CACHE_DIR)", RuntimeWarning, stacklevel=2)
-        _loaded = False
-        return reference()
+        first = e
+    import warnings
+    if _flush_caches(jk):
+        try:
+            out = call(jk)
+        except Exception as e:  # noqa: BLE001
+            if not _from_numba(e):
+                raise
+        else:
+            warnings.warn(f"numba's cache of the compiled entropy coders was unreadable ({type(first).__name__}: "
+                          f"{str(first)[:120]}); it was emptied and the coders compiled again", RuntimeWarning,
+                          stacklevel=2)
+            return out
+    warnings.warn(f"compiled entropy coders failed ({type(first).__name__}: {str(first)[:160]}); using numpy "
+                  f"from now on, far slower (to recompile, delete numba's cache files entropy_jit.*.nbi / .nbc, "
+                  f"beside mbz/codecs/entropy_jit.py or under NUMBA_CACHE_DIR)", RuntimeWarning, stacklevel=2)
+    _loaded = False
+    _noted = True  # the slow-numpy note would tell to install numba, which is installed
+    return reference()
+
+
+def _flush_caches(jk) -> bool:
+    """Empty the numba cache index of every kernel of `jk` (numba's own Cache.flush); False if none could be."""
+    done = False
+    for f in list(getattr(jk, "__dict__", {}).values()):
+        cache = getattr(f, "_cache", None)
+        if cache is not None and callable(getattr(cache, "flush", None)):
+            try:
+                cache.flush()
+                done = True
+            except Exception:  # noqa: BLE001 -- an unwritable cache folder: nothing to repair here
+                pass
+    return done
 
 
 SLOW_STEPS = 8192  # numpy lane-loop steps above which decoding takes seconds (~0.1-1 ms per step)
