@@ -344,3 +344,25 @@ def test_slow_numpy_decode_is_announced_once(monkeypatch, tmp_path):
         assert main(["verify", str(path), str(path)]) == 0
     lines = [ln for ln in err.getvalue().splitlines() if "warning" in ln]
     assert lines and all(ln.startswith("mbz verify: warning: decoding") for ln in lines), err.getvalue()
+
+
+def test_inspect_decodes_entropy_coded_files_in_one_batch(monkeypatch, tmp_path):
+    """summarize (mbz inspect) decodes a file with RANS / ARANS sections in one batch per filter, not tensor
+    by tensor (the numpy path's cost is per lane-loop step, whatever the number of lanes)."""
+    import torch
+
+    from mbz.summary import summarize
+    g = torch.Generator().manual_seed(0)
+    sd = {f"l{i}.weight": torch.randint(-7, 8, (32, 200), generator=g).float() * 0.25 for i in range(4)}
+    path = tmp_path / "b.mbz"
+    mbz.save(sd, path, profile="best")
+    with mbz.open(path) as r:
+        filters = {s.filter for rec in r.layout.records for s in rec.sections} & {Filter.RANS, Filter.ARANS}
+        assert filters, "the --best file holds no entropy-coded section"
+        batches = []
+        for mod in (rans, arans):
+            real = mod.decode_many
+            monkeypatch.setattr(mod, "decode_many", lambda items, real=real: batches.append(len(items)) or real(items))
+        s = summarize(r)
+    assert len(batches) == len(filters) and sum(batches) >= 4, batches
+    assert all(t["sparsity"] >= 0 for t in s["tensors"])
