@@ -1,6 +1,7 @@
 """The public API: save, and the readers' open / load (mbz.reader); load_model lives in mbz.models."""
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Mapping
@@ -14,12 +15,12 @@ from .codecs.raw import mbz_dtype, sparse_parts
 from .container import write_file
 from .detect import detect_grid
 from .encoder import RANS_PROFILES, EntropyPolicy, arans_pass, encode_tensor
-from .errors import CheckpointError, EncodeError
+from .errors import CheckpointError, EncodeError, path_error
 from .ratedist import DEADZONE, SIZE_EXP, BiasFix, StepPolicy, estimate_bytes, expected_shift, step_grid
 from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
 from .reader import MbzReader, load, load_checkpoint, map_small_first, open  # noqa: F401,A004
 from .reparam import fold_pruning
-from .spec import H_MAIN, H_TREE, M_INPUT, M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
+from .spec import H_MAIN, H_TREE, MAGIC, M_INPUT, M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
 from .structure import check_materialized, flatten
 
 ZERO_SIGNS = ("keep", "drop")
@@ -154,7 +155,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
          zero_sign: str = "keep", rans: bool = False, profile: str = "default",
          step: float | None = None, step_1d: float | str | None = "auto", deadzone: float = DEADZONE,
          step_channel: bool = True, size_exp: float = SIZE_EXP, step_gain: bool = True,
-         bias_fix: dict[str, BiasFix] | None = None) -> SaveReport:
+         bias_fix: dict[str, BiasFix] | None = None, overwrite: bool = False) -> SaveReport:
     """Write a checkpoint (state_dict, module, or any structure torch.load(weights_only=True) returns) as .mbz.
 
     Without `wbits` every tensor is stored exactly (detected grids, codebooks
@@ -191,8 +192,11 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     EncodeError for tensors that cannot be encoded (naming the tensor), an unknown profile or
     zero_sign, or both `wbits` and `step`; CheckpointError naming the key path of a tensor on the 'meta'
     device; a PathError (also the matching OSError) when `path` is a folder, its folder does not exist, or
-    the file cannot be written.
+    the file cannot be written.  An existing .mbz file at `path` is replaced (atomically); any other existing
+    file only with `overwrite=True` (PathExistsError otherwise: a checkpoint given as the output by mistake
+    is never lost).
     """
+    _check_output(path, overwrite)
     if zero_sign not in ZERO_SIGNS:
         raise EncodeError(f"zero_sign must be one of {ZERO_SIGNS}, got {zero_sign!r}")
     if wbits is not None and not _is_width(wbits):
@@ -325,6 +329,19 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
                       flat.tree is not None, flat.shared, zero_sign)
 
 
+def _check_output(path, overwrite: bool) -> None:
+    """Refuse to replace an existing file that is not a .mbz file (a checkpoint, say) unless `overwrite`."""
+    if overwrite or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        return
+    try:
+        with io.open(path, "rb") as f:  # `open` here is mbz.open
+            head = f.read(len(MAGIC))
+    except OSError:
+        return  # unreadable: the write reports it
+    if head != MAGIC:
+        raise path_error(17, "exists and is not a .mbz file; pass overwrite=True to replace it", os.fspath(path))
+
+
 def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = "auto", deadzone: float = DEADZONE,
                  step_channel: bool = True, size_exp: float = SIZE_EXP, step_gain: bool = True, tries: int = 6,
                  log=None,
@@ -335,6 +352,7 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     secant steps on the real sizes; at most `tries` packs (+1 to rewrite the best when the last one
     overshot).  The smallest step that fit is left at `path`; `log(str)` reports each pack.  Raises EncodeError when even the coarsest step tried does not fit.
     """
+    _check_output(path, kw.get("overwrite", False))
     # the model state_dict's tensors (pruning folded, --key applied) are the ones a step quantizes
     flat = flatten(prepare(obj, key=kw.get("key"), exact=kw.get("exact", False)).obj)
     sd = {n: t for n, t in flat.tensors.items() if n in flat.main_names and not t.is_quantized}

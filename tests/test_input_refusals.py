@@ -211,3 +211,31 @@ def test_eval_reports_the_split_it_read(small_ck, tiny_npz, tmp_path, capsys):
         assert main(["eval", str(p), "--data", spec, "-q", "--json", "--limit", "8"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["split"] == "test" and out["data"].startswith(f"npz:{tiny_npz / 'cifar10_jpeg_test.npz'}")
+
+
+def test_save_never_replaces_a_file_that_is_not_mbz(tmp_path):
+    """mbz.save over an existing checkpoint (not a .mbz file) is refused unless overwrite=True, the file
+    untouched; an existing .mbz is replaced; `mbz pack --force` may replace either."""
+    sd = {"w": torch.arange(6.0).reshape(2, 3)}
+    pt = tmp_path / "model.pt"
+    torch.save(sd, pt)
+    before = pt.read_bytes()
+    with pytest.raises(mbz.PathExistsError, match=r"model\.pt: exists and is not a \.mbz file; pass overwrite=True"):
+        mbz.save(sd, pt)
+    from mbz.api import save_to_size
+    with pytest.raises(FileExistsError):
+        save_to_size(sd, pt, 10_000)
+    assert pt.read_bytes() == before
+    mbz.save(sd, pt, overwrite=True)
+    assert torch.equal(mbz.load(pt)["w"], sd["w"])
+    m = tmp_path / "m.mbz"
+    mbz.save(sd, m)
+    mbz.save({"w": sd["w"] * 2}, m)  # a .mbz is replaced
+    assert torch.equal(mbz.load(m)["w"], sd["w"] * 2)
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"not a checkpoint")
+    src = tmp_path / "src.pt"
+    torch.save(sd, src)
+    assert main(["pack", str(src), "-o", str(other), "-q"]) == 2 and other.read_bytes() == b"not a checkpoint"
+    assert main(["pack", str(src), "-o", str(other), "-q", "--force"]) == 0
+    assert torch.equal(mbz.load(other)["w"], sd["w"])

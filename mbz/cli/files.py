@@ -111,6 +111,7 @@ def _pack(a, obj, meta: dict) -> int:
                                                **({M_KEY: a.key} if a.key is not None else {})),
                   arch=arch, progress=show_progress(a.quiet), exact=a.exact, zero_sign=a.zero_sign, key=None,
                   rans=a.rans, profile="best" if a.best else "default",
+                  overwrite=True,  # an existing output got here only with --force (output_file)
                   **({"bias_fix": common_fix} if common_fix else {}))
     step_1d = "auto" if a.step_1d is None else None if a.step_1d == 0 else a.step_1d
     if a.target_size is not None:
