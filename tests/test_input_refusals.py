@@ -239,3 +239,27 @@ def test_save_never_replaces_a_file_that_is_not_mbz(tmp_path):
     assert main(["pack", str(src), "-o", str(other), "-q"]) == 2 and other.read_bytes() == b"not a checkpoint"
     assert main(["pack", str(src), "-o", str(other), "-q", "--force"]) == 0
     assert torch.equal(mbz.load(other)["w"], sd["w"])
+
+
+def test_building_without_torchvision_is_one_mbz_error(monkeypatch):
+    """Without the `models` extra (torchvision not importable), building an architecture and naming a
+    torchvision one are refused in one line that says what to install."""
+    import builtins
+
+    from mbz.models import registry
+    real = builtins.__import__
+
+    def no_torchvision(name, *a, **k):
+        if name.split(".")[0] == "torchvision":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    monkeypatch.setattr(registry, "_TV", None)
+    registry._skeleton_shapes.cache_clear()
+    try:
+        with pytest.raises(MbzError, match=r"building mobilenet_v2_cifar needs torchvision.*mbz\[models\]"):
+            registry.build_model({"name": "mobilenet_v2_cifar"})
+        with pytest.raises(MbzError, match=r"unknown architecture 'resnet18'.*once torchvision is installed"):
+            registry.build_model({"name": "resnet18"})
+    finally:
+        registry._skeleton_shapes.cache_clear()

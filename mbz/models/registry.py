@@ -207,8 +207,10 @@ def validate_arch(arch) -> tuple[ArchSpec, dict]:
         raise MbzError(f"'arch.name' must be a string naming a registry architecture, got {_brief(name)}")
     reg = architectures()
     if name not in reg:
-        raise MbzError(f"unknown architecture {_brief(name)}; known: {', '.join(ARCHITECTURES)} and torchvision's "
-                       f"classification builders ({len(reg) - len(ARCHITECTURES)}: resnet18, vgg11_bn, mobilenet_v2, ...)")
+        tv = (f"torchvision's classification builders ({len(reg) - len(ARCHITECTURES)}: resnet18, vgg11_bn, "
+              f"mobilenet_v2, ...)" if _TV else "torchvision's builders once torchvision is installed "
+              "(pip install 'mbz[models]')")
+        raise MbzError(f"unknown architecture {_brief(name)}; known: {', '.join(ARCHITECTURES)} and {tv}")
     spec = reg[name]
     kwargs = {}
     for k, v in arch.items():
@@ -275,6 +277,11 @@ def _call(spec: ArchSpec, kwargs: dict, meta: bool = False) -> nn.Module | None:
             m = _build(spec, kwargs)
     except MbzError:
         raise
+    except ModuleNotFoundError as e:  # the `models` extra is not installed
+        if (e.name or "").split(".")[0] != "torchvision":
+            raise
+        raise MbzError(f"building {spec.name} needs torchvision, which is not installed "
+                       f"(pip install 'mbz[models]')") from None
     except NotImplementedError:  # a builder that computes with tensors while building (RegNet) has no meta skeleton
         if meta:
             return None
