@@ -20,6 +20,7 @@ class Comparison:
     missing: list = field(default_factory=list)      # in the checkpoint, not in the file
     extra: list = field(default_factory=list)        # in the file, not in the checkpoint
     sign_only: list = field(default_factory=list)    # tensors that differ only in the sign of zeros
+    why: dict = field(default_factory=dict)           # key path -> how two tensors differ (dtype, shape), where known
 
     @property
     def ok(self) -> bool:
@@ -51,6 +52,12 @@ def compare(expected, got, *, zero_sign_dropped: bool = False, path: str = "", o
         out.tensors += 1
         if not isinstance(got, torch.Tensor) or isinstance(expected, nn.Parameter) != isinstance(got, nn.Parameter):
             out.mismatched.append(where)
+        elif expected.dtype != got.dtype or expected.shape != got.shape:
+            out.mismatched.append(where)
+            what = "dtype" if expected.dtype != got.dtype else "shape"
+            a, b = ((str(expected.dtype).removeprefix("torch."), str(got.dtype).removeprefix("torch.")) if what == "dtype"
+                    else (list(expected.shape), list(got.shape)))
+            out.why[where] = f"{what} {a} in the checkpoint, {b} in the file"
         elif not bits_equal(expected.detach(), got.detach()):
             e = expected.detach()
             if (zero_sign_dropped and e.layout == torch.strided and not e.is_quantized and e.is_floating_point()

@@ -263,3 +263,17 @@ def test_building_without_torchvision_is_one_mbz_error(monkeypatch):
             registry.build_model({"name": "resnet18"})
     finally:
         registry._skeleton_shapes.cache_clear()
+
+
+def test_verify_says_how_tensors_differ_in_dtype_or_shape(tmp_path, capsys):
+    """`mbz verify` against a checkpoint whose tensors differ in dtype or shape says so on each MISMATCH line."""
+    sd = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4), "c": torch.zeros(2)}
+    f = tmp_path / "m.mbz"
+    mbz.save(sd, f)
+    other = tmp_path / "other.pt"
+    torch.save({"a": sd["a"].half(), "b": torch.ones(5), "c": torch.ones(2)}, other)
+    assert main(["verify", str(f), str(other)]) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH a (dtype float16 in the checkpoint, float32 in the file)" in out, out
+    assert "MISMATCH b (shape [5] in the checkpoint, [4] in the file)" in out, out
+    assert "MISMATCH c\n" in out, out  # same dtype and shape: the values differ

@@ -268,7 +268,7 @@ def cmd_verify(a) -> int:
             print(f"{label} ... and {len(keys) - len(shown_keys)} more (BatchNorm folded by design)")
     shown = c.mismatched[:10] if lossy else c.mismatched
     for k in shown:
-        print(f"MISMATCH {k}")
+        print(f"MISMATCH {k}" + (f" ({c.why[k]})" if k in c.why else ""))
     if len(shown) < len(c.mismatched):
         print(f"MISMATCH ... and {len(c.mismatched) - len(shown)} more (lossy by design)")
     notes = []
