@@ -169,6 +169,8 @@ def test_fold_bn_pack_loads_with_load_model(tmp_path, capsys):
                  "--step", "0.05", "--step-channel", "-q", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["folded_bn"] and rep["arch"]["folded_bn"]
+    # the input bytes (and ratio) are those of the checkpoint as given, BatchNorms included
+    assert rep["input_bytes"] == sum(t.numel() * t.element_size() for t in net.state_dict().values()), rep["input_bytes"]
     names = {t["name"] for t in rep["tensors"]}
     assert not any("running_var" in n for n in names) and "features.0.0.bias" in names
     back = load_model(out)

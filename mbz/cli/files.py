@@ -88,7 +88,7 @@ def _pack(a, obj, meta: dict) -> int:
         raise UsageError(f"--step must be a positive relative step, got {a.step} (leave it out for a lossless pack)")
     if a.zstd_level is not None and not 1 <= a.zstd_level <= 22:
         raise UsageError(f"--zstd-level must be in 1..22, got {a.zstd_level}")
-    fold_note, common_fix = None, None
+    fold_note, common_fix, in_dtypes = None, None, None
     if a.bias_correct and not (a.fold_bn and (a.step is not None or a.target_size is not None)):
         raise UsageError("--bias-correct corrects the biases of folded convolutions: it needs --fold-bn and "
                          "--step or --target-size")
@@ -98,6 +98,7 @@ def _pack(a, obj, meta: dict) -> int:
                              "found in the network it builds)")
         if main is not prep.obj or len(plain) != len(prep.obj):
             raise UsageError("--fold-bn folds a plain state_dict of tensors: pick it with --key")
+        in_dtypes = api.input_dtypes(plain)  # the checkpoint's tensors, before folding: what the ratio is of
         folded, arch0 = fold_state_dict(plain, arch)
         if a.bias_correct:
             common_fix = bias_fixes(plain, arch, folded)
@@ -126,12 +127,13 @@ def _pack(a, obj, meta: dict) -> int:
                        group_size=a.group_size, symmetric=not a.asymmetric, step=a.step, step_1d=step_1d,
                        deadzone=a.deadzone, step_channel=a.step_channel, size_exp=a.size_exp,
                                step_gain=not a.no_gain, **common)
-    own, fp32 = _input_note(rep.input_dtypes)
+    in_dtypes = in_dtypes or rep.input_dtypes
+    own, fp32 = _input_note(in_dtypes)
     nz = [t for t in rep.tensors if t.negative_zeros]
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32, "input_bytes": own,
                           "folded_bn": bool(a.fold_bn), "arch": arch,
-                          "input_dtypes": rep.input_dtypes, "folded": prep.folded, "left_out": prep.left_out,
+                          "input_dtypes": in_dtypes, "folded": prep.folded, "left_out": prep.left_out,
                           "structure": rep.structure, "shared": rep.shared, "zero_sign": rep.zero_sign,
                           "negative_zeros": sum(t.negative_zeros for t in nz),
                           "negzero_bytes": sum(t.negzero_bytes for t in nz),
@@ -157,7 +159,7 @@ def _pack(a, obj, meta: dict) -> int:
             f"lossy, relative steps {'per channel' if a.step_channel else 'per tensor'} at equal slope "
             f"(size exponent {a.size_exp:g}, dead zone {a.deadzone:g}{', gain kept' if not a.no_gain else ''})"
             if lossy else "lossless")
-    dt = ", ".join(f"{k} {v:,d}" for k, v in sorted(rep.input_dtypes.items(), key=lambda x: -x[1]))
+    dt = ", ".join(f"{k} {v:,d}" for k, v in sorted(in_dtypes.items(), key=lambda x: -x[1]))
     print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")")
     print(f"  input tensors {own:,d} bytes in their own dtypes ({dt}): ratio {own / rep.file_bytes:.2f}x; "
