@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -331,7 +332,12 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
 
 def _check_output(path, overwrite: bool) -> None:
     """Refuse to replace an existing file that is not a .mbz file (a checkpoint, say) unless `overwrite`."""
-    if overwrite or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+    if overwrite or not isinstance(path, (str, os.PathLike)):
+        return
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return  # nothing there, or not a regular file: the write refuses or creates it
+    except OSError:
         return
     try:
         with io.open(path, "rb") as f:  # `open` here is mbz.open
