@@ -188,3 +188,20 @@ def test_chunked_checksum_pool_works_in_a_forked_child(tmp_path, monkeypatch):
 def test_reader_plain_mode_is_checked():
     with pytest.raises(ValueError, match="plain must be"):
         mbz.MbzReader(data=b"", plain="mmap")
+
+
+def test_best_compresses_large_well_compressing_sections_at_level_19(tmp_path, monkeypatch):
+    """--best: a large raw section the trial level already halves (pruned floats) is compressed again at level
+    19 (smaller); a large section that compresses poorly (dense floats) keeps the trial level (fast)."""
+    from mbz import encoder
+    sd = _checkpoint()
+
+    def sections(path):
+        with mbz.open(path) as r:
+            return {rec.name: sum(s.stored for s in rec.sections) for rec in r.layout.records}
+    mbz.save(sd, tmp_path / "deep.mbz", profile="best", rans=False)
+    monkeypatch.setattr(encoder, "BEST_DEEP", 0.0)  # no large section is compressed again
+    mbz.save(sd, tmp_path / "trial.mbz", profile="best", rans=False)
+    deep, trial = sections(tmp_path / "deep.mbz"), sections(tmp_path / "trial.mbz")
+    assert deep["sparse"] < 0.97 * trial["sparse"], (deep, trial)
+    assert deep["w"] == trial["w"]  # 240 KB of dense floats: the trial level's bytes
