@@ -277,3 +277,16 @@ def test_verify_says_how_tensors_differ_in_dtype_or_shape(tmp_path, capsys):
     assert "MISMATCH a (dtype float16 in the checkpoint, float32 in the file)" in out, out
     assert "MISMATCH b (shape [5] in the checkpoint, [4] in the file)" in out, out
     assert "MISMATCH c\n" in out, out  # same dtype and shape: the values differ
+
+
+def test_npz_spec_naming_a_file_that_is_not_an_npz_export(tmp_path):
+    """--data npz:FILE where FILE is not an .npz (a checkpoint) or not an npz archive: one line saying so."""
+    from mbz.pipeline.data import load_dataset
+    pt = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(2)}, pt)
+    with pytest.raises(DataError, match=r"model\.pt: a file, not an \.npz export nor a folder"):
+        load_dataset(f"npz:{pt}", "test")
+    fake = tmp_path / "cifar10_jpeg_test.npz"
+    fake.write_text("not an archive\n")
+    with pytest.raises(DataError, match=r"not a JPEG export npz .*: not an npz archive$"):
+        load_dataset(f"npz:{fake}", "test")

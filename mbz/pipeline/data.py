@@ -110,6 +110,9 @@ def load_dataset(spec: str, split: str) -> ArrayDataset:
         base = arg or os.environ.get(DATA_ENV, "")
         if not base:
             raise DataError(f"no data: pass --data npz:DIR (a folder with cifar10_jpeg_{split}.npz) or set {DATA_ENV}=DIR")
+        if os.path.isfile(base) and not base.endswith(".npz"):
+            raise DataError(f"{base}: a file, not an .npz export nor a folder (pass --data npz:DIR, the folder "
+                            f"holding cifar10_jpeg_{{train,test}}.npz, or npz:FILE.npz)")
         path = base if base.endswith(".npz") else os.path.join(base, f"cifar10_jpeg_{split}.npz")
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file (pass --data npz:DIR or set {DATA_ENV}=DIR)")
@@ -120,7 +123,8 @@ def load_dataset(spec: str, split: str) -> ArrayDataset:
         try:
             return load_npz(path)
         except (OSError, KeyError, ValueError) as e:
-            raise DataError(f"{path}: not a JPEG export npz (arrays jpeg, offsets, labels, classes): {e}") from None
+            why = "not an npz archive" if "pickled" in str(e) or "allow_pickle" in str(e) else str(e)
+            raise DataError(f"{path}: not a JPEG export npz (arrays jpeg, offsets, labels, classes): {why}") from None
     if kind in ("cifar10", "cifar100"):
         try:
             return load_torchvision_cifar(arg or "./data", split == "train", classes=100 if kind == "cifar100" else 10)
