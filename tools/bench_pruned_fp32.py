@@ -32,7 +32,7 @@ def main() -> int:
         if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
             prune.l1_unstructured(mod, "weight", a.amount)
     res = {"command": "python tools/bench_pruned_fp32.py " + " ".join(sys.argv[1:]),
-           "model": f"torchvision resnet18(num_classes=10), random init (seed 0), conv/linear weights "
+           "load_average_start": os.getloadavg(), "model": f"torchvision resnet18(num_classes=10), random init (seed 0), conv/linear weights "
                     f"{a.amount:.0%} L1-unstructured pruned, masks kept (no prune.remove)", "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         pt = os.path.join(tmp, "pruned.pt")
@@ -50,6 +50,7 @@ def main() -> int:
             res[name] = {"bytes": b, "ratio_vs_fp32": round(res["fp32_tensor_bytes"] / b, 2), "pack_s": round(sec, 1),
                          "bit_exact": True}
             print(name, res[name])
+    res["load_average_end"] = os.getloadavg()
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
