@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -148,6 +149,33 @@ def _is_width(w) -> bool:
         return False
 
 
+def check_regex(include: str) -> None:
+    """Raises EncodeError when `include` is not a valid regular expression."""
+    try:
+        re.compile(include)
+    except (re.error, TypeError) as e:
+        raise EncodeError(f"--include {include!r} is not a valid regular expression ({e})") from None
+
+
+def _check_include(include: str, flat, mode: str) -> None:
+    """Raises EncodeError when `include` matches none of the tensors `mode` (--wbits / --step / --target-size)
+    would quantize: the float tensors of rank >= 2 (and at least 2 elements) of the model state_dict, not
+    torch-quantized; the message names a few of them.  With --wbits, also when there are none (nothing would be
+    quantized); a step still quantizes the 1-D tensors then."""
+    cand = [n for n, t in flat.tensors.items() if n in flat.main_names and not t.is_quantized
+            and t.is_floating_point() and t.dim() >= 2 and t.numel() >= (1 if mode == "--wbits" else 2)]
+    if any(re.search(include, n) is not None for n in cand):
+        return
+    if not cand:
+        if mode != "--wbits":   # a step still quantizes the 1-D tensors (step_1d)
+            return
+        raise EncodeError(f"{mode}: nothing to quantize: the model state_dict holds no float tensor of rank >= 2 "
+                          f"(--include {include!r} selects among those); leave {mode} out for a lossless pack")
+    raise EncodeError(f"--include {include!r} matches none of the {len(cand)} tensors {mode} would quantize (float, "
+                      f"rank >= 2, of the model state_dict), e.g. {', '.join(cand[:4])}"
+                      f"{' ...' if len(cand) > 4 else ''}")
+
+
 def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", axis: int = 0,
          group_size: int = 64, symmetric: bool = True, include: str = DEFAULT_INCLUDE,
          detect: bool = True, zstd: bool = True, zstd_level: int | None = None, align: int | None = None,
@@ -191,7 +219,8 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     See save_to_size for a byte budget.
     Raises CheckpointError for values that cannot be stored (naming their key path),
     EncodeError for tensors that cannot be encoded (naming the tensor), an unknown profile or
-    zero_sign, or both `wbits` and `step`; CheckpointError naming the key path of a tensor on the 'meta'
+    zero_sign, or both `wbits` and `step`, or (with `wbits` / `step`) an `include` that is no valid regular
+    expression or matches none of the tensors they would quantize; CheckpointError naming the key path of a tensor on the 'meta'
     device; a PathError (also the matching OSError) when `path` is a folder, its folder does not exist, or
     the file cannot be written.  An existing .mbz file at `path` is replaced (atomically); any other existing
     file only with `overwrite=True` (PathExistsError otherwise: a checkpoint given as the output by mistake
@@ -206,18 +235,16 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         raise EncodeError("--wbits and --step are exclusive: a bit width or a step, not both")
     if profile not in RANS_PROFILES:
         raise EncodeError(f"unknown entropy profile {profile!r}; known: {sorted(RANS_PROFILES)}")
-    if wbits:
-        import re
-        try:
-            re.compile(include)
-        except re.error as e:
-            raise EncodeError(f"--include {include!r} is not a valid regular expression ({e})") from None
+    if wbits or step:
+        check_regex(include)
     prep = prepare(obj, key=key, exact=exact)
     dtypes = input_dtypes(prep.obj)
     flat = flatten(prep.obj)
     if not flat.tensors:
         raise CheckpointError(f"checkpoint holds no tensors (it is a {type(prep.obj).__name__}); "
                               "expected a state_dict, a module or a checkpoint holding one")
+    if wbits or step:
+        _check_include(include, flat, "--wbits" if wbits else "--step")
     policy = QuantPolicy(wbits, granularity, axis, group_size, symmetric, include) if wbits else None
     sd = flat.tensors
     ent = EntropyPolicy(zstd=zstd, level=zstd_level, rans=rans or profile == "best", profile=profile).resolved(
@@ -232,12 +259,13 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     if key is not None:
         meta[M_KEY] = key
 
-    spol = StepPolicy(step, step_1d, deadzone, channel=step_channel, size_exp=size_exp, gain=step_gain) if step else None
+    spol = StepPolicy(step, step_1d, deadzone, include=include, channel=step_channel, size_exp=size_exp,
+                      gain=step_gain) if step else None
     if policy is not None:
         meta[M_LOSSY] = {"wbits": wbits, "granularity": granularity, "symmetric": bool(symmetric), "include": include}
     elif spol is not None:
         meta[M_LOSSY] = {"step": step, "step_1d": step_1d, "deadzone": deadzone, "step_channel": bool(step_channel),
-                         "size_exp": size_exp, "gain": bool(step_gain)}
+                         "size_exp": size_exp, "gain": bool(step_gain), "include": include}
 
     pre = {}   # grids computed before the biases they correct
     if spol is not None and bias_fix:
@@ -360,13 +388,17 @@ def save_to_size(obj, path, target_bytes: int, *, step_1d: float | str | None = 
     """
     _check_output(path, kw.get("overwrite", False))
     # the model state_dict's tensors (pruning folded, --key applied) are the ones a step quantizes
+    include = kw.get("include", DEFAULT_INCLUDE)
+    check_regex(include)
     flat = flatten(prepare(obj, key=kw.get("key"), exact=kw.get("exact", False)).obj)
+    if flat.tensors:
+        _check_include(include, flat, "--target-size")
     sd = {n: t for n, t in flat.tensors.items() if n in flat.main_names and not t.is_quantized}
     exact = {n for n, t in sd.items() if t.is_floating_point() and t.dim() >= 1 and t.numel() >= 2
              and detect_grid(t) is not None}
     # first guess from the estimate (bisection in log step), then secant steps on the real sizes
-    pol = lambda st: StepPolicy(st, step_1d, deadzone, channel=step_channel, size_exp=size_exp,  # noqa: E731
-                                gain=step_gain)
+    pol = lambda st: StepPolicy(st, step_1d, deadzone, include=include, channel=step_channel,  # noqa: E731
+                                size_exp=size_exp, gain=step_gain)
     lo, hi = math.log(1e-3), math.log(8.0)
     floor = estimate_bytes(sd, pol(8.0), exact)
     if floor > target_bytes:  # even the coarsest step's codes alone do not fit: no search can succeed

@@ -86,6 +86,17 @@ def _pack(a, obj, meta: dict) -> int:
         raise UsageError(f"--wbits must be in 1..16, got {a.wbits} (leave it out for a lossless pack)")
     if a.step is not None and not a.step > 0:
         raise UsageError(f"--step must be a positive relative step, got {a.step} (leave it out for a lossless pack)")
+    if a.include is not None:
+        api.check_regex(a.include)
+    for flag, given in (("--granularity", a.granularity is not None), ("--axis", a.axis is not None),
+                        ("--group-size", a.group_size is not None), ("--asymmetric", a.asymmetric)):
+        if given and a.wbits is None:
+            raise UsageError(f"{flag} sets how --wbits quantizes: it needs --wbits N"
+                             + (" (--step / --target-size take --step-channel or --step-tensor)"
+                                if flag == "--granularity" else ""))
+    if a.include is not None and a.wbits is None and a.step is None and a.target_size is None:
+        raise UsageError(f"--include {a.include!r} picks the tensors to quantize: it needs --wbits, --step or "
+                         "--target-size (without them every tensor is stored exactly)")
     if a.zstd_level is not None and not 1 <= a.zstd_level <= 22:
         raise UsageError(f"--zstd-level must be in 1..22, got {a.zstd_level}")
     fold_note, common_fix, in_dtypes = None, None, None
@@ -107,7 +118,7 @@ def _pack(a, obj, meta: dict) -> int:
         fold_note = (f"  BatchNorm folded into the convolutions before packing (--fold-bn): {len(plain)} tensors -> "
                      f"{len(folded)}; recorded as {arch.get('name')} with folded_bn")
         prep = api.Prepared(folded, prep.folded, prep.left_out)
-    common = dict(include=a.include, detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level,
+    common = dict(include=DEFAULT_INCLUDE if a.include is None else a.include, detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level,
                   align=a.align, metadata=dict(meta, **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
                                                **({M_KEY: a.key} if a.key is not None else {})),
                   arch=arch, progress=show_progress(a.quiet), exact=a.exact, zero_sign=a.zero_sign, key=None,
@@ -123,8 +134,9 @@ def _pack(a, obj, meta: dict) -> int:
                                step_gain=not a.no_gain,
                                log=None if a.quiet or a.json else print, **common)
     else:
-        rep = api.save(prep.obj, a.output, wbits=a.wbits, granularity=a.granularity, axis=a.axis,
-                       group_size=a.group_size, symmetric=not a.asymmetric, step=a.step, step_1d=step_1d,
+        rep = api.save(prep.obj, a.output, wbits=a.wbits, granularity=a.granularity or "channel",
+                       axis=a.axis or 0, group_size=64 if a.group_size is None else a.group_size,
+                       symmetric=not a.asymmetric, step=a.step, step_1d=step_1d,
                        deadzone=a.deadzone, step_channel=a.step_channel, size_exp=a.size_exp,
                                step_gain=not a.no_gain, **common)
     in_dtypes = in_dtypes or rep.input_dtypes
@@ -155,7 +167,7 @@ def _pack(a, obj, meta: dict) -> int:
     counts = {}
     for t in rep.tensors:
         counts[t.encoding] = counts.get(t.encoding, 0) + 1
-    mode = (f"lossy {a.wbits}-bit {a.granularity}" if a.wbits else
+    mode = (f"lossy {a.wbits}-bit {a.granularity or 'channel'}" if a.wbits else
             f"lossy, relative steps {'per channel' if a.step_channel else 'per tensor'} at equal slope "
             f"(size exponent {a.size_exp:g}, dead zone {a.deadzone:g}{', gain kept' if not a.no_gain else ''})"
             if lossy else "lossless")
@@ -300,14 +312,17 @@ def register(sub) -> None:
                    "'model' / 'state_dict', epoch, optimizer ...: kept whole), or a .mbz file")
     p.add_argument("-o", "--output", required=True, help="output .mbz path (written atomically; never one of the inputs)")
     add_force(p)
-    q = p.add_argument_group("lossy quantization (only when --wbits is given)")
+    q = p.add_argument_group("lossy quantization (only with --wbits; --include also with --step / --target-size)")
     q.add_argument("--wbits", type=int, help="quantize matching tensors to N bits (1..16) before packing")
-    q.add_argument("--granularity", choices=GRANULARITY_NAMES, default="channel",
-                   help="one scale per tensor, per output channel (--axis) or per group of --group-size elements")
-    q.add_argument("--axis", type=int, default=0, help="channel axis for --granularity channel (default 0 = output channels)")
-    q.add_argument("--group-size", type=int, default=64, help="elements per group for --granularity group")
+    q.add_argument("--granularity", choices=GRANULARITY_NAMES,
+                   help="one scale per tensor, per output channel (--axis) or per group of --group-size elements "
+                        "(default channel)")
+    q.add_argument("--axis", type=int, help="channel axis for --granularity channel (default 0 = output channels)")
+    q.add_argument("--group-size", type=int, help="elements per group for --granularity group (default 64)")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric range with zero points (default symmetric)")
-    q.add_argument("--include", default=DEFAULT_INCLUDE, help=f"regex of tensor names to quantize (default {DEFAULT_INCLUDE!r}, rank >= 2 only)")
+    q.add_argument("--include", metavar="REGEX",
+                   help=f"regex of tensor names to quantize with --wbits, --step or --target-size (default "
+                        f"{DEFAULT_INCLUDE!r}, float tensors of rank >= 2 only; one that matches none is refused)")
     c = p.add_argument_group("what is stored")
     c.add_argument("--key", metavar="NAME", help="pack only this entry of a checkpoint dict (the others are named as left out)")
     c.add_argument("--exact", action="store_true",
