@@ -51,3 +51,25 @@ def test_input_size_default_and_timer(tmp_path):
     m.register_forward_hook(lambda *a: calls.append(1))
     t = time_model(m, torch.zeros(1), runs=4, warmup=2)
     assert len(calls) == 6 and len(t["runs_ms"]) == 4
+
+
+def test_bench_with_the_users_own_network(tmp_path, capsys, monkeypatch):
+    """A file with no 'arch': bench's error names what bench takes (--model), and --model benches the user's net."""
+    (tmp_path / "benchnets.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    p = tmp_path / "own.mbz"
+    mbz.save(net.state_dict(), p)
+    assert main(["bench", str(p), "--batch", "1", "--runs", "1", "--warmup", "0", "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no 'arch' metadata" in err and "--model to mbz eval / mbz bench" in err, err
+    assert main(["bench", str(p), "--model", "benchnets:build", "--batch", "1", "--runs", "1", "--warmup", "0",
+                 "--device", "cpu", "--json", "-q"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [(r["device"], r["batch"]) for r in res["results"]] == [("cpu", 1)]
+    assert res["command"].endswith("--model benchnets:build")

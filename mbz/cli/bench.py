@@ -28,14 +28,17 @@ def cmd_bench(a) -> int:
     if a.runs < 1 or a.warmup < 0:
         raise UsageError(f"--runs must be >= 1 and --warmup >= 0 (got {a.runs}, {a.warmup})")
     from ..pipeline.latency import bench_file, format_table
+    from .evaluate import user_model
+    model = user_model(a.model) if a.model else None
 
     def progress(row):
         if not a.quiet:
             print(f"{row['device']} batch {row['batch']}: median {row['median_ms']:.3f} ms", file=sys.stderr,
                   flush=True)
-    res = bench_file(a.file, batches, devices, runs=a.runs, warmup=a.warmup, threads=a.threads, progress=progress)
+    res = bench_file(a.file, batches, devices, runs=a.runs, warmup=a.warmup, threads=a.threads, progress=progress,
+                     model=model)
     res["command"] = (f"mbz bench {a.file} --batch {a.batch} --device {a.device} --runs {a.runs} --warmup {a.warmup}"
-                      + (f" --threads {a.threads}" if a.threads else ""))
+                      + (f" --threads {a.threads}" if a.threads else "") + (f" --model {a.model}" if a.model else ""))
     if a.output:
         from ..container import atomic_write
         atomic_write(a.output, [json.dumps(res, indent=1).encode() + b"\n"])
@@ -59,7 +62,10 @@ def register(sub) -> None:
                                    "images per second. The model computes in float32 with simulated activation "
                                    "quantizers: this is the PyTorch model's latency, not an integer engine's. "
                                    "Timings depend on the machine and its load.")
-    p.add_argument("file", help=".mbz file with 'arch' metadata")
+    p.add_argument("file", help=".mbz file with 'arch' metadata (mbz pack --arch), or any .mbz with --model")
+    p.add_argument("--model", metavar="PACKAGE.MODULE:BUILDER",
+                   help="your own network, as for mbz eval: import PACKAGE.MODULE, call BUILDER() and fill the module "
+                        "it returns with the file's tensors; the file's 'arch' is then not used")
     p.add_argument("--batch", default="1,256", help="batch sizes, comma-separated (default 1,256)")
     p.add_argument("--device", default="auto", help="auto (the CPU, and cuda where present), or a list: cpu,cuda:0")
     p.add_argument("--runs", type=int, default=20, help="timed runs per batch and device (default 20)")

@@ -45,7 +45,7 @@ def load_model(path, *, model: nn.Module | None = None, strict: bool = True) -> 
         if model is None:
             arch = r.metadata.get("arch")
             if not arch:
-                raise MbzError(f"{where}: no 'arch' metadata; pass --arch when packing, mbz eval --model, "
+                raise MbzError(f"{where}: no 'arch' metadata; pass --arch when packing, --model to mbz eval / mbz bench, "
                                f"or mbz.load_model(path, model=your_module)")
             try:
                 spec, _ = validate_arch(arch)

@@ -614,7 +614,7 @@ def arch_for_pack(sd, spec: str | None, num_classes: int | None = None) -> tuple
     if not fits:
         return None, ("no architecture recorded: the tensors fit none of "
                       f"{', '.join(SUGGEST)}; pass --arch NAME to record one (mbz.load / unpack work without it; "
-                      "mbz eval --model and mbz.load_model(path, model=...) take your own network)")
+                      "--model to mbz eval / mbz bench and mbz.load_model(path, model=...) take your own network)")
     hint = " or ".join(_spec_text(a) for a in fits)
     why = ("they differ in strides or pooling, which the weights do not hold" if len(fits) > 1 else
            "the weights do not hold strides or pooling, so this is not recorded unasked")

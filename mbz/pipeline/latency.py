@@ -67,12 +67,13 @@ def available_devices() -> list[str]:
 
 
 def bench_file(path, batches=(1, 256), devices=None, runs: int = 20, warmup: int = 3, threads: int | None = None,
-               progress=None) -> dict:
+               progress=None, model=None) -> dict:
     """Latency of the model in `path` for every (device, batch): {'file', 'input_size', ..., 'results': [...]}.
 
     `devices`: e.g. ['cpu', 'cuda'] (default: the CPU, and the GPU where there is one).
     `threads`: torch CPU threads (default: as torch sets them).  `progress(row)` is called after
-    each measurement."""
+    each measurement.  `model`: a torch.nn.Module to fill with the file's tensors instead of the one its 'arch'
+    metadata describes (mbz.load_model(path, model=...))."""
     devices = list(devices or available_devices())
     for d in devices:
         if d.startswith("cuda") and not torch.cuda.is_available():
@@ -86,7 +87,7 @@ def bench_file(path, batches=(1, 256), devices=None, runs: int = 20, warmup: int
             raise UsageError(f"threads must be >= 1 (got {threads})")
         torch.set_num_threads(threads)
     shape = input_size(path)
-    model = load_model(path)
+    model = load_model(path, model=model)
     gen = torch.Generator().manual_seed(0)
     out = {"file": os.fspath(path), "file_bytes": os.path.getsize(path), "input_size": list(shape),
            "warmup": warmup, "runs": runs, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
