@@ -663,6 +663,21 @@ def crc_copy(src, crc: int, dest=None) -> int:
     return crc
 
 
+def _crc_mismatch(rec: Record) -> ChecksumError:
+    return ChecksumError(f"tensor '{rec.name}': data checksum mismatch (sections at offset "
+                         f"{rec.sections[0].offset if rec.sections else '-'}): file is corrupt")
+
+
+def check_record(buf, rec: Record) -> None:
+    """Checks a record's checksum (CRC-32 of its sections' stored bytes, spec §4) without unfiltering or decoding
+    anything.  Raises ChecksumError naming the tensor and the sections' offset, as read_sections does."""
+    crc = 0
+    for s in rec.sections:
+        crc = crc_copy(buf[s.offset:s.offset + s.stored], crc)
+    if crc != rec.crc:
+        raise _crc_mismatch(rec)
+
+
 def read_sections(buf, rec: Record, decoded: dict | None = None, plain: str | None = None, src: Source = None) -> dict:
     """Stored bytes of a record's sections, checksum-verified, then unfiltered.
 
@@ -689,8 +704,7 @@ def read_sections(buf, rec: Record, decoded: dict | None = None, plain: str | No
             crc = zlib.crc32(b, crc)
         stored.append(b)
     if crc != rec.crc:
-        raise ChecksumError(f"tensor '{rec.name}': data checksum mismatch (sections at offset "
-                            f"{rec.sections[0].offset if rec.sections else '-'}): file is corrupt")
+        raise _crc_mismatch(rec)
     out = {}
     for j, (s, b) in enumerate(zip(rec.sections, stored)):
         if j in ready:

@@ -11,7 +11,7 @@ from .accounting import account
 from .codecs import arans, rans
 from .codecs.affine import numel_of
 from .codecs.raw import DTYPE_NAME, ITEMSIZE
-from .container import Source, parse, read_sections
+from .container import Source, check_record, parse, read_sections
 from .decoder import decode_record
 from .errors import FormatError, MbzError
 from .spec import P_GRAN, P_SPARSE, P_WIDTH, Encoding, Filter, Granularity, Sparsity
@@ -117,6 +117,17 @@ class MbzReader:
         except MbzError as e:
             msg = str(e) if str(e).startswith(f"tensor '{rec.name}'") else f"tensor '{rec.name}': {e}"
             raise type(e)(self._where() + msg) from None
+
+    def check_checksums(self) -> None:
+        """Checks every tensor's CRC-32 (spec §4) without decoding: the stored bytes are the ones written.  Raises
+        ChecksumError naming the file, the tensor and its sections' offset."""
+        if self._src.buf is None:
+            raise MbzError("file is closed")
+        for rec in self.layout.records:
+            try:
+                check_record(self._src.buf, rec)
+            except MbzError as e:
+                raise type(e)(self._where() + str(e)) from None
 
     def _where(self) -> str:
         """'PATH: ' for messages of a file opened from a path ('' for bytes or a file object)."""
