@@ -118,7 +118,8 @@ def _pack(a, obj, meta: dict) -> int:
         fold_note = (f"  BatchNorm folded into the convolutions before packing (--fold-bn): {len(plain)} tensors -> "
                      f"{len(folded)}; recorded as {arch.get('name')} with folded_bn")
         prep = api.Prepared(folded, prep.folded, prep.left_out)
-    common = dict(include=DEFAULT_INCLUDE if a.include is None else a.include, detect=not a.no_detect, zstd=not a.no_zstd, zstd_level=a.zstd_level,
+    common = dict(include=DEFAULT_INCLUDE if a.include is None else a.include, detect=not a.no_detect,
+                  zstd=not a.no_zstd, zstd_level=a.zstd_level,
                   align=a.align, metadata=dict(meta, **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),
                                                **({M_KEY: a.key} if a.key is not None else {})),
                   arch=arch, progress=show_progress(a.quiet), exact=a.exact, zero_sign=a.zero_sign, key=None,
