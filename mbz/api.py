@@ -220,8 +220,8 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     Raises CheckpointError for values that cannot be stored (naming their key path),
     EncodeError for tensors that cannot be encoded (naming the tensor), an unknown profile or
     zero_sign, or both `wbits` and `step`, or (with `wbits` / `step`) an `include` that is no valid regular
-    expression or matches none of the tensors they would quantize; CheckpointError naming the key path of a tensor on the 'meta'
-    device; a PathError (also the matching OSError) when `path` is a folder, its folder does not exist, or
+    expression or matches none of the tensors they would quantize; CheckpointError naming the key path of a
+    tensor on the 'meta' device; a PathError (also the matching OSError) when `path` is a folder, its folder does not exist, or
     the file cannot be written.  An existing .mbz file at `path` is replaced (atomically); any other existing
     file only with `overwrite=True` (PathExistsError otherwise: a checkpoint given as the output by mistake
     is never lost).
