@@ -89,6 +89,8 @@ class EntropyPolicy:
     `small_section` bytes of models under 64 MB of tensors, the trial level for
     every other section (level 19 runs at a few MB/s and gains about 1% on
     large float sections: it made lossless packing of a ResNet-18 take 50 s).
+    Profile "best": 19 for every section, except large ones the trial level
+    shrinks by less than half (BEST_DEEP), which keep the trial level.
     `rans` tries the RANS filter (spec §5.7) on integer sections (codes, masks, deltas, zero points) with
     the lane and gain settings of `profile` (RANS_PROFILES).  `large` (set by resolved() for models of
     LARGE_MODEL bytes of tensors or more) turns on the INT_KEEP_SAVING rule of the default profile.
