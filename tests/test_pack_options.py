@@ -42,6 +42,9 @@ def _refused(capsys, *says) -> str:
     (["--wbits", "4", "--include", "nomatch"], ["--include 'nomatch'", "--wbits", "conv.weight, fc.weight"]),
     (["--step", "0.5", "--include", "nomatch"], ["--include 'nomatch'", "--step", "conv.weight, fc.weight"]),
     (["--target-size", "900", "--include", "nomatch"], ["--include 'nomatch'", "conv.weight, fc.weight"]),
+    (["--wbits", "4", "--group-size", "16"], ["--group-size", "--granularity channel", "ignored"]),
+    (["--wbits", "4", "--granularity", "tensor", "--group-size", "16"], ["--group-size", "--granularity tensor"]),
+    (["--wbits", "4", "--granularity", "group", "--axis", "1"], ["--axis", "--granularity group", "ignored"]),
 ])
 def test_pack_refuses_lossy_options_that_would_do_nothing(ck, tmp_path, capsys, opts, says):
     out = tmp_path / "o.mbz"

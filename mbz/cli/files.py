@@ -94,6 +94,13 @@ def _pack(a, obj, meta: dict) -> int:
             raise UsageError(f"{flag} sets how --wbits quantizes: it needs --wbits N"
                              + (" (--step / --target-size take --step-channel or --step-tensor)"
                                 if flag == "--granularity" else ""))
+    gran = a.granularity or "channel"
+    if a.group_size is not None and gran != "group":
+        raise UsageError(f"--group-size sets the groups of --granularity group; with --granularity {gran} it "
+                         f"would be ignored")
+    if a.axis is not None and gran != "channel":
+        raise UsageError(f"--axis sets the channel axis of --granularity channel; with --granularity {gran} it "
+                         f"would be ignored")
     if a.include is not None and a.wbits is None and a.step is None and a.target_size is None:
         raise UsageError(f"--include {a.include!r} picks the tensors to quantize: it needs --wbits, --step or "
                          "--target-size (without them every tensor is stored exactly)")
