@@ -6,7 +6,7 @@ the architecture).
 from .api import MbzReader, load, load_checkpoint, open  # noqa: F401,A004
 from .errors import (ChecksumError, CheckpointError, EncodeError, FormatError, LimitError,  # noqa: F401
                      MbzError, MismatchError, PathError, PathExistsError, PathIsDirectoryError, PathNotFoundError,
-                     PathPermissionError, TruncatedError, VersionError)
+                     PathPermissionError, TensorNotFoundError, TruncatedError, VersionError)
 from .models.load import load_model, save  # noqa: F401
 from .spec import VERSION_MAJOR, VERSION_MINOR  # noqa: F401
 

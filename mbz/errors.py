@@ -45,6 +45,13 @@ class UsageError(MbzError):
     """A command's arguments cannot be carried out as given (e.g. an output that exists without --force)."""
 
 
+class TensorNotFoundError(MbzError, KeyError):
+    """No tensor of that name in the file (also a KeyError, as for a missing key of any mapping)."""
+
+    def __str__(self):  # KeyError's str() would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
 class PathError(MbzError, OSError):
     """A path names nothing mbz can read or write: missing, a folder where a file is expected, unreadable.
 

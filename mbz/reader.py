@@ -13,7 +13,7 @@ from .codecs.affine import numel_of
 from .codecs.raw import DTYPE_NAME, ITEMSIZE
 from .container import Source, check_record, parse, read_sections
 from .decoder import decode_record
-from .errors import FormatError, MbzError
+from .errors import FormatError, MbzError, TensorNotFoundError
 from .spec import P_GRAN, P_SPARSE, P_WIDTH, Encoding, Filter, Granularity, Sparsity
 
 PARALLEL_MIN_ELEMENTS = 1 << 16  # tensors this large are encoded / decoded on a thread pool
@@ -105,7 +105,10 @@ class MbzReader:
     def __getitem__(self, name: str) -> torch.Tensor:
         rec = self._by_name.get(name)
         if rec is None:
-            raise KeyError(name)
+            import difflib
+            near = difflib.get_close_matches(str(name), list(self._by_name), n=3)
+            raise TensorNotFoundError(f"{self._where()}no tensor {name!r} among the {len(self._by_name)} of the file"
+                                      + (f"; close: {', '.join(near)}" if near else ""))
         return self._decode(rec)
 
     def _decode(self, rec, decoded: dict | None = None) -> torch.Tensor:

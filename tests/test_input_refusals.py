@@ -290,3 +290,17 @@ def test_npz_spec_naming_a_file_that_is_not_an_npz_export(tmp_path):
     fake.write_text("not an archive\n")
     with pytest.raises(DataError, match=r"not a JPEG export npz .*: not an npz archive$"):
         load_dataset(f"npz:{fake}", "test")
+
+
+def test_missing_tensor_name_is_a_key_error_naming_the_file(tmp_path):
+    """mbz.open(f)[name] for a name the file lacks: an MbzError that is also a KeyError, naming the file and
+    the closest names."""
+    f = tmp_path / "m.mbz"
+    mbz.save({"conv.weight": torch.ones(2, 2), "conv.bias": torch.ones(2)}, f)
+    with mbz.open(f) as r:
+        with pytest.raises(KeyError):
+            r["nope"]
+        with pytest.raises(mbz.TensorNotFoundError, match=r"m\.mbz: no tensor 'conv.weigth' among the 2 of the "
+                                                          r"file; close: conv.weight"):
+            r["conv.weigth"]
+        assert "conv.weight" in dict(r.items())
