@@ -100,6 +100,15 @@ def _renorm(act, na, x, stream, ptr, r):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _truncated(info, p, t, r):
+    """ERR_TRUNCATED, with its place in info: pass p (ARANS 1 / 2, RANS 0), step t, renormalization round r."""
+    info[0] = p
+    info[1] = t
+    info[2] = r
+    return ERR_TRUNCATED
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _lane_lengths(n, K):
     S = -(-n // K) if K else 0
     lens = np.empty(K, np.int64)
@@ -174,10 +183,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                     xk = (q + bk * (_M - 2 * q)) * (xk >> ARANS_P) + slot - bk * q
                     if xk < _L:  # renormalization, round 1: lanes in lane order
                         if ptr >= slen:
-                            info[0] = 1
-                            info[1] = t
-                            info[2] = 1
-                            return ERR_TRUNCATED, ptr, nlog, step
+                            return _truncated(info, 1, t, 1), ptr, nlog, step
                         xk = (xk << 8) | np.int64(stream[ptr])
                         ptr += 1
                         more |= xk < _L
@@ -186,10 +192,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
             if more:
                 ptr, r = _renorm(act, na, x, stream, ptr, 1)
                 if r:
-                    info[0] = 1
-                    info[1] = t
-                    info[2] = r
-                    return ERR_TRUNCATED, ptr, nlog, step
+                    return _truncated(info, 1, t, r), ptr, nlog, step
             nu = 0
             for k in range(na):
                 bk = b[k]
@@ -310,17 +313,14 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
                 blog[nlog] = bk
                 llog[nlog] = k
                 nlog += 1
-            else:
+            else:  # pass 1's decision step, written out again: as a helper (even inline="always") it halved the speed
                 xk = x[k]
                 slot = xk & _MASK
                 bk = np.int64(slot >= q)
                 xk = (q + bk * (_M - 2 * q)) * (xk >> ARANS_P) + slot - bk * q
                 if xk < _L:  # renormalization, round 1: lanes in lane order
                     if ptr >= slen:
-                        info[0] = 2
-                        info[1] = t
-                        info[2] = 1
-                        return ERR_TRUNCATED, ptr, nlog, step
+                        return _truncated(info, 2, t, 1), ptr, nlog, step
                     xk = (xk << 8) | np.int64(stream[ptr])
                     ptr += 1
                     more |= xk < _L
@@ -329,10 +329,7 @@ def _arans_run(kind, w, signed, n, R, K, x, stream, vin, encode, z, val, qlog, b
         if more:
             ptr, r = _renorm(act, na, x, stream, ptr, 1)
             if r:
-                info[0] = 2
-                info[1] = t
-                info[2] = r
-                return ERR_TRUNCATED, ptr, nlog, step
+                return _truncated(info, 2, t, r), ptr, nlog, step
         last = d == D - 1
         nu = 0
         for i in range(na):
@@ -517,10 +514,7 @@ def rans_decode(n, K, R, tl, tu, P, sym_of, f_of, bias_of, lut, x, stream, out, 
             xk = ((v >> 20) & 0xFFFFF) * (xk >> P) + (v >> 40)
             if xk < _L:  # renormalization, round 1: lanes in lane order
                 if ptr >= slen:
-                    info[0] = 0
-                    info[1] = t
-                    info[2] = 1
-                    return ERR_TRUNCATED, ptr
+                    return _truncated(info, 0, t, 1), ptr
                 xk = (xk << 8) | np.int64(stream[ptr])
                 ptr += 1
                 more |= xk < _L
@@ -532,10 +526,7 @@ def rans_decode(n, K, R, tl, tu, P, sym_of, f_of, bias_of, lut, x, stream, out, 
             continue
         ptr, r = _renorm(act, na, x, stream, ptr, 1)
         if r:
-            info[0] = 0
-            info[1] = t
-            info[2] = r
-            return ERR_TRUNCATED, ptr
+            return _truncated(info, 0, t, r), ptr
     return ERR_OK, ptr
 
 
