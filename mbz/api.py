@@ -18,7 +18,7 @@ from .container import write_file
 from .detect import detect_grid
 from .encoder import RANS_PROFILES, EntropyPolicy, arans_pass, encode_tensor
 from .errors import CheckpointError, EncodeError, path_error
-from .ratedist import DEADZONE, SIZE_EXP, BiasFix, StepPolicy, estimate_bytes, expected_shift, step_grid
+from .ratedist import DEADZONE, SIZE_EXP, BiasFix, StepPolicy, estimate_bytes, expected_shift, floor_1d, step_grid
 from .quantize import DEFAULT_INCLUDE, QuantPolicy, error_stats, quantize_tensor
 from .reader import MbzReader, load, load_checkpoint, map_small_first, open  # noqa: F401,A004
 from .reparam import fold_pruning
@@ -191,7 +191,9 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     or raw bytes); torch quantized tensors as AFFINE codes with their scales and
     zero points.  With `wbits`, tensors of the model state_dict matching
     `include` (default: conv / linear weights) are quantized first and their error
-    is reported.  A checkpoint with more than a flat state_dict of tensors (epoch,
+    is reported; 1-D float tensors (BatchNorm, biases) stay exact unless `step_1d` is a number, which puts
+    them on a grid of step_1d·rms (running variances: of their smallest value + BatchNorm eps;
+    mbz.ratedist.step_grid), recorded in the 'lossy' metadata.  A checkpoint with more than a flat state_dict of tensors (epoch,
     optimizer state, several models, dtypes, tuples, shared storage) is kept whole
     in the file's structure tree (spec §3.1); `key` packs one entry of it.
     Pruning pairs `X_orig` / `X_mask` are stored as the effective `X` unless
@@ -261,8 +263,14 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
 
     spol = StepPolicy(step, step_1d, deadzone, include=include, channel=step_channel, size_exp=size_exp,
                       gain=step_gain) if step else None
+    # with --wbits, 1-D float tensors stay exact unless a step_1d is given explicitly ("auto" keeps them)
+    one_d = step_1d if policy is not None and step_1d not in (None, "auto") else None
+    if one_d is not None and not (isinstance(one_d, (int, float)) and one_d > 0 and math.isfinite(one_d)):
+        raise EncodeError(f"--step-1d must be a positive number, got {one_d!r}")
     if policy is not None:
         meta[M_LOSSY] = {"wbits": wbits, "granularity": granularity, "symmetric": bool(symmetric), "include": include}
+        if one_d is not None:
+            meta[M_LOSSY]["step_1d"] = one_d
     elif spol is not None:
         meta[M_LOSSY] = {"step": step, "step_1d": step_1d, "deadzone": deadzone, "step_channel": bool(step_channel),
                          "size_exp": size_exp, "gain": bool(step_gain), "include": include}
@@ -310,9 +318,13 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
                 grid = pre[name]
             elif rel and not (detect and detect_grid(t) is not None):  # a tensor on an exact grid keeps it
                 grid = step_grid(t, rel, spol.deadzone if t.dim() >= 2 else 0.0, spol.channel and t.dim() >= 2,
-                                 spol.gain)
+                                 spol.gain, floor_1d(name))
             else:
                 rel = None
+        elif (one_d is not None and model and grid is None and t.dim() == 1 and t.is_floating_point()
+              and t.numel() >= 2 and not (detect and detect_grid(t) is not None)):
+            grid = step_grid(t, one_d, 0.0, floor=floor_1d(name))
+            rel = one_d if grid is not None else None
         et = encode_tensor(name, t, grid=grid, ent=ent, detect=detect)
         rep = TensorReport(name, et.encoding.name, et.stored_bytes, grid is not None, negative_zeros=nz)
         if grid is not None:

@@ -47,6 +47,15 @@ MAX_CODE = (1 << 15) - 1  # signed 16-bit codes at most (spec §5.1)
 # shifts a whole output channel, i.e. the sum of about K weights' errors (K = fan-in x kernel, ~10..1300 here);
 # equal slope per output error gives a step sqrt(K) finer, about 16x for the typical K of a few hundred.
 AUTO_1D = 16.0
+# BatchNorm's default eps (torch.nn.BatchNorm2d): a running variance v enters the model only as v + eps, so its
+# quantization error is bounded relative to v + eps (step_grid's floor); a variance far below eps (a dead
+# channel) then no longer forces codes too wide for 16 bits, which kept such tensors exact
+BN_EPS = 1e-5
+
+
+def floor_1d(name: str) -> float:
+    """step_grid's floor for a 1-D tensor named `name`: BN_EPS for a BatchNorm running variance, else 0."""
+    return BN_EPS if name.endswith("running_var") else 0.0
 # the allocation exponent and dead zone chosen on held-out training images (results/ratedist/README.md)
 SIZE_EXP = 0.5
 SIZE_REF = 16384     # n_t at which the relative step is `step` itself
@@ -102,7 +111,8 @@ def _snap(d: np.ndarray, bits: int = 2) -> np.ndarray:
 GAIN_BITS = 4   # mantissa bits of a gain-preserving step (1/16 to 1/32 of an octave)
 
 
-def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = False, gain: bool = False) -> Grid | None:
+def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = False, gain: bool = False,
+              floor: float = 0.0) -> Grid | None:
     """Grid of step rel · rms (per tensor, or per output channel), rounded to the nearest code with a
     zero bin widened by `deadzone` steps; None if all zero (or a 1-D tensor 16-bit codes cannot span).
 
@@ -111,7 +121,10 @@ def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = Fals
     ``<x, x̂> = ‖x‖²``: the output of a channel keeps its scale in expectation instead of shrinking
     with the zeros that a coarse step makes; the shrinkage compounds over the layers of a network
     whose BatchNorms are folded or frozen), snapped to GAIN_BITS mantissa bits; the error of a
-    value is then no longer bounded by half a step.  float32 input of any shape; the Grid's codes are int64."""
+    value is then no longer bounded by half a step.  `floor` (1-D positive tensors): the step follows the
+    smallest value plus `floor` instead of the smallest value (BatchNorm running variances enter as var + eps:
+    floor=BN_EPS bounds the error of var + eps instead of var's).  float32 input of any shape; the Grid's codes
+    are int64."""
     x = t.detach().cpu().float().contiguous().reshape(-1).numpy()
     if not np.isfinite(x).all():
         raise EncodeError("cannot quantize a tensor with NaN or Inf")
@@ -125,7 +138,7 @@ def step_grid(t: torch.Tensor, rel: float, deadzone: float, channel: bool = Fals
         # magnitude, so that no value rounds to zero or loses more than `rel` of itself; a tensor whose
         # range then needs codes wider than 16 bits stays exact.  Signed ones (shifts, biases, means) at
         # rel x rms: a value near zero may round to zero.
-        d1 = rel * (min(float(rms[0]), float(x.min())) if (x > 0).all() else float(rms[0]))
+        d1 = rel * (min(float(rms[0]), float(x.min()) + floor) if (x > 0).all() else float(rms[0]))
         if not d1 > 0 or amax[0] > MAX_CODE * d1:   # (a step that underflows to 0 included)
             return None
         d = np.array([d1])
@@ -201,7 +214,7 @@ def estimate_bytes(sd: dict, policy: StepPolicy, exact: set) -> float:
     for name, t in sd.items():
         rel = policy.relative_step(name, t) if name not in exact else None
         g = step_grid(t, rel, policy.deadzone if t.dim() >= 2 else 0.0, policy.channel and t.dim() >= 2,
-                      policy.gain) if rel else None
+                      policy.gain, floor_1d(name)) if rel else None
         if g is None:
             total += t.numel() * t.element_size() * 0.5
         else:   # codes at their order-0 entropy; snapped per-channel scales about a byte each after zstd
@@ -209,4 +222,4 @@ def estimate_bytes(sd: dict, policy: StepPolicy, exact: set) -> float:
     return total
 
 
-__all__ = ["StepPolicy", "BiasFix", "expected_shift", "step_grid", "estimate_bytes", "code_entropy_bytes"]
+__all__ = ["StepPolicy", "BiasFix", "BN_EPS", "floor_1d", "expected_shift", "step_grid", "estimate_bytes", "code_entropy_bytes"]

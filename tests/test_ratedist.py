@@ -200,3 +200,41 @@ def test_gain_preserving_steps_keep_each_channels_gain():
     assert np.abs(ratio(plain) - 1).max() > 0.2                  # round to nearest alone
     assert np.allclose(ratio(kept), 1.0, atol=0.04)               # within the snapping of the step
     assert (np.sign(kept) == np.sign(plain)).all()                # the same codes, another step
+
+
+def test_wbits_with_step_1d_quantizes_1d_tensors_and_keeps_the_weight_codes(tmp_path):
+    sd = model(4)
+    plain = api.save(sd, tmp_path / "p.mbz", wbits=4)
+    fine = api.save(sd, tmp_path / "f.mbz", wbits=4, step_1d=0.01)
+    bp, bf = ({t.name: t for t in r.tensors} for r in (plain, fine))
+    assert not bp["bn.weight"].quantized and bf["bn.weight"].quantized      # "auto" / None: exact with --wbits
+    assert bf["bn.weight"].error["sqnr_db"] > 40 and bf["bn.weight"].rel_step == 0.01
+    assert not bf["bn.num_batches_tracked"].quantized
+    a, b = mbz.load(tmp_path / "p.mbz"), mbz.load(tmp_path / "f.mbz")
+    assert torch.equal(a["conv.weight"], b["conv.weight"]) and torch.equal(a["fc.weight"], b["fc.weight"])
+    assert torch.equal(a["bn.weight"], sd["bn.weight"]) and not torch.equal(b["bn.weight"], sd["bn.weight"])
+    assert mbz.open(tmp_path / "f.mbz").metadata["lossy"]["step_1d"] == 0.01
+    assert fine.file_bytes < plain.file_bytes
+    for bad in (-1.0, float("nan"), "x"):
+        with pytest.raises(EncodeError, match="step-1d"):
+            api.save(sd, tmp_path / "g.mbz", wbits=4, step_1d=bad)
+
+
+def test_running_var_step_follows_var_plus_eps():
+    # a dead channel's variance far below BatchNorm's eps no longer forces 16-bit-overflowing codes
+    v = torch.cat([torch.rand(63, generator=torch.Generator().manual_seed(5)) * 1e-3 + 1e-4, torch.tensor([1e-12])])
+    assert step_grid(v, 0.01, 0.0) is None                     # without the floor: stays exact
+    g = step_grid(v, 0.01, 0.0, floor=1e-5)
+    assert g is not None
+    q = torch.from_numpy(g.values()).double()
+    rel = ((q - v.double()).abs() / (v.double() + 1e-5)).max()
+    assert rel <= 0.01 / 2 * 1.25 + 1e-9                        # within half a (snapped) step of var + eps
+
+
+def test_cli_wbits_step_1d(tmp_path, capsys):
+    ck = tmp_path / "m.pt"
+    torch.save(model(6), ck)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "w.mbz"), "--wbits", "4", "--step-1d", "0.01", "-q"]) == 0
+    assert mbz.load(tmp_path / "w.mbz")["bn.weight"].ne(model(6)["bn.weight"]).any()
+    assert main(["pack", str(ck), "-o", str(tmp_path / "x.mbz"), "--wbits", "4", "--step-1d", "0", "-q"]) == 0
+    assert torch.equal(mbz.load(tmp_path / "x.mbz")["bn.weight"], model(6)["bn.weight"])
