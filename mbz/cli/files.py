@@ -401,7 +401,7 @@ def register(sub) -> None:
     e.add_argument("--zstd-level", type=int, help="zstd level (default: 19 below 1 MiB per section, else 3)")
     e.add_argument("--rans", action="store_true",
                    help="try our RANS entropy coder (spec §5.7) on integer sections and keep it where it saves >= 3%% "
-                        "over zstd (lanes of <= 1024 codes); its sections decode slower than zstd's (31-35 M codes/s per "
+                        "over zstd (lanes of <= 1024 codes); its sections decode slower than zstd's (40-80 M codes/s per "
                         "core with numba, the 'fast' extra; far slower without) "
                         "(default: zstd or nothing per section)")
     e.add_argument("--best", action="store_true",
