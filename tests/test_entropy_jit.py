@@ -288,8 +288,10 @@ def test_corrupt_numba_cache_is_rebuilt(tmp_path):
 
     def run():
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    first = run()
-    assert first.stdout.strip() == "True" and "Warning" not in first.stderr, first.stderr
+    first = run()  # an empty cache: the compile is announced, nothing else is said
+    assert first.stdout.strip() == "True", first.stderr
+    said = [ln for ln in first.stderr.splitlines() if "Warning" in ln]
+    assert len(said) == 1 and jit.COMPILE_NOTE in said[0], first.stderr
     for pattern in ("*.nbi", "*.nbc"):
         files = list(tmp_path.rglob(pattern))
         assert files, f"numba wrote no {pattern} under NUMBA_CACHE_DIR"
@@ -301,6 +303,36 @@ def test_corrupt_numba_cache_is_rebuilt(tmp_path):
         assert "Traceback" not in second.stderr and "using numpy" not in second.stderr, second.stderr
         third = run()
         assert third.stdout.strip() == "True" and "Warning" not in third.stderr, third.stderr
+
+
+@needs_numba
+def test_first_compile_is_announced_in_one_line(tmp_path, monkeypatch):
+    """Unpacking a --best file in a fresh process whose numba cache folder is empty says, in one line on stderr,
+    that the kernels compile; the next process, which loads them from that cache, says nothing; with
+    MBZ_NO_JIT=1 nothing compiles and nothing is said."""
+    import subprocess
+    import sys
+
+    import torch
+    monkeypatch.setenv("MBZ_NO_JIT", "1")  # the file is written without compiling anything here
+    path = tmp_path / "best.mbz"
+    g = torch.Generator().manual_seed(0)
+    mbz.save({"w": torch.randint(-7, 8, (64, 300), generator=g).float() * 0.5}, path, profile="best")
+    cache, empty = tmp_path / "numba_cache", tmp_path / "unused_cache"
+    cache.mkdir()
+    empty.mkdir()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def unpack(out, cache_dir, nojit="0"):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), MBZ_NO_JIT=nojit, PYTHONPATH=root)
+        r = subprocess.run([sys.executable, "-m", "mbz.cli", "unpack", str(path), "-o", str(tmp_path / out)],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and (tmp_path / out).exists(), r.stderr
+        return r.stderr.splitlines()
+    assert unpack("a.pt", cache) == [f"mbz unpack: warning: {jit.COMPILE_NOTE}"]
+    assert list(cache.rglob("*.nbi")), "numba cached nothing"
+    assert unpack("b.pt", cache) == []
+    assert unpack("c.pt", empty, nojit="1") == [] and not list(empty.rglob("*.nbi"))
 
 
 def test_slow_numpy_decode_is_announced_once(monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ def kernels():
     if _loaded is None:
         try:
             from . import entropy_jit
+            _note_compiles(entropy_jit.__name__)
             _loaded = entropy_jit
         except ImportError:  # numba not installed: the numpy reference, silently (the `fast` extra is optional)
             _loaded = False
@@ -35,6 +36,46 @@ def kernels():
                           f"RANS / ARANS sections decode with numpy, far slower", RuntimeWarning, stacklevel=2)
             _loaded = False
     return _loaded or None
+
+
+COMPILE_NOTE = "compiling the entropy coder kernels (first use, about 15 s; cached afterwards)"
+_compile_noted = False
+_listening = False
+
+
+def _note_compiles(module: str) -> None:
+    """Say once per process (RuntimeWarning COMPILE_NOTE, one line on the CLI) when numba starts compiling a
+    kernel of `module`: a compile happens only when numba's on-disk cache (``__pycache__`` beside the module,
+    or NUMBA_CACHE_DIR) has no valid entry for it, so a cached run stays silent.
+
+    Source: numba's event API (``numba.core.event``): its dispatcher fires "numba:compile" after its cache
+    lookup missed, just before compiling.  A numba without that API compiles silently."""
+    global _listening
+    if _listening:
+        return
+    try:
+        from numba.core import event
+    except ImportError:  # pragma: no cover - a numba without the event API
+        return
+
+    class _Note(event.Listener):
+        def on_start(self, ev):
+            global _compile_noted
+            disp = (getattr(ev, "data", None) or {}).get("dispatcher")
+            if _compile_noted or getattr(getattr(disp, "py_func", None), "__module__", None) != module:
+                return
+            _compile_noted = True
+            import warnings
+            try:
+                warnings.warn(COMPILE_NOTE, RuntimeWarning, stacklevel=2)
+            except Exception:  # noqa: BLE001 -- warnings turned into errors: a note never fails the compile
+                pass
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", _Note())
+    _listening = True
 
 
 def _from_numba(e: BaseException) -> bool:
