@@ -562,3 +562,45 @@ def test_pack_counts_quantized_tensors_as_fp32_values_like_inspect(tmp_path):
     assert own == 32 + 32 and fp32 == 32 * 4 + 32
     with mbz.open(tmp_path / "q.mbz") as r:
         assert summarize(r)["fp32_bytes"] == fp32
+
+
+# --------------------------------------------------------------------------- unpack -o FILE.npz
+def test_unpack_to_npz_writes_a_numpy_archive(tmp_path, capsys):
+    """-o X.npz (or --format npz) writes what numpy.savez writes: numpy.load reads it without pickle, one array
+    per tensor keyed by record name, bit-exact with its dtype; .pt and .safetensors outputs are unchanged; a
+    dtype numpy lacks is refused in one line naming the tensor, and nothing is written."""
+    import numpy as np
+
+    from mbz.safetensors_io import read_safetensors
+    sd = {k: v for k, v in _every_dtype().items() if v.layout == torch.strided and k in (
+        "torch.float32", "torch.float16", "torch.float64", "torch.complex64", "torch.int8", "torch.uint8",
+        "torch.int16", "torch.int32", "torch.int64", "torch.uint16", "bool", "scalar", "empty")}
+    ck = {"epoch": 3, "model": sd, "optimizer": {"state": {0: {"momentum_buffer": torch.arange(4.0)}},
+                                                  "param_groups": [{"lr": 0.1, "params": [0]}]}}
+    torch.save(ck, tmp_path / "c.pt")
+    assert main(["pack", str(tmp_path / "c.pt"), "-o", str(tmp_path / "c.mbz"), "-q"]) == 0
+    for out, fmt in (("u.npz", []), ("u.bin", ["--format", "npz"])):
+        assert main(["unpack", str(tmp_path / "c.mbz"), "-o", str(tmp_path / out)] + fmt) == 0
+        with np.load(tmp_path / out, allow_pickle=False) as z:
+            back = {k: z[k] for k in z.files}
+        assert set(back) == set(sd) | {"optimizer/state/0/momentum_buffer"}
+        for k, v in sd.items():
+            assert back[k].dtype == v.numpy().dtype and back[k].shape == tuple(v.shape), k
+            assert bits_equal(v, torch.from_numpy(back[k])), k
+    capsys.readouterr()
+    # the other outputs keep their formats
+    assert main(["unpack", str(tmp_path / "c.mbz"), "-o", str(tmp_path / "u.pt")]) == 0
+    assert torch.load(tmp_path / "u.pt", weights_only=True)["epoch"] == 3
+    assert main(["unpack", str(tmp_path / "c.mbz"), "-o", str(tmp_path / "u.safetensors")]) == 0
+    assert set(read_safetensors(tmp_path / "u.safetensors")) == set(back)
+    # bfloat16: refused in one line naming the tensor; nothing written
+    torch.save({"fc.weight": torch.randn(3, 2).bfloat16(), "fc.bias": torch.zeros(3)}, tmp_path / "b.pt")
+    assert main(["pack", str(tmp_path / "b.pt"), "-o", str(tmp_path / "b.mbz"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["unpack", str(tmp_path / "b.mbz"), "-o", str(tmp_path / "b.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fc.weight: numpy has no dtype for torch.bfloat16" in err, err
+    assert not (tmp_path / "b.npz").exists()
+    with pytest.raises(SystemExit):
+        main(["unpack", "--help"])
+    assert ".npz" in capsys.readouterr().out

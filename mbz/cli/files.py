@@ -233,10 +233,14 @@ def cmd_unpack(a) -> int:
     output_file(a.output, inputs=[a.file], force=a.force)
     with api.open(a.file) as r:
         obj = r.checkpoint()
-    fmt = a.format or ("safetensors" if str(a.output).endswith(".safetensors") else "pt")
+    ext = str(a.output).lower().rsplit(".", 1)[-1]
+    fmt = a.format or (ext if ext in ("safetensors", "npz") else "pt")
     if fmt == "safetensors":
         from ..safetensors_io import safetensors_bytes
         atomic_write(a.output, [safetensors_bytes(obj)])
+    elif fmt == "npz":
+        from ..npz_io import npz_bytes
+        atomic_write(a.output, [npz_bytes(obj)])
     else:
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -429,15 +433,18 @@ def register(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-tensor table (the summary lines stay)")
     p.set_defaults(fn=cmd_pack)
 
-    p = sub.add_parser("unpack", help=".mbz -> PyTorch checkpoint (.pt) or .safetensors",
+    p = sub.add_parser("unpack", help=".mbz -> PyTorch checkpoint (.pt), .safetensors or numpy .npz",
                        description="Decode every tensor of a .mbz file (bit-exact) and write the checkpoint as it was "
                                    "packed (its structure: epoch, optimizer state, ...) with torch.save, or its tensors "
-                                   "as .safetensors, atomically.")
+                                   "as .safetensors or as a numpy .npz archive (numpy.load reads it without pickle), "
+                                   "atomically.")
     p.add_argument("file", help=".mbz file")
     p.add_argument("-o", "--output", required=True, help="output path")
-    p.add_argument("--format", choices=("pt", "safetensors"),
-                   help="pt (torch.save) or safetensors (tensors only, keyed by record name); default: from the "
-                        "output's extension, else pt")
+    p.add_argument("--format", choices=("pt", "safetensors", "npz"),
+                   help="pt (torch.save, everything), safetensors or npz (tensors only, keyed by record name: the "
+                        "state_dict names, other tensors by key path such as optimizer/state/0/momentum_buffer; npz "
+                        "refuses dtypes numpy lacks, bfloat16 and float8, naming the tensor); default: from the "
+                        "output's extension (.safetensors, .npz), else pt")
     add_force(p)
     p.set_defaults(fn=cmd_unpack)
 
