@@ -467,7 +467,72 @@ def test_offline_torchvision_cifar_is_one_data_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("Name or service not known")
     monkeypatch.setattr(tvd, "CIFAR100", offline)
     with pytest.raises(DataError, match="could not be downloaded"):
-        load_torchvision_cifar(str(tmp_path), train=False, classes=100)
+        load_torchvision_cifar(str(tmp_path), train=False, download=True, classes=100)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_missing_torchvision_cifar_is_one_line_without_network(tmp_path, monkeypatch, capsys, classes):
+    """--data cifar10:/missing/folder (cifar100:): no download attempt unless MBZ_DOWNLOAD=1, one line naming
+    the folder and how to get the data, exit 2, the folder not created; with MBZ_DOWNLOAD=1 offline, one line
+    saying the download failed."""
+    import socket
+    import urllib.request
+
+    from mbz.errors import DataError
+    from mbz.pipeline.data import load_dataset
+
+    def no_network(*a, **k):
+        raise AssertionError("a network access")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.delenv("MBZ_DOWNLOAD", raising=False)
+    root = tmp_path / "missing" / "folder"
+    with pytest.raises(DataError) as e:
+        load_dataset(f"cifar{classes}:{root}", "test")
+    msg = str(e.value)
+    assert f"cifar{classes}:{root}: no CIFAR-{classes} there" in msg and "MBZ_DOWNLOAD=1" in msg, msg
+    assert "\n" not in msg and not (tmp_path / "missing").exists()
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "mobilenetv2_cifar10.mbz")
+    capsys.readouterr()
+    assert main(["eval", example, "--data", f"cifar{classes}:{root}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"mbz eval: error: cifar{classes}:{root}: no CIFAR-"), err
+
+    def offline(*a, **k):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+    monkeypatch.setenv("MBZ_DOWNLOAD", "1")
+    import torchvision.datasets.utils as tvu
+    monkeypatch.setattr(tvu, "download_url", offline)
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    import torchvision.datasets.cifar as tvc
+    monkeypatch.setattr(tvc, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match=f"cifar{classes}:.*could not be downloaded .*Name or service not known"):
+        load_dataset(f"cifar{classes}:{root}", "test")
+
+
+def test_torchvision_cifar_that_is_there_is_read(tmp_path, monkeypatch):
+    """A CIFAR-10 folder in torchvision's layout (cifar-10-batches-py: pickled batches and batches.meta) is read
+    as it was, with no network access (checksums patched: the fixture is tiny)."""
+    import pickle
+
+    import numpy as np
+    import torchvision.datasets.cifar as tvc
+
+    from mbz.pipeline.data import load_dataset
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (6, 3072), dtype=np.uint8)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": data, "labels": [0, 1, 2, 3, 4, 5]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    monkeypatch.setattr(tvc, "check_integrity", lambda *a, **k: True)
+    monkeypatch.delenv("MBZ_DOWNLOAD", raising=False)
+    ds = load_dataset(f"cifar10:{tmp_path}", "test")
+    assert ds.images.shape == (6, 32, 32, 3) and ds.labels.tolist() == [0, 1, 2, 3, 4, 5]
+    assert np.array_equal(ds.images[1].numpy(), data[1].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert ds.classes[:2] == ["c0", "c1"]
 
 
 def test_output_that_is_not_a_regular_file_is_refused(tmp_path, capsys):

@@ -9,7 +9,8 @@ from ..errors import UsageError
 from ..paths import open_input
 
 DATA_HELP = ("dataset: 'jpeg' (the CIFAR-10 JPEG q75 export in the folder $MBZ_DATA), npz:DIR_OR_FILE, "
-             "cifar10:ROOT, cifar100:ROOT (torchvision) or folder:ROOT (ImageFolder with train/ and test/)")
+             "cifar10:ROOT, cifar100:ROOT (torchvision's python version in ROOT; downloaded there only when "
+             "MBZ_DOWNLOAD=1 is set) or folder:ROOT (ImageFolder with train/ and test/)")
 
 
 def input_file(path: str, what: str = "input") -> str:

@@ -2,7 +2,8 @@
 
 Sources:
 * ``npz:PATH``    — the JPEG export (arrays jpeg, offsets, labels, classes), decoded once with Pillow;
-* ``cifar10:ROOT`` — torchvision.datasets.CIFAR10 (downloads when online);
+* ``cifar10:ROOT`` / ``cifar100:ROOT`` — torchvision.datasets.CIFAR10 / CIFAR100 read from ROOT (downloaded
+  into ROOT only when $MBZ_DOWNLOAD is 1);
 * ``folder:ROOT``  — any ImageFolder, resized to 32x32.
 
 Normalization: per-channel CIFAR-10 mean / std below, applied after augmentation.
@@ -60,16 +61,42 @@ def load_npz(path: str) -> ArrayDataset:
     return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), classes, f"npz:{path}")
 
 
-def load_torchvision_cifar(root: str, train: bool, download: bool = True, classes: int = 10) -> ArrayDataset:
-    """torchvision.datasets.CIFAR10 / CIFAR100 (`classes` 10 or 100) as uint8 arrays."""
+DOWNLOAD_ENV = "MBZ_DOWNLOAD"  # set to 1: cifar10:ROOT / cifar100:ROOT may download a missing dataset into ROOT
+_CIFAR_FOLDER = {10: "cifar-10-batches-py", 100: "cifar-100-python"}  # torchvision's folder of the python version
+
+
+def download_allowed() -> bool:
+    """$MBZ_DOWNLOAD is set to 1 / true / yes / on: torchvision may download a missing CIFAR-10/100 (a network
+    access that may stall where there is none, so never done unless asked)."""
+    return os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_torchvision_cifar(root: str, train: bool, download: bool = False, classes: int = 10) -> ArrayDataset:
+    """torchvision.datasets.CIFAR10 / CIFAR100 (`classes` 10 or 100) as uint8 arrays, read from
+    ROOT/cifar-10-batches-py or ROOT/cifar-100-python.
+
+    Nothing is downloaded unless `download` (load_dataset passes download_allowed()).  Raises DataError, one
+    line naming ROOT: the folder is missing (and how to get it), its files are unreadable, or the download
+    failed."""
+    from ..errors import DataError
+    folder = os.path.join(root, _CIFAR_FOLDER[classes])
+    if not download and not os.path.isdir(folder):
+        raise DataError(f"cifar{classes}:{root}: no CIFAR-{classes} there (torchvision's {folder} is missing); "
+                        f"put torchvision's {_CIFAR_FOLDER[classes]} folder in {root}, or let torchvision download "
+                        f"it there (~170 MB, needs internet) by running once with {DOWNLOAD_ENV}=1; or use "
+                        f"npz:DIR / folder:ROOT")
     from torchvision.datasets import CIFAR10, CIFAR100
     try:
         ds = (CIFAR100 if classes == 100 else CIFAR10)(root, train=train, download=download)
     except (OSError, RuntimeError) as e:  # offline (urllib's URLError is an OSError), or a corrupt archive
-        from ..errors import DataError
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if not download:
+            raise DataError(f"cifar{classes}:{root}: the CIFAR-{classes} files in {folder} are unreadable ({why}); "
+                            f"replace them with torchvision's, or delete the folder and run once with "
+                            f"{DOWNLOAD_ENV}=1 to download them") from None
         raise DataError(f"cifar{classes}:{root}: the CIFAR-{classes} files are not in {root} and could not be "
-                        f"downloaded ({str(e).strip() or type(e).__name__}); put torchvision's "
-                        f"cifar-{classes}-python folder there, or use npz:DIR / folder:ROOT") from None
+                        f"downloaded ({why}); put torchvision's {_CIFAR_FOLDER[classes]} folder there, "
+                        f"or use npz:DIR / folder:ROOT") from None
     return ArrayDataset(torch.from_numpy(np.asarray(ds.data)), torch.tensor(ds.targets, dtype=torch.int64),
                         list(ds.classes), f"cifar{classes}:{root}")
 
@@ -100,7 +127,7 @@ def load_dataset(spec: str, split: str) -> ArrayDataset:
     """One split ('train' or 'test') of a dataset named by `spec`.
 
     'jpeg' (the CIFAR-10 JPEG q75 export in the folder $MBZ_DATA), 'npz:DIR_OR_FILE',
-    'cifar10:ROOT' / 'cifar100:ROOT' (torchvision; downloads when online) or
+    'cifar10:ROOT' / 'cifar100:ROOT' (torchvision; downloaded only when $MBZ_DOWNLOAD=1) or
     'folder:ROOT' (ImageFolder with ROOT/train and ROOT/test).  Raises DataError
     (one line naming the path) when nothing readable is there, or when an .npz FILE's name says another
     split than `split` (split_of_file: npz:.../cifar10_jpeg_train.npz is never read as the test split)."""
@@ -127,7 +154,8 @@ def load_dataset(spec: str, split: str) -> ArrayDataset:
             raise DataError(f"{path}: not a JPEG export npz (arrays jpeg, offsets, labels, classes): {why}") from None
     if kind in ("cifar10", "cifar100"):
         try:
-            return load_torchvision_cifar(arg or "./data", split == "train", classes=100 if kind == "cifar100" else 10)
+            return load_torchvision_cifar(arg or "./data", split == "train", download=download_allowed(),
+                                          classes=100 if kind == "cifar100" else 10)
         except (OSError, RuntimeError) as e:
             raise DataError(f"{spec}: {e}") from None
     if kind == "folder":
