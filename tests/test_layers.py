@@ -133,3 +133,20 @@ def test_load_model_imports_no_training_code(path):
     r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "MobileNetV2" and r.stdout.strip().endswith("[]"), r.stdout
+
+
+def test_import_mbz_imports_no_heavy_dependency():
+    """`import mbz` imports neither torch, torchvision, numba nor zstandard (module __getattr__); the public
+    names and the submodules are still there on first use."""
+    code = ("import sys, mbz\n"
+            "heavy = sorted(m for m in ('torch', 'torchvision', 'numba', 'zstandard') if m in sys.modules)\n"
+            "print(heavy)\n"
+            "from mbz import load_model, open\n"
+            "assert mbz.open is open and mbz.api.open is open and mbz.load_model is load_model\n"
+            "assert issubclass(mbz.TensorNotFoundError, mbz.MbzError) and 'save' in dir(mbz)\n"
+            "assert mbz.codecs.bitpack.pack_codes and mbz.VERSION_MAJOR == 1\n"
+            "try:\n    mbz.no_such_name\nexcept AttributeError:\n    print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["[]", "ok"], r.stdout
