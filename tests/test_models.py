@@ -320,3 +320,49 @@ def test_save_of_a_dataparallel_module_records_its_arch(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(m(x), net(x))
+
+
+@pytest.mark.parametrize("width,classes", [(1.0, 10), (0.35, 100), (0.75, 10), (1.4, 7)])
+def test_mobilenet_v2_is_torchvisions_module_for_module(width, classes):
+    """mbz's MobileNet-v2 (built without importing torchvision) is torchvision's: the same modules (classes,
+    arguments, names), the same initial values from the same seed, the same output; mobilenet_v2_cifar equals
+    torchvision's network with the CIFAR strides, with QAT's folded BatchNorm and activation quantizers too."""
+    from torchvision.models import mobilenet_v2
+    from torchvision.models._utils import _make_divisible as tv_divisible
+
+    from mbz.models.act_quant import insert_act_quant
+    from mbz.models.folding import folded_skeleton
+    from mbz.models.mobilenet_v2 import MobileNetV2, _make_divisible
+    assert all(_make_divisible(v / 8) == tv_divisible(v / 8, 8) for v in range(1, 20000))
+
+    def pair(build_ours, build_tv, seed=3):
+        torch.manual_seed(seed)
+        ours = build_ours()
+        torch.manual_seed(seed)
+        return ours, build_tv()
+
+    def same(ours, tv):
+        assert str(ours) == str(tv)
+        assert [type(m).__name__ for m in ours.modules()] == [type(m).__name__ for m in tv.modules()]
+        a, b = ours.state_dict(), tv.state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        ours.eval(), tv.eval()
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            assert torch.equal(ours(x), tv(x))
+    same(*pair(lambda: MobileNetV2(num_classes=classes, width_mult=width, dropout=0.3),
+               lambda: mobilenet_v2(num_classes=classes, width_mult=width, dropout=0.3)))
+
+    def tv_cifar(folded=False, bits=32):
+        m = mobilenet_v2(num_classes=classes, width_mult=width)
+        m.features[0][0].stride = (1, 1)
+        m.features[2].conv[1][0].stride = (1, 1)
+        if folded:
+            folded_skeleton(m)
+        return insert_act_quant(m, bits, learn=False) if folded or bits < 32 else m
+    same(*pair(lambda: mobilenet_v2_cifar(num_classes=classes, width_mult=width), tv_cifar))
+    ours, tv = pair(lambda: mobilenet_v2_cifar(num_classes=classes, width_mult=width, folded_bn=True, act_bits=4),
+                    lambda: tv_cifar(True, 4))
+    same(ours, tv)
+    if hasattr(tv, "code"):
+        assert ours.code == tv.code
