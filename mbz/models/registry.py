@@ -177,12 +177,8 @@ def architectures() -> dict:
                     params.update(extra)
             out[n] = ArchSpec(n, _tv_builder(n), params, "torchvision", _tv_mnv2_infer if n == "mobilenet_v2" else None)
         _TV = out
-    return {**_TV, **_ours()}
-
-
-def _ours() -> dict:
-    """{name: ArchSpec} of ARCHITECTURES (a plain function registered there takes num_classes and channels)."""
-    return {n: a if isinstance(a, ArchSpec) else ArchSpec(n, a, _PLAIN) for n, a in ARCHITECTURES.items()}
+    ours = {n: a if isinstance(a, ArchSpec) else ArchSpec(n, a, _PLAIN) for n, a in ARCHITECTURES.items()}
+    return {**_TV, **ours}
 
 
 def _tv_builder(name: str):
@@ -209,7 +205,7 @@ def validate_arch(arch) -> tuple[ArchSpec, dict]:
     name = arch.get("name")
     if not isinstance(name, str):
         raise MbzError(f"'arch.name' must be a string naming a registry architecture, got {_brief(name)}")
-    reg = _ours() if name in ARCHITECTURES else architectures()  # ours: no torchvision import to list its builders
+    reg = architectures()
     if name not in reg:
         tv = (f"torchvision's classification builders ({len(reg) - len(ARCHITECTURES)}: resnet18, vgg11_bn, "
               f"mobilenet_v2, ...)" if _TV else "torchvision's builders once torchvision is installed "
