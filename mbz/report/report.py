@@ -70,6 +70,7 @@ class _Inputs:
             self.base_file = summarize(rd, decode=False)
         self.pins = _pins(os.path.join(root, "constraints.txt"))
         self.nets = records.networks(R, idx)
+        self.recipe_seeds = [{**e, **records.read_json(os.path.join(R, e["file"]))} for e in idx.get("recipe_seeds", [])]
         mp = idx.get("mixed_precision")
         self.mixed = ({**mp, "rows": records.read_jsonl(os.path.join(R, mp["file"]))} if mp else None)
 
@@ -556,6 +557,13 @@ def _final(doc, inp, figs):
     if rep:
         sel.append(f"A replicate of the whole recipe from the baseline (a second pruned model) missed the target: "
                    f"{rep[-1]['cpu_top1']:.2f}% at {rep[-1]['file_bytes']:,} B ({_diff(rep[-1]['cpu_top1'], b)}).")
+    for e in inp.recipe_seeds:
+        rs = e["rows"]
+        sel.append(f"`{e['recipe']}` run from scratch on {len(rs)} seeds (the same baseline; `results/{e['file']}`, each "
+                   f"final file evaluated once on the CPU): "
+                   + ", ".join(f"{r['top1_cpu']:.2f}% at {r['file_bytes']:,} B" for r in rs)
+                   + f"; the target is met on {e['seeds_meeting_target']} of {len(rs)} seeds (mean "
+                   f"{e['top1_cpu']['mean']:.2f}%, min {e['top1_cpu']['min']:.2f}%).")
     r400 = [r for r in inp.rows if r["group"] == s400["row"]["group"] and r["stage"].endswith("reduced")]
     n400 = sum(records.meets(r, _target(inp, "400k")) for r in r400)
     t400 = " / ".join(f"{r['cpu_top1']:.2f}" for r in r400)
