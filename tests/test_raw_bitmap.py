@@ -184,3 +184,15 @@ def test_older_reader_rule_names_the_key(tmp_path, monkeypatch):
     monkeypatch.setitem(c.PARAM_RULES, Encoding.RAW, {})
     with pytest.raises(FormatError, match=r"params: key 'sp' does not apply to RAW"):
         decode_all(good)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex128, torch.int8])
+def test_scatter_in_chunks(monkeypatch, dtype):
+    """Elements are placed a chunk of the mask at a time (codecs.raw.SCATTER_STEP): chunks of 8 elements here."""
+    from mbz.codecs.raw import mbz_dtype, tensor_bytes
+    from mbz.encoder import raw_bitmap_candidate
+    monkeypatch.setattr("mbz.codecs.raw.SCATTER_STEP", 8)
+    x = pruned((1001,), dtype, 0.7)
+    dt = mbz_dtype(x)
+    p, secs = raw_bitmap_candidate(tensor_bytes(x), ITEMSIZE[dt])
+    assert bits_equal(decode_record(dt, (1001,), Encoding.RAW, p, dict(secs)), x)
