@@ -292,7 +292,12 @@ def raw_bitmap_candidate(data, itemsize: int):
     n = len(data) // itemsize
     if n < 16:
         return None
-    elems = element_view(np.asarray(data), itemsize)
+    data = np.asarray(data)
+    if itemsize in (1, 2, 4, 8) and data.flags.writeable:  # a first count on torch's threads: dense tensors
+        m = int(torch.count_nonzero(torch.from_numpy(data.view(f"<i{itemsize}"))))  # stop here, at ~10 GB/s
+        if n - m < BITMAP_MIN_ZEROS * n:
+            return None
+    elems = element_view(data, itemsize)
     stored = elems != 0 if elems.ndim == 1 else elems.any(axis=1)
     m = int(np.count_nonzero(stored))
     if n - m < BITMAP_MIN_ZEROS * n:
