@@ -80,6 +80,28 @@ def test_layout_choice_by_profile():
     assert best.stored_bytes < encode_tensor("m", some).stored_bytes
 
 
+def test_stored_elements_follow_the_raw_section_rules(tmp_path, monkeypatch):
+    """The stored elements are a RAW section: unfiltered in the default profile when zstd saves less than
+    half (pruned float weights), byte-plane zstd in --best; the file is far smaller than with DENSE RAW."""
+    g = torch.Generator().manual_seed(0)
+    sparse = torch.randn(400_000, generator=g)
+    sparse[torch.rand(400_000, generator=g) < 0.75] = 0
+    out = {}
+    for prof in ("default", "best"):
+        p = tmp_path / f"{prof}.mbz"
+        out[prof] = mbz.save({"sparse": sparse}, p, profile=prof, rans=False).file_bytes
+        with mbz.open(p) as r:
+            rec = r.layout.records[0]
+            assert rec.params[P_SPARSE] == Sparsity.BITMAP
+            filters = {s.role: s.filter for s in rec.sections}
+            assert filters[Role.RAW] == (Filter.NONE if prof == "default" else Filter.SHUFFLE_ZSTD)
+            assert filters[Role.MASK] != Filter.NONE
+        assert bits_equal(mbz.load(p)["sparse"], sparse)
+    monkeypatch.setattr("mbz.encoder.BITMAP_MIN_ZEROS", 2.0)  # DENSE RAW: plain zstd, 508,822 B
+    dense = mbz.save({"sparse": sparse}, tmp_path / "dense.mbz").file_bytes
+    assert out["default"] < 0.9 * dense and out["best"] < 0.8 * dense  # 442,500 and 388,540 B
+
+
 def test_accounting_mask_as_indices_values_as_raw(tmp_mbz):
     x = pruned((128, 128), torch.float32, 0.9)
     mbz.save({"w": x}, tmp_mbz)
