@@ -26,11 +26,11 @@ from .errors import (ChecksumError, EncodeError, FormatError, LimitError, MbzErr
                      path_error)
 from .headerscan import checked_object
 from .paths import open_input
-from .spec import (ELEMENT_SLACK, ELEMENTS_PER_BYTE, ENCODING_DTYPES, ENCODING_ROLES, ENCODING_SPARSITY, H_ALIGN, H_CRCS, H_FORMAT,
-                   H_META, H_PAYLOAD, H_TENSORS, HEADER_KEYS, KNOWN_PARAMS, MAGIC, MAX_ALIGN, MAX_DIM_PRODUCT,
-                   MAX_HEADER_BYTES, MAX_RANK, PARAM_DEFAULTS, PARAM_RULES, PREAMBLE, PREAMBLE_SIZE, RECORD_KEYS,
-                   T_DTYPE, T_ENC, T_NAME, T_PARAMS, T_SECTIONS, T_SHAPE, VERSION_MAJOR, VERSION_MINOR, DType,
-                   P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_WIDTH,
+from .spec import (ELEMENT_SLACK, ELEMENTS_PER_BYTE, ENCODING_DTYPES, ENCODING_ROLES, ENCODING_SPARSITY, H_ALIGN,
+                   H_CRCS, H_FORMAT, H_META, H_PAYLOAD, H_TENSORS, HEADER_KEYS, KNOWN_PARAMS, MAGIC, MAX_ALIGN,
+                   MAX_DIM_PRODUCT, MAX_HEADER_BYTES, MAX_RANK, PARAM_DEFAULTS, PARAM_RULES, PREAMBLE, PREAMBLE_SIZE,
+                   RECORD_KEYS, T_DTYPE, T_ENC, T_NAME, T_PARAMS, T_SECTIONS, T_SHAPE, VERSION_MAJOR, VERSION_MINOR,
+                   DType, P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_WIDTH,
                    P_ZPWIDTH, Encoding, Filter, Granularity, HeaderCodec, Role, Sparsity, max_elements,
                    max_header_objects)
 from .spec import H_MAIN, H_TREE, P_SCALE_BYTES, P_ZPSIGNED, QUANTIZED_DTYPES

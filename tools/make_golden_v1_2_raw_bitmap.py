@@ -51,7 +51,8 @@ def main() -> int:
     expect_path = os.path.join(a.out, "golden_v1_2_raw_bitmap.json")
     for p in (path, expect_path):
         if os.path.exists(p) and not a.force:
-            ap.error(f"{p} exists; pass --force to replace it (the committed file is never replaced for an encoder change)")
+            ap.error(f"{p} exists; pass --force to replace it (the committed file is never replaced for an "
+                     f"encoder change)")
     mbz.save(golden_checkpoint(), path, metadata={"purpose": "golden file of format 1.2 (BITMAP layout of RAW)"})
     with open(expect_path, "w") as f:
         json.dump(leaves(mbz.load_checkpoint(path)), f, indent=1, sort_keys=True)
