@@ -209,8 +209,10 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     by default: its sections decode several times slower than zstd's (results/entropy).  The "default"
     profile also stores RAW sections of 64 KiB or more
     unfiltered unless zstd halves them (and, in models of 64 MiB of tensors or more, code / mask / delta
-    sections unless it saves 1/8): they load with no decoding (mbz.encoder.RAW_KEEP_SAVING); "best" keeps
-    the smallest section.  `align` None: 64 when such unfiltered sections make the padding cheap, else 1.
+    sections unless it saves 1/8): they load with no decoding (mbz.encoder.RAW_KEEP_SAVING), and takes the
+    BITMAP layout of RAW (spec §5.2: a bitmap and the elements whose bits are not all zero) for such a tensor
+    only where it halves its bytes; "best" keeps the smallest section and layout.  `align` None: 64 when such
+    unfiltered sections make the padding cheap, else 1.
     `step` (exclusive with `wbits`) quantizes conv / linear weights of the model state_dict on a grid of
     step·rms·(n / SIZE_REF)**size_exp (per output channel, or per tensor with `step_channel=False`) and 1-D float
     tensors at step_1d·rms, with a zero bin widened by `deadzone` steps (mbz.ratedist); tensors already on

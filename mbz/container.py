@@ -26,11 +26,11 @@ from .errors import (ChecksumError, EncodeError, FormatError, LimitError, MbzErr
                      path_error)
 from .headerscan import checked_object
 from .paths import open_input
-from .spec import (ELEMENT_SLACK, ELEMENTS_PER_BYTE, ENCODING_DTYPES, ENCODING_ROLES, H_ALIGN, H_CRCS, H_FORMAT,
-                   H_META, H_PAYLOAD, H_TENSORS, HEADER_KEYS, KNOWN_PARAMS, MAGIC, MAX_ALIGN, MAX_DIM_PRODUCT,
-                   MAX_HEADER_BYTES, MAX_RANK, PARAM_DEFAULTS, PARAM_RULES, PREAMBLE, PREAMBLE_SIZE, RECORD_KEYS,
-                   T_DTYPE, T_ENC, T_NAME, T_PARAMS, T_SECTIONS, T_SHAPE, VERSION_MAJOR, VERSION_MINOR, DType,
-                   P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_WIDTH,
+from .spec import (ELEMENT_SLACK, ELEMENTS_PER_BYTE, ENCODING_DTYPES, ENCODING_ROLES, ENCODING_SPARSITY, H_ALIGN,
+                   H_CRCS, H_FORMAT, H_META, H_PAYLOAD, H_TENSORS, HEADER_KEYS, KNOWN_PARAMS, MAGIC, MAX_ALIGN,
+                   MAX_DIM_PRODUCT, MAX_HEADER_BYTES, MAX_RANK, PARAM_DEFAULTS, PARAM_RULES, PREAMBLE, PREAMBLE_SIZE,
+                   RECORD_KEYS, T_DTYPE, T_ENC, T_NAME, T_PARAMS, T_SECTIONS, T_SHAPE, VERSION_MAJOR, VERSION_MINOR,
+                   DType, P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_WIDTH,
                    P_ZPWIDTH, Encoding, Filter, Granularity, HeaderCodec, Role, Sparsity, max_elements,
                    max_header_objects)
 from .spec import H_MAIN, H_TREE, P_SCALE_BYTES, P_ZPSIGNED, QUANTIZED_DTYPES
@@ -423,9 +423,9 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
                               f"({(numel + 7) // 8})")
         refs.append(SectionRef(role, pstart + off, stored, filt, dec))
     required = set(required)
+    sp = p[P_SPARSE]
+    required |= {Role.MASK} if sp == Sparsity.BITMAP else {Role.DELTAS} if sp == Sparsity.DELTA else set()
     if enc != Encoding.RAW:
-        sp = p[P_SPARSE]
-        required |= {Role.MASK} if sp == Sparsity.BITMAP else {Role.DELTAS} if sp == Sparsity.DELTA else set()
         if p.get(P_ZPWIDTH):
             required.add(Role.ZERO_POINTS)
         if p.get(P_NEGZERO):
@@ -501,8 +501,11 @@ def _params_checked(enc: Encoding, p: dict, shape, numel: int, where: str, dtype
             if hi == "rank-1" and not shape:
                 raise FormatError(f"{where}: per-channel scales need a tensor of rank >= 1, shape is []")
             out[key] = _int(v, label, lo, top)
+    if out.get(P_SPARSE, 0) not in ENCODING_SPARSITY[enc]:
+        raise FormatError(f"{w} 'sp' (sparse layout): {Sparsity(out[P_SPARSE]).name} is not a layout of {enc.name} "
+                          f"(allowed: {', '.join(x.name for x in Sparsity if x in ENCODING_SPARSITY[enc])})")
     if enc == Encoding.RAW:
-        return out
+        return out if out[P_SPARSE] == Sparsity.DENSE else _count_rules(enc, out, numel, where)
     if enc == Encoding.AFFINE and out[P_SCALE_BYTES] == 8 and dtype not in QUANTIZED_DTYPES:
         raise FormatError(f"{w} 'sb' (scale bytes) may be 8 for quantized dtypes only, else 4; got 8 for {dtype.name}")
     if dtype in QUANTIZED_DTYPES and out[P_GRAN] == Granularity.GROUP:
@@ -530,8 +533,8 @@ PARAM_NAMES = {P_WIDTH: "code width", P_SPARSE: "sparse layout", P_COUNT: "store
 
 
 def _expected_len(role: Role, enc: Encoding, p: dict, dtype: DType, shape, numel: int):
-    if role == Role.RAW:
-        return numel * ITEMSIZE[dtype]
+    if role == Role.RAW:  # BITMAP (format 1.2): the m stored elements
+        return (numel if p[P_SPARSE] == Sparsity.DENSE else p[P_COUNT]) * ITEMSIZE[dtype]
     if role == Role.CODES:
         return packed_size(p[P_COUNT], p[P_WIDTH])
     if role == Role.MASK:

@@ -7,10 +7,10 @@ from .codecs.affine import decode_affine, numel_of
 from .codecs.codebook import decode_codebook
 from .codecs.filters import unfilter
 from .codecs.qaffine import decode_quantized
-from .codecs.raw import ITEMSIZE, tensor_from_bytes, torch_dtype
+from .codecs.raw import ITEMSIZE, tensor_from_bitmap, tensor_from_bytes, torch_dtype
 from .codecs.sparse import StoredLayout
 from .errors import FormatError
-from .spec import QUANTIZED_DTYPES, Encoding, Role
+from .spec import P_SPARSE, QUANTIZED_DTYPES, Encoding, Role, Sparsity
 
 
 def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torch.Tensor:
@@ -19,7 +19,10 @@ def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torc
     if dtype in QUANTIZED_DTYPES:  # AFFINE only (ENCODING_DTYPES, checked on open)
         return decode_quantized(p, secs, dtype, shape, StoredLayout.from_sections(p, secs, numel), numel)
     if encoding == Encoding.RAW:
-        t = tensor_from_bytes(secs[Role.RAW], dtype, shape)
+        if p.get(P_SPARSE, Sparsity.DENSE) == Sparsity.BITMAP:  # format 1.2 (spec §5.2)
+            t = tensor_from_bitmap(secs[Role.RAW], StoredLayout.from_sections(p, secs, numel), dtype, shape)
+        else:
+            t = tensor_from_bytes(secs[Role.RAW], dtype, shape)
         if tdtype == torch.bool and t.numel() and int(t.view(torch.uint8).max()) > 1:
             raise FormatError("bool tensor holds bytes other than 0 and 1")
         return t

@@ -18,7 +18,7 @@ from .codecs.bitpack import pack_bits, pack_codes, packed_size, signed_width, un
 from .codecs import arans, rans
 from .codecs.filters import FILTERS, max_decoded, unfilter, zstd_available
 from .codecs.qaffine import quantized_plain, split_quantized
-from .codecs.raw import ITEMSIZE, bits_equal, mbz_dtype, tensor_bytes
+from .codecs.raw import ITEMSIZE, bits_equal, element_view, mbz_dtype, tensor_bytes
 from .codecs.sparse import best_delta_width, delta_count, delta_entries
 from .errors import EncodeError
 from .decoder import decode_tensor
@@ -46,6 +46,10 @@ LARGE_MODEL = 64 << 20
 # --best: large zstd sections that the trial level shrinks below this fraction are compressed again at level 19
 # (an 80%-pruned fp32 conv: 3.11 -> 2.47 MB; dense floats gain ~1% at a few MB/s and keep the trial level)
 BEST_DEEP = 0.5
+# RAW in the BITMAP layout (spec §5.2, format 1.2) is tried for tensors with at least this fraction of all-zero
+# elements (pruned float weights).  In the default profile a large tensor (RAW_PLAIN_MIN bytes or more) takes it
+# only where it stores at most 1 - RAW_KEEP_SAVING of the plain bytes: a scatter is not free at load time.
+BITMAP_MIN_ZEROS = 0.125
 SAMPLE_BLOCK = 64 << 10  # a large RAW section's saving is first estimated on RAW_SAMPLES blocks of this size
 RAW_SAMPLES = 8
 
@@ -281,6 +285,27 @@ def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, l
     return best
 
 
+def raw_bitmap_candidate(data, itemsize: int):
+    """RAW in the BITMAP layout (spec §5.2): (params, [(MASK, bitmap), (RAW, stored elements)]) from the tensor's
+    bytes `data` (a flat uint8 array), or None when fewer than BITMAP_MIN_ZEROS of its elements are all-zero
+    bits.  A stored element is one whose bits are not all zero (so -0.0 and NaNs are stored as they are)."""
+    n = len(data) // itemsize
+    if n < 16:
+        return None
+    data = np.asarray(data)
+    if itemsize in (1, 2, 4, 8) and data.flags.writeable:  # a first count on torch's threads: dense tensors
+        m = int(torch.count_nonzero(torch.from_numpy(data.view(f"<i{itemsize}"))))  # stop here, at ~10 GB/s
+        if n - m < BITMAP_MIN_ZEROS * n:
+            return None
+    elems = element_view(data, itemsize)
+    stored = elems != 0 if elems.ndim == 1 else elems.any(axis=1)
+    m = int(np.count_nonzero(stored))
+    if n - m < BITMAP_MIN_ZEROS * n:
+        return None
+    values = np.ascontiguousarray(elems[stored]).reshape(-1).view(np.uint8)
+    return ({P_SPARSE: int(Sparsity.BITMAP), P_COUNT: m}, [(Role.MASK, pack_bits(stored)), (Role.RAW, values)])
+
+
 def _sparse_layouts(codes_full: np.ndarray, stored: np.ndarray, numel: int, width: int, big: bool):
     """Yield (params, index sections, stored codes) for dense / bitmap / delta."""
     layouts = []
@@ -415,7 +440,11 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
     if lossy:  # every candidate, RAW included, must hold the quantized values
         t = torch.from_numpy(grid.values()).reshape(shape).to(t.dtype)
     signbits = None
-    plain = [(Encoding.RAW, {}, [(Role.RAW, tensor_bytes(t))])]
+    raw = tensor_bytes(t)
+    plain = [(Encoding.RAW, {}, [(Role.RAW, raw)])]
+    bitmap = raw_bitmap_candidate(raw, itemsize)
+    if bitmap is not None:
+        plain.append((Encoding.RAW, *bitmap))
     if grid is None and detect and n > 0 and t.is_floating_point():
         grid = detect_grid(t)
         if grid is not None:
@@ -438,17 +467,24 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
         sections = [filter_section(role, data, itemsize, ent, trial, section_hint(role, p, shape), estimate=True)
                     for role, data in secs]
         cand = EncodedTensor(name, int(dt), shape, enc, p, sections)
+        if enc == Encoding.RAW and p and plain_raw(Role.RAW, len(raw), ent) and \
+                cand.stored_bytes > (1 - RAW_KEEP_SAVING) * len(raw):
+            continue  # default profile: a large tensor is scattered at load time only where that halves its bytes
         if best is None or cand.stored_bytes < best.stored_bytes:
             best, best_plain = cand, secs
+    if best is None:  # only the BITMAP candidate was left, and it did not halve the bytes
+        best_plain = [(Role.RAW, raw)]
+        best = EncodedTensor(name, int(dt), shape, Encoding.RAW, {},
+                             [filter_section(Role.RAW, raw, itemsize, ent, trial, estimate=True)])
     best.sections = ent.final(best.sections, best_plain, itemsize,
                               [section_hint(role, best.params, shape) for role, _ in best_plain])
-    if best.encoding != Encoding.RAW:
+    if best.encoding != Encoding.RAW or best.params:
         back = decode_tensor(best)
         if not bits_equal(back, t):
             if lossy:
                 raise EncodeError(f"{name}: quantized grid does not round-trip (internal error)")
             best = EncodedTensor(name, int(dt), shape, Encoding.RAW, {},
-                                 [filter_section(Role.RAW, tensor_bytes(t), itemsize, ent, level)])
+                                 [filter_section(Role.RAW, raw, itemsize, ent, level)])
     return best
 
 

@@ -239,7 +239,7 @@ class MbzReader:
                 "name": rec.name, "shape": list(rec.shape), "dtype": DTYPE_NAME[rec.dtype],
                 "numel": numel_of(rec.shape), "encoding": rec.encoding.name,
                 "bits": p.get(P_WIDTH) if rec.encoding != Encoding.RAW else 8 * ITEMSIZE[rec.dtype],
-                "layout": Sparsity(p[P_SPARSE]).name if rec.encoding != Encoding.RAW else "DENSE",
+                "layout": Sparsity(p.get(P_SPARSE, Sparsity.DENSE)).name,
                 "granularity": Granularity(p[P_GRAN]).name.lower() if rec.encoding == Encoding.AFFINE else None,
                 "filters": {s.role.name: s.filter.name for s in rec.sections},
             })

@@ -131,6 +131,14 @@ class Sparsity(IntEnum):
     DELTA = 2      # DELTAS section: gap-1 to the previous stored element
 
 
+# Which sparse layouts each encoding may use (spec table 5): RAW takes DENSE or BITMAP (format 1.2)
+ENCODING_SPARSITY = {
+    Encoding.RAW: frozenset({Sparsity.DENSE, Sparsity.BITMAP}),
+    Encoding.AFFINE: frozenset(Sparsity),
+    Encoding.CODEBOOK: frozenset(Sparsity),
+}
+
+
 # --- Payload sections (spec table 6) ------------------------------------------
 class Role(IntEnum):
     RAW = 0
@@ -221,7 +229,7 @@ ENCODING_DTYPES = {
 
 # Which roles each encoding may / must carry (spec table 6).
 ENCODING_ROLES = {
-    Encoding.RAW: ({Role.RAW}, {Role.RAW}),
+    Encoding.RAW: ({Role.RAW}, {Role.RAW, Role.MASK}),   # MASK since 1.2 (sp = BITMAP, spec §5.2)
     Encoding.AFFINE: ({Role.CODES, Role.SCALES},
                       {Role.CODES, Role.SCALES, Role.ZERO_POINTS, Role.MASK, Role.DELTAS, Role.NEGZERO}),
     Encoding.CODEBOOK: ({Role.CODES, Role.CODEBOOK},
@@ -315,7 +323,10 @@ M_LOSSY = "lossy"             # the lossy settings of pack (--wbits ... or --ste
 # forbidden otherwise.  A key of this table not listed for an encoding is forbidden for it; a key
 # the table does not know (added by a later minor version) is ignored.
 PARAM_RULES = {
-    Encoding.RAW: {},
+    Encoding.RAW: {   # format 1.2: the BITMAP layout of RAW (spec §5.2); a 1.1 reader refuses these keys
+        P_SPARSE: ("enum", Sparsity, None, "optional"),
+        P_COUNT: ("int", 0, None, (P_SPARSE, Sparsity.BITMAP)),
+    },
     Encoding.AFFINE: {
         P_WIDTH: ("int", 1, MAX_WIDTH, "always"),
         P_SPARSE: ("enum", Sparsity, None, "always"),
@@ -338,7 +349,7 @@ PARAM_RULES = {
         P_IWIDTH: ("int", 1, MAX_WIDTH, (P_SPARSE, Sparsity.DELTA)),
     },
 }
-PARAM_DEFAULTS = {P_SIGNED: False, P_ZPWIDTH: 0, P_NEGZERO: False, P_SCALE_BYTES: 4, P_ZPSIGNED: False}
+PARAM_DEFAULTS = {P_SPARSE: int(Sparsity.DENSE), P_SIGNED: False, P_ZPWIDTH: 0, P_NEGZERO: False, P_SCALE_BYTES: 4, P_ZPSIGNED: False}
 KNOWN_PARAMS = frozenset(k for rules in PARAM_RULES.values() for k in rules)
 
 # Header keys (spec table 10): key -> required?  Unknown keys are ignored.

@@ -112,3 +112,23 @@ def test_arans_golden_file_decodes_and_covers_the_filter():
                     seen |= {AransKind(h.kind).name, "signed" if h.signed else "", "row" if h.R else "",
                              "lanes" if h.K > 1 else "", s.role.name}
     assert {"INT", "FLOAT32", "signed", "row", "lanes", "CODES", "MASK", "SCALES", "ZERO_POINTS"} <= seen
+
+
+def test_golden_v1_2_raw_bitmap_decodes():
+    """Format 1.2: the BITMAP layout of RAW (spec §5.2) for float32 (with -0.0 and NaN payloads), float16,
+    bfloat16, int16 and bool tensors, its sections unfiltered, zstd and byte-plane zstd."""
+    from mbz.spec import Filter, Sparsity
+    path = os.path.join(DATA, "golden_v1_2_raw_bitmap.mbz")
+    with open(os.path.join(DATA, "golden_v1_2_raw_bitmap.json")) as f:
+        expect = json.load(f)
+    assert json.loads(json.dumps(leaves(mbz.load_checkpoint(path)))) == expect
+    with mbz.open(path) as r:
+        assert r.version == (1, 2)
+        sp = {x.name: x.params.get("sp", 0) for x in r.layout.records}
+        assert sp == dict.fromkeys(["conv.weight", "fc.weight", "half.weight", "bf16.weight", "counts", "keep"],
+                                   Sparsity.BITMAP) | {"bias": Sparsity.DENSE}
+        filters = {s.filter for x in r.layout.records for s in x.sections}
+        assert filters == {Filter.NONE, Filter.ZSTD, Filter.SHUFFLE_ZSTD}
+        for name, e in expect.items():
+            if name:
+                assert fingerprint(r[name[1:]], name) == {name: e}  # the per-tensor path (mmap) too

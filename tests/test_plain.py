@@ -28,7 +28,8 @@ def _filters(path):
         return {rec.name: [s.filter.name for s in rec.sections] for rec in r.layout.records}, r.layout.align
 
 
-def test_default_profile_stores_large_raw_sections_plain_unless_zstd_halves_them(tmp_path):
+def test_default_profile_stores_large_raw_sections_plain_unless_zstd_halves_them(tmp_path, monkeypatch):
+    monkeypatch.setattr("mbz.encoder.BITMAP_MIN_ZEROS", 2.0)  # DENSE RAW only (BITMAP: test_raw_bitmap.py)
     sd = _checkpoint()
     d = mbz.save(sd, tmp_path / "d.mbz")
     b = mbz.save(sd, tmp_path / "b.mbz", profile="best", rans=False)
@@ -194,6 +195,7 @@ def test_best_compresses_large_well_compressing_sections_at_level_19(tmp_path, m
     """--best: a large raw section the trial level already halves (pruned floats) is compressed again at level
     19 (smaller); a large section that compresses poorly (dense floats) keeps the trial level (fast)."""
     from mbz import encoder
+    monkeypatch.setattr(encoder, "BITMAP_MIN_ZEROS", 2.0)  # DENSE RAW only (BITMAP: test_raw_bitmap.py)
     sd = _checkpoint()
 
     def sections(path):

@@ -129,7 +129,10 @@ def test_codebook_detected(tmp_mbz):
         assert r.layout.records[0].encoding == Encoding.CODEBOOK
 
 
-def test_sparse_layouts_all_reachable():
+def test_sparse_layouts_all_reachable(monkeypatch):
+    # AFFINE's layouts: RAW's BITMAP layout (format 1.2; 368 B against AFFINE DELTA's 410 B on the sparsest
+    # case) is left out here and tested in test_raw_bitmap.py
+    monkeypatch.setattr("mbz.encoder.BITMAP_MIN_ZEROS", 2.0)
     rng = np.random.default_rng(0)
     seen = set()
     for n, density in [(4096, 1.0), (4096, 0.4), (102400, 0.001)]:

@@ -5,11 +5,13 @@
 torchvision ResNet-18 (10 classes, random init, seed 0), every conv / linear weight pruned 80% with
 prune.l1_unstructured (X_orig / X_mask pairs, no prune.remove), torch.save'd, then `mbz pack` (default
 profile) and `mbz pack --best`: bytes on disk, ratio to the fp32 tensors, pack seconds (one run each, CLI
-in-process), every tensor bit-identical to X_orig * X_mask (mbz verify).
+in-process), load seconds (mbz.load, median of --repeats), the bytes by layout of the RAW tensors, every tensor
+bit-identical to X_orig * X_mask (mbz verify).
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -18,13 +20,36 @@ import torch
 import torchvision
 from torch.nn.utils import prune
 
+import mbz
 from mbz.cli import main as mbz_cli
+
+
+def load_seconds(path: str, repeats: int) -> float:
+    """Median wall seconds of mbz.load(path)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        mbz.load(path)
+        times.append(time.perf_counter() - t)
+    return round(statistics.median(times), 3)
+
+
+def bytes_by_layout(path: str) -> dict:
+    """{'ENCODING LAYOUT': [tensors, stored section bytes]} of a file."""
+    out = {}
+    with mbz.open(path) as r:
+        for rec, row in zip(r.layout.records, r.describe()):
+            key = f"{row['encoding']} {row['layout']}"
+            n, b = out.get(key, (0, 0))
+            out[key] = (n + 1, b + sum(s.stored for s in rec.sections))
+    return {k: list(v) for k, v in sorted(out.items())}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="JSON output")
     ap.add_argument("--amount", type=float, default=0.8)
+    ap.add_argument("--repeats", type=int, default=5, help="mbz.load runs per file (median)")
     a = ap.parse_args()
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=10)
@@ -48,7 +73,7 @@ def main() -> int:
             assert mbz_cli(["verify", out, pt]) == 0
             b = os.path.getsize(out)
             res[name] = {"bytes": b, "ratio_vs_fp32": round(res["fp32_tensor_bytes"] / b, 2), "pack_s": round(sec, 1),
-                         "bit_exact": True}
+                         "load_s": load_seconds(out, a.repeats), "by_layout": bytes_by_layout(out), "bit_exact": True}
             print(name, res[name])
     res["load_average_end"] = os.getloadavg()
     if a.out:

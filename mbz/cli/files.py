@@ -414,7 +414,8 @@ def register(sub) -> None:
                         "and float32 scale table it stores smaller (such a file loads in a few times the default file's time "
                         "where numba is installed, the 'fast' extra; in seconds, not milliseconds, without it), "
                         "and raw tensors zstd-compressed whenever that is smaller (default: raw tensors of 64 KiB or "
-                        "more stay uncompressed, read with no decoding, unless zstd halves them)")
+                        "more stay uncompressed, read with no decoding, unless zstd halves them; a raw tensor of that size "
+                        "with many exact zeros is stored as a bitmap and its non-zero elements where that halves it)")
     e.add_argument("--align", type=int, default=None,
                    help="section alignment in bytes (power of two; padding is counted; default: 64 when the file "
                         "has unfiltered raw sections of 64 KiB or more and the padding costs under 0.4%% of them, "

@@ -87,3 +87,38 @@ def sparse_parts(t: torch.Tensor) -> list:
     if name == "sparse_coo":  # also uncoalesced ones, as they are
         return [t._indices(), t._values()]
     return [getattr(t, part)() for part in SPARSE_LAYOUTS[name]]
+
+
+SCATTER_STEP = 1 << 20  # elements per chunk of the BITMAP scatter (a multiple of 8)
+
+
+def element_view(arr: np.ndarray, itemsize: int) -> np.ndarray:
+    """A uint8 array of whole elements viewed one row (or one unsigned int) per element, for copying elements."""
+    if itemsize in (1, 2, 4, 8):
+        return arr.view(f"<u{itemsize}")
+    return arr.view("<u8").reshape(-1, itemsize // 8)
+
+
+def tensor_from_bitmap(values, layout, dtype: DType, shape) -> torch.Tensor:
+    """RAW in the BITMAP layout (spec §5.2, format 1.2): the m stored elements `values` (m x itemsize bytes,
+    in order) at the positions whose MASK bit is 1, every other element all-zero bits.
+
+    `layout` is a sparse.StoredLayout (BITMAP, its mask's length, unused bits and number of ones already
+    checked).  Vectorized a chunk of SCATTER_STEP elements at a time.  Raises FormatError when `values` is
+    not m x itemsize bytes."""
+    item = ITEMSIZE[dtype]
+    numel, m = layout.numel, layout.m
+    if len(values) != m * item:
+        raise FormatError(f"BITMAP raw data of {m} stored x {TORCH_DTYPE[dtype]} must be {m * item} bytes, "
+                          f"got {len(values)}")
+    out = np.zeros(numel * item, np.uint8)
+    if m:
+        dst, src = element_view(out, item), element_view(np.frombuffer(values, np.uint8), item)
+        mask, off = layout.mask, 0
+        for s in range(0, numel, SCATTER_STEP):
+            e = min(numel, s + SCATTER_STEP)
+            sel = np.unpackbits(mask[s // 8:(e + 7) // 8], count=e - s, bitorder="little").view(bool)
+            k = int(np.count_nonzero(sel))
+            dst[s:e][sel] = src[off:off + k]
+            off += k
+    return torch.from_numpy(out).view(TORCH_DTYPE[dtype]).reshape(tuple(shape))

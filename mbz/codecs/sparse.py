@@ -125,6 +125,11 @@ class StoredLayout:
         return cls(sp, numel, p[P_COUNT])
 
     @property
+    def mask(self) -> np.ndarray | None:
+        """The BITMAP layout's mask bytes (uint8, checked); None for the other layouts."""
+        return self._mask
+
+    @property
     def dense(self) -> bool:
         return self.sp == Sparsity.DENSE
 
