@@ -33,7 +33,7 @@ from .spec import (ELEMENT_SLACK, ELEMENTS_PER_BYTE, ENCODING_DTYPES, ENCODING_R
                    DType, P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_WIDTH,
                    P_ZPWIDTH, Encoding, Filter, Granularity, HeaderCodec, Role, Sparsity, max_elements,
                    max_header_objects)
-from .spec import H_MAIN, H_TREE, P_SCALE_BYTES, P_ZPSIGNED, QUANTIZED_DTYPES
+from .spec import FLOAT_DTYPES, H_MAIN, H_TREE, P_SCALE_BYTES, P_ZPSIGNED, QUANTIZED_DTYPES
 from .structure import check_tree
 
 
@@ -425,11 +425,10 @@ def _record(i: int, r, cursor: int, align: int, pstart: int, buf):
     required = set(required)
     sp = p[P_SPARSE]
     required |= {Role.MASK} if sp == Sparsity.BITMAP else {Role.DELTAS} if sp == Sparsity.DELTA else set()
-    if enc != Encoding.RAW:
-        if p.get(P_ZPWIDTH):
-            required.add(Role.ZERO_POINTS)
-        if p.get(P_NEGZERO):
-            required.add(Role.NEGZERO)
+    if enc != Encoding.RAW and p.get(P_ZPWIDTH):
+        required.add(Role.ZERO_POINTS)
+    if p.get(P_NEGZERO):
+        required.add(Role.NEGZERO)
     if roles != required:
         raise FormatError(f"{where}: sections {sorted(x.name for x in roles)}, expected {sorted(x.name for x in required)}")
     return Record(i, name, dtype, shape, enc, p, refs, 0), cursor
@@ -505,6 +504,9 @@ def _params_checked(enc: Encoding, p: dict, shape, numel: int, where: str, dtype
         raise FormatError(f"{w} 'sp' (sparse layout): {Sparsity(out[P_SPARSE]).name} is not a layout of {enc.name} "
                           f"(allowed: {', '.join(x.name for x in Sparsity if x in ENCODING_SPARSITY[enc])})")
     if enc == Encoding.RAW:
+        if out.get(P_NEGZERO) and (out[P_SPARSE] != Sparsity.BITMAP or dtype not in FLOAT_DTYPES):
+            raise FormatError(f"{w} 'nz' (negative zeros) of RAW needs sp = BITMAP and a float dtype "
+                              f"(F32, F16, BF16, F64); got sp = {Sparsity(out[P_SPARSE]).name}, dtype {dtype.name}")
         return out if out[P_SPARSE] == Sparsity.DENSE else _count_rules(enc, out, numel, where)
     if enc == Encoding.AFFINE and out[P_SCALE_BYTES] == 8 and dtype not in QUANTIZED_DTYPES:
         raise FormatError(f"{w} 'sb' (scale bytes) may be 8 for quantized dtypes only, else 4; got 8 for {dtype.name}")

@@ -10,7 +10,7 @@ from .codecs.qaffine import decode_quantized
 from .codecs.raw import ITEMSIZE, tensor_from_bitmap, tensor_from_bytes, torch_dtype
 from .codecs.sparse import StoredLayout
 from .errors import FormatError
-from .spec import P_SPARSE, QUANTIZED_DTYPES, Encoding, Role, Sparsity
+from .spec import P_NEGZERO, P_SPARSE, QUANTIZED_DTYPES, Encoding, Role, Sparsity
 
 
 def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torch.Tensor:
@@ -20,7 +20,8 @@ def decode_record(dtype: int, shape, encoding: int, p: dict, secs: dict) -> torc
         return decode_quantized(p, secs, dtype, shape, StoredLayout.from_sections(p, secs, numel), numel)
     if encoding == Encoding.RAW:
         if p.get(P_SPARSE, Sparsity.DENSE) == Sparsity.BITMAP:  # format 1.2 (spec §5.2)
-            t = tensor_from_bitmap(secs[Role.RAW], StoredLayout.from_sections(p, secs, numel), dtype, shape)
+            t = tensor_from_bitmap(secs[Role.RAW], StoredLayout.from_sections(p, secs, numel), dtype, shape,
+                                   secs.get(Role.NEGZERO) if p.get(P_NEGZERO) else None)
         else:
             t = tensor_from_bytes(secs[Role.RAW], dtype, shape)
         if tdtype == torch.bool and t.numel() and int(t.view(torch.uint8).max()) > 1:

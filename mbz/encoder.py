@@ -23,8 +23,8 @@ from .codecs.sparse import best_delta_width, delta_count, delta_entries
 from .errors import EncodeError
 from .decoder import decode_tensor
 from .detect import detect_codebook, detect_grid
-from .spec import (P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE, P_ZPWIDTH,
-                   AransKind, Encoding, Filter, Role, Sparsity, role_stride)
+from .spec import (FLOAT_DTYPES, P_AXIS, P_COUNT, P_GRAN, P_GROUP, P_IWIDTH, P_K, P_NEGZERO, P_SIGNED, P_SPARSE,
+                   P_ZPWIDTH, AransKind, Encoding, Filter, Role, Sparsity, role_stride)
 
 BIG = 1 << 16  # above this many elements, search fewer candidates
 
@@ -285,25 +285,42 @@ def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, l
     return best
 
 
-def raw_bitmap_candidate(data, itemsize: int):
-    """RAW in the BITMAP layout (spec §5.2): (params, [(MASK, bitmap), (RAW, stored elements)]) from the tensor's
-    bytes `data` (a flat uint8 array), or None when fewer than BITMAP_MIN_ZEROS of its elements are all-zero
-    bits.  A stored element is one whose bits are not all zero (so -0.0 and NaNs are stored as they are)."""
+def raw_bitmap_candidate(data, itemsize: int, signed_zero: bool = False):
+    """RAW in the BITMAP layout (spec §5.2): (params, [(MASK, bitmap), (RAW, stored elements)[, (NEGZERO,
+    bits)]]) from the tensor's bytes `data` (a flat uint8 array), or None when fewer than BITMAP_MIN_ZEROS of
+    its elements are zero.  A stored element is one whose bits are not all zero (NaNs are stored as they
+    are); with `signed_zero` (a float dtype of FLOAT_DTYPES) -0.0 elements are not stored either but marked
+    in a NEGZERO section (param nz) when there are any, one bit per unstored element."""
     n = len(data) // itemsize
     if n < 16:
         return None
     data = np.asarray(data)
+    negzero = 1 << (8 * itemsize - 1) if signed_zero and itemsize in (2, 4, 8) else None
     if itemsize in (1, 2, 4, 8) and data.flags.writeable:  # a first count on torch's threads: dense tensors
-        m = int(torch.count_nonzero(torch.from_numpy(data.view(f"<i{itemsize}"))))  # stop here, at ~10 GB/s
-        if n - m < BITMAP_MIN_ZEROS * n:
+        ints = torch.from_numpy(data.view(f"<i{itemsize}"))    # stop here, at ~10 GB/s
+        if negzero is not None:   # -0.0 counts as zero: every 8th element, shifted out of its sign bit
+            ints = ints[::8].bitwise_left_shift(1)
+        m = int(torch.count_nonzero(ints))
+        if ints.numel() - m < BITMAP_MIN_ZEROS * ints.numel() * (0.5 if negzero is not None else 1.0):
             return None
     elems = element_view(data, itemsize)
     stored = elems != 0 if elems.ndim == 1 else elems.any(axis=1)
+    neg = None
+    if negzero is not None:
+        neg_at = elems == negzero
+        if neg_at.any():
+            stored &= ~neg_at
+            neg = neg_at[~stored]
     m = int(np.count_nonzero(stored))
     if n - m < BITMAP_MIN_ZEROS * n:
         return None
     values = np.ascontiguousarray(elems[stored]).reshape(-1).view(np.uint8)
-    return ({P_SPARSE: int(Sparsity.BITMAP), P_COUNT: m}, [(Role.MASK, pack_bits(stored)), (Role.RAW, values)])
+    p = {P_SPARSE: int(Sparsity.BITMAP), P_COUNT: m}
+    secs = [(Role.MASK, pack_bits(stored)), (Role.RAW, values)]
+    if neg is not None:
+        p[P_NEGZERO] = True
+        secs.append((Role.NEGZERO, pack_bits(neg)))
+    return p, secs
 
 
 def _sparse_layouts(codes_full: np.ndarray, stored: np.ndarray, numel: int, width: int, big: bool):
@@ -442,7 +459,7 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
     signbits = None
     raw = tensor_bytes(t)
     plain = [(Encoding.RAW, {}, [(Role.RAW, raw)])]
-    bitmap = raw_bitmap_candidate(raw, itemsize)
+    bitmap = raw_bitmap_candidate(raw, itemsize, signed_zero=dt in FLOAT_DTYPES)
     if bitmap is not None:
         plain.append((Encoding.RAW, *bitmap))
     if grid is None and detect and n > 0 and t.is_floating_point():

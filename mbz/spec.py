@@ -229,7 +229,7 @@ ENCODING_DTYPES = {
 
 # Which roles each encoding may / must carry (spec table 6).
 ENCODING_ROLES = {
-    Encoding.RAW: ({Role.RAW}, {Role.RAW, Role.MASK}),   # MASK since 1.2 (sp = BITMAP, spec §5.2)
+    Encoding.RAW: ({Role.RAW}, {Role.RAW, Role.MASK, Role.NEGZERO}),   # since 1.2: sp = BITMAP, nz (spec §5.2)
     Encoding.AFFINE: ({Role.CODES, Role.SCALES},
                       {Role.CODES, Role.SCALES, Role.ZERO_POINTS, Role.MASK, Role.DELTAS, Role.NEGZERO}),
     Encoding.CODEBOOK: ({Role.CODES, Role.CODEBOOK},
@@ -326,6 +326,7 @@ PARAM_RULES = {
     Encoding.RAW: {   # format 1.2: the BITMAP layout of RAW (spec §5.2); a 1.1 reader refuses these keys
         P_SPARSE: ("enum", Sparsity, None, "optional"),
         P_COUNT: ("int", 0, None, (P_SPARSE, Sparsity.BITMAP)),
+        P_NEGZERO: ("bool", None, None, "optional"),   # only with sp = BITMAP and a FLOAT_DTYPES dtype
     },
     Encoding.AFFINE: {
         P_WIDTH: ("int", 1, MAX_WIDTH, "always"),

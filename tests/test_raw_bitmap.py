@@ -11,7 +11,7 @@ from mbz.container import write_file
 from mbz.decoder import decode_record
 from mbz.encoder import RAW_PLAIN_MIN, EncodedTensor, EntropyPolicy, Section, encode_tensor
 from mbz.errors import FormatError, MbzError
-from mbz.spec import P_COUNT, P_SPARSE, DType, Encoding, Filter, Role, Sparsity
+from mbz.spec import P_COUNT, P_NEGZERO, P_SPARSE, DType, Encoding, Filter, Role, Sparsity
 
 from conftest import bits_equal, rebuild
 
@@ -60,7 +60,9 @@ def test_negative_zero_and_nan_payloads_are_stored_elements(tmp_mbz):
     with mbz.open(tmp_mbz) as r:
         rec = {x.name: x for x in r.layout.records}["f32"]
         assert rec.params[P_SPARSE] == Sparsity.BITMAP
-        assert rec.params[P_COUNT] == int((x.view(torch.int32) != 0).sum())  # -0.0 and NaNs counted
+        bits = x.view(torch.int32)
+        assert rec.params[P_COUNT] == int(((bits != 0) & (bits != -(1 << 31))).sum())  # NaNs stored, -0.0 not
+        assert rec.params[P_NEGZERO] is True                                         # -0.0 in NEGZERO
     with mbz.open(tmp_mbz) as r:  # the reader's per-tensor path (mmap) too
         assert bits_equal(r["f32"], x)
 
@@ -218,3 +220,58 @@ def test_scatter_in_chunks(monkeypatch, dtype):
     dt = mbz_dtype(x)
     p, secs = raw_bitmap_candidate(tensor_bytes(x), ITEMSIZE[dt])
     assert bits_equal(decode_record(dt, (1001,), Encoding.RAW, p, dict(secs)), x)
+
+
+def test_negative_zeros_cost_one_bit_each(tmp_path):
+    """prune.remove leaves about half the pruned weights -0.0: with nz they are unstored, one NEGZERO bit each
+    (spec §5.2), bit-exact, and the file is about as small as with every zero +0.0."""
+    from mbz import encoder
+    for dtype, ib in ((torch.float32, torch.int32), (torch.float16, torch.int16), (torch.bfloat16, torch.int16),
+                      (torch.float64, torch.int64)):
+        x = pruned((128, 96), dtype, 0.85, seed=3)
+        neg = torch.rand(x.shape, generator=torch.Generator().manual_seed(4)) < 0.5
+        x = torch.where((x == 0) & neg, torch.tensor(-0.0, dtype=dtype), x)
+        plus = torch.where(x == 0, torch.zeros((), dtype=dtype), x)
+        mbz.save({"w": x}, tmp_path / "n.mbz", detect=False)
+        mbz.save({"w": plus}, tmp_path / "p.mbz", detect=False)
+        assert bits_equal(mbz.load(tmp_path / "n.mbz")["w"], x), dtype
+        with mbz.open(tmp_path / "n.mbz") as r:
+            rec = r.layout.records[0]
+            assert rec.params.get(P_NEGZERO) and rec.params[P_COUNT] == int((x != 0).sum())
+        n, p = (tmp_path / "n.mbz").stat().st_size, (tmp_path / "p.mbz").stat().st_size
+        assert n < p + int((x == 0).sum()) / 8 + 200, (dtype, n, p)  # one (random) sign bit per zero at most
+        with mbz.open(tmp_path / "p.mbz") as r:                          # no -0.0: no nz
+            assert not r.layout.records[0].params.get(P_NEGZERO)
+        # without the NEGZERO bits the -0.0 would be stored elements
+        assert encoder.raw_bitmap_candidate(np.frombuffer(x.view(ib).numpy().tobytes(), np.uint8).copy(),
+                                            x.element_size())[0][P_COUNT] > int((x != 0).sum())
+
+
+def raw_bitmap_nz(mask: bytes, values: bytes, negzero: bytes, numel: int, m: int, dtype=DType.F32) -> EncodedTensor:
+    et = raw_bitmap(mask, values, numel, m, dtype)
+    et.params[P_NEGZERO] = True
+    et.sections.append(Section(Role.NEGZERO, Filter.NONE, len(negzero), negzero))
+    return et
+
+
+def test_hand_made_negzero_file_decodes_and_malformed_ones_are_refused(tmp_path):
+    vals = np.array([1.5, 3.0], "<f4").tobytes()
+    mask = bytes([0b10000010, 0b00])          # stored at 1 and 7; unstored 0, 2..6, 8, 9 (8 elements)
+    (t,) = decode_all(written(tmp_path, raw_bitmap_nz(mask, vals, bytes([0b00001001]), 10, 2)))
+    assert bits_equal(t, torch.tensor([-0.0, 1.5, 0, 0, -0.0, 0, 0, 3.0, 0, 0]))
+    good = written(tmp_path, raw_bitmap_nz(mask, vals, bytes([0b00001001]), 10, 2))
+    with pytest.raises(FormatError, match=r"bitmap of 8 elements must be 1 bytes, got 2"):
+        decode_all(written(tmp_path, raw_bitmap_nz(mask, vals, bytes([1, 0]), 10, 2)))
+
+    def dense(h):
+        h["tensors"][0]["p"] = {"nz": True}
+    with pytest.raises(FormatError, match=r"'nz' \(negative zeros\) of RAW needs sp = BITMAP"):
+        decode_all(rebuild(good, dense))
+
+    def no_nz(h):
+        del h["tensors"][0]["p"]["nz"]
+    with pytest.raises(FormatError, match=r"sections \['MASK', 'NEGZERO', 'RAW'\], expected \['MASK', 'RAW'\]"):
+        decode_all(rebuild(good, no_nz))
+    ints = raw_bitmap_nz(mask, np.array([1, 3], "<i4").tobytes(), bytes([1]), 10, 2, DType.I32)
+    with pytest.raises(MbzError, match=r"'nz' \(negative zeros\) of RAW needs .* dtype I32"):
+        written(tmp_path, ints)

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import FormatError
 from ..spec import DTYPE_INFO, DType
+from .bitpack import unpack_bits
 
 # dtypes this torch build has (an older torch lacks some float8 types: their files are refused on decode)
 TORCH_DTYPE = {d: getattr(torch, name) for d, (name, _) in DTYPE_INFO.items() if hasattr(torch, name)}
@@ -99,13 +100,14 @@ def element_view(arr: np.ndarray, itemsize: int) -> np.ndarray:
     return arr.view("<u8").reshape(-1, itemsize // 8)
 
 
-def tensor_from_bitmap(values, layout, dtype: DType, shape) -> torch.Tensor:
+def tensor_from_bitmap(values, layout, dtype: DType, shape, negzero=None) -> torch.Tensor:
     """RAW in the BITMAP layout (spec §5.2, format 1.2): the m stored elements `values` (m x itemsize bytes,
     in order) at the positions whose MASK bit is 1, every other element all-zero bits.
 
     `layout` is a sparse.StoredLayout (BITMAP, its mask's length, unused bits and number of ones already
-    checked).  Vectorized a chunk of SCATTER_STEP elements at a time.  Raises FormatError when `values` is
-    not m x itemsize bytes."""
+    checked).  Vectorized a chunk of SCATTER_STEP elements at a time.  `negzero` (param nz): the NEGZERO
+    section, one bit per unstored element (numel - m bits, unused bits zero), 1 = -0.0 (the sign bit alone).
+    Raises FormatError when `values` is not m x itemsize bytes or `negzero` not numel - m bits."""
     item = ITEMSIZE[dtype]
     numel, m = layout.numel, layout.m
     if len(values) != m * item:
@@ -121,4 +123,10 @@ def tensor_from_bitmap(values, layout, dtype: DType, shape) -> torch.Tensor:
             k = int(np.count_nonzero(sel))
             dst[s:e][sel] = src[off:off + k]
             off += k
+    if negzero is not None:
+        neg = unpack_bits(negzero, numel - m)
+        if neg.any():
+            dst = element_view(out, item)
+            unstored = np.flatnonzero(~np.unpackbits(layout.mask, count=numel, bitorder="little").view(bool))
+            dst[unstored[neg]] = np.array(1 << (8 * item - 1), dst.dtype)
     return torch.from_numpy(out).view(TORCH_DTYPE[dtype]).reshape(tuple(shape))
