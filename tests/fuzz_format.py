@@ -97,6 +97,11 @@ def seed_state_dicts():
     mix["mid.weight"] = _grid(g, (10, 30), -3, 3, 0.3, 0.5)
     conv = {"features.0.weight": torch.randn(8, 3, 3, 3, generator=g), "fc.weight": torch.randn(10, 16, generator=g),
             "fc.bias": torch.randn(10, generator=g)}
+    # BITMAP RAW (format 1.2, §5.2): pruned floats off any grid, half the zeros -0.0 (nz), and pruned int16
+    pr = torch.randn(12, 20, generator=g)
+    pr[torch.rand(12, 20, generator=g) < 0.8] = 0
+    mix["pruned.weight"] = pr * torch.where(torch.rand(12, 20, generator=g) < 0.5, -1.0, 1.0)
+    mix["pruned16"] = (torch.randn(64, generator=g) * 1000).to(torch.int16) * (torch.rand(64, generator=g) < 0.2)
     return mix, conv
 
 
@@ -863,6 +868,19 @@ def reference_decode(data: bytes) -> dict:
                 if filt == 2:
                     b = unshuffle(b, stride_of(role, dt))
             secs[role] = b
+        if enc == 0 and p.get("sp", 0) == 1:   # BITMAP RAW (1.2, §5.2): stored elements at the MASK's ones
+            bits = _bits(secs[2], numel, 1)
+            vals = np.zeros((numel, item), np.uint8)
+            src = np.frombuffer(secs[0], np.uint8).reshape(-1, item)
+            for j, i in enumerate(i for i, x in enumerate(bits) if x):
+                vals[i] = src[j]
+            if p.get("nz"):   # NEGZERO: one bit per unstored element, 1 = the sign bit alone (little-endian)
+                z = [i for i, x in enumerate(bits) if not x]
+                for i, bit in zip(z, _bits(secs[4], len(z), 1)):
+                    if bit:
+                        vals[i, item - 1] = 0x80
+            out[r["n"]] = torch.from_numpy(vals.reshape(-1)).view(TORCH[dt]).reshape(shape)
+            continue
         if enc == 0:
             out[r["n"]] = torch.frombuffer(bytearray(secs[0]), dtype=torch.uint8).view(TORCH[dt]).reshape(shape) \
                 if numel else torch.zeros(shape, dtype=TORCH[dt])

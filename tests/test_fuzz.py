@@ -23,6 +23,8 @@ def test_seeds_cover_every_dtype_encoding_layout_filter_alignment_and_codec():
             p = r["p"]
             seen["dtype"].add(r["t"])
             seen["enc"].add(r["e"])
+            if r["e"] == 0 and p.get("sp"):   # BITMAP RAW (format 1.2), with and without negative zeros
+                seen["sp"].add((0, p["sp"], bool(p.get("nz"))))
             if r["e"]:
                 seen["sp"].add((r["e"], p["sp"]) if r["e"] == 2 else p["sp"])
             if r["e"] == 1:
@@ -37,7 +39,7 @@ def test_seeds_cover_every_dtype_encoding_layout_filter_alignment_and_codec():
     trees = [F.parse_model(s["data"])["header"].get("tree") for s in seeds]
     assert any(t is not None and "[12, " in str(t) for t in trees)
     assert seen["enc"] == {0, 1, 2}
-    assert {0, 1, 2} <= seen["sp"] and {(2, 0), (2, 2)} <= seen["sp"]
+    assert {0, 1, 2} <= seen["sp"] and {(2, 0), (2, 2)} <= seen["sp"] and {(0, 1, True), (0, 1, False)} <= seen["sp"]
     assert seen["g"] == {0, 1, 2}
     assert seen["filter"] == {0, 1, 2}
     assert seen["codec"] == {0, 1} and seen["align"] == {False, True}

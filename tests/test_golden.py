@@ -132,3 +132,20 @@ def test_golden_v1_2_raw_bitmap_decodes():
         for name, e in expect.items():
             if name:
                 assert fingerprint(r[name[1:]], name) == {name: e}  # the per-tensor path (mmap) too
+
+
+def test_golden_v1_2_raw_bitmap_nz_decodes():
+    """Format 1.2: negative zeros of BITMAP RAW (param nz, a NEGZERO section, spec §5.2) in float32, float16,
+    bfloat16 and float64 tensors with about half their zeros -0.0; one tensor without any (no nz)."""
+    import torch
+    path = os.path.join(DATA, "golden_v1_2_raw_bitmap_nz.mbz")
+    with open(os.path.join(DATA, "golden_v1_2_raw_bitmap_nz.json")) as f:
+        expect = json.load(f)
+    assert json.loads(json.dumps(leaves(mbz.load_checkpoint(path)))) == expect
+    with mbz.open(path) as r:
+        nz = {x.name: bool(x.params.get("nz")) for x in r.layout.records}
+        assert nz == {"f32.weight": True, "f16.weight": True, "bf16.weight": True, "f64.weight": True,
+                      "plus.weight": False}
+        t = r["f32.weight"]
+        assert bool(((t == 0) & torch.signbit(t)).any()) and bool(((t == 0) & ~torch.signbit(t)).any())
+

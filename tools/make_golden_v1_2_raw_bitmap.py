@@ -2,6 +2,10 @@
 
     python tools/make_golden_v1_2_raw_bitmap.py --out /tmp/golden   # look at what the encoder writes now
     python tools/make_golden_v1_2_raw_bitmap.py --force             # replace tests/data/golden_v1_2_raw_bitmap.*
+    python tools/make_golden_v1_2_raw_bitmap.py --nz                # tests/data/golden_v1_2_raw_bitmap_nz.*
+
+`--nz`: the negative zeros of BITMAP RAW (param nz, a NEGZERO section, spec §5.2): float32, float16,
+bfloat16 and float64 tensors as `prune.remove` leaves them (about half the zeros -0.0), one without any -0.0.
 
 Format 1.2 lets a RAW tensor store only its elements whose bits are not all zero, after a MASK section
 (spec §5.2).  The file holds pruned float32 (with -0.0 and NaN payloads), float16, bfloat16, int16 and bool
@@ -41,19 +45,35 @@ def golden_checkpoint():
             "bias": torch.randn(10, generator=g)}
 
 
+def golden_checkpoint_nz():
+    g = torch.Generator().manual_seed(35)
+    out = {}
+    for name, dt in (("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16), ("f64", torch.float64)):
+        x = torch.randn(24, 20, generator=g)
+        x[torch.rand(x.shape, generator=g) < 0.8] = 0
+        x = x.to(dt) * torch.where(torch.rand(x.shape, generator=g) < 0.5, -1.0, 1.0).to(dt)  # 0 x -1 = -0.0
+        out[f"{name}.weight"] = x
+    out["plus.weight"] = out["f32.weight"].abs()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.normpath(HERE), help="folder (default: tests/data)")
     ap.add_argument("--force", action="store_true", help="replace golden_v1_2_raw_bitmap.* if they exist")
+    ap.add_argument("--nz", action="store_true", help="write golden_v1_2_raw_bitmap_nz.* (negative zeros) instead")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, "golden_v1_2_raw_bitmap.mbz")
-    expect_path = os.path.join(a.out, "golden_v1_2_raw_bitmap.json")
+    stem = "golden_v1_2_raw_bitmap_nz" if a.nz else "golden_v1_2_raw_bitmap"
+    path = os.path.join(a.out, stem + ".mbz")
+    expect_path = os.path.join(a.out, stem + ".json")
     for p in (path, expect_path):
         if os.path.exists(p) and not a.force:
             ap.error(f"{p} exists; pass --force to replace it (the committed file is never replaced for an "
                      f"encoder change)")
-    mbz.save(golden_checkpoint(), path, metadata={"purpose": "golden file of format 1.2 (BITMAP layout of RAW)"})
+    ck = golden_checkpoint_nz() if a.nz else golden_checkpoint()
+    mbz.save(ck, path, metadata={"purpose": "golden file of format 1.2 (BITMAP layout of RAW"
+                                            + (", negative zeros)" if a.nz else ")")})
     with open(expect_path, "w") as f:
         json.dump(leaves(mbz.load_checkpoint(path)), f, indent=1, sort_keys=True)
     with mbz.open(path) as r:
