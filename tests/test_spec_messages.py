@@ -172,6 +172,8 @@ MESSAGES = {
     "bitmap of {} elements must be {} bytes, got {}": ("5.1", "`ceil(count × b / 8)` bytes"),
     "raw data of {} x {} must be {} bytes, got {}": ("5.2", "`numel × itemsize` decoded bytes"),
     "BITMAP raw data of {} stored x {} must be {} bytes, got {}": ("5.2", "a RAW section of `m × itemsize` decoded bytes"),
+    "{} 'nz' (negative zeros) of RAW needs sp = BITMAP and a float dtype (F32, F16, BF16, F64); got sp = {}, dtype {}":
+        ("5.2", "only with `sp` = BITMAP\nand a float dtype"),
     "{} 'sp' (sparse layout): {} is not a layout of {} (allowed: {})": ("5.4", "A layout an encoding may not use is refused on open"),
     "bool tensor holds bytes other than 0 and 1": ("5.2", "BOOL bytes must be 0 or 1"),
     "dtype {} is not in the mbz dtype table": ("3", "Table 2 — element types"),
