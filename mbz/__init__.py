@@ -24,7 +24,8 @@ __version__ = "0.2.0"
 _LAZY = {"MbzReader": "api", "load": "api", "load_checkpoint": "api", "open": "api",
          "load_model": "models.load", "save": "models.load"}
 
-__all__ = ["MbzReader", "load", "load_checkpoint", "open", "load_model", "save", "VERSION_MAJOR", "VERSION_MINOR",
+# `open` is left out of __all__ so that `from mbz import *` never shadows the built-in open (use mbz.open)
+__all__ = ["MbzReader", "load", "load_checkpoint", "load_model", "save", "VERSION_MAJOR", "VERSION_MINOR",
            "ChecksumError", "CheckpointError", "EncodeError", "FormatError", "LimitError", "MbzError",
            "MismatchError", "PathError", "PathExistsError", "PathIsDirectoryError", "PathNotFoundError",
            "PathPermissionError", "TensorNotFoundError", "TruncatedError", "VersionError"]

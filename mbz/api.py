@@ -42,6 +42,7 @@ class TensorReport:
     bits: int | None = None          # code width of the stored grid
     rel_step: float | None = None    # the step relative to the rms (--step / --target-size)
     steps: int = 0                   # number of steps (1 per tensor, or one per output channel)
+    kept_exact: str | None = None    # why a tensor the lossy settings would quantize stays exact
 
 
 @dataclass
@@ -266,9 +267,10 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     spol = StepPolicy(step, step_1d, deadzone, include=include, channel=step_channel, size_exp=size_exp,
                       gain=step_gain) if step else None
     # with --wbits, 1-D float tensors stay exact unless a step_1d is given explicitly ("auto" keeps them)
-    one_d = step_1d if policy is not None and step_1d not in (None, "auto") else None
-    if one_d is not None and not (isinstance(one_d, (int, float)) and one_d > 0 and math.isfinite(one_d)):
-        raise EncodeError(f"--step-1d must be a positive number, got {one_d!r}")
+    one_d = step_1d if policy is not None and step_1d not in (None, "auto", 0) else None
+    if one_d is not None and not (isinstance(one_d, (int, float)) and 0 < one_d <= 1 and math.isfinite(one_d)):
+        raise EncodeError(f"step_1d (--step-1d) must be a relative step in (0, 1] (0 or None: 1-D tensors "
+                          f"exact), got {one_d!r}")
     if policy is not None:
         meta[M_LOSSY] = {"wbits": wbits, "granularity": granularity, "symmetric": bool(symmetric), "include": include}
         if one_d is not None:
@@ -308,6 +310,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         if nz and zero_sign == "drop":
             t = torch.where(t == 0, torch.zeros((), dtype=t.dtype), t)
         model = name in flat.main_names and not t.is_quantized
+        why = None
         use = policy is not None and model and policy.applies(name, t)
         try:
             grid = quantize_tensor(t, policy) if use else None
@@ -326,9 +329,18 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         elif (one_d is not None and model and grid is None and t.dim() == 1 and t.is_floating_point()
               and t.numel() >= 2 and not (detect and detect_grid(t) is not None)):
             grid = step_grid(t, one_d, 0.0, floor=floor_1d(name))
+            why = None
+            if grid is None:
+                why = "16-bit codes cannot span the range at this step"
+            elif not grid.k.any() and bool(t.count_nonzero()):
+                grid, why = None, "every value would round to zero at this step"
             rel = one_d if grid is not None else None
         et = encode_tensor(name, t, grid=grid, ent=ent, detect=detect)
         rep = TensorReport(name, et.encoding.name, et.stored_bytes, grid is not None, negative_zeros=nz)
+        if one_d is not None and grid is None and why is None and model and t.dim() == 1 and t.is_floating_point() \
+                and t.numel() >= 2:
+            why = "already on an exact grid"
+        rep.kept_exact = why
         if grid is not None:
             rep.error = error_stats(t, torch.from_numpy(grid.values()).reshape(t.shape))
             rep.step = float(np.median(grid.scales))

@@ -238,3 +238,24 @@ def test_cli_wbits_step_1d(tmp_path, capsys):
     assert mbz.load(tmp_path / "w.mbz")["bn.weight"].ne(model(6)["bn.weight"]).any()
     assert main(["pack", str(ck), "-o", str(tmp_path / "x.mbz"), "--wbits", "4", "--step-1d", "0", "-q"]) == 0
     assert torch.equal(mbz.load(tmp_path / "x.mbz")["bn.weight"], model(6)["bn.weight"])
+
+
+def test_wbits_step_1d_says_which_1d_tensors_stay_exact_and_why(tmp_path, capsys):
+    sd = model(7)
+    sd["bn.running_var"] = torch.cat([torch.rand(63) + 0.5, torch.tensor([1e-30])]) * 1e6   # range > 16 bits
+    rep = api.save(sd, tmp_path / "a.mbz", wbits=4, step_1d=1.0)
+    why = {t.name: t.kept_exact for t in rep.tensors if t.kept_exact}
+    assert why["bn.running_var"] == "16-bit codes cannot span the range at this step"
+    assert "bn.weight" not in why and "conv.weight" not in why
+    back = mbz.load(tmp_path / "a.mbz")
+    assert torch.equal(back["bn.running_var"], sd["bn.running_var"])
+    assert api.save(sd, tmp_path / "b.mbz", wbits=4, step_1d=0).tensors   # 0: exact, as on the CLI
+    assert torch.equal(mbz.load(tmp_path / "b.mbz")["bn.weight"], sd["bn.weight"])
+    with pytest.raises(EncodeError, match=r"step_1d \(--step-1d\) must be a relative step in \(0, 1\]"):
+        api.save(sd, tmp_path / "c.mbz", wbits=4, step_1d=2.0)
+    ck = tmp_path / "m.pt"
+    torch.save(sd, ck)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "d.mbz"), "--wbits", "4", "--step-1d", "0.01", "-q"]) == 0
+    assert "1-D tensors kept exact (16-bit codes cannot span the range at this step): bn.running_var" in \
+        capsys.readouterr().out
+

@@ -114,8 +114,10 @@ def _pack(a, obj, meta: dict) -> int:
     if a.step_1d is not None and not rd and a.wbits is None:
         raise UsageError("--step-1d sets the step of 1-D tensors in a lossy pack: it needs --step, --target-size or "
                          "--wbits (without them every tensor is stored exactly)")
-    if a.step_1d is not None and not (a.step_1d >= 0 and math.isfinite(a.step_1d)):
-        raise UsageError(f"--step-1d must be a relative step > 0 (0 keeps 1-D tensors exact), got {a.step_1d}")
+    if a.step_1d is not None and not (0 <= a.step_1d <= 1 and math.isfinite(a.step_1d)):
+        raise UsageError(f"--step-1d must be a relative step in (0, 1] (0 keeps 1-D tensors exact), got {a.step_1d}")
+    if a.deadzone is not None and not 0 <= a.deadzone < 0.5:
+        raise UsageError(f"--deadzone must be in [0, 0.5) steps, got {a.deadzone}")
     a.deadzone = DEADZONE if a.deadzone is None else a.deadzone
     a.size_exp = SIZE_EXP if a.size_exp is None else a.size_exp
     a.step_channel = True if a.step_channel is None else a.step_channel
@@ -185,8 +187,9 @@ def _pack(a, obj, meta: dict) -> int:
                 rel = f"{t.rel_step:>6.3g}" if t.rel_step is not None else f"{'-':>6}"
                 print(f"{t.name[:40]:<40} {t.encoding:<8} {t.bits or '-':>4} {step} {rel} {t.steps or '-':>5} "
                       f"{t.stored_bytes:>9} {e['max_abs_err']:>10.3g} {e['rmse']:>10.3g} {e['sqnr_db']:>8.2f}")
-        print("  (step: the quantization step in the tensor's units, the median one for per-channel steps; rel: "
-              "the step relative to the rms; steps: how many)")
+        print("  (bits: the stored code width, a byte-aligned 8 where that entropy-codes smaller; step: the quantization "
+              "step in the tensor's units, the median one for per-channel steps; rel: the step relative to the rms; "
+              "steps: how many)")
     counts = {}
     for t in rep.tensors:
         counts[t.encoding] = counts.get(t.encoding, 0) + 1
@@ -199,6 +202,14 @@ def _pack(a, obj, meta: dict) -> int:
     dt = ", ".join(f"{k} {v:,d}" for k, v in sorted(in_dtypes.items(), key=lambda x: -x[1]))
     print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")")
+    kept = [t for t in rep.tensors if t.kept_exact]
+    if kept:
+        why = {}
+        for t in kept:
+            why.setdefault(t.kept_exact, []).append(t.name)
+        for reason, names in why.items():
+            print(f"  1-D tensors kept exact ({reason}): {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
+                  f" ({len(names)})")
     print(f"  input tensors {own:,d} bytes in their own dtypes ({dt}): ratio {own / rep.file_bytes:.2f}x; "
           f"as fp32 {fp32:,d} bytes: ratio {fp32 / rep.file_bytes:.2f}x")
     if fold_note:
@@ -382,7 +393,8 @@ def register(sub) -> None:
                    help="one step per tensor instead (far worse on MobileNet-v2: 10%% top-1 at 488,000 B, against "
                         "86%% per channel; results/ratedist)")
     r.add_argument("--deadzone", type=float,
-                   help="widening of the zero bin in steps for weights, 0..0.5 (values below 1/2 + DEADZONE steps "
+                   help="widening of the zero bin in steps for weights, 0 <= DEADZONE < 0.5 (values below 1/2 + "
+                        "DEADZONE steps "
                         f"become 0, the others round to nearest; default {DEADZONE:g} = round to nearest)")
     r.add_argument("--size-exp", type=float,
                    help="allocation across layers: a tensor of n weights gets the relative step STEP x "

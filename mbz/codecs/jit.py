@@ -38,7 +38,7 @@ def kernels():
     return _loaded or None
 
 
-COMPILE_NOTE = "compiling the entropy coder kernels (first use, about 15 s; cached afterwards)"
+COMPILE_NOTE = "compiling the entropy coder kernels (first use, 10-20 s; cached afterwards)"
 _compile_noted = False
 _listening = False
 
@@ -67,7 +67,8 @@ def _note_compiles(module: str) -> None:
             _compile_noted = True
             import warnings
             try:
-                warnings.warn(COMPILE_NOTE, RuntimeWarning, stacklevel=2)
+                # one line naming mbz, not a frame inside numba's event dispatch
+                warnings.warn_explicit(COMPILE_NOTE, RuntimeWarning, "mbz", 0, module="mbz.codecs.jit")
             except Exception:  # noqa: BLE001 -- warnings turned into errors: a note never fails the compile
                 pass
 
