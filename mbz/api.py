@@ -238,6 +238,11 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
         raise EncodeError(f"wbits must be an integer in 1..16, got {wbits!r} (None for a lossless pack)")
     if wbits and step:
         raise EncodeError("--wbits and --step are exclusive: a bit width or a step, not both")
+    if not wbits and not step and step_1d not in (None, "auto", 0):
+        raise EncodeError(f"step_1d={step_1d!r} sets the step of 1-D tensors in a lossy pack: it needs wbits or step "
+                          f"(without them every tensor is stored exactly)")
+    if not step and deadzone != DEADZONE:
+        raise EncodeError(f"deadzone={deadzone!r} widens the zero bin of `step` quantization: it needs step")
     if profile not in RANS_PROFILES:
         raise EncodeError(f"unknown entropy profile {profile!r}; known: {sorted(RANS_PROFILES)}")
     if wbits or step:

@@ -258,4 +258,7 @@ def test_wbits_step_1d_says_which_1d_tensors_stay_exact_and_why(tmp_path, capsys
     assert main(["pack", str(ck), "-o", str(tmp_path / "d.mbz"), "--wbits", "4", "--step-1d", "0.01", "-q"]) == 0
     assert "1-D tensors kept exact (16-bit codes cannot span the range at this step): bn.running_var" in \
         capsys.readouterr().out
-
+    with pytest.raises(EncodeError, match=r"step_1d=0.01 sets the step of 1-D tensors"):
+        api.save(sd, tmp_path / "e.mbz", step_1d=0.01)          # the CLI refuses --step-1d alone too
+    with pytest.raises(EncodeError, match=r"deadzone=0.2 widens the zero bin"):
+        api.save(sd, tmp_path / "f.mbz", wbits=4, deadzone=0.2)
