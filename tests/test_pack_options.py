@@ -36,6 +36,7 @@ def _refused(capsys, *says) -> str:
     (["--step", "0.5", "--granularity", "tensor"], ["--granularity", "--wbits", "--step-tensor"]),
     (["--include", "conv"], ["--include 'conv'", "--wbits, --step or --target-size"]),
     (["--deadzone", "0.2"], ["--deadzone", "--step / --target-size"]),
+    (["--step", "0.5", "--deadzone", "0.5"], ["--deadzone must be in [0, 0.5)"]),
     (["--wbits", "4", "--size-exp", "0.3"], ["--size-exp", "--granularity"]),
     (["--no-gain"], ["--no-gain"]),
     (["--step-tensor"], ["--step-tensor"]),
@@ -84,3 +85,11 @@ def test_save_refuses_wbits_when_nothing_would_be_quantized(tmp_path):
         mbz.save({"bn.weight": torch.ones(4), "bn.bias": torch.zeros(4)}, tmp_path / "o.mbz", wbits=4)
     with pytest.raises(EncodeError, match="matches none.*a.weight"):
         mbz.save({"a.weight": torch.ones(4, 4)}, tmp_path / "o.mbz", wbits=4, include="b")
+
+
+def test_step_channel_and_step_tensor_together_refused(ck, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:   # an argparse usage error: exit 2, one line
+        main(["pack", str(ck), "-o", str(tmp_path / "o.mbz"), "--step", "0.5", "--step-channel", "--step-tensor"])
+    assert e.value.code == 2
+    _refused(capsys, "--step-tensor: not allowed with argument --step-channel")
+

@@ -386,10 +386,11 @@ def register(sub) -> None:
                         "--target-size default the weights' step / 16 (mbz.ratedist.AUTO_1D), with --wbits default "
                         "exact (e.g. 0.01: the 4-bit reference 1,147,246 -> 995,638 B with --best at an unchanged "
                         "held-out output error; results/ratedist); 0 keeps them exact")
-    r.add_argument("--step-channel", action="store_true", default=None,
+    sg = r.add_mutually_exclusive_group()
+    sg.add_argument("--step-channel", action="store_true", default=None,
                    help="one step per output channel (STEP x the channel's rms), the default; steps are rounded to "
                         "quarter octaves so the scales stay cheap")
-    r.add_argument("--step-tensor", dest="step_channel", action="store_false", default=None,
+    sg.add_argument("--step-tensor", dest="step_channel", action="store_false", default=None,
                    help="one step per tensor instead (far worse on MobileNet-v2: 10%% top-1 at 488,000 B, against "
                         "86%% per channel; results/ratedist)")
     r.add_argument("--deadzone", type=float,
