@@ -331,19 +331,19 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
                                  spol.gain, floor_1d(name))
             else:
                 rel = None
-        elif (one_d is not None and model and grid is None and t.dim() == 1 and t.is_floating_point()
-              and t.numel() >= 2 and not (detect and detect_grid(t) is not None)):
-            grid = step_grid(t, one_d, 0.0, floor=floor_1d(name))
-            if grid is None and bool(t.count_nonzero()):   # (an all-zero tensor has nothing to quantize)
-                why = "16-bit codes cannot span the range at this step"
-            elif not grid.k.any() and bool(t.count_nonzero()):
-                grid, why = None, "every value would round to zero at this step"
-            rel = one_d if grid is not None else None
+        elif one_d is not None and model and grid is None and t.dim() == 1 and t.is_floating_point() \
+                and t.numel() >= 2 and bool(t.count_nonzero()):   # (an all-zero tensor has nothing to quantize)
+            if detect and detect_grid(t) is not None:
+                why = "already on an exact grid"
+            else:
+                grid = step_grid(t, one_d, 0.0, floor=floor_1d(name))
+                if grid is None:
+                    why = "16-bit codes cannot span the range at this step"
+                elif not grid.k.any():
+                    grid, why = None, "every value would round to zero at this step"
+                rel = one_d if grid is not None else None
         et = encode_tensor(name, t, grid=grid, ent=ent, detect=detect)
         rep = TensorReport(name, et.encoding.name, et.stored_bytes, grid is not None, negative_zeros=nz)
-        if one_d is not None and grid is None and why is None and model and t.dim() == 1 and t.is_floating_point() \
-                and t.numel() >= 2 and bool(t.count_nonzero()):
-            why = "already on an exact grid"
         rep.kept_exact = why
         if grid is not None:
             rep.error = error_stats(t, torch.from_numpy(grid.values()).reshape(t.shape))
