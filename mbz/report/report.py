@@ -559,10 +559,10 @@ def _final(doc, inp, figs):
                    f"{rep[-1]['cpu_top1']:.2f}% at {rep[-1]['file_bytes']:,} B ({_diff(rep[-1]['cpu_top1'], b)}).")
     for e in inp.recipe_seeds:
         rs = e["rows"]
-        sel.append(f"`{e['recipe']}` run from scratch on {len(rs)} seeds (the same baseline; `results/{e['file']}`, each "
-                   f"final file evaluated once on the CPU): "
+        sel.append(f"`{e['recipe']}` run from scratch on {len(rs)} seed{'s' if len(rs) > 1 else ''} ("
+                   f"{e.get('baseline_note', 'the same baseline')}; `results/{e['file']}`, each final file evaluated once on the CPU): "
                    + ", ".join(f"{r['top1_cpu']:.2f}% at {r['file_bytes']:,} B" for r in rs)
-                   + f"; the target is met on {e['seeds_meeting_target']} of {len(rs)} seeds (mean "
+                   + f"; the target ({e['target']}) is met on {e['seeds_meeting_target']} of {len(rs)} (mean "
                    f"{e['top1_cpu']['mean']:.2f}%, min {e['top1_cpu']['min']:.2f}%).")
     r400 = [r for r in inp.rows if r["group"] == s400["row"]["group"] and r["stage"].endswith("reduced")]
     n400 = sum(records.meets(r, _target(inp, "400k")) for r in r400)
