@@ -288,6 +288,21 @@ def test_sparse_with_infinite_scale_and_negative_zero_is_valid(tmp_path):
     assert torch.isinf(got[~zero]).all()
 
 
+@pytest.mark.parametrize("size", [1000, 40_000, 200_000])  # one decompress call below 64 KiB, a stream above
+@pytest.mark.parametrize("change", [4, -4])
+def test_zstd_frame_of_another_length_refused(tmp_path, size, change):
+    """A frame that decodes to more or fewer bytes than the section's decoded_length: FormatError naming both."""
+    data = saved(tmp_path, {"b": torch.arange(size // 4, dtype=torch.int32)}, zstd=True)
+    m = parse_model(data)
+    s = m["secs"][0][0]
+    body = bytes(s["decoded"]) + b"\x01" * change if change > 0 else bytes(s["decoded"])[:change]
+    s["filter"], s["stored"] = 1, zstd_c(body)
+    what = f"more than {size}" if change > 0 else f"{size + change} bytes, header says {size}"
+    with pytest.raises(FormatError, match=rf"tensor 'b' section #0 \(RAW, ZSTD\) at offset \d+: zstd frame decodes to "
+                                          rf"{what}"):
+        read_all(emit(m))
+
+
 @pytest.mark.parametrize("where", ["section", "header"])
 def test_bytes_after_a_zstd_frame_refused(tmp_path, where):
     data = saved(tmp_path, {"b": torch.arange(100, dtype=torch.int32)}, zstd=True)

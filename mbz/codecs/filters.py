@@ -7,6 +7,8 @@ import mbz; only writing or reading a zstd section needs it.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..errors import EncodeError, FormatError, LimitError
@@ -98,6 +100,14 @@ def zstd_decompress(stored, decoded_len: int, exact: bool = True):
     The bytes are decoded straight into a writable uint8 array that decoded tensors may keep (no copy).
     Never allocates more than `decoded_len` output bytes, whatever the frame declares.
     """
+    if 0 < decoded_len <= ONESHOT_BYTES:
+        check_zstd_frame(stored, decoded_len, exact)
+        try:  # one call; anything unexpected is decoded again below, which names the fault
+            got = _dctx().decompress(stored, max_output_size=decoded_len)
+        except Exception:
+            got = None
+        if got is not None and len(got) == decoded_len:
+            return np.frombuffer(bytearray(got), np.uint8)
     out = np.empty(decoded_len, np.uint8)
     view = memoryview(out).cast("B")
 
@@ -105,6 +115,18 @@ def zstd_decompress(stored, decoded_len: int, exact: bool = True):
         return view[pos:]
     got = _zstd_stream(stored, decoded_len, exact, sink)
     return out if got == decoded_len else out[:got]
+
+
+ONESHOT_BYTES = 64 << 10  # sections decoding to at most this many bytes: one decompress call, no stream
+_local = threading.local()
+
+
+def _dctx():
+    """This thread's zstd decompressor for small sections (a decompressor is not shared between threads)."""
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = _zstd().ZstdDecompressor(max_window_size=max(ZSTD_MIN_WINDOW, 2 * ONESHOT_BYTES))
+    return d
 
 
 def _zstd_stream(stored, decoded_len: int, exact: bool, target) -> int:

@@ -164,6 +164,10 @@ class StoredLayout:
                 yield s, e, chunk
             return
         pos = self._positions
+        if n <= step:  # one chunk: no cut points to search
+            buf[pos] = codes
+            yield 0, n, buf
+            return
         cut = np.searchsorted(pos, np.append(np.arange(0, n, step), n))  # codes of chunk i: cut[i]..cut[i+1]
         for i, s in enumerate(range(0, n, step)):
             e = min(n, s + step)
