@@ -50,6 +50,7 @@ BEST_DEEP = 0.5
 # elements (pruned float weights).  In the default profile a large tensor (RAW_PLAIN_MIN bytes or more) takes it
 # only where it stores at most 1 - RAW_KEEP_SAVING of the plain bytes: a scatter is not free at load time.
 BITMAP_MIN_ZEROS = 0.125
+RAW_BITMAP_SKIP = 2  # see encode_tensor: a grid this many times smaller than the stored elements skips RAW BITMAP
 SAMPLE_BLOCK = 64 << 10  # a large RAW section's saving is first estimated on RAW_SAMPLES blocks of this size
 RAW_SAMPLES = 8
 
@@ -459,9 +460,6 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
     signbits = None
     raw = tensor_bytes(t)
     plain = [(Encoding.RAW, {}, [(Role.RAW, raw)])]
-    bitmap = raw_bitmap_candidate(raw, itemsize, signed_zero=dt in FLOAT_DTYPES)
-    if bitmap is not None:
-        plain.append((Encoding.RAW, *bitmap))
     if grid is None and detect and n > 0 and t.is_floating_point():
         grid = detect_grid(t)
         if grid is not None:
@@ -470,9 +468,15 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
             cb = detect_codebook(t)
             if cb is not None and unsigned_width(cb[0].size - 1) < 8 * itemsize:
                 plain += [(Encoding.CODEBOOK, p, s) for p, s in codebook_candidates(cb[0], cb[1], itemsize, big)]
+    size = lambda c: sum(len(b) for _, b in c[2])  # noqa: E731
     if grid is not None:
         plain += [(Encoding.AFFINE, p, s) for p, s in affine_candidates(grid, signbits, big)]
-    size = lambda c: sum(len(b) for _, b in c[2])  # noqa: E731
+    # RAW in the BITMAP layout stores every non-zero element whole; where an exact grid's codes take
+    # 1 / RAW_BITMAP_SKIP of that or less, zstd will not make it win (as for the dense RAW below): not built
+    if grid is None or RAW_BITMAP_SKIP * min(size(c) for c in plain[1:]) > int(np.count_nonzero(grid.k)) * itemsize:
+        bitmap = raw_bitmap_candidate(raw, itemsize, signed_zero=dt in FLOAT_DTYPES)
+        if bitmap is not None:
+            plain.insert(1, (Encoding.RAW, *bitmap))
     if big:  # the three smallest before entropy coding
         plain = plain[:1] + sorted(plain[1:], key=size)[:3]
     if len(plain) > 1 and min(size(c) for c in plain[1:]) * 2 <= size(plain[0]):

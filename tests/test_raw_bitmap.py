@@ -82,6 +82,29 @@ def test_layout_choice_by_profile():
     assert best.stored_bytes < encode_tensor("m", some).stored_bytes
 
 
+def grid_tensor(shape, zeros, bits, seed=0) -> torch.Tensor:
+    """Per-channel integer codes times float32 scales, `zeros` of them pruned: an exact grid."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(-(1 << (bits - 1)) + 1, 1 << (bits - 1), shape, generator=g).float()
+    k[torch.rand(shape, generator=g) < zeros] = 0
+    return k * (torch.rand(shape[0], generator=g) + 0.01).reshape(-1, *[1] * (len(shape) - 1))
+
+
+@pytest.mark.parametrize("profile", ["default", "best"])
+@pytest.mark.parametrize("shape,zeros,bits", [((64, 9), 0.5, 8), ((512, 64), 0.9, 8), ((2048, 2), 0.97, 16),
+                                              ((4096, 1), 0.999, 16), ((300,), 0.6, 4), ((128, 4608), 0.5, 8)])
+def test_grid_tensors_skip_raw_bitmap_without_changing_the_choice(monkeypatch, profile, shape, zeros, bits):
+    """RAW BITMAP is not built for a grid at most half its stored elements' bytes; the encoding chosen is the one
+    chosen with it built."""
+    import mbz.encoder as enc
+    t = grid_tensor(shape, zeros, bits)
+    ent = EntropyPolicy(profile=profile)
+    got = encode_tensor("w", t, ent=ent)
+    monkeypatch.setattr(enc, "RAW_BITMAP_SKIP", 1 << 62)  # always built
+    want = encode_tensor("w", t, ent=ent)
+    assert (got.encoding, got.params, got.stored_bytes) == (want.encoding, want.params, want.stored_bytes)
+
+
 def test_stored_elements_follow_the_raw_section_rules(tmp_path, monkeypatch):
     """The stored elements are a RAW section: unfiltered in the default profile when zstd saves less than
     half (pruned float weights), byte-plane zstd in --best; the file is far smaller than with DENSE RAW."""
