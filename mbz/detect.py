@@ -20,6 +20,8 @@ from .spec import Granularity
 
 MAX_K = 32767  # codes beyond 16 bits are not worth a grid
 _SAMPLE = 64
+_PROBE_COLS = 256  # the columns a pruned row's five largest magnitudes are looked for in (screen)
+_SCREEN_BATCH = 4  # guesses screened together; later batches only while rows are left open
 # symmetric quantizers put the largest element at +-qmax
 _QMAX = sorted({(1 << (b - 1)) - 1 for b in range(2, 17)} | {1 << (b - 1) for b in range(1, 17)}
                | {(1 << b) - 1 for b in range(1, 16)})
@@ -58,9 +60,10 @@ def _solve_rows(v: np.ndarray):
     probe_all = np.concatenate([v[:, :4], v[np.arange(r), imax][:, None]], axis=1)
     if m > 5:
         pruned = (probe_all == 0).any(axis=1)
-        if pruned.any():
-            top = np.argpartition(a[pruned], m - 5, axis=1)[:, m - 5:]
-            probe_all[pruned] = np.take_along_axis(v[pruned], top, axis=1)
+        if pruned.any():  # among the first _PROBE_COLS columns (any elements screen soundly, a few suffice)
+            w = min(m, _PROBE_COLS)
+            top = np.argpartition(a[pruned, :w], w - 5, axis=1)[:, w - 5:]
+            probe_all[pruned] = np.take_along_axis(v[pruned, :w], top, axis=1)
 
     def screen(kk_list) -> np.ndarray:
         """(len(kk_list), rows): which rows some candidate scale of each guess fits on a few elements.
@@ -128,11 +131,15 @@ def _solve_rows(v: np.ndarray):
         kmat[good] = k_full[ok_full]
         done[good] = True
 
-    for kk, fits in zip(guesses, screen(guesses)):
+    for b in range(0, len(guesses), _SCREEN_BATCH):
         if done.all():
             break
-        if (fits & ~done).any():
-            attempt(kk)
+        batch = guesses[b:b + _SCREEN_BATCH]
+        for kk, fits in zip(batch, screen(batch)):
+            if done.all():
+                break
+            if (fits & ~done).any():
+                attempt(kk)
     if not done.all() and m > 64 and (a[~done].min(axis=1) > 0).any():
         # a long unpruned row that no guess above fits: dense float weights, no grid (the fallback
         # below is for pruned and short rows, and would spend most of a lossless pack here)
