@@ -360,6 +360,20 @@ def test_entry_point_subprocess(f, tmp_path):
     assert ck.read_bytes() == open(f["pt"], "rb").read()
 
 
+@pytest.mark.parametrize("data", [None, "npz:/missing", "folder:/missing", "nosuch:x"])
+def test_eval_refuses_missing_data_before_building_the_model(f, monkeypatch, capsys, data):
+    """A dataset that is not there is said at once: the model (seconds of torchvision import and build) is
+    never built for it."""
+    import mbz.models
+    monkeypatch.delenv("MBZ_DATA", raising=False)
+
+    def no_build(*a, **k):
+        raise AssertionError("model built before the data was checked")
+    monkeypatch.setattr(mbz.models, "load_model", no_build)
+    rc = main(["eval", f["mbz"]] + (["--data", data] if data else []))
+    _one_line(rc, capsys.readouterr().err, data)
+
+
 def test_folded_checkpoints_are_refused_or_packed_without_a_guess(run, tmp_path):
     """A folded (QAT) MobileNet-v2 has MobileNet-v2's names but no BatchNorm: the verbs that need BatchNorm refuse
     it in one line, and pack stores it without guessing an architecture (no KeyError from the guess)."""

@@ -105,8 +105,9 @@ def cmd_sensitivity(a) -> int:
     import time
 
     from ..container import atomic_write
-    from ..pipeline.data import evaluate, load_dataset
+    from ..pipeline.data import check_dataset, evaluate, load_dataset
     from ..pipeline.sensitivity import plot, scan
+    check_dataset(a.data, "train")  # before the model is built
     model = _scan_model(a.checkpoint)
     ds = load_dataset(a.data, "train").subset(a.images, seed=1)
     output_dir(a.out)

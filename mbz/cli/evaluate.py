@@ -93,6 +93,8 @@ def cmd_eval(a) -> int:
     with api.open(a.file) as r:
         s = summarize(r, decode=False)
         arch = r.metadata.get("arch", {}) if isinstance(r.metadata.get("arch"), dict) else {}
+    from ..pipeline.data import check_dataset
+    check_dataset(a.data, "test")  # a missing dataset is said before the model is built (seconds)
     model = load_model(a.file, model=user_model(a.model) if a.model else None)  # fail fast before the data is read
     # on a terminal, say what is being read; in a log, say it once it has been (an error stays one line)
     if show_progress(a.quiet):

@@ -123,14 +123,10 @@ def split_of_file(path: str) -> str | None:
     return named.pop() if len(named) == 1 else None
 
 
-def load_dataset(spec: str, split: str) -> ArrayDataset:
-    """One split ('train' or 'test') of a dataset named by `spec`.
-
-    'jpeg' (the CIFAR-10 JPEG q75 export in the folder $MBZ_DATA), 'npz:DIR_OR_FILE',
-    'cifar10:ROOT' / 'cifar100:ROOT' (torchvision; downloaded only when $MBZ_DOWNLOAD=1) or
-    'folder:ROOT' (ImageFolder with ROOT/train and ROOT/test).  Raises DataError
-    (one line naming the path) when nothing readable is there, or when an .npz FILE's name says another
-    split than `split` (split_of_file: npz:.../cifar10_jpeg_train.npz is never read as the test split)."""
+def check_dataset(spec: str, split: str) -> str | None:
+    """The checks of load_dataset that read no images (a command runs them before slow work, to fail fast):
+    for 'jpeg' / 'npz:...' the .npz file of `split` that will be read; None for the other sources (their
+    folder checked where that is cheap).  Raises DataError as load_dataset does."""
     from ..errors import DataError
     kind, _, arg = spec.partition(":")
     if kind in ("jpeg", "npz"):
@@ -147,6 +143,29 @@ def load_dataset(spec: str, split: str) -> ArrayDataset:
         if named is not None and named != split:  # e.g. npz:.../cifar10_jpeg_train.npz where the test split is read
             raise DataError(f"{path}: its name says the {named} split, but the {split} split is read here; pass "
                             f"npz:DIR (the folder holding cifar10_jpeg_{{train,test}}.npz) or the {split} file")
+        return path
+    if kind in ("cifar10", "cifar100"):
+        return None
+    if kind == "folder":
+        root = os.path.join(arg, split)
+        if not os.path.isdir(root):
+            raise DataError(f"{root}: no such folder (folder:ROOT needs ROOT/train and ROOT/test)")
+        return None
+    raise DataError(f"unknown data source {spec!r}: use jpeg, npz:PATH, cifar10:ROOT, cifar100:ROOT or folder:ROOT")
+
+
+def load_dataset(spec: str, split: str) -> ArrayDataset:
+    """One split ('train' or 'test') of a dataset named by `spec`.
+
+    'jpeg' (the CIFAR-10 JPEG q75 export in the folder $MBZ_DATA), 'npz:DIR_OR_FILE',
+    'cifar10:ROOT' / 'cifar100:ROOT' (torchvision; downloaded only when $MBZ_DOWNLOAD=1) or
+    'folder:ROOT' (ImageFolder with ROOT/train and ROOT/test).  Raises DataError
+    (one line naming the path) when nothing readable is there, or when an .npz FILE's name says another
+    split than `split` (split_of_file: npz:.../cifar10_jpeg_train.npz is never read as the test split)."""
+    from ..errors import DataError
+    kind, _, arg = spec.partition(":")
+    path = check_dataset(spec, split)
+    if path is not None:
         try:
             return load_npz(path)
         except (OSError, KeyError, ValueError) as e:
@@ -158,12 +177,7 @@ def load_dataset(spec: str, split: str) -> ArrayDataset:
                                           classes=100 if kind == "cifar100" else 10)
         except (OSError, RuntimeError) as e:
             raise DataError(f"{spec}: {e}") from None
-    if kind == "folder":
-        root = os.path.join(arg, split)
-        if not os.path.isdir(root):
-            raise DataError(f"{root}: no such folder (folder:ROOT needs ROOT/train and ROOT/test)")
-        return load_folder(root)
-    raise DataError(f"unknown data source {spec!r}: use jpeg, npz:PATH, cifar10:ROOT, cifar100:ROOT or folder:ROOT")
+    return load_folder(os.path.join(arg, split))  # kind "folder" (check_dataset refused any other)
 
 
 _STATS: dict = {}
