@@ -124,6 +124,22 @@ def test_stock_torchvision_mobilenet_v2_is_not_tagged_cifar(tmp_path, capsys):
         assert "arch" not in r.metadata                                              # ... the module does not
 
 
+def test_signature_keys_hold_in_every_suggested_architecture_and_spare_the_rest_a_build(monkeypatch):
+    """Each SUGGEST architecture's state_dict holds its family's SIGNATURE_KEYS (so the shortcut never hides a
+    fit); a state_dict without them is matched without building any model (no torchvision import)."""
+    from mbz.models import registry
+    for name in registry.SUGGEST:
+        keys = registry._default_keys(name)
+        assert keys and registry.signature_fits(name, keys), name
+    custom = {"stem.weight": (16, 3, 3, 3), "head.weight": (10, 16), "head.bias": (10,)}
+
+    def no_build(*a, **k):
+        raise AssertionError("architectures built for a state_dict no suggested family fits")
+    monkeypatch.setattr(registry, "architectures", no_build)
+    monkeypatch.setattr(registry, "_default_keys", no_build)
+    assert suggest_archs(custom) == []
+
+
 def test_pack_makes_a_file_for_qat_prepared_and_folded_models(tmp_path, capsys):
     """Once KeyError 'features.2.conv.1.weight' in the architecture guess: now a file and a line saying why no arch."""
     import warnings

@@ -498,6 +498,17 @@ def _shape_view(shapes: dict) -> dict:
 # the architectures pack checks a state_dict against for its hint (the common CIFAR ones and their torchvision kin)
 SUGGEST = ("mobilenet_v2_cifar", "mobilenet_v2", "resnet18_cifar", "resnet18", "resnet34", "resnet50",
            "vgg11_bn_cifar", "vgg11_bn", "vgg16_bn_cifar", "vgg16_bn")
+# names every state_dict of a SUGGEST family holds: a state_dict without them is not built against (building
+# the skeletons imports torchvision, seconds in a fresh process); tests check them against the built models
+SIGNATURE_KEYS = {"mobilenet_v2": ("features.0.0.weight", "features.1.conv.0.0.weight", "classifier.1.weight"),
+                  "resnet": ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.0.conv1.weight", "fc.weight"),
+                  "vgg": ("features.0.weight", "features.1.running_var")}
+
+
+def signature_fits(name: str, keys) -> bool:
+    """Whether `keys` (names, wrapper prefix stripped) hold every SIGNATURE_KEYS name of `name`'s family."""
+    fam = next((f for f in SIGNATURE_KEYS if name.startswith(f)), None)
+    return fam is None or all(k in keys for k in SIGNATURE_KEYS[fam])
 
 
 def suggest_archs(shapes: dict) -> list[dict]:
@@ -506,9 +517,10 @@ def suggest_archs(shapes: dict) -> list[dict]:
     Several results differ in what the weights do not hold (strides, pooling): a hint, never a record."""
     p = strip_wrapper(shapes)
     shapes = {k[len(p):]: tuple(v) for k, v in shapes.items()}
-    reg = architectures()
+    names = [n for n in SUGGEST if signature_fits(n, shapes)]
+    reg = architectures() if names else {}
     out = []
-    for name in SUGGEST:
+    for name in names:
         if name not in reg or _default_keys(name) != frozenset(shapes):
             continue
         try:
