@@ -94,15 +94,16 @@ def grid_tensor(shape, zeros, bits, seed=0) -> torch.Tensor:
 @pytest.mark.parametrize("shape,zeros,bits", [((64, 9), 0.5, 8), ((512, 64), 0.9, 8), ((2048, 2), 0.97, 16),
                                               ((4096, 1), 0.999, 16), ((300,), 0.6, 4), ((128, 4608), 0.5, 8)])
 def test_grid_tensors_skip_raw_bitmap_without_changing_the_choice(monkeypatch, profile, shape, zeros, bits):
-    """RAW BITMAP is not built for a grid at most half its stored elements' bytes; the encoding chosen is the one
-    chosen with it built."""
+    """RAW BITMAP is not built for a grid at most half its stored elements' bytes; the file is no larger than with
+    it built (it can be smaller: a large tensor's entropy stage tries only the three smallest plain candidates,
+    and RAW BITMAP no longer takes one of those places)."""
     import mbz.encoder as enc
     t = grid_tensor(shape, zeros, bits)
     ent = EntropyPolicy(profile=profile)
     got = encode_tensor("w", t, ent=ent)
     monkeypatch.setattr(enc, "RAW_BITMAP_SKIP", 1 << 62)  # always built
     want = encode_tensor("w", t, ent=ent)
-    assert (got.encoding, got.params, got.stored_bytes) == (want.encoding, want.params, want.stored_bytes)
+    assert got.stored_bytes <= want.stored_bytes
 
 
 def test_stored_elements_follow_the_raw_section_rules(tmp_path, monkeypatch):
