@@ -41,8 +41,8 @@ def as_state_dict(obj) -> "OrderedDict[str, torch.Tensor]":
 
 
 def read_object(path):
-    """What the checkpoint file holds, whole: torch.load(weights_only=True) on the CPU, or a .mbz file's
-    checkpoint (mbz.load_checkpoint).  Raises CheckpointError naming the file, a PathError (mbz.paths.open_input)
+    """What the checkpoint file holds, whole: torch.load(weights_only=True) on the CPU, a .mbz file's
+    checkpoint (mbz.load_checkpoint), a .safetensors file's or an .npz archive's tensors.  Raises CheckpointError naming the file, a PathError (mbz.paths.open_input)
     when `path` is missing, a folder or unreadable."""
     with open_input(path, "checkpoint") as f:
         head = f.read(len(MAGIC))
@@ -50,7 +50,23 @@ def read_object(path):
         return load_mbz_checkpoint(path)
     if str(path).endswith(".safetensors") or is_safetensors(path):
         return read_safetensors(path)
+    if str(path).lower().endswith(".npz"):
+        return _read_npz(path)
     return _torch_load(path)
+
+
+def _read_npz(path):
+    """A numpy .npz archive of arrays (as `mbz unpack -o X.npz` writes): {name: tensor}, in archive order, read
+    without pickle.  Raises CheckpointError naming the file (not an archive, object arrays, a dtype torch lacks)."""
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError (object arrays need pickle), TypeError (dtype)
+        why = str(e).strip() or type(e).__name__
+        if "pickle" in why:  # numpy's advice to unpickle is not for us: mbz never reads pickled data
+            why = "not an archive of plain arrays (pickled data is never read)"
+        raise CheckpointError(f"{path}: cannot be read as a numpy .npz archive: {why}") from None
 
 
 # torch's own notes while it rebuilds what a checkpoint holds (sparse invariants checked, TypedStorage and

@@ -55,7 +55,7 @@ def test_prune_pairs_fold_by_default_and_exact_keeps_them(tmp_path, capsys):
     w = sd["features.0.0.weight"]
     assert not torch.signbit(w[w == 0]).any()  # pruned elements are +0.0
     assert main(["verify", str(tmp_path / "d.mbz"), str(tmp_path / "masked.pt")]) == 0
-    assert "pruning pairs compared as X_orig * X_mask" in capsys.readouterr().out
+    assert "pruning pairs compared as the effective weight pack stores" in capsys.readouterr().out
     # after prune.remove (what the figure compares with): the default file is no larger than 1.02x
     masked_sd = m.state_dict()
     for mod, name in params:
@@ -593,6 +593,21 @@ def test_unpack_to_npz_writes_a_numpy_archive(tmp_path, capsys):
     assert torch.load(tmp_path / "u.pt", weights_only=True)["epoch"] == 3
     assert main(["unpack", str(tmp_path / "c.mbz"), "-o", str(tmp_path / "u.safetensors")]) == 0
     assert set(read_safetensors(tmp_path / "u.safetensors")) == set(back)
+    # what a tensors-only format cannot hold is said; verify compares such a file record by record; pack reads .npz
+    out = capsys.readouterr().out
+    assert "a .safetensors holds tensors only: the checkpoint's structure and its 3 non-tensor values are not " \
+           "written" in out and "unpack to .pt keeps the whole checkpoint" in out, out
+    for flat in ("u.npz", "u.safetensors"):
+        assert main(["verify", str(tmp_path / "c.mbz"), str(tmp_path / flat)]) == 0
+        out = capsys.readouterr().out
+        assert "compared record by record" in out and "OK: all 14 tensors" in out, out
+    assert main(["pack", str(tmp_path / "u.npz"), "-o", str(tmp_path / "n.mbz"), "-q"]) == 0
+    assert main(["verify", str(tmp_path / "n.mbz"), str(tmp_path / "u.npz")]) == 0
+    (tmp_path / "junk.npz").write_text("not an archive")
+    capsys.readouterr()
+    assert main(["pack", str(tmp_path / "junk.npz"), "-o", str(tmp_path / "j.mbz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be read as a numpy .npz archive" in err and "allow_pickle" not in err, err
     # bfloat16: refused in one line naming the tensor; nothing written
     torch.save({"fc.weight": torch.randn(3, 2).bfloat16(), "fc.bias": torch.zeros(3)}, tmp_path / "b.pt")
     assert main(["pack", str(tmp_path / "b.pt"), "-o", str(tmp_path / "b.mbz"), "-q"]) == 0
@@ -604,3 +619,16 @@ def test_unpack_to_npz_writes_a_numpy_archive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["unpack", "--help"])
     assert ".npz" in capsys.readouterr().out
+
+
+def test_unpack_names_the_metadata_it_cannot_write(tmp_path, capsys):
+    """A .pt / .safetensors / .npz has no place for the file's metadata (arch, activation quantizers ...): unpack
+    names the keys it leaves behind; mbz's own bookkeeping (input sizes) is not named."""
+    mbz.save({"w": torch.randn(4, 4)}, tmp_path / "m.mbz", metadata={"arch": {"name": "x"}, "preprocess": {}})
+    mbz.save({"w": torch.randn(4, 4)}, tmp_path / "plain.mbz")
+    for out in ("u.pt", "u.safetensors", "u.npz"):
+        assert main(["unpack", str(tmp_path / "m.mbz"), "-o", str(tmp_path / out)]) == 0
+        text = capsys.readouterr().out
+        assert "the file's metadata (arch, preprocess) is not written" in text, text
+        assert main(["unpack", str(tmp_path / "plain.mbz"), "-o", str(tmp_path / ("p" + out))]) == 0
+        assert "note:" not in capsys.readouterr().out

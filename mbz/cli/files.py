@@ -17,7 +17,7 @@ from ..models.biascorr import bias_fixes
 from ..models.registry import fold_state_dict
 from ..quantize import DEFAULT_INCLUDE, GRANULARITY_NAMES
 from ..ratedist import DEADZONE, SIZE_EXP, SIZE_REF
-from ..spec import M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
+from ..spec import M_INPUT, M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
 from ..structure import main_path, subtree
 from ..summary import format_table, summarize
 from .common import add_force, input_file, output_file, print_json, show_progress
@@ -244,8 +244,21 @@ def cmd_unpack(a) -> int:
     output_file(a.output, inputs=[a.file], force=a.force)
     with api.open(a.file) as r:
         obj = r.checkpoint()
+        structured = r.has_structure
+        meta_keys = sorted(str(k) for k in r.metadata if k not in (M_INPUT, M_PRUNE_FOLDED, M_KEY, M_ZERO_SIGN))
     ext = str(a.output).lower().rsplit(".", 1)[-1]
     fmt = a.format or (ext if ext in ("safetensors", "npz") else "pt")
+    notes = []
+    if fmt != "pt" and structured:
+        others = _non_tensor_count(obj)
+        notes.append(f"a .{fmt} holds tensors only: the checkpoint's structure"
+                     + (f" and its {others} non-tensor value{'s' if others != 1 else ''}" if others else "")
+                     + " are not written, tensors are keyed by their record names (the model state_dict's as they "
+                       "are, the others by key path such as optimizer/state/0/momentum_buffer); unpack to .pt keeps "
+                       "the whole checkpoint")
+    if meta_keys:
+        notes.append(f"the file's metadata ({', '.join(meta_keys)}) is not written (a .{fmt} has no place for it): "
+                     f"mbz eval and mbz.load_model read it from the .mbz")
     if fmt == "safetensors":
         from ..safetensors_io import safetensors_bytes
         atomic_write(a.output, [safetensors_bytes(obj)])
@@ -258,7 +271,20 @@ def cmd_unpack(a) -> int:
         atomic_write(a.output, [buf.getvalue()])
     n = sum(1 for _ in leaves(obj))
     print(f"wrote {a.output} ({fmt}): {n} tensors")
+    for note in notes:
+        print(f"note: {note}")
     return 0
+
+
+def _non_tensor_count(v) -> int:
+    """Values of a checkpoint tree that are not tensors (numbers, strings, dtypes, None), containers not counted."""
+    if isinstance(v, torch.Tensor):
+        return 0
+    if isinstance(v, dict):
+        return sum(_non_tensor_count(x) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return sum(_non_tensor_count(x) for x in v)
+    return 1
 
 
 def _structure_brief(r) -> str:
@@ -299,10 +325,16 @@ def cmd_verify(a) -> int:
     input_file(a.file, ".mbz file")
     input_file(a.checkpoint, "checkpoint")
     obj = read_object(a.checkpoint)
+    by_record = False
     with api.open(a.file) as r:
         meta = r.metadata
-        got = r.checkpoint()
         tree = r.has_structure
+        names = [rec.name for rec in r.layout.records]
+        if tree and isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()) \
+                and set(obj) == set(names):  # unpack -o X.safetensors / X.npz of a structured file
+            got, tree, by_record = r.decode_all(), False, True
+        else:
+            got = r.checkpoint()
     prep = api.prepare(obj, key=meta.get(M_KEY), exact=not meta.get(M_PRUNE_FOLDED))
     expected = prep.obj if tree else as_state_dict(prep.obj)
     c = compare(expected, got, zero_sign_dropped=bool(meta.get(M_ZERO_SIGN)))
@@ -328,8 +360,13 @@ def cmd_verify(a) -> int:
     if len(shown) < len(c.mismatched):
         print(f"MISMATCH ... and {len(c.mismatched) - len(shown)} more (lossy by design)")
     notes = []
+    if by_record:
+        notes.append(f"{a.checkpoint} holds the file's tensors keyed by record name (as unpack writes .safetensors "
+                     f"and .npz): compared record by record; the checkpoint's structure and non-tensor values are "
+                     f"not in it")
     if prep.folded:
-        notes.append(f"{len(prep.folded)} pruning pairs compared as X_orig * X_mask, as pack stored them")
+        notes.append(f"{len(prep.folded)} pruning pairs compared as the effective weight pack stores: X_orig where "
+                     f"X_mask is not 0, +0.0 where it is (torch's X_orig * X_mask gives -0.0 where X_orig < 0)")
     if prep.left_out:
         notes.append(f"only entry {meta.get(M_KEY)!r} was packed; left out: {', '.join(map(str, prep.left_out))}")
     if c.sign_only:
@@ -341,6 +378,8 @@ def cmd_verify(a) -> int:
         raise MismatchError(f"{a.file} does not reproduce {a.checkpoint}: {len(c.mismatched)} mismatched, "
                             f"{len(c.missing)} missing, {len(c.extra)} extra entries")
     exact = "bit-identical" if not c.sign_only else "bit-identical except the recorded zero signs"
+    if prep.folded:
+        exact += " (pruning pairs as their effective weight, see the note)"
     other = f" and {c.values} other value{'s' if c.values != 1 else ''}" if c.values else ""
     print(f"OK: all {c.tensors} tensors{other} of {a.checkpoint} are {exact} in {a.file}")
     return 0
