@@ -233,3 +233,15 @@ def test_inspect_says_na_without_conv_or_linear_weights(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nw.mbz")]) == 0
     out = capsys.readouterr().out
     assert "weight compression ratio n/a" in out and "0.00x" not in out
+
+
+def test_verify_names_at_most_twenty_differences_per_kind(tmp_path, capsys):
+    """A checkpoint that differs in 30 tensors: 20 named, the rest counted in one line."""
+    from mbz.cli import main
+    sd = {f"t{i}": torch.full((4,), float(i)) for i in range(30)}
+    mbz.save(sd, tmp_path / "a.mbz")
+    torch.save({k: v + 1 for k, v in sd.items()}, tmp_path / "b.pt")
+    assert main(["verify", str(tmp_path / "a.mbz"), str(tmp_path / "b.pt")]) == 1  # a mismatch: exit 1
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("MISMATCH t") for line in out) == 20
+    assert "MISMATCH ... and 10 more" in out, out

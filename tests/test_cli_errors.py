@@ -360,7 +360,7 @@ def test_entry_point_subprocess(f, tmp_path):
     assert ck.read_bytes() == open(f["pt"], "rb").read()
 
 
-@pytest.mark.parametrize("data", [None, "npz:/missing", "folder:/missing", "nosuch:x"])
+@pytest.mark.parametrize("data", [None, "npz:/missing", "folder:/missing", "nosuch:x", "cifar10:/missing"])
 def test_eval_refuses_missing_data_before_building_the_model(f, monkeypatch, capsys, data):
     """A dataset that is not there is said at once: the model (seconds of torchvision import and build) is
     never built for it."""
@@ -372,6 +372,23 @@ def test_eval_refuses_missing_data_before_building_the_model(f, monkeypatch, cap
     monkeypatch.setattr(mbz.models, "load_model", no_build)
     rc = main(["eval", f["mbz"]] + (["--data", data] if data else []))
     _one_line(rc, capsys.readouterr().err, data)
+
+
+def test_eval_refuses_a_corrupt_file_before_building_the_model(f, monkeypatch, capsys, tmp_path):
+    """A payload byte flipped: the checksum error is said before any model is built."""
+    import mbz.models
+    data = bytearray(open(f["mbz"], "rb").read())
+    data[-40] ^= 0xFF
+    bad = tmp_path / "flip.mbz"
+    bad.write_bytes(bytes(data))
+
+    def no_build(*a, **k):
+        raise AssertionError("model built for a corrupt file")
+    monkeypatch.setattr(mbz.models, "load_model", no_build)
+    rc = main(["eval", str(bad), "--data", f["npz"], "--limit", "4"])
+    err = capsys.readouterr().err
+    _one_line(rc, err, "flip")
+    assert "checksum" in err, err
 
 
 def test_folded_checkpoints_are_refused_or_packed_without_a_guess(run, tmp_path):

@@ -151,6 +151,8 @@ def test_malformed_arch_specs_are_refused_naming_what_is_wrong(spec, says):
 def test_a_trailing_colon_or_comma_is_accepted_and_spaces_around_the_name_are_not_part_of_it():
     assert parse_arch("resnet18_cifar:") == {"name": "resnet18_cifar"}
     assert parse_arch(" resnet18_cifar : num_classes = 10 ,") == {"name": "resnet18_cifar", "num_classes": 10}
+    assert parse_arch("mobilenet_v2_cifar:folded_bn=True,x=False,y=true") == {"name": "mobilenet_v2_cifar", "folded_bn": True,
+                                                                            "x": False, "y": True}
 
 
 @pytest.fixture(scope="module")

@@ -91,6 +91,7 @@ def cmd_eval(a) -> int:
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {a.device}: no CUDA device here")
     with api.open(a.file) as r:
+        r.check_checksums()  # a corrupt file is refused before the model is built (seconds)
         s = summarize(r, decode=False)
         arch = r.metadata.get("arch", {}) if isinstance(r.metadata.get("arch"), dict) else {}
     from ..pipeline.data import check_dataset
@@ -101,10 +102,12 @@ def cmd_eval(a) -> int:
         print(f"reading {a.data} (test split) ...", file=sys.stderr, flush=True)
     t0 = time.time()
     ds = load_dataset(a.data, "test")
-    if not a.quiet and not show_progress(a.quiet):
-        print(f"read {len(ds):,d} test images of {ds.source} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    n_read = len(ds)
     if a.limit:
         ds = ds.subset(min(a.limit, len(ds)))
+    if not a.quiet and not show_progress(a.quiet):
+        print(f"read {n_read:,d} test images of {ds.source} in {time.time() - t0:.0f} s"
+              + (f"; evaluating {len(ds):,d} of them (--limit)" if len(ds) < n_read else ""), file=sys.stderr, flush=True)
     bar, tick = _bar(show_progress(a.quiet))
     try:
         from ..pipeline.evaluate import evaluate_file
@@ -146,7 +149,7 @@ def register(sub) -> None:
                         "DataParallel 'module.' or torch.compile '_orig_mod.' match); the file's 'arch' is then not used")
     add_data(p)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    p.add_argument("--limit", type=int, default=0, help="evaluate on a random subset of N test images")
+    p.add_argument("--limit", type=int, default=0, help="evaluate on a random subset of N test images (default 0: all of them)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_eval)

@@ -321,6 +321,9 @@ def cmd_inspect(a) -> int:
     return 0
 
 
+VERIFY_LINES = 20  # verify names at most this many tensors per kind of difference, then counts the rest
+
+
 def cmd_verify(a) -> int:
     input_file(a.file, ".mbz file")
     input_file(a.checkpoint, "checkpoint")
@@ -347,18 +350,20 @@ def cmd_verify(a) -> int:
     if folded_bn and (c.missing or c.extra):
         print("NOTE     the file holds BatchNorm folded into the convs (pack --fold-bn): its names differ from "
               "an unfolded checkpoint's by design; `mbz eval` gives its top-1")
+    cap = 10 if folded_bn else VERIFY_LINES
     for label, keys, what in (("MISSING ", c.missing, "in checkpoint, not in file"),
                               ("EXTRA   ", c.extra, "in file, not in checkpoint")):
-        shown_keys = keys[:10] if folded_bn else keys
+        shown_keys = keys[:cap]
         for k in shown_keys:
             print(f"{label} {k} ({what})")
         if len(shown_keys) < len(keys):
-            print(f"{label} ... and {len(keys) - len(shown_keys)} more (BatchNorm folded by design)")
-    shown = c.mismatched[:10] if lossy else c.mismatched
+            print(f"{label} ... and {len(keys) - len(shown_keys)} more"
+                  + (" (BatchNorm folded by design)" if folded_bn else ""))
+    shown = c.mismatched[:10 if lossy else VERIFY_LINES]
     for k in shown:
         print(f"MISMATCH {k}" + (f" ({c.why[k]})" if k in c.why else ""))
     if len(shown) < len(c.mismatched):
-        print(f"MISMATCH ... and {len(c.mismatched) - len(shown)} more (lossy by design)")
+        print(f"MISMATCH ... and {len(c.mismatched) - len(shown)} more" + (" (lossy by design)" if lossy else ""))
     notes = []
     if by_record:
         notes.append(f"{a.checkpoint} holds the file's tensors keyed by record name (as unpack writes .safetensors "

@@ -341,7 +341,8 @@ def build_model(arch) -> nn.Module:
 
 
 def parse_arch(text: str) -> dict:
-    """`NAME`, `NAME:k=v,k=v` (values read as JSON where they parse: 10, 0.5, true) or a JSON object -> arch.
+    """`NAME`, `NAME:k=v,k=v` (values read as JSON where they parse: 10, 0.5, true; Python's True / False too) or a
+    JSON object -> arch.
 
     A trailing ':' or ',' (nothing after it) is accepted: `resnet18_cifar:` is `resnet18_cifar`.
     Raises MbzError naming what is wrong: an empty spec or NAME, an item that is not KEY=VALUE, an empty
@@ -378,6 +379,8 @@ def parse_arch(text: str) -> dict:
             raise MbzError(f"--arch {text!r}: the architecture is named before the colon, not as 'name='")
         if k in arch:
             raise MbzError(f"--arch {text!r}: {k!r} is given twice")
+        if v in ("True", "False"):  # as Python prints them (mbz inspect shows the arch as a dict)
+            v = v.lower()
         try:
             arch[k] = json.loads(v)
         except json.JSONDecodeError:

@@ -71,6 +71,18 @@ def download_allowed() -> bool:
     return os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _cifar_folder(root: str, classes: int, download: bool) -> str:
+    """ROOT/cifar-10-batches-py (or cifar-100-python); DataError when it is missing and no download is allowed."""
+    from ..errors import DataError
+    folder = os.path.join(root, _CIFAR_FOLDER[classes])
+    if not download and not os.path.isdir(folder):
+        raise DataError(f"cifar{classes}:{root}: no CIFAR-{classes} there (torchvision's {folder} is missing); "
+                        f"put torchvision's {_CIFAR_FOLDER[classes]} folder in {root}, or let torchvision download "
+                        f"it there (~170 MB, needs internet) by running once with {DOWNLOAD_ENV}=1; or use "
+                        f"npz:DIR / folder:ROOT")
+    return folder
+
+
 def load_torchvision_cifar(root: str, train: bool, download: bool = False, classes: int = 10) -> ArrayDataset:
     """torchvision.datasets.CIFAR10 / CIFAR100 (`classes` 10 or 100) as uint8 arrays, read from
     ROOT/cifar-10-batches-py or ROOT/cifar-100-python.
@@ -79,12 +91,7 @@ def load_torchvision_cifar(root: str, train: bool, download: bool = False, class
     line naming ROOT: the folder is missing (and how to get it), its files are unreadable, or the download
     failed."""
     from ..errors import DataError
-    folder = os.path.join(root, _CIFAR_FOLDER[classes])
-    if not download and not os.path.isdir(folder):
-        raise DataError(f"cifar{classes}:{root}: no CIFAR-{classes} there (torchvision's {folder} is missing); "
-                        f"put torchvision's {_CIFAR_FOLDER[classes]} folder in {root}, or let torchvision download "
-                        f"it there (~170 MB, needs internet) by running once with {DOWNLOAD_ENV}=1; or use "
-                        f"npz:DIR / folder:ROOT")
+    folder = _cifar_folder(root, classes, download)
     from torchvision.datasets import CIFAR10, CIFAR100
     try:
         ds = (CIFAR100 if classes == 100 else CIFAR10)(root, train=train, download=download)
@@ -145,6 +152,7 @@ def check_dataset(spec: str, split: str) -> str | None:
                             f"npz:DIR (the folder holding cifar10_jpeg_{{train,test}}.npz) or the {split} file")
         return path
     if kind in ("cifar10", "cifar100"):
+        _cifar_folder(arg or "./data", 100 if kind == "cifar100" else 10, download_allowed())
         return None
     if kind == "folder":
         root = os.path.join(arg, split)
