@@ -42,8 +42,9 @@ def as_state_dict(obj) -> "OrderedDict[str, torch.Tensor]":
 
 def read_object(path):
     """What the checkpoint file holds, whole: torch.load(weights_only=True) on the CPU, a .mbz file's
-    checkpoint (mbz.load_checkpoint), a .safetensors file's or an .npz archive's tensors.  Raises CheckpointError naming the file, a PathError (mbz.paths.open_input)
-    when `path` is missing, a folder or unreadable."""
+    checkpoint (mbz.load_checkpoint), a .safetensors file's or an .npz archive's tensors.  Raises
+    CheckpointError naming the file, a PathError (mbz.paths.open_input) when `path` is missing, a folder or
+    unreadable."""
     with open_input(path, "checkpoint") as f:
         head = f.read(len(MAGIC))
     if head == MAGIC:

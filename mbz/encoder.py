@@ -473,7 +473,8 @@ def encode_tensor(name: str, t: torch.Tensor, grid: Grid | None = None, ent: Ent
         plain += [(Encoding.AFFINE, p, s) for p, s in affine_candidates(grid, signbits, big)]
     # RAW in the BITMAP layout stores every non-zero element whole; where an exact grid's codes take
     # 1 / RAW_BITMAP_SKIP of that or less, zstd will not make it win (as for the dense RAW below): not built
-    if grid is None or RAW_BITMAP_SKIP * min(size(c) for c in plain[1:]) > int(np.count_nonzero(grid.k)) * itemsize:
+    grid_bytes = min((size(c) for c in plain[1:]), default=None) if grid is not None else None
+    if grid_bytes is None or RAW_BITMAP_SKIP * grid_bytes > int(np.count_nonzero(grid.k)) * itemsize:
         bitmap = raw_bitmap_candidate(raw, itemsize, signed_zero=dt in FLOAT_DTYPES)
         if bitmap is not None:
             plain.insert(1, (Encoding.RAW, *bitmap))
