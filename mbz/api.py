@@ -25,7 +25,7 @@ from .reparam import fold_pruning
 from .spec import H_MAIN, H_TREE, MAGIC, M_INPUT, M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
 from .structure import check_materialized, flatten
 
-ZERO_SIGNS = ("keep", "drop")
+from .options import ZERO_SIGNS  # noqa: E402,F401 - defined there for the command line
 
 
 @dataclass

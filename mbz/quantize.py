@@ -16,9 +16,7 @@ from .codecs.affine import Grid
 from .errors import EncodeError
 from .spec import Granularity
 
-GRANULARITY_NAMES = tuple(g.name.lower() for g in Granularity)  # tensor, channel, group (spec table 4)
-
-DEFAULT_INCLUDE = r".*weight$"
+from .options import DEFAULT_INCLUDE, GRANULARITY_NAMES  # noqa: F401 - defined there for the command line
 
 
 @dataclass

@@ -56,10 +56,9 @@ BN_EPS = 1e-5
 def floor_1d(name: str) -> float:
     """step_grid's floor for a 1-D tensor named `name`: BN_EPS for a BatchNorm running variance, else 0."""
     return BN_EPS if name.endswith("running_var") else 0.0
-# the allocation exponent and dead zone chosen on held-out training images (results/ratedist/README.md)
-SIZE_EXP = 0.5
-SIZE_REF = 16384     # n_t at which the relative step is `step` itself
-DEADZONE = 0.0
+# the allocation exponent and dead zone chosen on held-out training images (results/ratedist/README.md);
+# defined in mbz.options for the command line
+from .options import DEADZONE, SIZE_EXP, SIZE_REF  # noqa: E402,F401
 
 
 @dataclass

@@ -592,3 +592,14 @@ def test_eval_device_is_checked_first(device, tmp_path, capsys):
     assert main(["eval", str(p), "--device", device]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "use cpu or cuda" in err[0]
+
+
+def test_help_and_path_refusals_do_not_import_torch(tmp_path):
+    """`mbz --help`, every verb's --help parser and the format verbs' path refusals answer without importing torch
+    (seconds): the jobs import it when they run."""
+    code = ("import sys\nfrom mbz.cli import build_parser, main\nbuild_parser()\n"
+            f"rc = [main(['pack', {str(tmp_path / 'no.pt')!r}, '-o', 'x.mbz']), "
+            f"main(['inspect', {str(tmp_path / 'no.mbz')!r}]), main(['unpack', {str(tmp_path / 'no.mbz')!r}, '-o', 'x.pt'])]\n"
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[2, 2, 2] False", (out.stdout, out.stderr)

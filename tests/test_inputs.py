@@ -552,7 +552,7 @@ def test_reading_a_quantized_checkpoint_prints_none_of_torchs_notes(tmp_path, ca
 
 def test_pack_counts_quantized_tensors_as_fp32_values_like_inspect(tmp_path):
     """pack's 'as fp32' figure counts a qint8 element as 4 bytes, as inspect's model ratio does."""
-    from mbz.cli.files import _input_note
+    from mbz.cli.files_run import _input_note
     from mbz.summary import summarize
 
     q = torch.quantize_per_channel(torch.randn(8, 4), torch.full((8,), 0.02, dtype=torch.float64),
