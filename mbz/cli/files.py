@@ -31,7 +31,8 @@ def register(sub) -> None:
                        description="Pack a PyTorch checkpoint. Without --wbits the packing is lossless: weights already on a "
                                    "quantization grid are detected and stored as integer codes; other tensors stay exact.")
     p.add_argument("checkpoint", help="any checkpoint torch.load(weights_only=True) reads (a state_dict, or a dict with "
-                   "'model' / 'state_dict', epoch, optimizer ...: kept whole), or a .mbz file")
+                   "'model' / 'state_dict', epoch, optimizer ...: kept whole), a .safetensors file, an .npz archive "
+                   "or a .mbz file")
     p.add_argument("-o", "--output", required=True, help="output .mbz path (written atomically; never one of the inputs)")
     add_force(p)
     q = p.add_argument_group("lossy quantization (only with --wbits; --include also with --step / --target-size)")
@@ -161,5 +162,6 @@ def register(sub) -> None:
                                    "What the file records about packing (pruning pairs folded, --key, --zero-sign "
                                    "drop) is applied to CHECKPOINT first and reported.")
     p.add_argument("file", help=".mbz file")
-    p.add_argument("checkpoint", help="the checkpoint it was packed from (.pt/.pth, read with weights_only=True)")
+    p.add_argument("checkpoint", help="the checkpoint it was packed from (.pt/.pth read with weights_only=True, "
+                                      ".safetensors, .npz, or a .mbz)")
     p.set_defaults(fn=_job("cmd_verify"))
