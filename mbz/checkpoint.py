@@ -60,6 +60,9 @@ def _read_npz(path):
     """A numpy .npz archive of arrays (as `mbz unpack -o X.npz` writes): {name: tensor}, in archive order, read
     without pickle.  Raises CheckpointError naming the file (not an archive, object arrays, a dtype torch lacks)."""
     import numpy as np
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise CheckpointError(f"{path}: not an .npz archive (an .npz is a zip file of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
@@ -97,7 +100,7 @@ def _load_error(path, e: Exception) -> CheckpointError:
     with open(path, "rb") as f:
         head = f.read(4)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
-        return CheckpointError(f"{path}: not a PyTorch checkpoint, .safetensors or .mbz file "
+        return CheckpointError(f"{path}: not a PyTorch checkpoint, .safetensors, .npz or .mbz file "
                                f"(it starts with {head!r})")
     why = _first_line(e)
     if why.strip().isdigit() or len(why.strip()) < 4:

@@ -198,7 +198,7 @@ def test_eval_negative_limit_and_a_text_checkpoint_are_one_plain_line(tmp_path, 
     t.write_text("hello")
     assert main(["pack", str(t), "-o", str(tmp_path / "x.mbz")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a PyTorch checkpoint, .safetensors or .mbz file" in err, err
+    assert err.count("\n") == 1 and "not a PyTorch checkpoint, .safetensors, .npz or .mbz file" in err, err
 
 
 def test_a_corrupt_tensor_names_the_file(tmp_path):

@@ -603,3 +603,15 @@ def test_help_and_path_refusals_do_not_import_torch(tmp_path):
             "print(rc, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[2, 2, 2] False", (out.stdout, out.stderr)
+
+
+@pytest.mark.parametrize("flags", [["--asymmetric"], ["--wbits", "17"], ["--step-tensor"], ["--deadzone", "0.7", "--step", "1"],
+                                   ["--align", "3"], ["--wbits", "4", "--step", "0.05"], ["--bias-correct"]])
+def test_pack_flag_mistakes_are_refused_before_the_checkpoint_is_read(f, tmp_path, monkeypatch, capsys, flags):
+    from mbz.cli import files_run
+
+    def no_read(*a, **k):
+        raise AssertionError("checkpoint read before the flags were checked")
+    monkeypatch.setattr(files_run, "read_object", no_read)
+    rc = main(["pack", f["pt"], "-o", str(tmp_path / "x.mbz")] + flags)
+    _one_line(rc, capsys.readouterr().err, flags)

@@ -607,7 +607,7 @@ def test_unpack_to_npz_writes_a_numpy_archive(tmp_path, capsys):
     capsys.readouterr()
     assert main(["pack", str(tmp_path / "junk.npz"), "-o", str(tmp_path / "j.mbz")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot be read as a numpy .npz archive" in err and "allow_pickle" not in err, err
+    assert err.count("\n") == 1 and "not an .npz archive" in err and "pickle" not in err, err
     # bfloat16: refused in one line naming the tensor; nothing written
     torch.save({"fc.weight": torch.randn(3, 2).bfloat16(), "fc.bias": torch.zeros(3)}, tmp_path / "b.pt")
     assert main(["pack", str(tmp_path / "b.pt"), "-o", str(tmp_path / "b.mbz"), "-q"]) == 0

@@ -27,7 +27,7 @@ def _job(name: str):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("pack", help="checkpoint (.pt/.pth) -> .mbz",
+    p = sub.add_parser("pack", help="checkpoint (.pt/.pth, .safetensors, .npz) -> .mbz",
                        description="Pack a PyTorch checkpoint. Without --wbits the packing is lossless: weights already on a "
                                    "quantization grid are detected and stored as integer codes; other tensors stay exact.")
     p.add_argument("checkpoint", help="any checkpoint torch.load(weights_only=True) reads (a state_dict, or a dict with "

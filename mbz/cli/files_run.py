@@ -53,6 +53,7 @@ def cmd_pack(a) -> int:
     meta = _meta_pairs(a.meta)
     if "arch" in meta:
         raise MbzError("--meta arch=...: name the architecture with --arch (it is checked against the tensors)")
+    _pack_options(a)
     obj = read_object(a.checkpoint)
     try:
         return _pack(a, obj, meta)
@@ -60,23 +61,9 @@ def cmd_pack(a) -> int:
         raise CheckpointError(f"{a.checkpoint}: {e}") from None
 
 
-def _pack(a, obj, meta: dict) -> int:
-    prep = api.prepare(obj, key=a.key, exact=a.exact)
-    main = subtree(prep.obj, main_path(prep.obj))
-    plain = {k: v for k, v in main.items() if isinstance(v, torch.Tensor)} if hasattr(main, "items") else {}
-    if a.arch is not None or a.num_classes is not None:
-        arch, arch_note = arch_for_pack(plain, a.arch, a.num_classes)
-    else:
-        try:
-            arch, arch_note = arch_for_pack(plain, None)
-        except Exception:  # noqa: BLE001 - tensors no architecture can be fitted to: nothing to suggest
-            arch, arch_note = None, ("no architecture recorded (mbz.load / unpack work; for mbz eval and "
-                                     "mbz.load_model pass --arch)")
-    if arch is None and a.arch is None:
-        from .analysis import _file_arch
-        kept = _file_arch(a.checkpoint)  # re-encoding a .mbz keeps the architecture it records
-        if kept is not None:
-            arch, arch_note = kept, f"architecture: {kept.get('name')} (kept from {a.checkpoint})"
+def _pack_options(a) -> None:
+    """pack's option rules that need no checkpoint: checked (and defaults set) before it is read, so that a
+    mistaken flag is said at once.  Raises UsageError naming the flag."""
     if sum(x is not None for x in (a.wbits, a.step, a.target_size)) > 1:
         raise UsageError("--wbits, --step and --target-size are exclusive: give one")
     if a.no_zstd and a.best:
@@ -121,10 +108,32 @@ def _pack(a, obj, meta: dict) -> int:
     a.step_channel = True if a.step_channel is None else a.step_channel
     if a.zstd_level is not None and not 1 <= a.zstd_level <= 22:
         raise UsageError(f"--zstd-level must be in 1..22, got {a.zstd_level}")
-    fold_note, common_fix, in_dtypes = None, None, None
     if a.bias_correct and not (a.fold_bn and (a.step is not None or a.target_size is not None)):
         raise UsageError("--bias-correct corrects the biases of folded convolutions: it needs --fold-bn and "
                          "--step or --target-size")
+    if a.align is not None and not (1 <= a.align <= 4096 and a.align & (a.align - 1) == 0):
+        raise UsageError(f"--align must be a power of two in 1..4096, got {a.align}")
+
+
+def _pack(a, obj, meta: dict) -> int:
+    prep = api.prepare(obj, key=a.key, exact=a.exact)
+    main = subtree(prep.obj, main_path(prep.obj))
+    plain = {k: v for k, v in main.items() if isinstance(v, torch.Tensor)} if hasattr(main, "items") else {}
+    if a.arch is not None or a.num_classes is not None:
+        arch, arch_note = arch_for_pack(plain, a.arch, a.num_classes)
+    else:
+        try:
+            arch, arch_note = arch_for_pack(plain, None)
+        except Exception:  # noqa: BLE001 - tensors no architecture can be fitted to: nothing to suggest
+            arch, arch_note = None, ("no architecture recorded (mbz.load / unpack work; for mbz eval and "
+                                     "mbz.load_model pass --arch)")
+    if arch is None and a.arch is None:
+        from .analysis import _file_arch
+        kept = _file_arch(a.checkpoint)  # re-encoding a .mbz keeps the architecture it records
+        if kept is not None:
+            arch, arch_note = kept, f"architecture: {kept.get('name')} (kept from {a.checkpoint})"
+    gran = a.granularity or "channel"
+    fold_note, common_fix, in_dtypes = None, None, None
     if a.fold_bn:
         if arch is None:
             raise UsageError("--fold-bn needs the architecture: pass --arch NAME (the conv -> BatchNorm pairs are "
