@@ -615,3 +615,16 @@ def test_pack_flag_mistakes_are_refused_before_the_checkpoint_is_read(f, tmp_pat
     monkeypatch.setattr(files_run, "read_object", no_read)
     rc = main(["pack", f["pt"], "-o", str(tmp_path / "x.mbz")] + flags)
     _one_line(rc, capsys.readouterr().err, flags)
+
+
+def test_output_names_of_another_format_are_warned_about(f, tmp_path, capsys):
+    """pack -o x.pt writes an .mbz and unpack -o x.txt a torch file, each with one warning line saying so."""
+    assert main(["pack", f["pt"], "-o", str(tmp_path / "x.pt"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not end in .mbz" in err, err
+    assert main(["unpack", f["mbz"], "-o", str(tmp_path / "x.txt")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "written as torch.save writes" in err, err
+    assert main(["pack", f["pt"], "-o", str(tmp_path / "y.MBZ"), "-q"]) == 0
+    assert main(["unpack", f["mbz"], "-o", str(tmp_path / "y.pth")]) == 0
+    assert capsys.readouterr().err == ""

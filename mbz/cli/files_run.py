@@ -3,8 +3,9 @@ defined in mbz.cli.files, which imports this module only when one of them runs."
 from __future__ import annotations
 
 import io
-import math
 import json
+import math
+import warnings
 
 import torch
 
@@ -56,9 +57,12 @@ def cmd_pack(a) -> int:
     _pack_options(a)
     obj = read_object(a.checkpoint)
     try:
-        return _pack(a, obj, meta)
+        rc = _pack(a, obj, meta)
     except CheckpointError as e:
         raise CheckpointError(f"{a.checkpoint}: {e}") from None
+    if not str(a.output).lower().endswith(".mbz"):  # said once the file is written: an error stays one line
+        warnings.warn(f"{a.output} does not end in .mbz: written as an .mbz file all the same")
+    return rc
 
 
 def _pack_options(a) -> None:
@@ -278,6 +282,9 @@ def cmd_unpack(a) -> int:
     print(f"wrote {a.output} ({fmt}): {n} tensors")
     for note in notes:
         print(f"note: {note}")
+    if a.format is None and ext not in ("pt", "pth", "safetensors", "npz"):
+        warnings.warn(f"{a.output} does not end in .pt, .pth, .safetensors or .npz: written as torch.save writes "
+                      f"(--format chooses)")
     return 0
 
 
