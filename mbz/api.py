@@ -203,6 +203,9 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     `workers` threads encode tensors side by side (default: up to 4, one per core).
     `arch` ({'name': ..., builder arguments}, see mbz.models) is recorded as the
     file's 'arch' metadata for mbz.load_model; nothing is guessed here.
+    The 'input' metadata (spec.M_INPUT: the checkpoint's tensor bytes by dtype, what the compression ratios
+    of `mbz eval` are of) is measured on `obj` unless `metadata` already holds it (a caller that transformed
+    the checkpoint before, such as pack --fold-bn, records the original's).
     `rans` tries the RANS entropy coder (spec §5.7) on integer sections; `profile` "default" keeps it
     where it saves at least 3% over zstd with 1024-step lanes, "best" (which turns `rans` on) wherever it
     is smaller, with 16384-step lanes, then ARANS (spec §5.8) on every section it stores in fewer bytes
@@ -263,7 +266,9 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     arch = arch or meta.get("arch")
     if arch:
         meta["arch"] = arch
-    meta[M_INPUT] = {"dtypes": dtypes, "bytes": sum(dtypes.values())}
+    given = meta.get(M_INPUT)  # a caller that transformed the checkpoint first (pack --fold-bn) records the original's
+    if not (isinstance(given, dict) and isinstance(given.get("bytes"), int) and given["bytes"] > 0):
+        meta[M_INPUT] = {"dtypes": dtypes, "bytes": sum(dtypes.values())}
     if prep.folded:
         meta[M_PRUNE_FOLDED] = prep.folded
     if key is not None:

@@ -171,6 +171,10 @@ def test_fold_bn_pack_loads_with_load_model(tmp_path, capsys):
     assert rep["folded_bn"] and rep["arch"]["folded_bn"]
     # the input bytes (and ratio) are those of the checkpoint as given, BatchNorms included
     assert rep["input_bytes"] == sum(t.numel() * t.element_size() for t in net.state_dict().values()), rep["input_bytes"]
+    from mbz.summary import input_bytes     # and the file records the same figure for mbz eval / inspect
+    from mbz.reader import MbzReader
+    with MbzReader(out) as r:
+        assert input_bytes(r) == (rep["input_bytes"], "recorded at pack time")
     names = {t["name"] for t in rep["tensors"]}
     assert not any("running_var" in n for n in names) and "features.0.0.bias" in names
     back = load_model(out)

@@ -145,6 +145,7 @@ def _pack(a, obj, meta: dict) -> int:
         if main is not prep.obj or len(plain) != len(prep.obj):
             raise UsageError("--fold-bn folds a plain state_dict of tensors: pick it with --key")
         in_dtypes = api.input_dtypes(plain)  # the checkpoint's tensors, before folding: what the ratio is of
+        meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}})
         folded, arch0 = fold_state_dict(plain, arch)
         if a.bias_correct:
             common_fix = bias_fixes(plain, arch, folded)
