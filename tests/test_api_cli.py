@@ -245,3 +245,16 @@ def test_verify_names_at_most_twenty_differences_per_kind(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("MISMATCH t") for line in out) == 20
     assert "MISMATCH ... and 10 more" in out, out
+
+
+def test_counts_of_one_are_singular(tmp_path, capsys):
+    """A one-tensor checkpoint: pack, unpack and verify say '1 tensor', never '1 tensors'."""
+    ck = tmp_path / "one.pt"
+    torch.save({"w": torch.arange(6.0).reshape(2, 3)}, ck)
+    out = tmp_path / "one.mbz"
+    assert main(["pack", str(ck), "-o", str(out)]) == 0
+    assert main(["unpack", str(out), "-o", str(tmp_path / "u.pt")]) == 0
+    assert main(["verify", str(out), str(ck)]) == 0
+    text = capsys.readouterr().out
+    assert "1 tensor:" in text and "OK: the 1 tensor of" in text, text
+    assert "1 tensors" not in text, text

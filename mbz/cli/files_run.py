@@ -24,6 +24,11 @@ from ..summary import format_table, summarize
 from .common import print_json, show_progress
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 tensor', '3 tensors'."""
+    return f"{n:,d} {noun}{'' if n == 1 else 's'}"
+
+
 def _meta_pairs(pairs):
     out = {}
     for p in pairs or []:
@@ -151,7 +156,7 @@ def _pack(a, obj, meta: dict) -> int:
             common_fix = bias_fixes(plain, arch, folded)
         arch = arch0
         arch_note = f"architecture recorded: {arch}"
-        fold_note = (f"  BatchNorm folded into the convolutions before packing (--fold-bn): {len(plain)} tensors -> "
+        fold_note = (f"  BatchNorm folded into the convolutions before packing (--fold-bn): {_count(len(plain), 'tensor')} -> "
                      f"{len(folded)}; recorded as {arch.get('name')} with folded_bn")
         prep = api.Prepared(folded, prep.folded, prep.left_out)
     common = dict(include=DEFAULT_INCLUDE if a.include is None else a.include, detect=not a.no_detect,
@@ -212,7 +217,7 @@ def _pack(a, obj, meta: dict) -> int:
             f"(size exponent {a.size_exp:g}, dead zone {a.deadzone:g}{', gain kept' if not a.no_gain else ''})"
             if lossy else "lossless")
     dt = ", ".join(f"{k} {v:,d}" for k, v in sorted(in_dtypes.items(), key=lambda x: -x[1]))
-    print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {len(rep.tensors)} tensors: "
+    print(f"wrote {rep.path}: {rep.file_bytes:,d} bytes ({mode}; {_count(len(rep.tensors), 'tensor')}: "
           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")")
     kept = [t for t in rep.tensors if t.kept_exact]
     if kept:
@@ -227,16 +232,16 @@ def _pack(a, obj, meta: dict) -> int:
     if fold_note:
         print(fold_note)
     if prep.folded:
-        print(f"  pruning re-parametrisation: {len(prep.folded)} tensors stored as X_orig * X_mask under their plain "
+        print(f"  pruning re-parametrisation: {_count(len(prep.folded), 'tensor')} stored as X_orig * X_mask under their plain "
               f"names (pruned elements exactly +0.0, masks not kept): {', '.join(prep.folded[:6])}"
               f"{' ...' if len(prep.folded) > 6 else ''}; --exact keeps X_orig and X_mask bit for bit")
     if nz:
         n = sum(t.negative_zeros for t in nz)
         if a.zero_sign == "drop":
-            print(f"  negative zeros: {n:,d} -0.0 elements of {len(nz)} tensors stored as +0.0 (--zero-sign drop; "
+            print(f"  negative zeros: {n:,d} -0.0 elements of {_count(len(nz), 'tensor')} stored as +0.0 (--zero-sign drop; "
                   "the file records them: not bit-exact there)")
         else:
-            print(f"  negative zeros: kept the sign of {n:,d} -0.0 elements in {len(nz)} tensors, costing "
+            print(f"  negative zeros: kept the sign of {n:,d} -0.0 elements in {_count(len(nz), 'tensor')}, costing "
                   f"{sum(t.negzero_bytes for t in nz):,d} bytes (--zero-sign drop stores them as +0.0)")
     if rep.structure:
         top = list(prep.obj) if hasattr(prep.obj, "keys") else []
@@ -244,7 +249,7 @@ def _pack(a, obj, meta: dict) -> int:
               f"{len(top)} top-level entries{': ' + ', '.join(map(str, top[:8])) if top else ''}"
               f"{' ...' if len(top) > 8 else ''}")
     if rep.shared:
-        print(f"  {rep.shared} tensors share storage with another: stored once, restored as shared")
+        print(f"  {_count(rep.shared, 'tensor')} share{'s' if rep.shared == 1 else ''} storage with another: stored once, restored as shared")
     if prep.left_out:
         print(f"  left out (--key {a.key}): {', '.join(map(str, prep.left_out))}")
     print(arch_note)
@@ -280,7 +285,7 @@ def cmd_unpack(a) -> int:
         torch.save(obj, buf)
         atomic_write(a.output, [buf.getvalue()])
     n = sum(1 for _ in leaves(obj))
-    print(f"wrote {a.output} ({fmt}): {n} tensors")
+    print(f"wrote {a.output} ({fmt}): {_count(n, 'tensor')}")
     for note in notes:
         print(f"note: {note}")
     if a.format is None and ext not in ("pt", "pth", "safetensors", "npz"):
@@ -326,7 +331,7 @@ def cmd_inspect(a) -> int:
     else:
         arch = s["metadata"].get("arch") or {}  # free-form metadata: any msgpack value (spec §3)
         brief = {k: v for k, v in arch.items() if k != "act_alpha"} if isinstance(arch, dict) else arch
-        print(f"{a.file}: mbz {s['version']}, {len(s['tensors'])} tensors, arch {brief or '-'}")
+        print(f"{a.file}: mbz {s['version']}, {_count(len(s['tensors']), 'tensor')}, arch {brief or '-'}")
         if s.get("structure"):
             print(f"structure tree (spec §3.1): {s['structure']}")
         print(format_table(s, limit=None if a.all else 40))
@@ -385,7 +390,7 @@ def cmd_verify(a) -> int:
     if prep.left_out:
         notes.append(f"only entry {meta.get(M_KEY)!r} was packed; left out: {', '.join(map(str, prep.left_out))}")
     if c.sign_only:
-        notes.append(f"{len(c.sign_only)} tensors differ only in the sign of zeros, as the file records "
+        notes.append(f"{_count(len(c.sign_only), 'tensor')} differ{'s' if len(c.sign_only) == 1 else ''} only in the sign of zeros, as the file records "
                      f"(packed with --zero-sign drop: {sum(meta[M_ZERO_SIGN].values()):,d} -0.0 stored as +0.0)")
     for n in notes:
         print(f"NOTE     {n}")
@@ -396,5 +401,5 @@ def cmd_verify(a) -> int:
     if prep.folded:
         exact += " (pruning pairs as their effective weight, see the note)"
     other = f" and {c.values} other value{'s' if c.values != 1 else ''}" if c.values else ""
-    print(f"OK: all {c.tensors} tensors{other} of {a.checkpoint} are {exact} in {a.file}")
+    print(f"OK: {'all ' if c.tensors != 1 else 'the '}{_count(c.tensors, 'tensor')}{other} of {a.checkpoint} are {exact} in {a.file}")
     return 0
