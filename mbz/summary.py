@@ -94,13 +94,14 @@ def summarize(reader, decode: bool = True) -> dict:
 def format_table(s: dict, limit: int | None = None) -> str:
     cats = [c.value for c in TENSOR_COLUMNS]
     short = {c.value: v for c, v in TENSOR_COLUMNS.items()}
-    head = f"{'tensor':<36} {'shape':<16} {'enc':<8} {'bits':>4} {'layout':<6} {'zeros':>6} " + \
+    rows = s["tensors"] if limit is None else s["tensors"][:limit]
+    w = max([36] + [len(r["name"]) for r in rows])  # full names: a truncated one can name two tensors
+    head = f"{'tensor':<{w}} {'shape':<16} {'enc':<8} {'bits':>4} {'layout':<6} {'zeros':>6} " + \
         " ".join(f"{short[c]:>7}" for c in cats) + f" {'total':>8}"
     lines = [head, "-" * len(head)]
-    rows = s["tensors"] if limit is None else s["tensors"][:limit]
     for r in rows:
         sp = f"{100 * r['sparsity']:5.1f}%" if "sparsity" in r else "     -"
-        lines.append(f"{r['name'][:36]:<36} {'x'.join(map(str, r['shape'])) or 'scalar':<16} {r['encoding']:<8} "
+        lines.append(f"{r['name']:<{w}} {'x'.join(map(str, r['shape'])) or 'scalar':<16} {r['encoding']:<8} "
                      f"{r['bits']:>4} {r['layout'][:6]:<6} {sp:>6} " +
                      " ".join(f"{r['bytes'][c]:>7}" for c in cats) + f" {r['total_bytes']:>8}")
     if limit is not None and len(s["tensors"]) > limit:

@@ -258,3 +258,17 @@ def test_counts_of_one_are_singular(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "1 tensor:" in text and "OK: the 1 tensor of" in text, text
     assert "1 tensors" not in text, text
+
+
+def test_tables_print_long_tensor_names_whole(tmp_path, capsys):
+    """inspect's and lossy pack's tables name each tensor in full: two names that share their first 40
+    characters stay distinguishable."""
+    stem = "encoder.stages.3.blocks.11.attention_projection.depthwise"
+    ck = tmp_path / "long.pt"
+    torch.save({f"{stem}.a.weight": torch.randn(8, 8), f"{stem}.b.weight": torch.randn(8, 8)}, ck)
+    out = tmp_path / "long.mbz"
+    assert main(["pack", str(ck), "-o", str(out), "--wbits", "4"]) == 0
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in (f"{stem}.a.weight", f"{stem}.b.weight"):
+        assert text.count(name + " ") == 2, text   # once in pack's table, once in inspect's

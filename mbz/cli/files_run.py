@@ -195,14 +195,15 @@ def _pack(a, obj, meta: dict) -> int:
         return 0
     lossy = a.wbits or a.step or a.target_size is not None
     if lossy and not a.quiet:
-        print(f"{'tensor':<40} {'enc':<8} {'bits':>4} {'step':>10} {'rel':>6} {'steps':>5} {'bytes':>9} "
+        w = max([40] + [len(t.name) for t in rep.tensors if t.quantized])
+        print(f"{'tensor':<{w}} {'enc':<8} {'bits':>4} {'step':>10} {'rel':>6} {'steps':>5} {'bytes':>9} "
               f"{'max|err|':>10} {'rmse':>10} {'sqnr dB':>8}")
         for t in rep.tensors:
             if t.quantized:
                 e = t.error
                 step = f"{t.step:>10.4g}" if t.step is not None else f"{'-':>10}"
                 rel = f"{t.rel_step:>6.3g}" if t.rel_step is not None else f"{'-':>6}"
-                print(f"{t.name[:40]:<40} {t.encoding:<8} {t.bits or '-':>4} {step} {rel} {t.steps or '-':>5} "
+                print(f"{t.name:<{w}} {t.encoding:<8} {t.bits or '-':>4} {step} {rel} {t.steps or '-':>5} "
                       f"{t.stored_bytes:>9} {e['max_abs_err']:>10.3g} {e['rmse']:>10.3g} {e['sqnr_db']:>8.2f}")
         print("  (bits: the stored code width, a byte-aligned 8 where that entropy-codes smaller; step: the quantization "
               "step in the tensor's units, the median one for per-channel steps; rel: the step relative to the rms; "
