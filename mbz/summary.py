@@ -5,6 +5,7 @@ import torch
 
 from .codecs.affine import numel_of
 from .codecs.raw import ITEMSIZE, TORCH_DTYPE
+from .reparam import MASK, ORIG
 from .spec import M_INPUT, QUANTIZED_DTYPES, Category, Filter
 
 # the per-tensor columns of `mbz inspect` (spec table 8 without the file header) and their short titles
@@ -14,8 +15,14 @@ TENSOR_COLUMNS = {Category.VALUES: "values", Category.INDICES: "index", Category
 
 
 def is_weight(name: str, rank: int) -> bool:
-    """Conv / linear weights: the tensors a 'weight compression ratio' is about."""
-    return name.endswith("weight") and rank >= 2
+    """Conv / linear weights: the tensors a 'weight compression ratio' is about (a pruning pair's
+    `weight_orig` included: its mask's file bytes count with it, see is_weight_mask)."""
+    return name.endswith(("weight", "weight" + ORIG)) and rank >= 2
+
+
+def is_weight_mask(name: str, rank: int) -> bool:
+    """The `weight_mask` of a torch.nn.utils.prune pair kept by pack --exact: bytes of the weight it masks."""
+    return name.endswith("weight" + MASK) and rank >= 2
 
 
 def fp32_bytes(dtype, numel: int) -> int:
@@ -69,6 +76,8 @@ def summarize(reader, decode: bool = True) -> dict:
         fp32_total += row["fp32_bytes"]
         if is_weight(rec.name, len(rec.shape)):
             fp32_w += row["fp32_bytes"]
+            file_w += row["total_bytes"]
+        elif is_weight_mask(rec.name, len(rec.shape)):
             file_w += row["total_bytes"]
         rows.append(row)
     file_bytes = acc["file_bytes"]

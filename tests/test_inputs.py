@@ -2,6 +2,7 @@
 negative zeros, every dtype, shared storage, .safetensors (format 1.1)."""
 import copy
 import io
+import json
 import os
 import warnings
 
@@ -74,6 +75,27 @@ def test_prune_pairs_fold_by_default_and_exact_keeps_them(tmp_path, capsys):
                 n = back[name].numel()
                 assert acc[name] <= n / 8 + 64, (name, acc[name], n)
     assert main(["verify", str(tmp_path / "e.mbz"), str(tmp_path / "masked.pt")]) == 0
+
+
+def test_exact_pruning_pairs_record_the_architecture_and_load(tmp_path, capsys):
+    """pack --exact keeps X_orig / X_mask: the architecture hint and --arch read each pair as its X,
+    mbz.load_model loads X_orig * X_mask, and the weight ratio counts the pairs as weights."""
+    m, params = _pruned(0.5)
+    ck = tmp_path / "masked.pt"
+    torch.save(m.state_dict(), ck)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "h.mbz"), "--exact"]) == 0
+    out = capsys.readouterr().out
+    assert "fit --arch mobilenet_v2_cifar:width_mult=0.25" in out and f"{len(params)} pruning pairs" in out, out
+    assert main(["pack", str(ck), "-o", str(tmp_path / "e.mbz"), "--exact", "--arch", "mobilenet_v2_cifar", "-q"]) == 0
+    net = mbz.load_model(tmp_path / "e.mbz")
+    x = torch.randn(2, 3, 32, 32)
+    m.eval()
+    assert torch.equal(net(x), m(x))
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "e.mbz"), "--json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["weight_fp32_bytes"] == sum(4 * mod.weight.numel() for mod, _ in params)
+    assert 0.5 < js["weight_compression_ratio"] < 2, js["weight_compression_ratio"]
 
 
 # --------------------------------------------------------------------------- torch.ao quantized

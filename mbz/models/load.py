@@ -15,7 +15,8 @@ from ..checkpoint import as_state_dict
 from ..errors import MbzError
 from ..structure import check_materialized, main_path, subtree
 from ..reader import MbzReader
-from .registry import arch_of_module, build_model, check_fit, shapes_of, skeleton, strip_wrapper, validate_arch
+from ..reparam import fold_pruning
+from .registry import arch_of_module, build_model, check_fit, effective_shapes, shapes_of, skeleton, strip_wrapper, validate_arch
 
 
 def load_model(path, *, model: nn.Module | None = None, strict: bool = True) -> nn.Module:
@@ -25,7 +26,9 @@ def load_model(path, *, model: nn.Module | None = None, strict: bool = True) -> 
     validated against the architecture's declared arguments, then sized on the meta device).
     With `model` (any nn.Module the caller built, e.g. their own class), that module is filled in
     place and returned, as safetensors.torch.load_model does.  Names wrapped by DataParallel
-    (`module.`) or torch.compile (`_orig_mod.`) are matched with the prefix removed.
+    (`module.`) or torch.compile (`_orig_mod.`) are matched with the prefix removed.  Pruning pairs
+    `X_orig` / `X_mask` (kept by pack --exact) are loaded as their effective X = X_orig * X_mask
+    (mbz.reparam.fold_pruning).
 
     Names and shapes are compared before anything is decoded: raises MbzError naming the missing,
     unexpected and mis-shaped keys (the first few, with counts) when the file's tensors do not fit
@@ -40,6 +43,7 @@ def load_model(path, *, model: nn.Module | None = None, strict: bool = True) -> 
         sd = r.state_dict() if r.has_structure else None
         names = shapes_of(sd) if sd is not None else \
             {rec.name: tuple(rec.shape) for rec in r.layout.records}
+        names, pairs = effective_shapes(names)  # pack --exact kept torch.nn.utils.prune's X_orig / X_mask
         prefix = strip_wrapper(names)
         got = {k[len(prefix):]: s for k, s in names.items()}
         if model is None:
@@ -68,6 +72,8 @@ def load_model(path, *, model: nn.Module | None = None, strict: bool = True) -> 
         check_fit(shapes_of(model.state_dict()), got, what, strict)
         if sd is None:
             sd = r.decode_all()
+    if pairs:
+        sd, _ = fold_pruning(sd)
     if prefix:
         sd = {k[len(prefix):]: v for k, v in sd.items()}
     try:

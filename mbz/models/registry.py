@@ -599,16 +599,34 @@ def pipeline_arch(model: dict, sd: dict | None = None) -> dict:
     return arch
 
 
+def effective_shapes(shapes: dict) -> tuple[dict, int]:
+    """({name: shape} with each torch.nn.utils.prune pair X_orig / X_mask read as the X the network holds,
+    number of such pairs)."""
+    pairs = {k[:-5] for k, s in shapes.items() if k.endswith("_orig") and len(k) > 5
+             and shapes.get(k[:-5] + "_mask") == s and k[:-5] not in shapes}
+    if not pairs:
+        return shapes, 0
+    out = {}
+    for k, s in shapes.items():
+        if k.endswith("_orig") and k[:-5] in pairs:
+            out[k[:-5]] = s
+        elif not (k.endswith("_mask") and k[:-5] in pairs):
+            out[k] = s
+    return out, len(pairs)
+
+
 def arch_for_pack(sd, spec: str | None, num_classes: int | None = None) -> tuple[dict | None, str]:
     """(arch to record, one line for pack's output) for a state_dict and `mbz pack --arch SPEC`.
 
     With SPEC (parse_arch) the arch is validated, completed from the shapes (complete_arch) and
     checked against the tensors: MbzError naming the missing / unexpected / mis-shaped keys otherwise.
     Without it nothing is recorded, and the line names the architectures the tensors fit (suggest_archs)."""
-    names = shapes_of(sd)
+    names, pairs = effective_shapes(shapes_of(sd))
     p = strip_wrapper(names)
     shapes = {k[len(p):]: s for k, s in names.items()}
     wrapped = f" (names under the wrapper prefix {p!r}, matched without it)" if p else ""
+    if pairs:   # pack --exact keeps torch.nn.utils.prune's pairs; the network has their effective X
+        wrapped += f" ({pairs} pruning pairs X_orig / X_mask matched as X)"
     if spec is not None:
         arch = parse_arch(spec)
         if num_classes is not None:
