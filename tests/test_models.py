@@ -131,6 +131,9 @@ def test_signature_keys_hold_in_every_suggested_architecture_and_spare_the_rest_
     for name in registry.SUGGEST:
         keys = registry._default_keys(name)
         assert keys and registry.signature_fits(name, keys), name
+        if name in registry.ARCHITECTURES and "folded_bn" in registry.ARCHITECTURES[name].params:
+            keys = registry._default_keys(name, True)
+            assert keys and registry.signature_fits(name, keys, folded=True), name
     custom = {"stem.weight": (16, 3, 3, 3), "head.weight": (10, 16), "head.bias": (10,)}
 
     def no_build(*a, **k):
@@ -138,6 +141,16 @@ def test_signature_keys_hold_in_every_suggested_architecture_and_spare_the_rest_
     monkeypatch.setattr(registry, "architectures", no_build)
     monkeypatch.setattr(registry, "_default_keys", no_build)
     assert suggest_archs(custom) == []
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_cifar", "resnet18_cifar", "vgg11_bn_cifar"])
+def test_a_batchnorm_folded_state_dict_is_suggested_with_folded_bn(name):
+    """What pack --fold-bn or folded QAT wrote, unpacked: the hint names the architecture with folded_bn=True."""
+    from mbz.models import build_model
+    sd = build_model({"name": name, "folded_bn": True, "num_classes": 7}).state_dict()
+    assert not any("running_var" in k for k in sd)
+    got = suggest_archs(shapes_of(sd))
+    assert [(a["name"], a.get("folded_bn"), a["num_classes"]) for a in got] == [(name, True, 7)], got
 
 
 def test_pack_makes_a_file_for_qat_prepared_and_folded_models(tmp_path, capsys):

@@ -506,28 +506,39 @@ SUGGEST = ("mobilenet_v2_cifar", "mobilenet_v2", "resnet18_cifar", "resnet18", "
 SIGNATURE_KEYS = {"mobilenet_v2": ("features.0.0.weight", "features.1.conv.0.0.weight", "classifier.1.weight"),
                   "resnet": ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.0.conv1.weight", "fc.weight"),
                   "vgg": ("features.0.weight", "features.1.running_var")}
+# the same for the BatchNorm-folded networks (folded_bn: convs with a bias, no BatchNorm), e.g. what
+# pack --fold-bn or QAT with folding wrote, unpacked
+FOLDED_SIGNATURE_KEYS = {"mobilenet_v2": ("features.0.0.weight", "features.0.0.bias", "classifier.1.weight"),
+                         "resnet": ("conv1.weight", "conv1.bias", "layer1.0.conv1.bias", "fc.weight"),
+                         "vgg": ("features.0.weight", "features.0.bias")}
 
 
-def signature_fits(name: str, keys) -> bool:
-    """Whether `keys` (names, wrapper prefix stripped) hold every SIGNATURE_KEYS name of `name`'s family."""
-    fam = next((f for f in SIGNATURE_KEYS if name.startswith(f)), None)
-    return fam is None or all(k in keys for k in SIGNATURE_KEYS[fam])
+def signature_fits(name: str, keys, folded: bool = False) -> bool:
+    """Whether `keys` (names, wrapper prefix stripped) hold every SIGNATURE_KEYS (folded:
+    FOLDED_SIGNATURE_KEYS) name of `name`'s family."""
+    table = FOLDED_SIGNATURE_KEYS if folded else SIGNATURE_KEYS
+    fam = next((f for f in table if name.startswith(f)), None)
+    return fam is None or all(k in keys for k in table[fam])
 
 
 def suggest_archs(shapes: dict) -> list[dict]:
     """The `arch` of every SUGGEST entry whose names and shapes the state_dict (wrapper prefix stripped) fits.
 
-    Several results differ in what the weights do not hold (strides, pooling): a hint, never a record."""
+    Several results differ in what the weights do not hold (strides, pooling): a hint, never a record.
+    A state_dict with no BatchNorm that fits an architecture declaring `folded_bn` gives that
+    architecture with folded_bn=True."""
     p = strip_wrapper(shapes)
     shapes = {k[len(p):]: tuple(v) for k, v in shapes.items()}
-    names = [n for n in SUGGEST if signature_fits(n, shapes)]
-    reg = architectures() if names else {}
+    cands = [(n, False) for n in SUGGEST if signature_fits(n, shapes)]
+    cands += [(n, True) for n in SUGGEST if n in ARCHITECTURES and "folded_bn" in ARCHITECTURES[n].params
+              and signature_fits(n, shapes, folded=True)]
+    reg = architectures() if cands else {}
     out = []
-    for name in names:
-        if name not in reg or _default_keys(name) != frozenset(shapes):
+    for name, folded in cands:
+        if name not in reg or _default_keys(name, folded) != frozenset(shapes):
             continue
         try:
-            arch = complete_arch({"name": name}, shapes)
+            arch = complete_arch({"name": name, **({"folded_bn": True} if folded else {})}, shapes)
             want = skeleton_shapes(arch)
         except MbzError:
             continue
@@ -537,8 +548,8 @@ def suggest_archs(shapes: dict) -> list[dict]:
 
 
 @functools.lru_cache(maxsize=None)
-def _default_keys(name: str) -> frozenset:
-    m = skeleton_shapes({"name": name})
+def _default_keys(name: str, folded: bool = False) -> frozenset:
+    m = skeleton_shapes({"name": name, **({"folded_bn": True} if folded else {})})
     return frozenset(m) if m is not None else frozenset()
 
 
