@@ -272,3 +272,19 @@ def test_tables_print_long_tensor_names_whole(tmp_path, capsys):
     text = capsys.readouterr().out
     for name in (f"{stem}.a.weight", f"{stem}.b.weight"):
         assert text.count(name + " ") == 2, text   # once in pack's table, once in inspect's
+
+
+def test_unpack_and_verify_quiet(tmp_path, capsys):
+    """-q: unpack prints nothing; verify prints nothing when identical and still lists differences."""
+    ck = tmp_path / "m.pt"
+    sd = {"a": torch.randn(4, 4), "b": torch.randn(3)}
+    torch.save({"model": sd, "epoch": 3}, ck)
+    out = tmp_path / "m.mbz"
+    assert main(["pack", str(ck), "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["unpack", str(out), "-o", str(tmp_path / "u.npz"), "-q"]) == 0
+    assert main(["verify", str(out), str(ck), "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    torch.save({"model": {"a": sd["a"] + 1, "b": sd["b"]}, "epoch": 3}, tmp_path / "other.pt")
+    assert main(["verify", str(out), str(tmp_path / "other.pt"), "-q"]) == 1
+    assert "MISMATCH model/a" in capsys.readouterr().out

@@ -141,6 +141,9 @@ def register(sub) -> None:
                         "refuses dtypes numpy lacks, bfloat16 and float8, naming the tensor); default: from the "
                         "output's extension (.safetensors, .npz), else pt")
     add_force(p)
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing on success (neither the 'wrote' line nor the notes on what the output format "
+                        "cannot hold)")
     p.set_defaults(fn=_job("cmd_unpack"))
 
     p = sub.add_parser("inspect", help="per-tensor encodings and every byte by category",
@@ -164,4 +167,6 @@ def register(sub) -> None:
     p.add_argument("file", help=".mbz file")
     p.add_argument("checkpoint", help="the checkpoint it was packed from (.pt/.pth read with weights_only=True, "
                                       ".safetensors, .npz, or a .mbz)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no NOTE lines and no OK line: only the differences, and the exit status")
     p.set_defaults(fn=_job("cmd_verify"))

@@ -286,9 +286,10 @@ def cmd_unpack(a) -> int:
         torch.save(obj, buf)
         atomic_write(a.output, [buf.getvalue()])
     n = sum(1 for _ in leaves(obj))
-    print(f"wrote {a.output} ({fmt}): {_count(n, 'tensor')}")
-    for note in notes:
-        print(f"note: {note}")
+    if not a.quiet:
+        print(f"wrote {a.output} ({fmt}): {_count(n, 'tensor')}")
+        for note in notes:
+            print(f"note: {note}")
     if a.format is None and ext not in ("pt", "pth", "safetensors", "npz"):
         warnings.warn(f"{a.output} does not end in .pt, .pth, .safetensors or .npz: written as torch.save writes "
                       f"(--format chooses)")
@@ -358,12 +359,12 @@ def cmd_verify(a) -> int:
     expected = prep.obj if tree else as_state_dict(prep.obj)
     c = compare(expected, got, zero_sign_dropped=bool(meta.get(M_ZERO_SIGN)))
     lossy = meta.get(M_LOSSY)
-    if lossy and c.mismatched:
+    if lossy and c.mismatched and not a.quiet:
         how = ", ".join(f"{k} {v}" for k, v in lossy.items() if v not in (None, False))
         print(f"NOTE     the file was packed lossy ({how}): its quantized tensors differ from the checkpoint by "
               f"design; `mbz inspect` gives their error and `mbz eval` their top-1")
     folded_bn = isinstance(meta.get("arch"), dict) and bool(meta["arch"].get("folded_bn"))
-    if folded_bn and (c.missing or c.extra):
+    if folded_bn and (c.missing or c.extra) and not a.quiet:
         print("NOTE     the file holds BatchNorm folded into the convs (pack --fold-bn): its names differ from "
               "an unfolded checkpoint's by design; `mbz eval` gives its top-1")
     cap = 10 if folded_bn else VERIFY_LINES
@@ -393,7 +394,7 @@ def cmd_verify(a) -> int:
     if c.sign_only:
         notes.append(f"{_count(len(c.sign_only), 'tensor')} differ{'s' if len(c.sign_only) == 1 else ''} only in the sign of zeros, as the file records "
                      f"(packed with --zero-sign drop: {sum(meta[M_ZERO_SIGN].values()):,d} -0.0 stored as +0.0)")
-    for n in notes:
+    for n in notes if not a.quiet else ():
         print(f"NOTE     {n}")
     if not c.ok:
         raise MismatchError(f"{a.file} does not reproduce {a.checkpoint}: {len(c.mismatched)} mismatched, "
@@ -402,5 +403,6 @@ def cmd_verify(a) -> int:
     if prep.folded:
         exact += " (pruning pairs as their effective weight, see the note)"
     other = f" and {c.values} other value{'s' if c.values != 1 else ''}" if c.values else ""
-    print(f"OK: {'all ' if c.tensors != 1 else 'the '}{_count(c.tensors, 'tensor')}{other} of {a.checkpoint} are {exact} in {a.file}")
+    if not a.quiet:
+        print(f"OK: {'all ' if c.tensors != 1 else 'the '}{_count(c.tensors, 'tensor')}{other} of {a.checkpoint} are {exact} in {a.file}")
     return 0
