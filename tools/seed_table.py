@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         print(f"| {r['seed']} | {r['baseline_val']:.2f} / {r['baseline_test']:.2f} | {r['file_bytes']:,} | "
               f"{r['top1_val']:.2f} / {r['top1_test']:.2f} | {r['drop_test']:.2f} | {r['ratio_vs_fp32']} |")
     d = out["drop_test"]
-    print(f"\n{len(rs)} seeds: drop mean {d['mean']:.2f} (min {d['min']:.2f}, max {d['max']:.2f}); "
+    print(f"\n{len(rs)} seed{'s' if len(rs) != 1 else ''}: drop mean {d['mean']:.2f} (min {d['min']:.2f}, max {d['max']:.2f}); "
           f"fp32 checkpoint {ref:,} B")
     return 0
 
