@@ -324,13 +324,13 @@ def networks_frontier(nets: list[dict], path: str, mnv2: list[dict], mnv2_base: 
     mnv2: {label, file_kb, top1} of the MobileNet-v2 files beside them, mnv2_base its baseline top-1."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(WIDTH, 4.0))
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown", "tab:olive"]
     kbs = []
     for c, n in zip(colors, nets):
         rows = n["seeds"]["rows"]
         xs = [r["file_bytes"] / 1000 for r in rows]
         ax.scatter(xs, [r["top1_test"] for r in rows], color=c, s=30, zorder=3,
-                   label=f"{n['name']}: compressed, {len(rows)} seeds")
+                   label=f"{n['name']}: compressed, {len(rows)} seed{'s' if len(rows) != 1 else ''}")
         base = n["seeds"]["baseline_test"]["mean"]
         ax.scatter([rows[0]["fp32_checkpoint_bytes"] / 1000], [base], marker="s", s=34, facecolors="white",
                    edgecolors=c, linewidths=1.2, zorder=3, label=f"{n['name']}: fp32 checkpoint (baseline, mean)")

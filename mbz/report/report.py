@@ -559,7 +559,7 @@ def _final(doc, inp, figs):
                    f"{rep[-1]['cpu_top1']:.2f}% at {rep[-1]['file_bytes']:,} B ({_diff(rep[-1]['cpu_top1'], b)}).")
     for e in inp.recipe_seeds:
         rs = e["rows"]
-        sel.append(f"`{e['recipe']}` run from scratch on {len(rs)} seed{'s' if len(rs) > 1 else ''} ("
+        sel.append(f"`{e['recipe']}` {e.get('how', 'run from scratch')} on {len(rs)} seed{'s' if len(rs) > 1 else ''} ("
                    f"{e.get('baseline_note', 'the same baseline')}; `results/{e['file']}`, each final file evaluated once on the CPU): "
                    + ", ".join(f"{r['top1_cpu']:.2f}% at {r['file_bytes']:,} B" for r in rs)
                    + f"; the target ({e['target']}) is met on {e['seeds_meeting_target']} of {len(rs)} (mean "
@@ -606,10 +606,16 @@ def _networks(doc, inp, figs):
     for n in inp.nets:
         s = n["seeds"]
         d = s["drop_test"]
-        line = (f"{n['name']} (`{n['recipe']}`: {n['method']}): {s['seeds']} seeds, drop {d['mean']:.2f} on average "
-                f"(min {d['min']:.2f}, max {d['max']:.2f}), files {s['file_bytes']['min']:,}-{s['file_bytes']['max']:,} B.")
+        if s["seeds"] == 1:
+            line = (f"{n['name']} (`{n['recipe']}`: {n['method']}): 1 seed, drop {d['mean']:.2f}, file "
+                    f"{s['file_bytes']['min']:,} B.")
+        else:
+            line = (f"{n['name']} (`{n['recipe']}`: {n['method']}): {s['seeds']} seeds, drop {d['mean']:.2f} on average "
+                    f"(min {d['min']:.2f}, max {d['max']:.2f}), files {s['file_bytes']['min']:,}-{s['file_bytes']['max']:,} B.")
         if n["cpu_eval"]:
-            line += (f" Seed 0's file on the CPU (fp32, `mbz eval`): {n['cpu_eval']['top1']:.2f}% "
+            bits = n["cpu_eval"].get("activation_bits", 32)
+            acts = "fp32" if bits == 32 else f"{bits}-bit activations as the file records"
+            line += (f" Seed 0's file on the CPU ({acts}, `mbz eval`): {n['cpu_eval']['top1']:.2f}% "
                      f"(GPU: {s['rows'][0]['top1_test']:.2f}%).")
         items.append(line)
     doc.add(Items(items))
