@@ -628,3 +628,15 @@ def test_output_names_of_another_format_are_warned_about(f, tmp_path, capsys):
     assert main(["pack", f["pt"], "-o", str(tmp_path / "y.MBZ"), "-q"]) == 0
     assert main(["unpack", f["mbz"], "-o", str(tmp_path / "y.pth")]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv, prog", [(["inspect", "--bogus", "x.mbz"], "mbz inspect"),
+                                        (["train", "--recipe", "r.yaml", "--out", "o"], "mbz train"),
+                                        (["sweep", "charts", "d", "--zz"], "mbz sweep charts")])
+def test_an_unknown_option_is_blamed_on_its_verb(argv, prog, capsys):
+    """'mbz VERB: error: unrecognized arguments: ... (see mbz VERB --help)', not the top-level 'mbz: error'."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"{prog}: error: unrecognized arguments:"), err
+    assert err.rstrip().endswith(f"(see {prog} --help)") and err.count("\n") == 1, err

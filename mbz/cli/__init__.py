@@ -43,9 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _verb_parser(ap: argparse.ArgumentParser, a: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)parser the parsed command line chose, e.g. the one of `mbz sweep run`."""
+    p = ap
+    while True:
+        subs = [x for x in p._actions if isinstance(x, argparse._SubParsersAction)]
+        name = getattr(a, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return p
+        p = subs[0].choices[name]
+
+
 def main(argv=None) -> int:
     from ..errors import MbzError, MismatchError
-    a = build_parser().parse_args(argv)
+    ap = build_parser()
+    a, extra = ap.parse_known_args(argv)
+    if extra:  # blame the verb that was given them, and point to its --help
+        _verb_parser(ap, a).error(f"unrecognized arguments: {' '.join(extra)}")
     a.argv = list(sys.argv[1:] if argv is None else argv)  # what the command was, for the records it writes
     prog = f"mbz {a.cmd}"
     import warnings
