@@ -90,7 +90,11 @@ def prepare(obj, *, key: str | None = None, exact: bool = False) -> Prepared:
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             keys = list(obj) if isinstance(obj, Mapping) else []
-            raise CheckpointError(f"key {key!r} is not in the checkpoint (its keys: {', '.join(map(str, keys))[:300]})")
+            if keys and all(isinstance(obj[k], torch.Tensor) for k in keys):
+                raise CheckpointError(f"key {key!r} is not in the checkpoint: it is a plain state_dict of "
+                                      f"{len(keys):,d} tensors, packed whole without --key")
+            shown = ", ".join(map(str, keys[:10])) + (f", ... ({len(keys):,d} keys)" if len(keys) > 10 else "")
+            raise CheckpointError(f"key {key!r} is not in the checkpoint (its keys: {shown or 'none'})")
         left_out = [k for k in obj if k != key]
         obj = obj[key]
     check_materialized(obj)

@@ -218,7 +218,14 @@ def test_training_checkpoint_kept_whole(tmp_path, capsys):
     assert "left out (--key model): epoch, ema, optimizer" in capsys.readouterr().out
     assert same(ck["model"], mbz.load(tmp_path / "m.mbz"))
     assert main(["verify", str(tmp_path / "m.mbz"), str(tmp_path / "ck.pt")]) == 0
+    capsys.readouterr()
     assert main(["pack", str(tmp_path / "ck.pt"), "-o", str(tmp_path / "z.mbz"), "--key", "nope"]) == 2
+    assert "(its keys: epoch, model, ema, optimizer, " in capsys.readouterr().err
+    # a plain state_dict has no entry to pick: said so, without listing every tensor
+    torch.save({f"layer{i}.weight": torch.zeros(2) for i in range(50)}, tmp_path / "plain.pt")
+    assert main(["pack", str(tmp_path / "plain.pt"), "-o", str(tmp_path / "z.mbz"), "--key", "model"]) == 2
+    err = capsys.readouterr().err
+    assert "plain state_dict of 50 tensors, packed whole without --key" in err and "layer49" not in err, err
 
 
 def test_plain_state_dict_has_no_tree_and_broken_trees_are_refused(tmp_path):
