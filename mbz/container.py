@@ -221,7 +221,7 @@ def parse(buf) -> FileLayout:
     """
     size = len(buf)
     if size < PREAMBLE_SIZE:
-        if size >= 8 and bytes(buf[:8]) != MAGIC:
+        if size and bytes(buf[:8]) != MAGIC[:min(size, 8)]:  # a text file of a few bytes is no .mbz either
             raise FormatError(f"not an .mbz file: bad magic at offset 0 (expected {MAGIC!r})")
         raise TruncatedError(f"file is {size} bytes; the preamble alone is {PREAMBLE_SIZE}")
     magic, major, minor, codec, reserved, hlen, hcrc = PREAMBLE.unpack_from(buf, 0)

@@ -226,3 +226,16 @@ def test_inspect_no_decode_checks_every_tensors_checksum(small, tmp_path, capsys
         assert main(["inspect", str(p), "--no-decode"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"tensor '{name}'" in err and "checksum" in err, err
+
+
+def test_a_short_file_is_named_not_an_mbz_unless_it_starts_like_one(tmp_path):
+    """A 6-byte text file is 'not an .mbz file'; the first 5 bytes of a real one are a truncated .mbz."""
+    import mbz
+    from mbz.errors import FormatError, TruncatedError
+    (tmp_path / "text.mbz").write_bytes(b"hello\n")
+    with pytest.raises(FormatError, match="not an .mbz file"):
+        mbz.open(tmp_path / "text.mbz")
+    mbz.save({"w": torch.zeros(3)}, tmp_path / "ok.mbz")
+    (tmp_path / "cut.mbz").write_bytes((tmp_path / "ok.mbz").read_bytes()[:5])
+    with pytest.raises(TruncatedError, match="preamble alone"):
+        mbz.open(tmp_path / "cut.mbz")
