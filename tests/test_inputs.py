@@ -77,6 +77,19 @@ def test_prune_pairs_fold_by_default_and_exact_keeps_them(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "e.mbz"), str(tmp_path / "masked.pt")]) == 0
 
 
+@pytest.mark.parametrize("exact", [False, True])
+def test_saving_a_module_with_pruning_hooks_records_its_architecture(tmp_path, exact):
+    """mbz.save of a module pruned with torch.nn.utils.prune (no prune.remove) records its arch, and
+    mbz.load_model rebuilds a network that computes what the pruned module computes."""
+    m, _ = _pruned(0.5)
+    mbz.save(m, tmp_path / "m.mbz", exact=exact)
+    with mbz.open(tmp_path / "m.mbz") as r:
+        assert r.metadata["arch"]["name"] == "mobilenet_v2_cifar"
+    x = torch.randn(2, 3, 32, 32)
+    m.eval()
+    assert torch.equal(mbz.load_model(tmp_path / "m.mbz")(x), m(x))
+
+
 def test_exact_pruning_pairs_record_the_architecture_and_load(tmp_path, capsys):
     """pack --exact keeps X_orig / X_mask: the architecture hint and --arch read each pair as its X,
     mbz.load_model loads X_orig * X_mask, and the weight ratio counts the pairs as weights."""

@@ -558,10 +558,11 @@ def arch_of_module(module: nn.Module) -> dict | None:
     directly (mobilenet_v2_cifar(...), torchvision.models.resnet18(num_classes=10)): accepted only when the
     module's structure (every submodule's type and settings, strides included) equals the rebuilt one's.
     A DataParallel / DistributedDataParallel wrapper is looked through (its state_dict's 'module.' prefix is
-    stripped on load like any wrapper prefix)."""
+    stripped on load like any wrapper prefix); a module pruned with torch.nn.utils.prune (its hooks still on)
+    is matched by its effective weights."""
     while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         module = module.module
-    shapes = shapes_of(module.state_dict())
+    shapes, _ = effective_shapes(shapes_of(module.state_dict()))  # torch.nn.utils.prune hooks: X_orig / X_mask as X
     cands = []
     tag = getattr(module, "mbz_arch", None)
     if isinstance(tag, dict):
