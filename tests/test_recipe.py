@@ -177,3 +177,21 @@ def test_compress_gives_the_sweep_runners_files_bit_for_bit(tiny_npz, tmp_path):
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     pa, pb = mbz.load(tmp_path / "c" / "restart" / "s0.5_c1.mbz"), mbz.load(runner.pruned_path(0.5))
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_status_names_the_outputs_a_done_stage_lost(tmp_path, capsys):
+    """--status of a folder whose manifest lists outputs that are gone (e.g. a results/ copy that keeps only
+    the final file) says so for each stage instead of a bare 'done'."""
+    import shutil
+    src = os.path.join(os.path.dirname(__file__), "..", "results", "resnet18_cifar", "seed0")
+    shutil.copy(os.path.join(src, "manifest.json"), tmp_path / "manifest.json")
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "resnet18_cifar.yaml")
+    assert main(["compress", "--recipe", recipe, "--out", str(tmp_path), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "prune/s0.5.mbz and 3 more of its outputs" in out, out
+    os.makedirs(tmp_path / "prune")
+    for s in ("0.5", "0.8", "0.9", "0.95"):
+        (tmp_path / "prune" / f"s{s}.mbz").write_bytes(b"")
+    assert main(["compress", "--recipe", recipe, "--out", str(tmp_path), "--status"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("prune "))
+    assert line.split() == ["prune", "done"], line

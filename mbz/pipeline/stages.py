@@ -204,7 +204,9 @@ class Compress:
             elif e.get("key") != k:
                 st = "changed (needs --force)"
             elif e.get("state") == "done":
-                st = "done"
+                gone = [o for o in e.get("outputs", []) if not os.path.exists(self._p(o))]
+                st = "done" if not gone else (f"done; not in the folder: {gone[0]}"
+                                              + (f" and {len(gone) - 1} more of its outputs" if len(gone) > 1 else ""))
             else:
                 st = "started" + (" (state saved)" if os.path.exists(self._ckpt(n)) else "")
             out.append((n, st))
