@@ -73,3 +73,13 @@ def test_bench_with_the_users_own_network(tmp_path, capsys, monkeypatch):
     res = json.loads(capsys.readouterr().out)
     assert [(r["device"], r["batch"]) for r in res["results"]] == [("cpu", 1)]
     assert res["command"].endswith("--model benchnets:build")
+
+
+def test_eval_into_a_log_prints_progress_lines(tiny_file, tiny_npz, capsys):
+    """Without a terminal (a log file), eval says where it is at each quarter of the images; -q says nothing."""
+    assert main(["eval", str(tiny_file), "--data", f"npz:{tiny_npz}"]) == 0
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("eval: ")]
+    assert [x.rsplit(",", 1)[0] for x in lines] == ["eval: 25 / 40 images (62%)"], err  # after the first batch of 25
+    assert main(["eval", str(tiny_file), "--data", f"npz:{tiny_npz}", "-q"]) == 0
+    assert "eval: " not in capsys.readouterr().err

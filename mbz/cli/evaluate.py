@@ -8,9 +8,21 @@ import time
 from .common import add_data, input_file, print_json, show_progress
 
 
-def _bar(enabled: bool):
+def _bar(enabled: bool, log: bool = False):
+    """(tqdm bar, progress callback) on a terminal; with `log` and no terminal, a line on stderr at each
+    quarter of the images (a long evaluation written to a log file shows it is running)."""
     if not enabled:
-        return None, None
+        if not log:
+            return None, None
+        t0, shown = time.time(), [0]
+
+        def line(done, total):
+            q = 4 * done // max(total, 1)
+            if q > shown[0] and done < total:
+                shown[0] = q
+                print(f"eval: {done:,d} / {total:,d} images ({100 * done // total}%), {time.time() - t0:.0f} s",
+                      file=sys.stderr, flush=True)
+        return None, line
     from tqdm import tqdm
     bar = tqdm(total=0, unit="img", desc="eval", leave=False)
 
@@ -108,7 +120,7 @@ def cmd_eval(a) -> int:
     if not a.quiet and not show_progress(a.quiet):
         print(f"read {n_read:,d} test images of {ds.source} in {time.time() - t0:.0f} s"
               + (f"; evaluating {len(ds):,d} of them (--limit)" if len(ds) < n_read else ""), file=sys.stderr, flush=True)
-    bar, tick = _bar(show_progress(a.quiet))
+    bar, tick = _bar(show_progress(a.quiet), log=not a.quiet)
     try:
         from ..pipeline.evaluate import evaluate_file
         ev = evaluate_file(a.file, ds, a.device, progress=tick, model=model)
