@@ -78,6 +78,11 @@ class Prepared:
     left_out: list
 
 
+def _a(noun: str) -> str:
+    """'an int', 'a list'."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def prepare(obj, *, key: str | None = None, exact: bool = False) -> Prepared:
     """Select `key` of a checkpoint dict (naming the keys left out) and, unless `exact`, fold
     torch.nn.utils.prune's `X_orig` / `X_mask` pairs into `X` (mbz.reparam).
@@ -258,7 +263,7 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
     dtypes = input_dtypes(prep.obj)
     flat = flatten(prep.obj)
     if not flat.tensors:
-        raise CheckpointError(f"checkpoint holds no tensors (it is a {type(prep.obj).__name__}); "
+        raise CheckpointError(f"checkpoint holds no tensors (it is {_a(type(prep.obj).__name__)}); "
                               "expected a state_dict, a module or a checkpoint holding one")
     if wbits or step:
         _check_include(include, flat, "--wbits" if wbits else "--step")

@@ -99,6 +99,8 @@ def _load_error(path, e: Exception) -> CheckpointError:
     """One line for a file torch.load refused: not a checkpoint at all, or what torch said of one."""
     with open(path, "rb") as f:
         head = f.read(4)
+    if not head:
+        return CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
         return CheckpointError(f"{path}: not a PyTorch checkpoint, .safetensors, .npz or .mbz file "
                                f"(it starts with {head!r})")

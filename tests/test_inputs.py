@@ -239,6 +239,14 @@ def test_training_checkpoint_kept_whole(tmp_path, capsys):
     assert main(["pack", str(tmp_path / "plain.pt"), "-o", str(tmp_path / "z.mbz"), "--key", "model"]) == 2
     err = capsys.readouterr().err
     assert "plain state_dict of 50 tensors, packed whole without --key" in err and "layer49" not in err, err
+    assert main(["pack", str(tmp_path / "ck.pt"), "-o", str(tmp_path / "z.mbz"), "--key", "epoch"]) == 2
+    assert "(it is an int)" in capsys.readouterr().err
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert main(["pack", str(tmp_path / "empty.pt"), "-o", str(tmp_path / "z.mbz")]) == 2
+    assert "empty file (0 bytes), not a checkpoint" in capsys.readouterr().err
+    # verify of a --key file names the entry it compared
+    assert main(["verify", str(tmp_path / "m.mbz"), str(tmp_path / "ck.pt")]) == 0
+    assert f"tensors of {tmp_path / 'ck.pt'}['model'] are bit-identical" in capsys.readouterr().out
 
 
 def test_plain_state_dict_has_no_tree_and_broken_trees_are_refused(tmp_path):

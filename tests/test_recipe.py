@@ -195,3 +195,17 @@ def test_status_names_the_outputs_a_done_stage_lost(tmp_path, capsys):
     assert main(["compress", "--recipe", recipe, "--out", str(tmp_path), "--status"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("prune "))
     assert line.split() == ["prune", "done"], line
+
+
+def test_status_refuses_the_folders_a_run_refuses(tmp_path, capsys):
+    """--status on a file, or on a non-empty folder without manifest.json: the run's one-line refusal, exit 2."""
+    recipe = os.path.join(os.path.dirname(__file__), "..", "recipes", "resnet18_cifar.yaml")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    for out, why in (("afile", "exists and is not a folder"), ("full", "not empty and holds no manifest.json")):
+        assert main(["compress", "--recipe", recipe, "--out", str(tmp_path / out), "--status"]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
+    assert main(["compress", "--recipe", recipe, "--out", str(tmp_path / "new"), "--status"]) == 0
+    assert "to do" in capsys.readouterr().out

@@ -14,6 +14,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import statistics
 import sys
 
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         v = [r[k] for r in rs]
         return {"mean": round(statistics.mean(v), 2), "min": min(v), "max": max(v)}
 
-    out = {"command": "python tools/cpu_seed_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    out = {"command": "python tools/cpu_seed_table.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
            "recipe": a.recipe, "data": "CIFAR-10 (JPEG q75 export), 10,000 test images, each file evaluated once (CPU)",
            "baseline": a.baseline_note or f"{a.baseline:.2f}%",
            "target": f"top1 >= {floor:.2f} (baseline - {a.max_drop}) and <= {a.max_bytes:,} B",

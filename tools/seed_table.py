@@ -14,6 +14,7 @@ import glob
 import io
 import json
 import os
+import shlex
 import statistics
 import sys
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         v = [r[k] for r in rs]
         return {"mean": round(statistics.mean(v), 2), "min": min(v), "max": max(v)}
 
-    out = {"command": "python tools/seed_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    out = {"command": "python tools/seed_table.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
            "seeds": len(rs), "data": "CIFAR-10 (JPEG q75 export)",
            "selection": "every choice on 5,000 training images held out; the test set evaluated once per file",
            "rows": rs, **{k: agg(k) for k in ("baseline_test", "top1_test", "drop_test", "file_bytes", "ratio_vs_fp32")}}

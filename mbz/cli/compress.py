@@ -9,11 +9,11 @@ def cmd_compress(a) -> int:
     from ..pipeline.stages import Compress
     input_file(a.recipe, "recipe")
     recipe = load_recipe(a.recipe)
-    if a.status:  # reads the folder only
-        for name, state in Compress(recipe, a.out, force=True).status():
+    output_dir(a.out, create=False)  # its parent must exist; the folder is made once the recipe's inputs are checked
+    if a.status:  # reads the folder only; a folder a run would refuse is refused the same way
+        for name, state in Compress(recipe, a.out, force=a.force).status():
             print(f"{name:<40} {state}")
         return 0
-    output_dir(a.out, create=False)  # its parent must exist; the folder is made once the recipe's inputs are checked
     job = Compress(recipe, a.out, force=a.force, time_budget=a.time_budget)
     r = job.run()
     for m in r["summary"]["models"]:

@@ -161,12 +161,13 @@ def register(sub) -> None:
     p = sub.add_parser("verify", help="bit-for-bit check of a .mbz against a checkpoint (exit 1 on mismatch)",
                        description="Rebuild FILE's checkpoint and compare all of it with CHECKPOINT: every tensor bit "
                                    "for bit, every other value (epoch, optimizer settings, dtypes) equal; lists "
-                                   "missing, extra and mismatched entries; exit 0 when identical, 1 otherwise. "
+                                   "missing, extra and mismatched entries; exit 0 when identical, 1 when they differ, 2 when an input cannot be read. "
                                    "What the file records about packing (pruning pairs folded, --key, --zero-sign "
                                    "drop) is applied to CHECKPOINT first and reported.")
     p.add_argument("file", help=".mbz file")
     p.add_argument("checkpoint", help="the checkpoint it was packed from (.pt/.pth read with weights_only=True, "
                                       ".safetensors, .npz, or a .mbz)")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no NOTE lines and no OK line: only the differences, and the exit status")
+                   help="no NOTE lines and no OK line: only the differences and, when there are any, the one-line "
+                        "error (the exit status as without -q)")
     p.set_defaults(fn=_job("cmd_verify"))

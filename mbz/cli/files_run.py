@@ -404,5 +404,6 @@ def cmd_verify(a) -> int:
         exact += " (pruning pairs as their effective weight, see the note)"
     other = f" and {c.values} other value{'s' if c.values != 1 else ''}" if c.values else ""
     if not a.quiet:
-        print(f"OK: {'all ' if c.tensors != 1 else 'the '}{_count(c.tensors, 'tensor')}{other} of {a.checkpoint} are {exact} in {a.file}")
+        of = f"{a.checkpoint}[{meta[M_KEY]!r}]" if meta.get(M_KEY) is not None else a.checkpoint  # --key: that entry
+        print(f"OK: {'all ' if c.tensors != 1 else 'the '}{_count(c.tensors, 'tensor')}{other} of {of} are {exact} in {a.file}")
     return 0
