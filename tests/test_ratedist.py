@@ -266,3 +266,27 @@ def test_wbits_step_1d_says_which_1d_tensors_stay_exact_and_why(tmp_path, capsys
         api.save(sd, tmp_path / "e.mbz", step_1d=0.01)          # the CLI refuses --step-1d alone too
     with pytest.raises(EncodeError, match=r"deadzone=0.2 widens the zero bin"):
         api.save(sd, tmp_path / "f.mbz", wbits=4, deadzone=0.2)
+
+
+def test_verify_folds_the_checkpoint_like_pack_fold_bn(tmp_path, capsys):
+    """A lossless pack --fold-bn file verifies against the checkpoint it was folded from (folded the same way
+    first, said in a note); against another network's checkpoint it still fails."""
+    from mbz.models import build_model
+    arch = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 0.25}
+    torch.manual_seed(0)
+    net = build_model(arch)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    out = tmp_path / "f.mbz"
+    assert main(["pack", str(tmp_path / "net.pt"), "-o", str(out), "--arch", "mobilenet_v2_cifar:width_mult=0.25",
+                 "--fold-bn", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), str(tmp_path / "net.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "was folded the same way" in text and "bit-identical (BatchNorm folded" in text, text
+    torch.manual_seed(1)
+    torch.save(build_model(arch).state_dict(), tmp_path / "other.pt")
+    assert main(["verify", str(out), str(tmp_path / "other.pt")]) == 1

@@ -163,7 +163,7 @@ def register(sub) -> None:
                                    "for bit, every other value (epoch, optimizer settings, dtypes) equal; lists "
                                    "missing, extra and mismatched entries; exit 0 when identical, 1 when they differ, 2 when an input cannot be read. "
                                    "What the file records about packing (pruning pairs folded, --key, --zero-sign "
-                                   "drop) is applied to CHECKPOINT first and reported.")
+                                   "drop, BatchNorm folded by --fold-bn) is applied to CHECKPOINT first and reported.")
     p.add_argument("file", help=".mbz file")
     p.add_argument("checkpoint", help="the checkpoint it was packed from (.pt/.pth read with weights_only=True, "
                                       ".safetensors, .npz, or a .mbz)")

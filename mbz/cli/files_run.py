@@ -358,12 +358,21 @@ def cmd_verify(a) -> int:
     prep = api.prepare(obj, key=meta.get(M_KEY), exact=not meta.get(M_PRUNE_FOLDED))
     expected = prep.obj if tree else as_state_dict(prep.obj)
     c = compare(expected, got, zero_sign_dropped=bool(meta.get(M_ZERO_SIGN)))
+    folded_bn = isinstance(meta.get("arch"), dict) and bool(meta["arch"].get("folded_bn"))
+    refolded = False
+    if folded_bn and (c.missing or c.extra) and not tree:  # pack --fold-bn: fold CHECKPOINT the same way first
+        try:
+            unfolded = {k: v for k, v in meta["arch"].items() if k != "folded_bn"}
+            c2 = compare(fold_state_dict(expected, unfolded)[0], got, zero_sign_dropped=bool(meta.get(M_ZERO_SIGN)))
+        except (MbzError, RuntimeError, ValueError, KeyError, TypeError):
+            c2 = None  # not the checkpoint the file was folded from: compared as it is
+        if c2 is not None and not (c2.missing or c2.extra):
+            c, refolded = c2, True
     lossy = meta.get(M_LOSSY)
     if lossy and c.mismatched and not a.quiet:
         how = ", ".join(f"{k} {v}" for k, v in lossy.items() if v not in (None, False))
         print(f"NOTE     the file was packed lossy ({how}): its quantized tensors differ from the checkpoint by "
               f"design; `mbz inspect` gives their error and `mbz eval` their top-1")
-    folded_bn = isinstance(meta.get("arch"), dict) and bool(meta["arch"].get("folded_bn"))
     if folded_bn and (c.missing or c.extra) and not a.quiet:
         print("NOTE     the file holds BatchNorm folded into the convs (pack --fold-bn): its names differ from "
               "an unfolded checkpoint's by design; `mbz eval` gives its top-1")
@@ -389,6 +398,9 @@ def cmd_verify(a) -> int:
     if prep.folded:
         notes.append(f"{len(prep.folded)} pruning pairs compared as the effective weight pack stores: X_orig where "
                      f"X_mask is not 0, +0.0 where it is (torch's X_orig * X_mask gives -0.0 where X_orig < 0)")
+    if refolded:
+        notes.append(f"the file holds BatchNorm folded into the convs (pack --fold-bn): {a.checkpoint} was folded "
+                     f"the same way ({meta['arch'].get('name')}) and then compared")
     if prep.left_out:
         notes.append(f"only entry {meta.get(M_KEY)!r} was packed; left out: {', '.join(map(str, prep.left_out))}")
     if c.sign_only:
@@ -402,6 +414,8 @@ def cmd_verify(a) -> int:
     exact = "bit-identical" if not c.sign_only else "bit-identical except the recorded zero signs"
     if prep.folded:
         exact += " (pruning pairs as their effective weight, see the note)"
+    if refolded:
+        exact += " (BatchNorm folded, see the note)"
     other = f" and {c.values} other value{'s' if c.values != 1 else ''}" if c.values else ""
     if not a.quiet:
         of = f"{a.checkpoint}[{meta[M_KEY]!r}]" if meta.get(M_KEY) is not None else a.checkpoint  # --key: that entry
