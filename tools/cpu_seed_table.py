@@ -15,8 +15,9 @@ import glob
 import json
 import os
 import shlex
-import statistics
 import sys
+
+from seed_table import aggregate, write_seeds_json  # tools/ beside this script
 
 
 def rows(root: str, floor: float, max_bytes: int) -> list[dict]:
@@ -54,25 +55,14 @@ def main(argv=None) -> int:
     for r in rs:
         r["drop_cpu"] = round(a.baseline - r["top1_cpu"], 2)
 
-    def agg(k):
-        v = [r[k] for r in rs]
-        return {"mean": round(statistics.mean(v), 2), "min": min(v), "max": max(v)}
-
     out = {"command": "python tools/cpu_seed_table.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
            "recipe": a.recipe, "data": "CIFAR-10 (JPEG q75 export), 10,000 test images, each file evaluated once (CPU)",
            "baseline": a.baseline_note or f"{a.baseline:.2f}%",
            "target": f"top1 >= {floor:.2f} (baseline - {a.max_drop}) and <= {a.max_bytes:,} B",
-           "rows": rs, "top1_cpu": agg("top1_cpu"), "file_bytes": agg("file_bytes"),
+           "rows": rs, "top1_cpu": aggregate(rs, "top1_cpu"), "file_bytes": aggregate(rs, "file_bytes"),
            "seeds_meeting_target": sum(r["meets_target"] for r in rs)}
-    dst = os.path.join(a.root, "seeds.json")
-    if os.path.exists(dst) and not a.force:
-        print(f"cpu_seed_table: {dst} exists (--force to overwrite)", file=sys.stderr)
+    if not write_seeds_json(a.root, out, a.force, "cpu_seed_table"):
         return 2
-    tmp = dst + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, dst)
     print("| seed | file bytes | top-1 (CPU) | drop | target met |")
     print("| --- | --- | --- | --- | --- |")
     for r in rs:

@@ -46,6 +46,26 @@ def rows(root: str, stage: str | None) -> list[dict]:
     return out
 
 
+def aggregate(rs: list[dict], key: str) -> dict:
+    """{'mean' (2 decimals), 'min', 'max'} of rs[*][key]."""
+    v = [r[key] for r in rs]
+    return {"mean": round(statistics.mean(v), 2), "min": min(v), "max": max(v)}
+
+
+def write_seeds_json(root: str, out: dict, force: bool, prog: str) -> bool:
+    """Write ROOT/seeds.json atomically; False (and a line on stderr) when it exists and not `force`."""
+    dst = os.path.join(root, "seeds.json")
+    if os.path.exists(dst) and not force:
+        print(f"{prog}: {dst} exists (--force to overwrite)", file=sys.stderr)
+        return False
+    tmp = dst + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, dst)
+    return True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", help="folder with seed*/summary.json")
@@ -61,23 +81,12 @@ def main(argv=None) -> int:
         r["fp32_checkpoint_bytes"] = ref
         r["ratio_vs_fp32"] = round(ref / r["file_bytes"], 1)
 
-    def agg(k):
-        v = [r[k] for r in rs]
-        return {"mean": round(statistics.mean(v), 2), "min": min(v), "max": max(v)}
-
     out = {"command": "python tools/seed_table.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
            "seeds": len(rs), "data": "CIFAR-10 (JPEG q75 export)",
            "selection": "every choice on 5,000 training images held out; the test set evaluated once per file",
-           "rows": rs, **{k: agg(k) for k in ("baseline_test", "top1_test", "drop_test", "file_bytes", "ratio_vs_fp32")}}
-    dst = os.path.join(a.root, "seeds.json")
-    if os.path.exists(dst) and not a.force:
-        print(f"seed_table: {dst} exists (--force to overwrite)", file=sys.stderr)
+           "rows": rs, **{k: aggregate(rs, k) for k in ("baseline_test", "top1_test", "drop_test", "file_bytes", "ratio_vs_fp32")}}
+    if not write_seeds_json(a.root, out, a.force, "seed_table"):
         return 2
-    tmp = dst + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, dst)
     print("| seed | baseline top-1 val / test | file bytes | top-1 val / test | drop (test) | x smaller than fp32 .pt |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rs:
