@@ -83,3 +83,13 @@ def test_eval_into_a_log_prints_progress_lines(tiny_file, tiny_npz, capsys):
     assert [x.rsplit(",", 1)[0] for x in lines] == ["eval: 25 / 40 images (62%)"], err  # after the first batch of 25
     assert main(["eval", str(tiny_file), "--data", f"npz:{tiny_npz}", "-q"]) == 0
     assert "eval: " not in capsys.readouterr().err
+
+
+def test_eval_with_limit_names_the_file_it_read_whole(tiny_file, tiny_npz, capsys):
+    """'read 40 test images of npz:.../cifar10_jpeg_test.npz ...; evaluating 30 of them': the subset's label
+    ([30]) belongs to the result line, not to what was read."""
+    assert main(["eval", str(tiny_file), "--data", f"npz:{tiny_npz}", "--limit", "30"]) == 0
+    cap = capsys.readouterr()
+    read = next(x for x in cap.err.splitlines() if x.startswith("read "))
+    assert read.startswith("read 40 test images of") and "[30]" not in read and "evaluating 30 of them" in read, read
+    assert "[30]" in cap.out

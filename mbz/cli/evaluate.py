@@ -114,11 +114,11 @@ def cmd_eval(a) -> int:
         print(f"reading {a.data} (test split) ...", file=sys.stderr, flush=True)
     t0 = time.time()
     ds = load_dataset(a.data, "test")
-    n_read = len(ds)
+    n_read, read_from = len(ds), ds.source
     if a.limit:
         ds = ds.subset(min(a.limit, len(ds)))
     if not a.quiet and not show_progress(a.quiet):
-        print(f"read {n_read:,d} test images of {ds.source} in {time.time() - t0:.0f} s"
+        print(f"read {n_read:,d} test images of {read_from} in {time.time() - t0:.0f} s"
               + (f"; evaluating {len(ds):,d} of them (--limit)" if len(ds) < n_read else ""), file=sys.stderr, flush=True)
     bar, tick = _bar(show_progress(a.quiet), log=not a.quiet)
     try:
