@@ -281,9 +281,12 @@ def test_verify_folds_the_checkpoint_like_pack_fold_bn(tmp_path, capsys):
                 m.running_var.uniform_(0.5, 2.0)
     torch.save(net.state_dict(), tmp_path / "net.pt")
     out = tmp_path / "f.mbz"
+    from mbz import open as mbz_open
     assert main(["pack", str(tmp_path / "net.pt"), "-o", str(out), "--arch", "mobilenet_v2_cifar:width_mult=0.25",
                  "--fold-bn", "-q"]) == 0
-    capsys.readouterr()
+    from mbz.summary import summarize
+    with mbz_open(out) as r:  # pack names the fp32 bytes inspect / eval take the model CR of
+        assert f"folded tensors' fp32 bytes, {summarize(r, decode=False)['fp32_bytes']:,d}" in capsys.readouterr().out
     assert main(["verify", str(out), str(tmp_path / "net.pt")]) == 0
     text = capsys.readouterr().out
     assert "was folded the same way" in text and "bit-identical (BatchNorm folded" in text, text

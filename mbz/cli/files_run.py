@@ -157,7 +157,8 @@ def _pack(a, obj, meta: dict) -> int:
         arch = arch0
         arch_note = f"architecture recorded: {arch}"
         fold_note = (f"  BatchNorm folded into the convolutions before packing (--fold-bn): {_count(len(plain), 'tensor')} -> "
-                     f"{len(folded)}; recorded as {arch.get('name')} with folded_bn")
+                     f"{len(folded)}; recorded as {arch.get('name')} with folded_bn; the model CR of inspect / eval is "
+                     f"of the folded tensors' fp32 bytes, {_input_note(api.input_dtypes(folded))[1]:,d}")
         prep = api.Prepared(folded, prep.folded, prep.left_out)
     common = dict(include=DEFAULT_INCLUDE if a.include is None else a.include, detect=not a.no_detect,
                   zstd=not a.no_zstd, zstd_level=a.zstd_level,
