@@ -161,10 +161,10 @@ def _solve_rows(v: np.ndarray):
         # floats has no such grid, and this loop was most of the time spent on BatchNorm vectors)
         distinct = 1 + (gaps_all > 0).sum(axis=1) if m > 1 else np.ones(rest.size, np.int64)
         open_rows = ~done[rest]
-        if not (m <= 32 or (distinct[open_rows] <= m // 2).any()):
+        if open_rows.any() and not (m <= 32 or (distinct[open_rows] <= m // 2).any()):
             return None
-        small = [np.full(r, float(kk)) for kk in range(1, 256)]
-        for kk, fits in zip(small, screen(small)):
+        small = [np.full(r, float(kk)) for kk in range(1, 256)] if open_rows.any() else []
+        for kk, fits in zip(small, screen(small) if small else []):
             if done.all():
                 break
             if (fits & ~done).any():

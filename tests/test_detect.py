@@ -34,3 +34,14 @@ def test_grid_found_and_the_same_without_the_shortcuts(monkeypatch, rows, cols, 
 
 def test_no_grid_in_random_floats():
     assert detect_grid(torch.randn(64, 512)) is None
+
+
+def test_pruned_row_found_by_its_smallest_gap_keeps_its_grid():
+    # a 6-bit QAT channel left with two nonzero codes, 30 and -29, in a 320-wide row: neither the
+    # smallest code (29 > 16) nor a qmax names the step, the gap between the two magnitudes does
+    step = np.float32(0.0074615478515625)          # fp16-exact, as QAT exports it
+    w = np.zeros((1, 320), np.float32)
+    w[0, 31], w[0, 268] = np.float32(30) * step, np.float32(-29) * step
+    g = detect_grid(torch.from_numpy(w.reshape(1, 320, 1, 1)))
+    assert g is not None and np.array_equal(g.values(), w.reshape(-1))
+    assert sorted(np.abs(g.k[g.k != 0]).tolist()) == [29, 30]
