@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mbz.detect import detect_grid
-from mbz.pipeline.soup import average_state_dicts, soup_metadata, soup_state_dicts
+from mbz.pipeline.soup import average_state_dicts, soup_metadata, soup_state_dicts, widths_of
 
 
 def _copies_on_grid(rng, mask, n, qmax=7):
@@ -130,3 +130,27 @@ def test_soup_and_reduce_verbs_write_new_files_and_refuse_to_overwrite(tmp_path,
     assert main(["reduce", out, "-o", small, "--data", "none"]) == 2
     assert main(["reduce", out, "-o", str(tmp_path / "x.mbz"), "--scale-bits", "30", "--data", "none"]) == 2
     assert len(capsys.readouterr().err.splitlines()) == 2
+
+
+def test_soup_takes_each_layers_width_from_the_inputs_metadata(monkeypatch):
+    # a channel whose grid the values alone do not name (detection fails on input 1): with the width the
+    # inputs were trained at (metadata 'compression'), the soup snaps it to that width all the same
+    import mbz.pipeline.soup as soup
+    rng = np.random.default_rng(3)
+    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.5).float()
+    mask[:, -1, 0, 0] = 1
+    sds = _copies_on_grid(rng, mask, 2, qmax=31)
+    real = soup.detect_grid
+    monkeypatch.setattr(soup, "detect_grid", lambda t: None if t is sds[1]["conv.weight"] else real(t))
+    with pytest.raises(ValueError, match="input 1 is not"):
+        soup_state_dicts(sds)
+    metas = [{"compression": {"wbits": 4, "layer_bits": {"conv.weight": 6}}}] * 2
+    widths = widths_of(metas, sds[0])
+    assert widths == {"conv.weight": 6}
+    out, report = soup_state_dicts(sds, "mse", widths)
+    g = real(out["conv.weight"])
+    assert report["conv.weight"]["bits"] == 6 and g is not None and int(np.abs(g.k).max()) <= 31
+    assert torch.equal(out["conv.weight"] == 0, mask == 0)
+    with pytest.raises(ValueError, match="input 1 was trained at 4 bits, input 0 at 6"):
+        widths_of([metas[0], {"compression": {"wbits": 4}}], sds[0])
+    assert widths_of([{}, metas[0]], sds[0]) is None

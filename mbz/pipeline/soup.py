@@ -60,8 +60,12 @@ def _check_alike(sds: list[dict]) -> None:
                                  f"input 0 is {tuple(t0.shape)} {t0.dtype}")
 
 
-def soup_state_dicts(sds: list[dict], steps: str = "mse") -> tuple[dict, dict]:
+def soup_state_dicts(sds: list[dict], steps: str = "mse", widths: dict | None = None) -> tuple[dict, dict]:
     """(averaged state_dict, per-tensor report) of copies of one pruned model.
+
+    widths: {tensor name: weight bits} of the inputs' QAT (`widths_of`), when known.  With steps "mse"
+    a named tensor takes that width without reading it off the values: a channel with two nonzero
+    codes such as 29 and -30 has no unambiguous grid (seen at 6 bits), so detection alone can fail.
 
     steps: "mse" puts each averaged weight on the per-channel step with the least rounding error
     (`qat.mse_step`), "mean" on the mean of the inputs' steps (seen: 90.79% vs 90.68% on one soup).
@@ -74,8 +78,12 @@ def soup_state_dicts(sds: list[dict], steps: str = "mse") -> tuple[dict, dict]:
     out, report = {}, {}
     for name, avg in avg_all.items():
         ts = [sd[name] for sd in sds]
-        grids = _grids(name, ts) if ts[0].is_floating_point() and ts[0].dim() >= 2 else None
-        qmax = max(int(np.abs(g.k).max()) for g in grids) if grids else 0
+        known = (widths or {}).get(name) if steps == "mse" else None
+        if known is not None and ts[0].is_floating_point():
+            grids, qmax = None, (1 << (int(known) - 1)) - 1 if int(known) < 32 else 0
+        else:
+            grids = _grids(name, ts) if ts[0].is_floating_point() and ts[0].dim() >= 2 else None
+            qmax = max(int(np.abs(g.k).max()) for g in grids) if grids else 0
         if not qmax:
             out[name] = avg
             continue
@@ -94,6 +102,26 @@ def soup_state_dicts(sds: list[dict], steps: str = "mse") -> tuple[dict, dict]:
         report[name] = {"bits": bits, "rms_snap": float((snapped.double() - avg.double()).pow(2).mean().sqrt()),
                         "zeros_in": [int((t == 0).sum()) for t in ts], "zeros_out": int((snapped == 0).sum())}
     return out, report
+
+
+def widths_of(metas: list[dict], sd: dict) -> dict | None:
+    """{tensor name: weight bits} the inputs were trained with (metadata 'compression': wbits for every
+    conv / linear weight, i.e. float tensors of 2+ dims, and layer_bits overriding it), or None when
+    an input does not say.  Inputs that disagree raise ValueError naming the tensor."""
+    out = None
+    for i, m in enumerate(metas):
+        c = m.get("compression") or {}
+        if not isinstance(c.get("wbits"), int):
+            return None
+        lb = c.get("layer_bits") or {}
+        w = {n: int(lb.get(n, c["wbits"])) for n, t in sd.items() if t.is_floating_point() and t.dim() >= 2}
+        if out is not None:
+            diff = [n for n in w if w[n] != out[n]]
+            if diff:
+                raise ValueError(f"tensor '{diff[0]}': input {i} was trained at {w[diff[0]]} bits, "
+                                 f"input 0 at {out[diff[0]]}")
+        out = w
+    return out
 
 
 def soup_metadata(metas: list[dict], inputs: list[str]) -> dict:
@@ -124,7 +152,7 @@ def soup_files(files: list[str], out: str, steps: str = "mse", zstd: bool = True
         with mbz.open(f) as r:
             metas.append(dict(r.metadata))
             sds.append(r.decode_all())
-    sd, report = soup_state_dicts(sds, steps)
+    sd, report = soup_state_dicts(sds, steps, widths_of(metas, sds[0]))
     meta = soup_metadata(metas, [os.path.basename(f) for f in files])
     meta.update(extra_meta or {})
     mbz.save(sd, out, metadata=meta, zstd=zstd)
