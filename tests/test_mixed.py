@@ -265,3 +265,21 @@ def test_mixed_precision_verb_scans_plans_and_writes_ptq_files(tiny_npz, tmp_pat
     assert "below the smallest plan" in capsys.readouterr().err
     assert main(cmd[:-2] + ["2,9"]) == 2
     assert "in 2..8" in capsys.readouterr().err
+
+
+def test_scan_bytes_are_those_of_the_grid_the_export_stores():
+    # packed_bytes(bits=b) encodes the float weight on its own b-bit grid (ptq_codes), as a QAT export
+    # stores it, not a grid read back off the rounded values
+    from mbz.codecs.affine import Grid
+    from mbz.encoder import EntropyPolicy, encode_tensor
+    from mbz.spec import Granularity
+    torch.manual_seed(0)
+    w = torch.randn(64, 32, 3, 3) * (torch.rand(64, 32, 3, 3) > 0.9)
+    total = w.numel() * 4
+    for bits in (4, 6):
+        k, s = mixed.ptq_codes(w, bits)
+        assert torch.equal(k * s, mixed.ptq_weight(w, bits)) and k.abs().max() <= (1 << (bits - 1)) - 1
+        g = Grid(k.reshape(-1).long().numpy(), s.reshape(-1).numpy(), Granularity.CHANNEL, tuple(w.shape))
+        want = encode_tensor("w", w, grid=g, ent=EntropyPolicy().resolved(total)).stored_bytes
+        assert mixed.packed_bytes("w", w, total, bits) == want
+    assert mixed.packed_bytes("w", w, total, 32) == encode_tensor("w", w, ent=EntropyPolicy().resolved(total)).stored_bytes

@@ -166,6 +166,8 @@ def cmd_mixed_precision(a) -> int:
     from ..container import atomic_write
     from ..pipeline import mixed
     from ..pipeline.baseline import load_splits
+    from .training import _device
+    dev = _device(a.device)
     sd, arch = mixed.model_of(a.checkpoint)
     model = mixed.folded_model(sd, arch)
     output_dir(a.out)
@@ -192,7 +194,8 @@ def cmd_mixed_precision(a) -> int:
                     if k % max(1, len(items) // 20) == 0:
                         print(f"scan {k}/{len(items)} (layer, width) pairs", file=sys.stderr, flush=True)
                     yield it
-        base, rows = mixed.scan_bits(model, val.subset(a.images, seed=1), bits, progress=progress)
+        base, rows = mixed.scan_bits(model.to(dev), val.subset(a.images, seed=1), bits, progress=progress)
+        model.cpu()
         head = {"command": _command(a, "mixed-precision"), "settings": settings, "base": base,
                 "seconds": round(time.time() - t0, 1)}
         mixed.write_scan(scan_path, head, rows)
@@ -342,6 +345,7 @@ def register(sub) -> None:
     p.add_argument("--budget", help="bytes of the quantized weights, comma-separated: one plan each")
     p.add_argument("--like-bits", help="plans at the bytes of these uniform widths, e.g. 3,3.5,4")
     p.add_argument("--ptq", action="store_true", help="also write each plan's PTQ model as OUT/plan_*.mbz")
+    p.add_argument("--device", default="auto", help="where the scan runs: auto (CUDA when present), cpu or cuda[:N]")
     add_force(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_mixed_precision)

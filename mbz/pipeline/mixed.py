@@ -36,6 +36,17 @@ def quant_layers(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
+def ptq_codes(w: torch.Tensor, bits: int, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, s): the integer codes (float32 tensor, shape of w) and the fp16-exact steps (shape (C, 1, ...) per
+    channel, all-ones shape per tensor) of w on a symmetric `bits` grid (see ptq_weight)."""
+    qmax = (1 << (bits - 1)) - 1
+    s = fp16_exact(mse_step(w.detach(), bits, per_channel).abs().clamp_min(MIN_STEP))
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    s = s.view(shape) if s.numel() > 1 else s.reshape((1,) * w.dim())
+    return torch.clamp(torch.round(w.detach().float() / s), -qmax, qmax), s
+
+
+@torch.no_grad()
 def ptq_weight(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Tensor:
     """w on a symmetric `bits` grid, one fp16-exact step per output channel (or per tensor), float32.
 
@@ -43,19 +54,30 @@ def ptq_weight(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Te
     k = clamp(round(w / s), -qmax, qmax), s = fp16(mse_step(w)).  bits >= 32: w unchanged."""
     if bits >= 32:
         return w.detach().float().clone()
-    qmax = (1 << (bits - 1)) - 1
-    s = fp16_exact(mse_step(w.detach(), bits, per_channel).abs().clamp_min(MIN_STEP))
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    s = s.view(shape) if s.numel() > 1 else s.reshape((1,) * w.dim())
-    return torch.clamp(torch.round(w.detach().float() / s), -qmax, qmax) * s
+    k, s = ptq_codes(w, bits, per_channel)
+    return k * s
 
 
-def packed_bytes(name: str, w: torch.Tensor, total_bytes: int) -> int:
+def packed_bytes(name: str, w: torch.Tensor, total_bytes: int, bits: int | None = None,
+                 per_channel: bool = True) -> int:
     """Bytes of the sections `mbz.save` stores for this tensor (codes, masks / deltas, scales), with the
-    entropy stage a file of `total_bytes` tensor bytes gets (mbz.encoder.EntropyPolicy.resolved)."""
+    entropy stage a file of `total_bytes` tensor bytes gets (mbz.encoder.EntropyPolicy.resolved).
+
+    bits: w is the float weight and is stored on its `bits` grid (ptq_codes) as a QAT export stores it,
+    with the grid given rather than read off the values: a channel with two nonzero codes such as 29
+    and -30 has no unambiguous grid, and a detected one would fall back to a far larger encoding."""
+    from ..codecs.affine import Grid
     from ..encoder import EntropyPolicy, encode_tensor
+    from ..spec import Granularity
     ent = EntropyPolicy().resolved(total_bytes)
-    return encode_tensor(name, w.detach().float().cpu().contiguous(), ent=ent).stored_bytes
+    w = w.detach().float().cpu().contiguous()
+    grid = None
+    if bits is not None and bits < 32:
+        k, s = ptq_codes(w, bits, per_channel)
+        one = s.numel() == 1
+        grid = Grid(k.reshape(-1).to(torch.int64).numpy(), s.reshape(-1).numpy().astype("float32"),
+                    Granularity.TENSOR if one else Granularity.CHANNEL, tuple(w.shape))
+    return encode_tensor(name, w, grid=grid, ent=ent).stored_bytes
 
 
 def folded_model(sd: dict, arch: dict) -> nn.Module:
@@ -145,7 +167,7 @@ def scan_bits(model: nn.Module, ds: ArrayDataset, bits=BITS, names=None, per_cha
             ev = pre.evaluate(pre.stage_of(n)) if pre.ok else evaluate(model, ds)
         finally:
             p.copy_(saved)
-        rows.append({"name": n, "numel": p.numel(), "bits": b, "bytes": packed_bytes(n, q, total),
+        rows.append({"name": n, "numel": p.numel(), "bits": b, "bytes": packed_bytes(n, saved, total, b, per_channel),
                      "loss": ev["loss"], "top1": ev["top1"]})
     return base, rows
 
