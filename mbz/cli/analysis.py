@@ -218,7 +218,7 @@ def cmd_mixed_precision(a) -> int:
                "mean_bits": mixed.mean_bits(plan, numel), "scan": settings, "layer_bits": plan}
         atomic_write(paths[f"{name}.json"], [json.dumps(doc, indent=1).encode()])
         line = (f"{name}: {doc['scanned_bytes']:,} of {budget:,} B of weights, mean {doc['mean_bits']:.2f} bits, "
-                f"predicted loss +{doc['predicted_dloss']:.4f}")
+                f"predicted loss change {doc['predicted_dloss']:+.4f}")
         if a.ptq:
             import mbz
             meta = mixed.ptq_metadata(arch, plan, 32, {"mixed_precision": {k: v for k, v in doc.items()
