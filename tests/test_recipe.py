@@ -209,3 +209,21 @@ def test_status_refuses_the_folders_a_run_refuses(tmp_path, capsys):
         assert why in err and err.count("\n") == 1, err
     assert main(["compress", "--recipe", recipe, "--out", str(tmp_path / "new"), "--status"]) == 0
     assert "to do" in capsys.readouterr().out
+
+
+def test_a_soup_of_runs_that_cannot_be_averaged_is_one_line(tmp_path, monkeypatch):
+    """The soup stage turns soup_files' ValueError (runs at other widths, names or shapes) into the one-line
+    UsageError of the CLI, naming the stage and its runs."""
+    import types
+
+    import mbz.pipeline.soup as soup
+    from mbz.errors import UsageError
+    from mbz.pipeline.stages import Compress
+
+    def refuse(*a, **k):
+        raise ValueError("tensor 'f.weight': input 1 was trained at 4 bits, input 0 at 6")
+    monkeypatch.setattr(soup, "soup_files", refuse)
+    job = types.SimpleNamespace(s={"soup": {"runs": ["a", "b"], "steps": "mse"}}, meta={},
+                                _p=lambda *p: os.path.join(str(tmp_path), *p))
+    with pytest.raises(UsageError, match=r"\[soup\] soup of a, b: tensor 'f.weight': input 1 was trained at 4 bits"):
+        Compress.stage_soup(job, "soup")

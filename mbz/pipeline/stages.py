@@ -496,8 +496,11 @@ class Compress:
         so = self.s["soup"]
         os.makedirs(self._p("soup"), exist_ok=True)
         t = time.time()
-        row = soup_files([self._p(f"qat/{n}.mbz") for n in so["runs"]], self._p("soup", "soup.mbz"), so["steps"],
-                         zstd=True, extra_meta=self.meta)
+        try:
+            row = soup_files([self._p(f"qat/{n}.mbz") for n in so["runs"]], self._p("soup", "soup.mbz"), so["steps"],
+                             zstd=True, extra_meta=self.meta)
+        except ValueError as e:  # runs that cannot be averaged (other widths, names, shapes): the recipe's soup.runs
+            raise UsageError(f"[{name}] soup of {', '.join(so['runs'])}: {e}") from None
         self._done(name, ["soup/soup.mbz"], {"file": "soup/soup.mbz", "file_bytes": row["bytes"],
                                              "inputs": so["runs"], "largest_rms_snap": row["largest_rms_snap"]},
                    time.time() - t)
