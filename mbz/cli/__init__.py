@@ -25,7 +25,12 @@ VERB_MODULES = (
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: 'mbz VERB: error: ... (see mbz VERB --help)', exit 2."""
+    """argparse with one-line errors: 'mbz VERB: error: ... (see mbz VERB --help)', exit 2; options are taken
+    only as spelled in full (`--ex` is not read as `--exact`: a typo never runs another option)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

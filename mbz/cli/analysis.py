@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 
-from .common import add_data, add_force, input_file, output_dir, output_file, show_progress
+from .common import add_data, add_force, device_of, input_file, output_dir, output_file, show_progress
 
 
 def _command(a, verb: str) -> str:
@@ -166,8 +166,7 @@ def cmd_mixed_precision(a) -> int:
     from ..container import atomic_write
     from ..pipeline import mixed
     from ..pipeline.baseline import load_splits
-    from .training import _device
-    dev = _device(a.device)
+    dev = device_of(a.device)
     sd, arch = mixed.model_of(a.checkpoint)
     model = mixed.folded_model(sd, arch)
     output_dir(a.out)
@@ -335,7 +334,8 @@ def register(sub) -> None:
                                    "takes. --ptq also writes OUT/plan_*.mbz, the post-training-quantized model "
                                    "(`mbz eval` it; `mbz finetune` trains it on with each layer's width). A "
                                    "MobileNet-v2 scan at 6 widths on 512 images took 48 minutes on one shared "
-                                   "CPU core.")
+                                   "CPU core; at 3 widths on 1,024 images with --device cuda, 20 s on one H100 "
+                                   "(three scans at once).")
     p.add_argument("checkpoint", help="fp32 model with BatchNorm: a MobileNet-v2 state_dict (.pt) or a .mbz with 'arch'")
     p.add_argument("--out", required=True, help="output folder (made if missing; its parent must exist)")
     add_data(p)

@@ -64,3 +64,17 @@ def show_progress(quiet: bool = False) -> bool:
 
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=1, default=str))
+
+
+def device_of(name: str = "auto"):
+    """The torch.device a --device option names: auto (CUDA when present), cpu, cuda[:N]; UsageError otherwise."""
+    import re
+
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UsageError(f"--device {name!r}: use auto, cpu or cuda[:N]")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device here")
+    return torch.device(name)

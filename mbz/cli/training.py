@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..pipeline.recipe import PIPELINE_MODELS
-from .common import DATA_HELP, add_data, add_force, input_file, output_dir, output_file, show_progress
+from .common import DATA_HELP, add_data, add_force, device_of, input_file, output_dir, output_file, show_progress
 
 
 def _todo(a) -> int:
@@ -14,15 +14,6 @@ def _todo(a) -> int:
     raise UsageError(f"'{a.cmd}' is not available yet")
 
 
-def _device(name: str = "auto"):
-    import torch
-
-    from ..errors import UsageError
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA device here")
-    return torch.device(name)
 
 
 def _evaluate(path: str, ds, device: str, quiet: bool, state_dict=None) -> float:
@@ -175,7 +166,7 @@ def cmd_finetune(a) -> int:
         raise UsageError("--kd > 0 needs --baseline (the fp32 teacher); or pass --kd 0")
     if a.epochs < 0:
         raise UsageError(f"--epochs {a.epochs}: must be >= 0")
-    dev = _device(a.device)
+    dev = device_of(a.device)
     teacher = _teacher(a.baseline, dev) if a.kd else None
     folder = os.path.dirname(os.path.abspath(a.output))
     name = os.path.basename(a.output)[:-len(".mbz")]
@@ -233,7 +224,7 @@ def cmd_soup(a) -> int:
     for f in a.files:
         input_file(f, "packed model")
     output_file(a.output, inputs=a.files, force=a.force)
-    _device(a.device)
+    device_of(a.device)
     ds = None
     if a.data != "none":  # read the data first: a bad --data fails before any writing
         from ..pipeline.data import load_dataset
@@ -290,7 +281,7 @@ def cmd_reduce(a) -> int:
         raise UsageError(f"--scale-bits {a.scale_bits}: must be 1..24 (24 keeps the scales)")
     if a.bias_bits and not 2 <= a.bias_bits <= 16:
         raise UsageError(f"--bias-bits {a.bias_bits}: must be 2..16, or 0 to keep the biases")
-    _device(a.device)
+    device_of(a.device)
     ds = None
     if a.data != "none":
         from ..pipeline.data import load_dataset
