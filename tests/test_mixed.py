@@ -252,6 +252,9 @@ def test_mixed_precision_verb_scans_plans_and_writes_ptq_files(tiny_npz, tmp_pat
         assert r.metadata["compression"]["layer_bits"] == plan["layer_bits"] and r.metadata["arch"]["folded_bn"]
     assert isinstance(mbz.load_model(out / "plan_w3.mbz"), nn.Module)
     capsys.readouterr()
+    assert main(["inspect", str(out / "plan_w3.mbz")]) == 0      # ratios of the checkpoint given, not its folded copy
+    in_bytes = sum(t.numel() * t.element_size() for t in torch.load(ck, weights_only=True).values())
+    assert f"own dtypes {in_bytes:,} B, recorded at pack time" in capsys.readouterr().out
     assert main(cmd + ["--like-bits", "3"]) == 2                  # an output exists: refused without --force
     assert "--force" in capsys.readouterr().err
     assert main(cmd + ["--budget", str(u4)]) == 0                  # the scan is reused
@@ -265,6 +268,12 @@ def test_mixed_precision_verb_scans_plans_and_writes_ptq_files(tiny_npz, tmp_pat
     assert "below the smallest plan" in capsys.readouterr().err
     assert main(cmd[:-2] + ["2,9"]) == 2
     assert "in 2..8" in capsys.readouterr().err
+    assert main(cmd + ["--budget", "0"]) == 2                      # each mistake named alone
+    err = capsys.readouterr().err
+    assert "--budget 0: every budget must be >= 1 byte" in err and "like-bits" not in err, err
+    assert main(cmd + ["--like-bits", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "--like-bits 9: every value must lie in 2..4" in err and "--budget" not in err, err
 
 
 def test_scan_bytes_are_those_of_the_grid_the_export_stores():

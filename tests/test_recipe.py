@@ -221,9 +221,9 @@ def test_a_soup_of_runs_that_cannot_be_averaged_is_one_line(tmp_path, monkeypatc
     from mbz.pipeline.stages import Compress
 
     def refuse(*a, **k):
-        raise ValueError("tensor 'f.weight': input 1 was trained at 4 bits, input 0 at 6")
+        raise ValueError("tensor 'f.weight': 4-bit weights in input 1, 6-bit in input 0")
     monkeypatch.setattr(soup, "soup_files", refuse)
     job = types.SimpleNamespace(s={"soup": {"runs": ["a", "b"], "steps": "mse"}}, meta={},
                                 _p=lambda *p: os.path.join(str(tmp_path), *p))
-    with pytest.raises(UsageError, match=r"\[soup\] soup of a, b: tensor 'f.weight': input 1 was trained at 4 bits"):
+    with pytest.raises(UsageError, match=r"\[soup\] soup of a, b: tensor 'f.weight': 4-bit weights in input 1"):
         Compress.stage_soup(job, "soup")

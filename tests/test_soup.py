@@ -151,6 +151,26 @@ def test_soup_takes_each_layers_width_from_the_inputs_metadata(monkeypatch):
     g = real(out["conv.weight"])
     assert report["conv.weight"]["bits"] == 6 and g is not None and int(np.abs(g.k).max()) <= 31
     assert torch.equal(out["conv.weight"] == 0, mask == 0)
-    with pytest.raises(ValueError, match="input 1 was trained at 4 bits, input 0 at 6"):
+    with pytest.raises(ValueError, match="4-bit weights in input 1, 6-bit in input 0"):
         widths_of([metas[0], {"compression": {"wbits": 4}}], sds[0])
     assert widths_of([{}, metas[0]], sds[0]) is None
+
+
+def test_soup_refuses_models_that_are_not_copies_and_keeps_identical_tensors():
+    # two prunings of one network to other sparsities, or two unrelated networks: refused, naming the tensor;
+    # a tensor the same in every input comes out unchanged (a soup of a file with itself is the file)
+    rng = np.random.default_rng(5)
+    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.7).float()
+    mask[:, -1, 0, 0] = 1
+    sds = _copies_on_grid(rng, mask, 2)
+    other = {k: v.clone() for k, v in sds[1].items()}
+    other["conv.weight"] = sds[1]["conv.weight"].abs() + 0.1          # no zeros left: a denser pruning
+    with pytest.raises(ValueError, match=r"tensor 'conv.weight': input 1 is not a copy of input 0's pruned model"):
+        soup_state_dicts([sds[0], other])
+    other["conv.weight"] = -sds[1]["conv.weight"]                     # the same zeros, opposite weights
+    with pytest.raises(ValueError, match=r"tensor 'conv.weight': input 1 is not a copy .* cosine similarity -0.9"):
+        soup_state_dicts([sds[0], other])
+    out, _ = soup_state_dicts([sds[0], {k: v.clone() for k, v in sds[0].items()}])
+    assert all(torch.equal(out[k], sds[0][k]) for k in out)
+    out, _ = soup_state_dicts(sds)                                    # real copies still average
+    assert not torch.equal(out["conv.weight"], sds[0]["conv.weight"])

@@ -151,8 +151,10 @@ def cmd_mixed_precision(a) -> int:
         raise UsageError("--bits, --budget and --like-bits take comma-separated numbers") from None
     if not bits or any(not (2 <= b <= 8) for b in bits):
         raise UsageError(f"--bits {a.bits}: widths must lie in 2..8")
-    if any(b < 1 for b in budgets) or any(not (min(bits) <= x <= max(bits)) for x in like):
-        raise UsageError(f"--budget must be >= 1 byte; --like-bits must lie in {min(bits)}..{max(bits)}")
+    if any(b < 1 for b in budgets):
+        raise UsageError(f"--budget {a.budget}: every budget must be >= 1 byte")
+    if any(not (min(bits) <= x <= max(bits)) for x in like):
+        raise UsageError(f"--like-bits {a.like_bits}: every value must lie in {min(bits)}..{max(bits)} (the --bits scanned)")
     if a.images < 1 or a.val < 1:
         raise UsageError("--images and --val must be >= 1")
     input_file(a.checkpoint, "checkpoint")
@@ -168,6 +170,10 @@ def cmd_mixed_precision(a) -> int:
     from ..pipeline.baseline import load_splits
     dev = device_of(a.device)
     sd, arch = mixed.model_of(a.checkpoint)
+    from .. import api
+    from ..spec import M_INPUT
+    in_dtypes = api.input_dtypes(sd)
+    in_record = {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}
     model = mixed.folded_model(sd, arch)
     output_dir(a.out)
     _, val = load_splits(a.data, 0, a.val)
@@ -222,6 +228,7 @@ def cmd_mixed_precision(a) -> int:
             import mbz
             meta = mixed.ptq_metadata(arch, plan, 32, {"mixed_precision": {k: v for k, v in doc.items()
                                                                           if k != "layer_bits"}})
+            meta[M_INPUT] = in_record  # the ratios are of the checkpoint given, not of its folded copy
             rep = mbz.save(mixed.ptq_state_dict(model, plan), paths[f"{name}.mbz"], metadata=meta)
             line += f" -> {paths[f'{name}.mbz']} ({rep.file_bytes:,} B)"
         print(line, flush=True)

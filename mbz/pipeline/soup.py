@@ -29,6 +29,35 @@ def _grids(name: str, ts: list[torch.Tensor]) -> list | None:
     return grids
 
 
+MAX_ZERO_MISMATCH = 0.5   # share of the positions zero in either input that may be zero in one only
+MIN_COSINE = 0.5          # cosine similarity of each weight tensor with input 0's
+
+
+def _check_copies(name: str, ts: list[torch.Tensor]) -> None:
+    """Refuse inputs that are not copies of one (pruned) model: for a weight tensor (2+ dims, 64+ elements),
+    input i and input 0 must share most of their zero positions (QAT rounds a few more weights to zero in one
+    run than in another; a model pruned to another sparsity differs in most) and point the same way
+    (cosine similarity; QAT runs of one model: above 0.9).  ValueError naming the tensor and input."""
+    if ts[0].dim() < 2 or ts[0].numel() < 64:
+        return
+    w0 = ts[0].double().reshape(-1)
+    z0 = w0 == 0
+    for i, t in enumerate(ts[1:], 1):
+        w = t.double().reshape(-1)
+        z = w == 0
+        either = int((z0 | z).sum())
+        if either and int((z0 ^ z).sum()) > MAX_ZERO_MISMATCH * either:
+            raise ValueError(f"tensor '{name}': input {i} is not a copy of input 0's pruned model: "
+                             f"{int((z0 ^ z).sum()):,} of the {either:,} positions zero in either are zero in one "
+                             f"only (at most {MAX_ZERO_MISMATCH:.0%}); {int(z0.sum()):,} zeros in input 0, "
+                             f"{int(z.sum()):,} in input {i}")
+        n0, n1 = float(w0.norm()), float(w.norm())
+        if n0 > 0 and n1 > 0 and float(w0 @ w) / (n0 * n1) < MIN_COSINE:
+            raise ValueError(f"tensor '{name}': input {i} is not a copy of input 0's model: cosine similarity "
+                             f"{float(w0 @ w) / (n0 * n1):.2f} (QAT runs of one model: above 0.9; at least "
+                             f"{MIN_COSINE} needed)")
+
+
 def average_state_dicts(sds: list[dict]) -> dict:
     """Plain average of float tensors (weights left off any grid: not storable as they are, but
     the figure that tells what re-snapping costs); integer tensors must agree."""
@@ -78,6 +107,11 @@ def soup_state_dicts(sds: list[dict], steps: str = "mse", widths: dict | None = 
     out, report = {}, {}
     for name, avg in avg_all.items():
         ts = [sd[name] for sd in sds]
+        if ts[0].is_floating_point():
+            _check_copies(name, ts)
+            if all(torch.equal(t, ts[0]) for t in ts[1:]):  # the same tensor in every input: nothing to average
+                out[name] = ts[0].clone()
+                continue
         known = (widths or {}).get(name) if steps == "mse" else None
         if known is not None and ts[0].is_floating_point():
             grids, qmax = None, (1 << (int(known) - 1)) - 1 if int(known) < 32 else 0
@@ -118,8 +152,8 @@ def widths_of(metas: list[dict], sd: dict) -> dict | None:
         if out is not None:
             diff = [n for n in w if w[n] != out[n]]
             if diff:
-                raise ValueError(f"tensor '{diff[0]}': input {i} was trained at {w[diff[0]]} bits, "
-                                 f"input 0 at {out[diff[0]]}")
+                raise ValueError(f"tensor '{diff[0]}': {w[diff[0]]}-bit weights in input {i}, "
+                                 f"{out[diff[0]]}-bit in input 0 (a soup averages runs of one plan)")
         out = w
     return out
 
