@@ -634,7 +634,10 @@ def test_output_names_of_another_format_are_warned_about(f, tmp_path, capsys):
                                         (["train", "--recipe", "r.yaml", "--out", "o"], "mbz train"),
                                         (["sweep", "charts", "d", "--zz"], "mbz sweep charts"),
                                         (["pack", "a.pt", "-o", "b.mbz", "--ex"], "mbz pack"),       # no abbreviations
-                                        (["sweep", "charts", "d", "--baseline", "x"], "mbz sweep charts")])
+                                        (["sweep", "charts", "d", "--baseline", "x"], "mbz sweep charts"),
+                                        (["inspect", "--bogus"], "mbz inspect"),    # not 'file is required'
+                                        (["pack", "--ex", "x.pt"], "mbz pack"),
+                                        (["sweep", "run", "--bogus"], "mbz sweep run")])
 def test_an_unknown_option_is_blamed_on_its_verb(argv, prog, capsys):
     """'mbz VERB: error: unrecognized arguments: ... (see mbz VERB --help)', not the top-level 'mbz: error'."""
     with pytest.raises(SystemExit) as e:

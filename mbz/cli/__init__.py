@@ -32,7 +32,25 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)  # for error(): what this parser was handed
+        return super().parse_known_args(args, namespace)
+
+    def _unknown_options(self) -> list:
+        """Options in this parser's arguments that it does not know (negative numbers are values)."""
+        out = []
+        for tok in getattr(self, "_given", []):
+            if tok.startswith("-") and tok not in ("-", "--") and tok.split("=", 1)[0] not in self._option_string_actions:
+                try:
+                    float(tok)
+                except ValueError:
+                    out.append(tok)
+        return out
+
     def error(self, message):
+        unknown = self._unknown_options() if message.startswith("the following arguments are required") else []
+        if unknown:  # a mistyped option is the cause, not the argument it left missing
+            message = f"unrecognized arguments: {' '.join(unknown)}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
