@@ -40,7 +40,8 @@ class Parser(argparse.ArgumentParser):
         """Options in this parser's arguments that it does not know (negative numbers are values)."""
         out = []
         for tok in getattr(self, "_given", []):
-            if tok.startswith("-") and tok not in ("-", "--") and tok.split("=", 1)[0] not in self._option_string_actions:
+            known = tok.split("=", 1)[0] in self._option_string_actions
+            if tok.startswith("-") and tok not in ("-", "--") and not known:
                 try:
                     float(tok)
                 except ValueError:

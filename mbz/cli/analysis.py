@@ -154,7 +154,8 @@ def cmd_mixed_precision(a) -> int:
     if any(b < 1 for b in budgets):
         raise UsageError(f"--budget {a.budget}: every budget must be >= 1 byte")
     if any(not (min(bits) <= x <= max(bits)) for x in like):
-        raise UsageError(f"--like-bits {a.like_bits}: every value must lie in {min(bits)}..{max(bits)} (the --bits scanned)")
+        raise UsageError(f"--like-bits {a.like_bits}: every value must lie in {min(bits)}..{max(bits)} "
+                         f"(the --bits scanned)")
     if a.images < 1 or a.val < 1:
         raise UsageError("--images and --val must be >= 1")
     input_file(a.checkpoint, "checkpoint")

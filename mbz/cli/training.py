@@ -251,7 +251,8 @@ def _add_soup(sub) -> None:
         description="Average the weights of packed models fine-tuned from one pruned model (they must share every "
                     "tensor name, shape and zero pattern: inputs where most zero positions differ, or a weight's "
                     "cosine similarity with the first input's is below 0.5, are refused). Each quantized weight is "
-                    "put back on a per-channel grid of its bits (--steps), pruned zeros stay zero, biases and activation ranges are averaged. "
+                    "put back on a per-channel grid of its bits (--steps), pruned zeros stay zero, biases and "
+                    "activation ranges are averaged. "
                     "Writes OUTPUT (.mbz) and, unless --data none, evaluates it and appends one JSON line (inputs, "
                     "bytes, top-1, largest re-snapping error) to --log. A soup usually needs a few QAT epochs "
                     "afterwards: `mbz finetune OUTPUT`.")
