@@ -591,7 +591,7 @@ def test_eval_device_is_checked_first(device, tmp_path, capsys):
     mbz.save({"w": torch.arange(6.0)}, p)
     assert main(["eval", str(p), "--device", device]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "use cpu or cuda" in err[0]
+    assert len(err) == 1 and "use auto, cpu or cuda" in err[0]
 
 
 def test_help_and_path_refusals_do_not_import_torch(tmp_path):
@@ -645,3 +645,30 @@ def test_an_unknown_option_is_blamed_on_its_verb(argv, prog, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(f"{prog}: error: unrecognized arguments:"), err
     assert err.rstrip().endswith(f"(see {prog} --help)") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["mixed-precision", "CK", "--out", "D", "--budget=1e3"], "--budget '1e3': expected comma-separated integers"),
+    (["mixed-precision", "CK", "--out", "D", "--like-bits", "3,,4"], "--like-bits '3,,4': expected comma-separated"),
+    (["mixed-precision", "CK", "--out", "D", "--images", "500", "--val", "200"], "--images 500: must lie in 1..200"),
+    (["mixed-precision", "CK", "--out", "D", "--val", "-1"], "--val -1: must be >= 1"),
+    (["mixed-precision", "CK", "--out", ""], "the output folder name is empty"),
+    (["pack", "CK", "-o", ""], "the output file name is empty"),
+    (["soup", "A", "A2", "-o", "S", "--limit", "-5"], "--limit -5: must be >= 1"),
+    (["reduce", "A", "-o", "S", "--limit", "-3"], "--limit -3: must be >= 1"),
+    (["eval", "A", "--device", "cpu:0"], "--device 'cpu:0': use auto, cpu or cuda[:N]"),
+    (["soup", "A", "A2", "-o", "S", "--device", "nonsense"], "--device 'nonsense': use auto, cpu or cuda[:N]"),
+])
+def test_option_values_are_refused_naming_the_option_and_value(argv, want, tmp_path, capsys):
+    import torch
+    from mbz.cli import main
+    from mbz.models import mobilenet_v2_cifar
+    ck = tmp_path / "ck.pt"
+    torch.save(mobilenet_v2_cifar(width_mult=0.25).state_dict(), ck)
+    mbz.save({"w": torch.ones(3)}, tmp_path / "a.mbz")
+    mbz.save({"w": torch.ones(3)}, tmp_path / "a2.mbz")
+    names = {"CK": str(ck), "D": str(tmp_path / "d"), "A": str(tmp_path / "a.mbz"), "A2": str(tmp_path / "a2.mbz"),
+             "S": str(tmp_path / "s.mbz")}
+    assert main([names.get(x, x) for x in argv]) == 2
+    err = capsys.readouterr().err
+    assert want in err and err.count("\n") == 1, err

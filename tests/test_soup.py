@@ -165,7 +165,7 @@ def test_soup_refuses_models_that_are_not_copies_and_keeps_identical_tensors():
     sds = _copies_on_grid(rng, mask, 2)
     other = {k: v.clone() for k, v in sds[1].items()}
     other["conv.weight"] = sds[1]["conv.weight"].abs() + 0.1          # no zeros left: a denser pruning
-    with pytest.raises(ValueError, match=r"tensor 'conv.weight': input 1 is not a copy of input 0's pruned model"):
+    with pytest.raises(ValueError, match=r"tensor 'conv.weight': input 1 is pruned unlike input 0"):
         soup_state_dicts([sds[0], other])
     other["conv.weight"] = -sds[1]["conv.weight"]                     # the same zeros, opposite weights
     with pytest.raises(ValueError, match=r"tensor 'conv.weight': input 1 is not a copy .* cosine similarity -0.9"):
@@ -174,3 +174,19 @@ def test_soup_refuses_models_that_are_not_copies_and_keeps_identical_tensors():
     assert all(torch.equal(out[k], sds[0][k]) for k in out)
     out, _ = soup_state_dicts(sds)                                    # real copies still average
     assert not torch.equal(out["conv.weight"], sds[0]["conv.weight"])
+
+
+def test_soup_takes_dense_copies_that_round_other_weights_to_zero_and_refuses_other_sparsities():
+    # weights QAT rounds to zero in one run only (a step from zero in the other) do not make copies differ;
+    # a model pruned to 80% against one pruned to 50% does (positions several steps large in one, zero in the other)
+    from mbz.pipeline.mixed import ptq_weight
+    torch.manual_seed(0)
+    w = torch.randn(64, 32, 3, 3)
+    sd = lambda t: {"conv.weight": t}  # noqa: E731
+    for bits in (4, 8):
+        soup_state_dicts([sd(ptq_weight(w, bits)), sd(ptq_weight(w + 0.3 * torch.randn_like(w), bits))])
+        cut = lambda share: w * (w.abs() > w.abs().flatten().kthvalue(int(share * w.numel())).values)  # noqa: E731
+        soup_state_dicts([sd(ptq_weight(cut(0.8), bits)), sd(ptq_weight(cut(0.8) + 0.01 * torch.randn_like(w), bits)
+                                                             * (cut(0.8) != 0))])
+        with pytest.raises(ValueError, match=r"input 1 is pruned unlike input 0: [\d,]+ weights are zero in one"):
+            soup_state_dicts([sd(ptq_weight(cut(0.5), bits)), sd(ptq_weight(cut(0.8), bits))])

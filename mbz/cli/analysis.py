@@ -143,12 +143,15 @@ def _write_caps(path: str, caps: dict, head: dict, rows: list) -> None:
 # --------------------------------------------------------------------------- mixed-precision
 def cmd_mixed_precision(a) -> int:
     from ..errors import UsageError
-    try:
-        bits = sorted({int(x) for x in a.bits.split(",")})
-        budgets = [int(x) for x in a.budget.split(",")] if a.budget else []
-        like = [float(x) for x in a.like_bits.split(",")] if a.like_bits else []
-    except ValueError:
-        raise UsageError("--bits, --budget and --like-bits take comma-separated numbers") from None
+    def numbers(opt: str, text, kind):
+        try:
+            return [kind(x) for x in text.split(",")] if text else []
+        except ValueError:
+            raise UsageError(f"{opt} {text!r}: expected comma-separated {'integers' if kind is int else 'numbers'}, "
+                             f"e.g. {'4,5,6' if opt == '--bits' else '3.5' if kind is float else '150000'}") from None
+    bits = sorted(set(numbers("--bits", a.bits, int)))
+    budgets = numbers("--budget", a.budget, int)
+    like = numbers("--like-bits", a.like_bits, float)
     if not bits or any(not (2 <= b <= 8) for b in bits):
         raise UsageError(f"--bits {a.bits}: widths must lie in 2..8")
     if any(b < 1 for b in budgets):
@@ -156,8 +159,10 @@ def cmd_mixed_precision(a) -> int:
     if any(not (min(bits) <= x <= max(bits)) for x in like):
         raise UsageError(f"--like-bits {a.like_bits}: every value must lie in {min(bits)}..{max(bits)} "
                          f"(the --bits scanned)")
-    if a.images < 1 or a.val < 1:
-        raise UsageError("--images and --val must be >= 1")
+    if a.val < 1:
+        raise UsageError(f"--val {a.val}: must be >= 1")
+    if not 1 <= a.images <= a.val:
+        raise UsageError(f"--images {a.images}: must lie in 1..{a.val} (--val: the validation images it is drawn from)")
     input_file(a.checkpoint, "checkpoint")
     scan_path = os.path.join(a.out, "scan.jsonl")
     names = [f"plan_{b}.json" for b in budgets] + [f"plan_w{x:g}.json" for x in like]
@@ -214,6 +219,8 @@ def cmd_mixed_precision(a) -> int:
         lo, hi = [max(b for b in bits if b <= x), min(b for b in bits if b >= x)]
         f = 0.0 if hi == lo else (x - lo) / (hi - lo)
         targets.append((f"plan_w{x:g}", int(math.floor(ub[lo] + f * (ub[hi] - ub[lo])))))
+    if not targets:
+        print(f"scan only: no --budget or --like-bits, so no plan ({scan_path})", flush=True)
     for name, budget in targets:
         try:
             plan = mixed.allocate(rows, base_loss, budget)

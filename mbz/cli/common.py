@@ -23,6 +23,8 @@ def input_file(path: str, what: str = "input") -> str:
 def output_file(path: str, *, inputs=(), force: bool = False) -> str:
     """`path` if a file may be written there: its folder exists, it is none of `inputs`, and it does not
     exist yet unless `force`.  UsageError otherwise (nothing is written)."""
+    if not path:
+        raise UsageError("the output file name is empty")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{path}: output folder {folder} does not exist")
@@ -39,6 +41,8 @@ def output_file(path: str, *, inputs=(), force: bool = False) -> str:
 
 def output_dir(path: str, *, create: bool = True) -> str:
     """A folder for a job's outputs (made if missing; its parent must exist)."""
+    if not path:
+        raise UsageError("the output folder name is empty")
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{path}: exists and is not a folder")
     parent = os.path.dirname(os.path.abspath(path))

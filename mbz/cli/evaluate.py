@@ -1,11 +1,10 @@
 """`mbz eval`: top-1 of a packed model, rebuilt with mbz.load_model, beside its size figures."""
 from __future__ import annotations
 
-import re
 import sys
 import time
 
-from .common import add_data, input_file, print_json, show_progress
+from .common import add_data, device_of, input_file, print_json, show_progress
 
 
 def _bar(enabled: bool, log: bool = False):
@@ -88,8 +87,6 @@ def user_model(spec: str):
 
 
 def cmd_eval(a) -> int:
-    import torch
-
     from .. import api
     from ..models import load_model
     from ..errors import UsageError
@@ -98,10 +95,7 @@ def cmd_eval(a) -> int:
     input_file(a.file, ".mbz file")
     if a.limit < 0:
         raise UsageError(f"--limit {a.limit}: must be >= 1 (or 0: every test image)")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", a.device):
-        raise UsageError(f"--device {a.device!r}: use cpu or cuda[:N]")
-    if a.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {a.device}: no CUDA device here")
+    a.device = str(device_of(a.device))
     with api.open(a.file) as r:
         r.check_checksums()  # a corrupt file is refused before the model is built (seconds)
         s = summarize(r, decode=False)
@@ -160,7 +154,7 @@ def register(sub) -> None:
                         "call BUILDER() and fill the module it returns with the file's tensors (names wrapped by "
                         "DataParallel 'module.' or torch.compile '_orig_mod.' match); the file's 'arch' is then not used")
     add_data(p)
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N] or auto (CUDA when present)")
     p.add_argument("--limit", type=int, default=0, help="evaluate on a random subset of N test images (default 0: all of them)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")

@@ -16,6 +16,12 @@ def _todo(a) -> int:
 
 
 
+def _check_limit(limit: int) -> None:
+    from ..errors import UsageError
+    if limit < 0:
+        raise UsageError(f"--limit {limit}: must be >= 1 (or 0: every test image)")
+
+
 def _evaluate(path: str, ds, device: str, quiet: bool, state_dict=None) -> float:
     """Top-1 of a packed model, with a progress bar on a terminal (a line otherwise)."""
     from ..pipeline.evaluate import evaluate_file
@@ -225,12 +231,13 @@ def cmd_soup(a) -> int:
         input_file(f, "packed model")
     output_file(a.output, inputs=a.files, force=a.force)
     device_of(a.device)
+    _check_limit(a.limit)
     ds = None
     if a.data != "none":  # read the data first: a bad --data fails before any writing
         from ..pipeline.data import load_dataset
         ds = load_dataset(a.data, "test")
         if a.limit:
-            ds = ds.subset(a.limit)
+            ds = ds.subset(min(a.limit, len(ds)))
     try:
         row = soup_files(a.files, a.output, a.steps, zstd=not a.no_zstd)
     except ValueError as e:
@@ -284,12 +291,13 @@ def cmd_reduce(a) -> int:
     if a.bias_bits and not 2 <= a.bias_bits <= 16:
         raise UsageError(f"--bias-bits {a.bias_bits}: must be 2..16, or 0 to keep the biases")
     device_of(a.device)
+    _check_limit(a.limit)
     ds = None
     if a.data != "none":
         from ..pipeline.data import load_dataset
         ds = load_dataset(a.data, "test")
         if a.limit:
-            ds = ds.subset(a.limit)
+            ds = ds.subset(min(a.limit, len(ds)))
     row = reduce_file(a.file, a.output, a.scale_bits, a.bias_bits)
     if ds is not None:
         row.update(data=a.data, device=a.device, top1_before=_evaluate(a.file, ds, a.device, a.quiet),

@@ -29,33 +29,50 @@ def _grids(name: str, ts: list[torch.Tensor]) -> list | None:
     return grids
 
 
-MAX_ZERO_MISMATCH = 0.5   # share of the positions zero in either input that may be zero in one only
+BIG = 2.5           # a weight this many of its row's steps from zero is not a rounding zero's neighbour
+MAX_PRUNED_APART = 0.02   # share of a tensor's weights that may be zero in one input and BIG in another
 MIN_COSINE = 0.5          # cosine similarity of each weight tensor with input 0's
 
 
+def _zero_here_big_there(z: torch.Tensor, w: torch.Tensor) -> int:
+    """Positions zero in one input (z, bool rows) where the other holds a weight w more than BIG of its row's
+    steps from zero: a pruned position, not a weight QAT rounded to zero in one run (whose value elsewhere is
+    about one step).  A row's step: the smallest gap between its distinct nonzero magnitudes (on a grid, the
+    grid's step; in float weights, tiny, so every such position counts), or its one magnitude."""
+    a = w.abs()
+    srt = torch.sort(a, dim=1).values
+    gaps = srt[:, 1:] - srt[:, :-1]
+    inf = torch.full_like(gaps, float("inf"))
+    step = torch.where((gaps > 0) & (srt[:, :-1] > 0), gaps, inf).min(dim=1, keepdim=True).values
+    low = torch.where(a > 0, a, torch.full_like(a, float("inf"))).min(dim=1, keepdim=True).values
+    step = torch.where(torch.isinf(step), low, step)
+    return int((z & (a > BIG * step)).sum())
+
+
 def _check_copies(name: str, ts: list[torch.Tensor]) -> None:
-    """Refuse inputs that are not copies of one (pruned) model: for a weight tensor (2+ dims, 64+ elements),
-    input i and input 0 must share most of their zero positions (QAT rounds a few more weights to zero in one
-    run than in another; a model pruned to another sparsity differs in most) and point the same way
-    (cosine similarity; QAT runs of one model: above 0.9).  ValueError naming the tensor and input."""
+    """Refuse inputs that are not copies of one (pruned) model, for a weight tensor (2+ dims, 64+ elements):
+    at most MAX_PRUNED_APART of its weights may be zero in one input and large (BIG) in the other (QAT copies
+    differ only by weights rounded to zero in one run, a step away; models pruned to other sparsities or masks
+    differ by many weights several steps large), and its cosine similarity with input 0's must reach MIN_COSINE (QAT runs of one model: above 0.99).
+    ValueError naming the tensor and the input."""
     if ts[0].dim() < 2 or ts[0].numel() < 64:
         return
-    w0 = ts[0].double().reshape(-1)
-    z0 = w0 == 0
+    w0 = ts[0].double().reshape(ts[0].shape[0], -1)
+    n0 = float(w0.norm())
+    limit = max(8, int(MAX_PRUNED_APART * w0.numel()))
     for i, t in enumerate(ts[1:], 1):
-        w = t.double().reshape(-1)
-        z = w == 0
-        either = int((z0 | z).sum())
-        if either and int((z0 ^ z).sum()) > MAX_ZERO_MISMATCH * either:
-            raise ValueError(f"tensor '{name}': input {i} is not a copy of input 0's pruned model: "
-                             f"{int((z0 ^ z).sum()):,} of the {either:,} positions zero in either are zero in one "
-                             f"only (at most {MAX_ZERO_MISMATCH:.0%}); {int(z0.sum()):,} zeros in input 0, "
-                             f"{int(z.sum()):,} in input {i}")
-        n0, n1 = float(w0.norm()), float(w.norm())
-        if n0 > 0 and n1 > 0 and float(w0 @ w) / (n0 * n1) < MIN_COSINE:
+        w = t.double().reshape(w0.shape)
+        apart = _zero_here_big_there(w0 == 0, w) + _zero_here_big_there(w == 0, w0)
+        if apart > limit:
+            raise ValueError(f"tensor '{name}': input {i} is pruned unlike input 0: {apart:,} weights are zero in one "
+                             f"of them and large in the other ({int((w0 == 0).sum()):,} zeros in input 0, "
+                             f"{int((w == 0).sum()):,} in input {i}; {limit:,} allowed): a soup averages runs of one "
+                             f"pruned model")
+        n1 = float(w.norm())
+        cos = float((w0 * w).sum()) / (n0 * n1) if n0 > 0 and n1 > 0 else 1.0
+        if cos < MIN_COSINE:
             raise ValueError(f"tensor '{name}': input {i} is not a copy of input 0's model: cosine similarity "
-                             f"{float(w0 @ w) / (n0 * n1):.2f} (QAT runs of one model: above 0.9; at least "
-                             f"{MIN_COSINE} needed)")
+                             f"{cos:.2f}, below the {MIN_COSINE} allowed (runs of one model: above 0.9)")
 
 
 def average_state_dicts(sds: list[dict]) -> dict:
@@ -186,6 +203,7 @@ def soup_files(files: list[str], out: str, steps: str = "mse", zstd: bool = True
         with mbz.open(f) as r:
             metas.append(dict(r.metadata))
             sds.append(r.decode_all())
+    _check_alike(sds)  # names and shapes before widths
     sd, report = soup_state_dicts(sds, steps, widths_of(metas, sds[0]))
     meta = soup_metadata(metas, [os.path.basename(f) for f in files])
     meta.update(extra_meta or {})
