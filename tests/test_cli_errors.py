@@ -657,6 +657,8 @@ def test_an_unknown_option_is_blamed_on_its_verb(argv, prog, capsys):
     (["soup", "A", "A2", "-o", "S", "--limit", "-5"], "--limit -5: must be >= 1"),
     (["reduce", "A", "-o", "S", "--limit", "-3"], "--limit -3: must be >= 1"),
     (["eval", "A", "--device", "cpu:0"], "--device 'cpu:0': use auto, cpu or cuda[:N]"),
+    (["soup", "A", "A2", "-o", "x.pt"], "x.pt: the output must end in .mbz"),
+    (["reduce", "A", "-o", "x.pt"], "x.pt: the output must end in .mbz"),
     (["soup", "A", "A2", "-o", "S", "--device", "nonsense"], "--device 'nonsense': use auto, cpu or cuda[:N]"),
 ])
 def test_option_values_are_refused_naming_the_option_and_value(argv, want, tmp_path, capsys):

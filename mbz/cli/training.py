@@ -16,6 +16,12 @@ def _todo(a) -> int:
 
 
 
+def _mbz_output(path: str) -> None:
+    from ..errors import UsageError
+    if not path.endswith(".mbz"):
+        raise UsageError(f"{path}: the output must end in .mbz")
+
+
 def _check_limit(limit: int) -> None:
     from ..errors import UsageError
     if limit < 0:
@@ -166,8 +172,7 @@ def cmd_finetune(a) -> int:
     from ..pipeline.compress import qat_resume
     input_file(a.file, "packed QAT model")
     output_file(a.output, inputs=[a.file, a.baseline], force=a.force)
-    if not a.output.endswith(".mbz"):
-        raise UsageError(f"{a.output}: the output must end in .mbz")
+    _mbz_output(a.output)
     if a.kd and not a.baseline:
         raise UsageError("--kd > 0 needs --baseline (the fp32 teacher); or pass --kd 0")
     if a.epochs < 0:
@@ -229,6 +234,7 @@ def cmd_soup(a) -> int:
         raise UsageError("give at least two files to average")
     for f in a.files:
         input_file(f, "packed model")
+    _mbz_output(a.output)
     output_file(a.output, inputs=a.files, force=a.force)
     device_of(a.device)
     _check_limit(a.limit)
@@ -285,6 +291,7 @@ def cmd_reduce(a) -> int:
     from ..errors import UsageError
     from ..pipeline.params import reduce_file
     input_file(a.file, "packed model")
+    _mbz_output(a.output)
     output_file(a.output, inputs=[a.file], force=a.force)
     if not 1 <= a.scale_bits <= 24:
         raise UsageError(f"--scale-bits {a.scale_bits}: must be 1..24 (24 keeps the scales)")
