@@ -190,3 +190,18 @@ def test_soup_takes_dense_copies_that_round_other_weights_to_zero_and_refuses_ot
                                                              * (cut(0.8) != 0))])
         with pytest.raises(ValueError, match=r"input 1 is pruned unlike input 0: [\d,]+ weights are zero in one"):
             soup_state_dicts([sd(ptq_weight(cut(0.5), bits)), sd(ptq_weight(cut(0.8), bits))])
+
+
+def test_soup_refuses_a_float_input_beside_quantized_ones_in_either_order_and_takes_names_in_any_order():
+    rng = np.random.default_rng(7)
+    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.5).float()
+    mask[:, -1, 0, 0] = 1
+    sds = _copies_on_grid(rng, mask, 2)
+    flt = {k: v.clone() for k, v in sds[1].items()}
+    flt["conv.weight"] = sds[1]["conv.weight"] + 1e-3 * torch.randn(6, 8, 3, 3) * mask
+    with pytest.raises(ValueError, match="input 1 is quantized .on a grid., input 0 is not"):
+        soup_state_dicts([flt, sds[0]])
+    with pytest.raises(ValueError, match="input 0 is quantized .on a grid., input 1 is not"):
+        soup_state_dicts([sds[0], flt])
+    out, _ = soup_state_dicts([sds[0], dict(reversed(list(sds[1].items())))])
+    assert list(out) == list(sds[0])

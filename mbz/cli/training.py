@@ -262,9 +262,10 @@ def _add_soup(sub) -> None:
     p = sub.add_parser(
         "soup", help="average QAT runs of one pruned model (a uniform model soup), pack and evaluate",
         description="Average the weights of packed models fine-tuned from one pruned model (they must share every "
-                    "tensor name, shape and zero pattern: refused where more than 2% of a weight tensor's entries "
-                    "are zero in one input and over 2.5 of their row's steps large in another, i.e. pruned, not "
-                    "rounded to zero by QAT, or where its cosine similarity with the first input's is below 0.5). "
+                    "tensor name, shape and zero pattern: refused where more than 2% (and 32) of a weight tensor's "
+                    "entries are zero in one input and of ordinary size in another, i.e. pruned, not rounded to zero "
+                    "by QAT, or where its cosine similarity with the first input's is below 0.5; names may come in "
+                    "any order; per-tensor inputs come out per channel). "
                     "Each quantized weight is put back on a per-channel grid of its bits (--steps), pruned zeros "
                     "stay zero, biases and activation ranges are averaged. "
                     "Writes OUTPUT (.mbz) and, unless --data none, evaluates it and appends one JSON line (inputs, "

@@ -18,61 +18,66 @@ from .qat import fp16_exact, mse_step
 
 def _grids(name: str, ts: list[torch.Tensor]) -> list | None:
     """Every input's exact grid (mbz.detect), or None when input 0 has none."""
-    grids = []
-    for i, t in enumerate(ts):
-        g = detect_grid(t)
-        if g is None or not g.k.size:
-            if i:
-                raise ValueError(f"tensor '{name}': input 0 is on a grid, input {i} is not")
-            return None
-        grids.append(g)
+    grids = [detect_grid(t) for t in ts]
+    on = [g is not None and bool(g.k.size) for g in grids]
+    if not on[0]:
+        if any(on):
+            raise ValueError(f"tensor '{name}': input {on.index(True)} is quantized (on a grid), input 0 is not")
+        return None
+    if not all(on):
+        raise ValueError(f"tensor '{name}': input 0 is quantized (on a grid), input {on.index(False)} is not")
     return grids
 
 
-BIG = 2.5           # a weight this many of its row's steps from zero is not a rounding zero's neighbour
-MAX_PRUNED_APART = 0.02   # share of a tensor's weights that may be zero in one input and BIG in another
+BIG = 2.5           # a weight this many of its row's steps from zero is not a rounding zero's neighbour ...
+TYPICAL = 0.5       # ... nor one over this share of its row's median nonzero magnitude
+MAX_PRUNED_APART = 0.02   # share of a tensor's weights that may be zero in one input and large in another
+MIN_APART = 32            # ... and at least this many (small tensors: a few rounding flips)
 MIN_COSINE = 0.5          # cosine similarity of each weight tensor with input 0's
 
 
 def _zero_here_big_there(z: torch.Tensor, w: torch.Tensor) -> int:
-    """Positions zero in one input (z, bool rows) where the other holds a weight w more than BIG of its row's
-    steps from zero: a pruned position, not a weight QAT rounded to zero in one run (whose value elsewhere is
-    about one step).  A row's step: the smallest gap between its distinct nonzero magnitudes (on a grid, the
-    grid's step; in float weights, tiny, so every such position counts), or its one magnitude."""
+    """Positions zero in one input (z, bool rows) where the other holds a large weight w: a pruned position, not a
+    weight QAT rounded to zero in one run.  Large: more than BIG of its row's steps (the smallest gap between
+    the row's distinct nonzero magnitudes, or its one magnitude: a rounded-to-zero weight's value elsewhere is
+    about one step) and more than TYPICAL of the row's median nonzero magnitude (at 8 bits a step is small
+    against the weights a pruning removes, which are of the size of the weights it keeps)."""
     a = w.abs()
+    inf_a = torch.full_like(a, float("inf"))
     srt = torch.sort(a, dim=1).values
     gaps = srt[:, 1:] - srt[:, :-1]
-    inf = torch.full_like(gaps, float("inf"))
-    step = torch.where((gaps > 0) & (srt[:, :-1] > 0), gaps, inf).min(dim=1, keepdim=True).values
-    low = torch.where(a > 0, a, torch.full_like(a, float("inf"))).min(dim=1, keepdim=True).values
+    step = torch.where((gaps > 0) & (srt[:, :-1] > 0), gaps, inf_a[:, 1:]).min(dim=1, keepdim=True).values
+    low = torch.where(a > 0, a, inf_a).min(dim=1, keepdim=True).values
     step = torch.where(torch.isinf(step), low, step)
-    return int((z & (a > BIG * step)).sum())
+    nz = torch.where(a > 0, a, torch.full_like(a, float("nan")))
+    typical = torch.nan_to_num(nz.nanmedian(dim=1, keepdim=True).values, nan=0.0)
+    return int((z & (a > BIG * step) & (a > TYPICAL * typical)).sum())
 
 
 def _check_copies(name: str, ts: list[torch.Tensor]) -> None:
     """Refuse inputs that are not copies of one (pruned) model, for a weight tensor (2+ dims, 64+ elements):
-    at most MAX_PRUNED_APART of its weights may be zero in one input and large (BIG) in the other (QAT copies
-    differ only by weights rounded to zero in one run, a step away; models pruned to other sparsities or masks
-    differ by many weights several steps large), and its cosine similarity with input 0's must reach MIN_COSINE (QAT runs of one model: above 0.99).
-    ValueError naming the tensor and the input."""
+    at most MAX_PRUNED_APART of its weights (and at least MIN_APART) may be zero in one input and large in the other
+    (QAT copies differ by weights rounded to zero in one run, small in the other; models pruned to other
+    sparsities or masks differ by many weights of ordinary size), and its cosine similarity with input 0's
+    must reach MIN_COSINE (QAT runs of one model measured 0.997).  ValueError naming the tensor and input."""
     if ts[0].dim() < 2 or ts[0].numel() < 64:
         return
     w0 = ts[0].double().reshape(ts[0].shape[0], -1)
     n0 = float(w0.norm())
-    limit = max(8, int(MAX_PRUNED_APART * w0.numel()))
+    limit = max(MIN_APART, int(MAX_PRUNED_APART * w0.numel()))
     for i, t in enumerate(ts[1:], 1):
         w = t.double().reshape(w0.shape)
         apart = _zero_here_big_there(w0 == 0, w) + _zero_here_big_there(w == 0, w0)
         if apart > limit:
             raise ValueError(f"tensor '{name}': input {i} is pruned unlike input 0: {apart:,} weights are zero in one "
-                             f"of them and large in the other ({int((w0 == 0).sum()):,} zeros in input 0, "
+                             f"of them and of ordinary size in the other ({int((w0 == 0).sum()):,} zeros in input 0, "
                              f"{int((w == 0).sum()):,} in input {i}; {limit:,} allowed): a soup averages runs of one "
                              f"pruned model")
         n1 = float(w.norm())
         cos = float((w0 * w).sum()) / (n0 * n1) if n0 > 0 and n1 > 0 else 1.0
         if cos < MIN_COSINE:
             raise ValueError(f"tensor '{name}': input {i} is not a copy of input 0's model: cosine similarity "
-                             f"{cos:.2f}, below the {MIN_COSINE} allowed (runs of one model: above 0.9)")
+                             f"{cos:.2f}, below the {MIN_COSINE} allowed (QAT runs of one model: about 0.99)")
 
 
 def average_state_dicts(sds: list[dict]) -> dict:
@@ -96,9 +101,10 @@ def _check_alike(sds: list[dict]) -> None:
         raise ValueError(f"a soup needs at least 2 models, got {len(sds)}")
     names = list(sds[0])
     for i, sd in enumerate(sds[1:], 1):
-        if list(sd) != names:
-            raise ValueError(f"input {i}: tensor names differ from input 0's "
-                             f"(only in one: {sorted(set(sd) ^ set(names))[:5]})")
+        if set(sd) != set(names):  # the order of a state_dict's entries does not matter
+            only = sorted(set(sd) ^ set(names))
+            raise ValueError(f"input {i}: tensor names differ from input 0's ({len(only)} only in one of them: "
+                             f"{', '.join(only[:4])}{', ...' if len(only) > 4 else ''})")
         for name in names:
             t, t0 = sd[name], sds[0][name]
             if t.shape != t0.shape or t.dtype != t0.dtype:
