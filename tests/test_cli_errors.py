@@ -648,7 +648,7 @@ def test_an_unknown_option_is_blamed_on_its_verb(argv, prog, capsys):
 
 
 @pytest.mark.parametrize("argv, want", [
-    (["mixed-precision", "CK", "--out", "D", "--budget=1e3"], "--budget '1e3': expected comma-separated integers"),
+    (["mixed-precision", "CK", "--out", "D", "--budget=1e3"], "--budget '1e3': expected comma-separated byte counts or WIDTHbit+BYTES"),
     (["mixed-precision", "CK", "--out", "D", "--like-bits", "3,,4"], "--like-bits '3,,4': expected comma-separated"),
     (["mixed-precision", "CK", "--out", "D", "--images", "500", "--val", "200"], "--images 500: must lie in 1..200"),
     (["mixed-precision", "CK", "--out", "D", "--val", "-1"], "--val -1: must be >= 1"),

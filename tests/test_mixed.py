@@ -268,6 +268,11 @@ def test_mixed_precision_verb_scans_plans_and_writes_ptq_files(tiny_npz, tmp_pat
     assert "below the smallest plan" in capsys.readouterr().err
     assert main(cmd[:-2] + ["2,9"]) == 2
     assert "in 2..8" in capsys.readouterr().err
+    assert main(cmd + ["--budget", "2bit+1000"]) == 0              # a uniform width's bytes plus a margin
+    assert json.loads((out / "plan_2bit+1000.json").read_text())["budget_bytes"] == u2 + 1000
+    capsys.readouterr()
+    assert main(cmd + ["--budget", "5bit+10"]) == 2
+    assert "5 bits is not among the --bits scanned" in capsys.readouterr().err
     assert main(cmd + ["--budget", "0"]) == 2                      # each mistake named alone
     err = capsys.readouterr().err
     assert "--budget 0: every budget must be >= 1 byte" in err and "like-bits" not in err, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -150,12 +151,21 @@ def cmd_mixed_precision(a) -> int:
             raise UsageError(f"{opt} {text!r}: expected comma-separated {'integers' if kind is int else 'numbers'}, "
                              f"e.g. {'4,5,6' if opt == '--bits' else '3.5' if kind is float else '150000'}") from None
     bits = sorted(set(numbers("--bits", a.bits, int)))
-    budgets = numbers("--budget", a.budget, int)
     like = numbers("--like-bits", a.like_bits, float)
     if not bits or any(not (2 <= b <= 8) for b in bits):
         raise UsageError(f"--bits {a.bits}: widths must lie in 2..8")
-    if any(b < 1 for b in budgets):
-        raise UsageError(f"--budget {a.budget}: every budget must be >= 1 byte")
+    budgets = []  # (label, uniform width the bytes are added to or None, bytes)
+    for tok in (a.budget.split(",") if a.budget else []):
+        m = re.fullmatch(r"(?:(\d+)bit\+)?(\d+)", tok.strip())
+        if m is None:
+            raise UsageError(f"--budget {a.budget!r}: expected comma-separated byte counts or WIDTHbit+BYTES, "
+                             f"e.g. 150000 or 4bit+16000")
+        base = int(m.group(1)) if m.group(1) else None
+        if base is not None and base not in bits:
+            raise UsageError(f"--budget {tok}: {base} bits is not among the --bits scanned ({a.bits})")
+        if base is None and int(m.group(2)) < 1:
+            raise UsageError(f"--budget {a.budget}: every budget must be >= 1 byte")
+        budgets.append((tok.strip(), base, int(m.group(2))))
     if any(not (min(bits) <= x <= max(bits)) for x in like):
         raise UsageError(f"--like-bits {a.like_bits}: every value must lie in {min(bits)}..{max(bits)} "
                          f"(the --bits scanned)")
@@ -165,7 +175,7 @@ def cmd_mixed_precision(a) -> int:
         raise UsageError(f"--images {a.images}: must lie in 1..{a.val} (--val: the validation images it is drawn from)")
     input_file(a.checkpoint, "checkpoint")
     scan_path = os.path.join(a.out, "scan.jsonl")
-    names = [f"plan_{b}.json" for b in budgets] + [f"plan_w{x:g}.json" for x in like]
+    names = [f"plan_{label}.json" for label, _, _ in budgets] + [f"plan_w{x:g}.json" for x in like]
     if a.ptq:
         names += [n.replace(".json", ".mbz") for n in names]
     paths = _outputs(a.out, names, [a.checkpoint], a.force)
@@ -214,7 +224,7 @@ def cmd_mixed_precision(a) -> int:
     numel = {r["name"]: r["numel"] for r in rows}
     ub = {b: mixed.plan_bytes(rows, mixed.uniform_plan(rows, b)) for b in bits}
     import math
-    targets = [(f"plan_{b}", b) for b in budgets]
+    targets = [(f"plan_{label}", n + (ub[base] if base else 0)) for label, base, n in budgets]
     for x in like:
         lo, hi = [max(b for b in bits if b <= x), min(b for b in bits if b >= x)]
         f = 0.0 if hi == lo else (x - lo) / (hi - lo)
@@ -357,7 +367,8 @@ def register(sub) -> None:
     p.add_argument("--val", type=int, default=5000, help="training images held out as the validation split (5000)")
     p.add_argument("--images", type=int, default=512, help="validation images the scan evaluates on (512)")
     p.add_argument("--bits", default="2,3,4,5,6,8", help="widths scanned, comma-separated, in 2..8")
-    p.add_argument("--budget", help="bytes of the quantized weights, comma-separated: one plan each")
+    p.add_argument("--budget", help="bytes of the quantized weights, comma-separated: one plan each; "
+                                    "WIDTHbit+BYTES: the scan's bytes at that uniform width plus BYTES (4bit+16000)")
     p.add_argument("--like-bits", help="plans at the bytes of these uniform widths, e.g. 3,3.5,4")
     p.add_argument("--ptq", action="store_true", help="also write each plan's PTQ model as OUT/plan_*.mbz")
     p.add_argument("--device", default="auto", help="where the scan runs: auto (CUDA when present), cpu or cuda[:N]")
