@@ -9,6 +9,13 @@ from mbz.detect import detect_grid
 from mbz.pipeline.soup import average_state_dicts, soup_metadata, soup_state_dicts, widths_of
 
 
+def _mask(rng, pruned: float) -> torch.Tensor:
+    """A (6, 8, 3, 3) zero pattern, about `pruned` of it zero, the last input channel's first tap kept."""
+    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > pruned).float()
+    mask[:, -1, 0, 0] = 1
+    return mask
+
+
 def _copies_on_grid(rng, mask, n, qmax=7):
     """n QAT-like copies: 4-bit per-channel weights near one another (codes +-1 apart, steps
     1% apart) with the given zero pattern, and fp16 biases."""
@@ -26,8 +33,7 @@ def _copies_on_grid(rng, mask, n, qmax=7):
 
 def test_soup_puts_weights_back_on_a_4bit_grid_keeping_zeros():
     rng = np.random.default_rng(0)
-    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.7).float()
-    mask[:, -1, 0, 0] = 1
+    mask = _mask(rng, 0.7)
     sds = _copies_on_grid(rng, mask, 3)
     out, report = soup_state_dicts(sds)
     w = out["conv.weight"]
@@ -57,8 +63,7 @@ def test_soup_puts_weights_back_on_a_4bit_grid_keeping_zeros():
 
 def test_soup_zero_in_one_input_only_gets_the_average_and_refusals():
     rng = np.random.default_rng(1)
-    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.5).float()
-    mask[:, -1, 0, 0] = 1
+    mask = _mask(rng, 0.5)
     mask[1, 2, 1, 1] = 1
     a, b = _copies_on_grid(rng, mask, 2)
     b["conv.weight"][1, 2, 1, 1] = 0.0
@@ -97,8 +102,7 @@ def test_soup_and_reduce_verbs_write_new_files_and_refuse_to_overwrite(tmp_path,
     import mbz
     from mbz.cli import main
     rng = np.random.default_rng(2)
-    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.6).float()
-    mask[:, -1, 0, 0] = 1
+    mask = _mask(rng, 0.6)
     files = []
     for i, sd in enumerate(_copies_on_grid(rng, mask, 3)):
         files.append(str(tmp_path / f"run{i}.mbz"))
@@ -137,8 +141,7 @@ def test_soup_takes_each_layers_width_from_the_inputs_metadata(monkeypatch):
     # inputs were trained at (metadata 'compression'), the soup snaps it to that width all the same
     import mbz.pipeline.soup as soup
     rng = np.random.default_rng(3)
-    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.5).float()
-    mask[:, -1, 0, 0] = 1
+    mask = _mask(rng, 0.5)
     sds = _copies_on_grid(rng, mask, 2, qmax=31)
     real = soup.detect_grid
     monkeypatch.setattr(soup, "detect_grid", lambda t: None if t is sds[1]["conv.weight"] else real(t))
@@ -160,8 +163,7 @@ def test_soup_refuses_models_that_are_not_copies_and_keeps_identical_tensors():
     # two prunings of one network to other sparsities, or two unrelated networks: refused, naming the tensor;
     # a tensor the same in every input comes out unchanged (a soup of a file with itself is the file)
     rng = np.random.default_rng(5)
-    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.7).float()
-    mask[:, -1, 0, 0] = 1
+    mask = _mask(rng, 0.7)
     sds = _copies_on_grid(rng, mask, 2)
     other = {k: v.clone() for k, v in sds[1].items()}
     other["conv.weight"] = sds[1]["conv.weight"].abs() + 0.1          # no zeros left: a denser pruning
@@ -194,8 +196,7 @@ def test_soup_takes_dense_copies_that_round_other_weights_to_zero_and_refuses_ot
 
 def test_soup_refuses_a_float_input_beside_quantized_ones_in_either_order_and_takes_names_in_any_order():
     rng = np.random.default_rng(7)
-    mask = torch.from_numpy(rng.random((6, 8, 3, 3)) > 0.5).float()
-    mask[:, -1, 0, 0] = 1
+    mask = _mask(rng, 0.5)
     sds = _copies_on_grid(rng, mask, 2)
     flt = {k: v.clone() for k, v in sds[1].items()}
     flt["conv.weight"] = sds[1]["conv.weight"] + 1e-3 * torch.randn(6, 8, 3, 3) * mask
