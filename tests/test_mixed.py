@@ -295,6 +295,6 @@ def test_scan_bytes_are_those_of_the_grid_the_export_stores():
         assert torch.equal(k * s, mixed.ptq_weight(w, bits)) and k.abs().max() <= (1 << (bits - 1)) - 1
         g = Grid(k.reshape(-1).long().numpy(), s.reshape(-1).numpy(), Granularity.CHANNEL, tuple(w.shape))
         want = encode_tensor("w", w, grid=g, ent=EntropyPolicy().resolved(total)).stored_bytes
-        assert mixed.packed_bytes("w", w, total, bits) == want
+        assert mixed.packed_bytes("w", w, total, (k, s)) == want
     plain = encode_tensor("w", w, ent=EntropyPolicy().resolved(total)).stored_bytes
-    assert mixed.packed_bytes("w", w, total, 32) == plain
+    assert mixed.packed_bytes("w", w, total) == plain

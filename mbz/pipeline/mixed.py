@@ -58,25 +58,23 @@ def ptq_weight(w: torch.Tensor, bits: int, per_channel: bool = True) -> torch.Te
     return k * s
 
 
-def packed_bytes(name: str, w: torch.Tensor, total_bytes: int, bits: int | None = None,
-                 per_channel: bool = True) -> int:
+def packed_bytes(name: str, w: torch.Tensor, total_bytes: int, codes: tuple | None = None) -> int:
     """Bytes of the sections `mbz.save` stores for this tensor (codes, masks / deltas, scales), with the
     entropy stage a file of `total_bytes` tensor bytes gets (mbz.encoder.EntropyPolicy.resolved).
 
-    bits: w is the float weight and is stored on its `bits` grid (ptq_codes) as a QAT export stores it,
-    with the grid given rather than read off the values: a channel with two nonzero codes such as 29
-    and -30 has no unambiguous grid, and a detected one would fall back to a far larger encoding."""
+    codes: (k, s) of ptq_codes(w, bits): w is stored on that grid, given as a QAT export gives it rather
+    than read off the values (a channel with two nonzero codes such as 29 and -30 has no unambiguous grid,
+    and a detected one would fall back to a far larger encoding).  None: w as it is."""
     from ..codecs.affine import Grid
     from ..encoder import EntropyPolicy, encode_tensor
     from ..spec import Granularity
     ent = EntropyPolicy().resolved(total_bytes)
     w = w.detach().float().cpu().contiguous()
     grid = None
-    if bits is not None and bits < 32:
-        k, s = ptq_codes(w, bits, per_channel)
-        one = s.numel() == 1
+    if codes is not None:
+        k, s = (c.detach().cpu() for c in codes)
         grid = Grid(k.reshape(-1).to(torch.int64).numpy(), s.reshape(-1).numpy().astype("float32"),
-                    Granularity.TENSOR if one else Granularity.CHANNEL, tuple(w.shape))
+                    Granularity.TENSOR if s.numel() == 1 else Granularity.CHANNEL, tuple(w.shape))
     return encode_tensor(name, w, grid=grid, ent=ent).stored_bytes
 
 
@@ -145,8 +143,9 @@ def scan_bits(model: nn.Module, ds: ArrayDataset, bits=BITS, names=None, per_cha
     """(base, rows): base = {'loss', 'top1'} of `model` as given; one row {name, numel, bits, bytes, loss,
     top1} per layer (`names`, default quant_layers) and width, that layer alone quantized (ptq_weight).
 
-    `bytes`: packed_bytes of the quantized tensor.  The model is restored after each row.  Networks of
-    the form features -> pool -> classifier are evaluated from cached stage inputs (same numbers)."""
+    `bytes`: packed_bytes of the tensor on its grid (ptq_codes, the values ptq_weight gives).  The model is
+    restored after each row.  Networks of the form features -> pool -> classifier are evaluated from cached
+    stage inputs (same numbers)."""
     from .data import normalize
     model.eval()
     params = dict(model.named_parameters())
@@ -161,13 +160,13 @@ def scan_bits(model: nn.Module, ds: ArrayDataset, bits=BITS, names=None, per_cha
     for n, b in (progress(items) if progress else items):
         p = params[n]
         saved = p.detach().clone()
-        q = ptq_weight(saved, b, per_channel)
-        p.copy_(q)
+        codes = ptq_codes(saved, b, per_channel) if b < 32 else None
+        p.copy_(codes[0] * codes[1] if codes else saved)
         try:
             ev = pre.evaluate(pre.stage_of(n)) if pre.ok else evaluate(model, ds)
         finally:
             p.copy_(saved)
-        rows.append({"name": n, "numel": p.numel(), "bits": b, "bytes": packed_bytes(n, saved, total, b, per_channel),
+        rows.append({"name": n, "numel": p.numel(), "bits": b, "bytes": packed_bytes(n, saved, total, codes),
                      "loss": ev["loss"], "top1": ev["top1"]})
     return base, rows
 
