@@ -257,7 +257,7 @@ def filter_section(role: Role, data: bytes, itemsize: int, ent: EntropyPolicy, l
     if len(data) < 16:
         return best
     plain = plain_raw(role, len(data), ent)
-    if plain and ent.zstd and len(data) >= 4 * RAW_SAMPLES * SAMPLE_BLOCK and \
+    if plain and ent.zstd and zstd_available() and len(data) >= 4 * RAW_SAMPLES * SAMPLE_BLOCK and \
             _sample_saving(data, role_stride(role, itemsize)) < 0.8 * RAW_KEEP_SAVING:
         return best
     if ent.zstd and zstd_available():
