@@ -315,6 +315,7 @@ M_PRUNE_FOLDED = "prune_folded"  # names stored as weight_orig * weight_mask (pr
 M_ZERO_SIGN = "zero_sign_dropped"  # {record name: count of -0.0 stored as +0.0}: not bit-exact there
 M_KEY = "key"                 # the checkpoint entry packed (pack --key), the others left out
 M_LOSSY = "lossy"             # the lossy settings of pack (--wbits ... or --step ...): tensors differ from the input by design
+M_BN_AFFINE = "bn_affine"     # BatchNorm modules rewritten as their eval-mode affine (pack --bn-affine)
 
 
 # Params keys by encoding (spec table 9): key -> (kind, lo, hi, when the key is required / allowed).

@@ -293,3 +293,95 @@ def test_verify_folds_the_checkpoint_like_pack_fold_bn(tmp_path, capsys):
     torch.manual_seed(1)
     torch.save(build_model(arch).state_dict(), tmp_path / "other.pt")
     assert main(["verify", str(out), str(tmp_path / "other.pt")]) == 1
+
+
+def _random_bn_net(arch, seed=7):
+    from mbz.models import build_model
+    torch.manual_seed(0)
+    net = build_model(arch)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():   # BatchNorm statistics that are not the identity
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.1, generator=g)
+    return net.eval(), g
+
+
+def test_bn_affine_keeps_the_eval_function_and_every_other_tensor():
+    """Each BatchNorm (its own eps) becomes weight g, bias beta - mean g, mean 0, variance 1 - eps."""
+    from mbz.models.folding import bn_affine
+    from mbz.models.registry import bn_affine_state_dict
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8, eps=1e-3), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 30 * 30, 6), torch.nn.BatchNorm1d(6))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for bn in (net[1], net[5]):
+            bn.running_mean.normal_(0, 0.5, generator=g)
+            bn.running_var.uniform_(0.1, 3.0, generator=g)
+            bn.weight.normal_(0, 1, generator=g)
+            bn.bias.normal_(0, 1, generator=g)
+    net.eval()
+    x = torch.randn(5, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        ref = net(x)
+        assert bn_affine(net) == ["1", "5"]
+        y = net(x)
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+    assert (net[1].running_mean == 0).all() and (net[1].running_var == 1 - 1e-3).all()
+    assert ((net[1].running_var + net[1].eps).sqrt() == 1).all() and ((net[5].running_var + 1e-5).sqrt() == 1).all()
+
+    arch = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 0.25}
+    dense, g = _random_bn_net(arch)
+    sd = dense.state_dict()
+    new, names = bn_affine_state_dict(sd, arch)
+    assert len(names) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in dense.modules())
+    assert new.keys() == sd.keys()
+    bn_keys = {f"{n}.{t}" for n in names for t in ("weight", "bias", "running_mean", "running_var")}
+    assert all(new[k] is sd[k] for k in sd if k not in bn_keys)          # the convolutions untouched
+    assert all(not torch.equal(new[k], sd[k]) for k in bn_keys)
+    from mbz.models import build_model
+    m = build_model(arch)
+    m.load_state_dict(new)
+    x = torch.randn(4, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        assert torch.allclose(m.eval()(x), dense(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(mbz.MbzError, match="do not fit"):
+        bn_affine_state_dict({k: v for k, v in sd.items() if k != "classifier.1.bias"}, arch)
+
+
+def test_pack_bn_affine_halves_the_batchnorm_values_it_quantizes(tmp_path, capsys):
+    """pack --wbits 4 --step-1d S --bn-affine: the weight codes of the plain --wbits 4 file, the running
+    statistics constant, fewer 1-D bytes; refused without a lossy mode, with --fold-bn, or without --arch."""
+    from mbz.models import load_model
+    arch = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 0.25}
+    net, g = _random_bn_net(arch)
+    ck = tmp_path / "net.pt"
+    torch.save(net.state_dict(), ck)
+    spec = "mobilenet_v2_cifar:width_mult=0.25"
+    plain, aff = tmp_path / "plain.mbz", tmp_path / "aff.mbz"
+    assert main(["pack", str(ck), "-o", str(plain), "--arch", spec, "--wbits", "4", "--step-1d", "0.01", "-q"]) == 0
+    assert main(["pack", str(ck), "-o", str(aff), "--arch", spec, "--wbits", "4", "--step-1d", "0.01", "--bn-affine",
+                 "-q"]) == 0
+    a, p = mbz.load(aff), mbz.load(plain)
+    assert all(torch.equal(a[k], p[k]) for k in p if p[k].dim() >= 2)
+    assert all((a[k] == 0).all() for k in a if k.endswith("running_mean"))
+    assert aff.stat().st_size < plain.stat().st_size
+    with mbz.open(aff) as r:
+        assert len(r.metadata["bn_affine"]) == len([k for k in p if k.endswith("running_var")])
+        assert r.metadata["input"]["bytes"] == sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    x = torch.randn(8, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        ya, yp, ref = load_model(aff)(x), load_model(plain)(x), net(x)
+    # the same 4-bit weights: the rewritten file is as close to the dense network as the plain one
+    assert (ya - ref).norm() < 1.2 * (yp - ref).norm()
+    capsys.readouterr()
+    for extra, words in ((["--wbits", "4", "--fold-bn", "--arch", spec], "pick one"),
+                         (["--arch", spec], "lossless pack"),
+                         (["--wbits", "4"], "needs the architecture")):
+        assert main(["pack", str(ck), "-o", str(tmp_path / "x.mbz"), "--bn-affine", *extra, "-q"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "x.mbz").exists()

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""`mbz pack CKPT --wbits 4 [--step-1d S] --best`: file bytes, and the cost of quantizing the 1-D tensors.
+"""`mbz pack CKPT --wbits 4 [--step-1d S] [--bn-affine] --best`: file bytes, and the cost of quantizing the 1-D tensors.
 
     # choose S on held-out TRAINING images (no test image): output error against the dense model
     python tools/bench_w4_1d.py CKPT --steps 0,0.005,0.01,0.02,0.04 --split val \\
         --out results/ratedist/w4_step1d_select.json
     # then evaluate the chosen S (and the plain --wbits 4 file) once on the test set
     python tools/bench_w4_1d.py CKPT --steps 0,0.02 --split test --out results/ratedist/w4_step1d_test.json
+    # the same with each BatchNorm rewritten as its eval-mode affine first (pack --bn-affine), beside the plain rows
+    python tools/bench_w4_1d.py CKPT --steps 0.01,0.02 --bn-affine both --split val --out ...
 
 Every row packs the checkpoint as `mbz pack CKPT -o F --wbits 4 --step-1d S --best --arch ARCH` does (S 0:
-the 1-D tensors stay exact, the plain `--wbits 4` file); the 4-bit weight codes and scales are the same in
+the 1-D tensors stay exact, the plain `--wbits 4` file; with `--bn-affine yes` every BatchNorm is first
+rewritten as the affine map it computes in eval mode, mbz.models.registry.bn_affine_state_dict); the 4-bit weight codes and scales are the same in
 every row (checked: the decoded weight tensors are compared with the S=0 file's).  Reported: the real file
 bytes, the bytes of the 1-D tensors, and on `--split val` the KL divergence from the dense model's softmax
 (batchmean), the agreement of the top-1 class with the dense model's (%) and top-1 against the labels over
@@ -35,6 +38,9 @@ def main() -> int:
     ap.add_argument("--split", choices=("val", "test"), required=True)
     ap.add_argument("--n", type=int, default=5000, help="held-out images used with --split val")
     ap.add_argument("--data", default="npz:/work/shared/data")
+    ap.add_argument("--bn-affine", choices=("no", "yes", "both"), default="no",
+                    help="rewrite each BatchNorm as its eval-mode affine before packing (pack --bn-affine): "
+                         "no, yes, or both (a row of each per step)")
     ap.add_argument("--keep", help="keep the packed files in this folder")
     ap.add_argument("--out", help="write the rows as JSON here")
     a = ap.parse_args()
@@ -43,6 +49,7 @@ def main() -> int:
     from mbz import api, load_model
     from mbz.checkpoint import as_state_dict, read_object
     from mbz.models import arch_for_pack, build_model
+    from mbz.models.registry import bn_affine_state_dict
     from mbz.pipeline.baseline import split_val
     from mbz.pipeline.data import load_dataset, normalize
 
@@ -70,12 +77,14 @@ def main() -> int:
     os.makedirs(out_dir, exist_ok=True)
     rows, ref_w = [], None
     one_d = [k for k, t in sd.items() if t.is_floating_point() and t.dim() == 1]
-    for s in [float(v) for v in a.steps.split(",")]:
-        path = os.path.join(out_dir, f"w{a.wbits}_1d{s:g}_best.mbz")
+    affine = bn_affine_state_dict(sd, arch)[0] if a.bn_affine != "no" else None
+    variants = {"no": [False], "yes": [True], "both": [False, True]}[a.bn_affine]
+    for s, aff in [(float(v), f) for v in a.steps.split(",") for f in variants]:
+        path = os.path.join(out_dir, f"w{a.wbits}_1d{s:g}{'_bnaffine' if aff else ''}_best.mbz")
         if os.path.exists(path):
             os.remove(path)
         t = time.time()
-        rep = api.save(sd, path, wbits=a.wbits, step_1d=s if s > 0 else None, arch=arch, profile="best", rans=True)
+        rep = api.save(affine if aff else sd, path, wbits=a.wbits, step_1d=s if s > 0 else None, arch=arch, profile="best", rans=True)
         t_pack = time.time() - t
         got = mbz.load(path)
         w = {k: v for k, v in got.items() if v.dim() >= 2}
@@ -85,7 +94,7 @@ def main() -> int:
         by = {r.name: r for r in rep.tensors}
         err = [by[k].error for k in one_d if by[k].error]
         lq = logits(load_model(path))
-        row = {"step_1d": s, "file_bytes": rep.file_bytes, "one_d_bytes": sum(by[k].stored_bytes for k in one_d),
+        row = {"step_1d": s, "bn_affine": aff, "file_bytes": rep.file_bytes, "one_d_bytes": sum(by[k].stored_bytes for k in one_d),
                "one_d_tensors": len(one_d), "one_d_quantized": sum(1 for k in one_d if by[k].quantized),
                "min_sqnr_db_1d": round(min((e["sqnr_db"] for e in err), default=float("inf")), 1),
                "weights_equal_plain": same_w, "split": a.split,

@@ -89,6 +89,13 @@ def register(sub) -> None:
                    help="fold every Conv2d -> BatchNorm2d pair of the architecture (--arch) into the conv before "
                         "packing: one bias per channel instead of four BatchNorm tensors; the file records the "
                         "folded architecture (mbz.load_model / mbz eval rebuild it)")
+    r.add_argument("--bn-affine", action="store_true",
+                   help="with --wbits, --step or --target-size: rewrite every BatchNorm of the architecture (--arch) "
+                        "as the affine map it computes in eval mode (weight g = gamma / sqrt(var + eps), bias beta - "
+                        "mean x g, running mean 0, running variance 1 - eps) before packing: the same outputs, the "
+                        "convolutions untouched, and two of each BatchNorm's four tensors constant, so --step-1d "
+                        "quantizes half as many values. The file is for inference: its BatchNorm statistics are "
+                        "not the trained ones (see also --fold-bn)")
     r.add_argument("--bias-correct", action="store_true",
                    help="with --fold-bn and --step / --target-size: subtract from each conv's bias the expected shift "
                         "of its output, E[dW x], with the input means predicted from the BatchNorm statistics (no "

@@ -16,9 +16,9 @@ from ..container import atomic_write
 from ..errors import CheckpointError, MbzError, MismatchError, UsageError
 from ..models import arch_for_pack
 from ..models.biascorr import bias_fixes
-from ..models.registry import fold_state_dict
+from ..models.registry import bn_affine_state_dict, fold_state_dict
 from ..options import DEADZONE, DEFAULT_INCLUDE, SIZE_EXP
-from ..spec import M_INPUT, M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
+from ..spec import M_BN_AFFINE, M_INPUT, M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
 from ..structure import main_path, subtree
 from ..summary import format_table, summarize
 from .common import print_json, show_progress
@@ -120,6 +120,11 @@ def _pack_options(a) -> None:
     if a.bias_correct and not (a.fold_bn and (a.step is not None or a.target_size is not None)):
         raise UsageError("--bias-correct corrects the biases of folded convolutions: it needs --fold-bn and "
                          "--step or --target-size")
+    if a.bn_affine and a.fold_bn:
+        raise UsageError("--bn-affine and --fold-bn are two ways to store the BatchNorms: pick one")
+    if a.bn_affine and not (rd or a.wbits is not None):
+        raise UsageError("--bn-affine rewrites the BatchNorm tensors, which a lossless pack keeps bit-exact: it needs "
+                         "--wbits, --step or --target-size")
     if a.align is not None and not (1 <= a.align <= 4096 and a.align & (a.align - 1) == 0):
         raise UsageError(f"--align must be a power of two in 1..4096, got {a.align}")
 
@@ -160,6 +165,18 @@ def _pack(a, obj, meta: dict) -> int:
                      f"{len(folded)}; recorded as {arch.get('name')} with folded_bn; the model CR of inspect / eval is "
                      f"of the folded tensors' fp32 bytes, {_input_note(api.input_dtypes(folded))[1]:,d}")
         prep = api.Prepared(folded, prep.folded, prep.left_out)
+    if a.bn_affine:
+        if arch is None:
+            raise UsageError("--bn-affine needs the architecture: pass --arch NAME (each BatchNorm and its eps are "
+                             "found in the network it builds)")
+        if main is not prep.obj or len(plain) != len(prep.obj):
+            raise UsageError("--bn-affine rewrites a plain state_dict of tensors: pick it with --key")
+        in_dtypes = api.input_dtypes(plain)
+        rewritten, bn_names = bn_affine_state_dict(plain, arch)
+        meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}, M_BN_AFFINE: bn_names})
+        fold_note = (f"  BatchNorms rewritten as their eval-mode affine before packing (--bn-affine): "
+                     f"{_count(len(bn_names), 'module')}, running mean 0 and running variance 1 - eps in each")
+        prep = api.Prepared(rewritten, prep.folded, prep.left_out)
     common = dict(include=DEFAULT_INCLUDE if a.include is None else a.include, detect=not a.no_detect,
                   zstd=not a.no_zstd, zstd_level=a.zstd_level,
                   align=a.align, metadata=dict(meta, **({M_PRUNE_FOLDED: prep.folded} if prep.folded else {}),

@@ -1,9 +1,12 @@
-"""BatchNorm folding: Conv2d -> BatchNorm2d pairs become one Conv2d with bias.
+"""BatchNorm folding: Conv2d -> BatchNorm2d pairs become one Conv2d with bias; or each BatchNorm its own affine.
 
 w' = w * g,  b' = beta + (b - running_mean) * g,  g = gamma / sqrt(running_var + eps)
 (Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference", section 3.2).  `folded_skeleton` builds the same
-structure with uninitialised weights, for loading a folded state_dict.
+structure with uninitialised weights, for loading a folded state_dict.  `bn_affine` keeps every module and
+rewrites each BatchNorm as the affine map it computes in eval mode: running mean 0, running variance 1 - eps,
+weight g, bias beta - running_mean * g (the same outputs up to float rounding; two of its four tensors become
+constants that cost almost nothing to store).
 """
 from __future__ import annotations
 
@@ -74,3 +77,26 @@ def folded_skeleton(model: nn.Module) -> nn.Module:
     for seq, kc, c, kb, _ in list(conv_bn_pairs(model)):
         seq._modules[kc], seq._modules[kb] = _biased_like(c), nn.Identity()
     return model
+
+
+def bn_affine(model: nn.Module) -> list[str]:
+    """Rewrite every BatchNorm1d/2d/3d with running statistics and affine parameters (in place) as the affine
+    map it computes in eval mode: weight g = gamma / sqrt(running_var + eps), bias beta - running_mean * g,
+    running_mean 0, running_var 1 - eps (in float32, sqrt(1 - eps + eps) is 1 for eps 1e-5 and 1e-3).
+    Computed in float64, stored in the tensors' dtype.  Returns the module names rewritten.  The model
+    computes the same function in eval mode up to float rounding; in train mode BatchNorm uses batch
+    statistics and the rewritten model is not the same network to train on."""
+    done = []
+    for name, m in model.named_modules():
+        if not (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.track_running_stats
+                and m.running_mean is not None):
+            continue
+        with torch.no_grad():
+            g = m.weight.double() / (m.running_var.double() + m.eps).sqrt()
+            b = m.bias.double() - m.running_mean.double() * g
+            m.weight.copy_(g.to(m.weight.dtype))
+            m.bias.copy_(b.to(m.bias.dtype))
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0 - m.eps)
+        done.append(name)
+    return done

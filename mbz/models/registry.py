@@ -34,7 +34,7 @@ from ..errors import CheckpointError, MbzError
 from .cifar_resnet import resnet18_cifar
 from .cifar_vgg import vgg11_bn_cifar, vgg16_bn_cifar
 from .act_quant import insert_act_quant
-from .folding import conv_bn_pairs, fold_bn
+from .folding import bn_affine, conv_bn_pairs, fold_bn
 from .mobilenet_v2 import _mnv2_channels, _width_of, expand_blocks, hidden_widths, mobilenet_v2_cifar
 
 MAX_MODEL_ELEMENTS = 1 << 30  # parameters + buffers of a module build_model makes (4 GiB in fp32; ViT-H/14 is 0.63e9)
@@ -692,3 +692,27 @@ def fold_state_dict(sd: dict, arch: dict) -> tuple[dict, dict]:
     fold_bn(model)
     out = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return out, dict(arch, folded_bn=True)
+
+
+def bn_affine_state_dict(sd: dict, arch: dict) -> tuple[dict, list[str]]:
+    """(state_dict, BatchNorm names) with every BatchNorm of the architecture `arch` rewritten as its eval-mode
+    affine map (mbz.models.folding.bn_affine: weight gamma / sqrt(var + eps), bias beta - mean * weight,
+    running mean 0, running variance 1 - eps; each module's own eps).  Every other tensor is the input's own
+    object, unchanged; the BatchNorm tensors keep their dtypes.  The network computes the same function in
+    eval mode (up to float rounding).  Raises MbzError when the tensors do not fit `arch` or it has no
+    BatchNorm with running statistics."""
+    if arch.get("folded_bn"):
+        raise MbzError(f"{arch.get('name')}: its BatchNorms are folded into the convolutions (folded_bn)")
+    model = build_model(arch)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise MbzError(f"the tensors do not fit {arch.get('name')}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    names = bn_affine(model)
+    if not names:
+        raise MbzError(f"{arch.get('name')}: no BatchNorm with running statistics to rewrite")
+    new = model.state_dict()
+    keys = {f"{n}.{t}" for n in names for t in ("weight", "bias", "running_mean", "running_var")}
+    out = {k: (new[k].detach().clone().to(v.dtype) if k in keys else v) for k, v in sd.items()}
+    return out, names
