@@ -154,7 +154,7 @@ def test_soup_takes_each_layers_width_from_the_inputs_metadata(monkeypatch):
     g = real(out["conv.weight"])
     assert report["conv.weight"]["bits"] == 6 and g is not None and int(np.abs(g.k).max()) <= 31
     assert torch.equal(out["conv.weight"] == 0, mask == 0)
-    with pytest.raises(ValueError, match="4-bit weights in input 1, 6-bit in input 0"):
+    with pytest.raises(ValueError, match="4-bit weights in input 1, 6-bit weights in input 0"):
         widths_of([metas[0], {"compression": {"wbits": 4}}], sds[0])
     assert widths_of([{}, metas[0]], sds[0]) is None
 
@@ -206,3 +206,27 @@ def test_soup_refuses_a_float_input_beside_quantized_ones_in_either_order_and_ta
         soup_state_dicts([sds[0], flt])
     out, _ = soup_state_dicts([sds[0], dict(reversed(list(sds[1].items())))])
     assert list(out) == list(sds[0])
+
+
+def test_soup_reads_the_width_of_pack_wbits_files_and_names_a_mismatch(tmp_path, capsys):
+    """`pack --wbits` files record their width under 'lossy': a soup of 4- and 8-bit packs of one checkpoint
+    is refused naming the tensor and both widths; tensors its include pattern leaves out are float."""
+    from mbz.cli import main
+    metas = [{"lossy": {"wbits": 4, "include": ".*weight$"}}, {"lossy": {"wbits": 8, "include": ".*weight$"}}]
+    sd = {"conv.weight": torch.randn(4, 3, 3, 3), "fc.bias": torch.randn(4), "emb.table": torch.randn(4, 2)}
+    assert widths_of(metas[:1] * 2, sd) == {"conv.weight": 4}
+    with pytest.raises(ValueError, match="'conv.weight': 8-bit weights in input 1, 4-bit weights in input 0"):
+        widths_of(metas, sd)
+    with pytest.raises(ValueError, match="'emb.table': 4-bit weights in input 1, float"):
+        widths_of([metas[0], {"lossy": {"wbits": 4, "include": ".*"}}], sd)
+    assert widths_of([metas[0], {}], sd) is None
+    g = torch.Generator().manual_seed(0)
+    ck = tmp_path / "m.pt"
+    torch.save({"conv.weight": torch.randn(16, 8, 3, 3, generator=g), "conv.bias": torch.randn(16, generator=g)}, ck)
+    for b in (4, 8):
+        assert main(["pack", str(ck), "-o", str(tmp_path / f"w{b}.mbz"), "--wbits", str(b), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["soup", str(tmp_path / "w4.mbz"), str(tmp_path / "w8.mbz"), "-o", str(tmp_path / "s.mbz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'conv.weight': 8-bit weights in input 1, 4-bit weights in input 0" in err, err
+    assert not (tmp_path / "s.mbz").exists()

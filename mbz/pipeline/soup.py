@@ -9,10 +9,13 @@ ranges are averaged.  The result is a new model: evaluate it (`mbz soup` does).
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
 from ..detect import detect_grid
+from ..spec import M_LOSSY
 from .qat import fp16_exact, mse_step
 
 
@@ -163,20 +166,27 @@ def soup_state_dicts(sds: list[dict], steps: str = "mse", widths: dict | None = 
 
 def widths_of(metas: list[dict], sd: dict) -> dict | None:
     """{tensor name: weight bits} the inputs were trained with (metadata 'compression': wbits for every
-    conv / linear weight, i.e. float tensors of 2+ dims, and layer_bits overriding it), or None when
-    an input does not say.  Inputs that disagree raise ValueError naming the tensor."""
+    conv / linear weight, i.e. float tensors of 2+ dims, and layer_bits overriding it) or packed with
+    (`pack --wbits`, metadata 'lossy': wbits for the float tensors of 2+ dims its `include` pattern
+    names), or None when an input does not say.  Inputs that disagree raise ValueError naming the tensor."""
     out = None
     for i, m in enumerate(metas):
         c = m.get("compression") or {}
-        if not isinstance(c.get("wbits"), int):
+        lossy = m.get(M_LOSSY) or {}
+        if isinstance(c.get("wbits"), int):
+            lb = c.get("layer_bits") or {}
+            w = {n: int(lb.get(n, c["wbits"])) for n, t in sd.items() if t.is_floating_point() and t.dim() >= 2}
+        elif isinstance(lossy.get("wbits"), int) and isinstance(lossy.get("include"), str):
+            w = {n: lossy["wbits"] for n, t in sd.items()
+                 if t.is_floating_point() and t.dim() >= 2 and re.search(lossy["include"], n)}
+        else:
             return None
-        lb = c.get("layer_bits") or {}
-        w = {n: int(lb.get(n, c["wbits"])) for n, t in sd.items() if t.is_floating_point() and t.dim() >= 2}
         if out is not None:
-            diff = [n for n in w if w[n] != out[n]]
+            diff = sorted(n for n in set(w) | set(out) if w.get(n) != out.get(n))
             if diff:
-                raise ValueError(f"tensor '{diff[0]}': {w[diff[0]]}-bit weights in input {i}, "
-                                 f"{out[diff[0]]}-bit in input 0 (a soup averages runs of one plan)")
+                bits = lambda d: f"{d[diff[0]]}-bit weights" if diff[0] in d else "float (not quantized)"  # noqa: E731
+                raise ValueError(f"tensor '{diff[0]}': {bits(w)} in input {i}, "
+                                 f"{bits(out)} in input 0 (a soup averages runs of one plan)")
         out = w
     return out
 
