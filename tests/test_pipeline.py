@@ -297,6 +297,16 @@ def test_train_verb_stops_resumes_and_writes_the_baseline(tiny_npz, tmp_path, ca
         assert r.metadata["arch"]["width_mult"] == 0.25 and "preprocess" in r.metadata
     assert main(cmd) == 2                                         # a finished baseline is not overwritten
     assert "--force" in capsys.readouterr().err
+    assert summary["device"] == ("cpu" if not torch.cuda.is_available() else summary["device"])
+    for bad, words in (("gpu", "use auto, cpu or cuda[:N]"), ("cuda:0" if not torch.cuda.is_available() else "tpu",
+                                                              "no CUDA device here" if not torch.cuda.is_available()
+                                                              else "use auto")):
+        assert main(cmd + ["--out", str(tmp_path / "other"), "--device", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+        assert not (tmp_path / "other").exists()                  # refused before anything is made
+    assert main(cmd + ["--out", str(tmp_path / "cpu"), "--device", "cpu", "--epochs", "1"]) == 0
+    assert json.loads((tmp_path / "cpu" / "baseline.json").read_text())["device"] == "cpu"
 
 
 def _qat_file(tiny_npz, tmp_path, name="a", epochs=0):

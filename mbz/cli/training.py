@@ -70,6 +70,7 @@ def cmd_train(a) -> int:
     from ..pipeline.train import TrainConfig
     if a.init:
         input_file(a.init, "--init checkpoint")
+    device = device_of(a.device)
     if a.cuda_graph and a.compile:
         raise UsageError("--cuda-graph and --compile exclude each other")
     for name in ("epochs", "batch", "eval_every"):
@@ -99,7 +100,7 @@ def cmd_train(a) -> int:
     elif "baseline.pt" in existing_outputs(a.out):
         raise UsageError(f"{a.out}: holds a finished baseline (baseline.pt); pass --force to train a new one")
     r = train_baseline(a.out, a.data, cfg, arch, init=a.init or None, val=a.val, subset=a.subset,
-                       time_budget=a.time_budget, quiet=a.quiet)
+                       time_budget=a.time_budget, quiet=a.quiet, device=device)
     if not r["complete"]:
         print(f"stopped at epoch {r['epochs_done']}/{r['epochs']} (time budget; state in {a.out}/resume.pt): "
               f"run the same command again to continue", flush=True)
@@ -160,6 +161,7 @@ def _add_train(sub) -> None:
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="do not let cuDNN time its algorithms (CUDA)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture the whole training step as one CUDA graph and replay it (CUDA; not with --compile)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     p.add_argument("--force", action="store_true", help="delete a finished or half-done baseline in OUT first")
     p.add_argument("-q", "--quiet", action="store_true", help="fewer messages")
     p.set_defaults(fn=cmd_train)

@@ -75,11 +75,18 @@ def clear_outputs(out: str) -> None:
         os.remove(os.path.join(out, n))
 
 
+def _device_name(device) -> str:
+    """The name recorded in baseline.json: the GPU's name, or 'cpu'."""
+    d = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu"
+
+
 def train_baseline(out: str, data: str, cfg: TrainConfig, arch: dict, init: str | None = None, val: int = 0,
                    subset: int = 0, time_budget: float = 0.0, metadata: dict | None = None,
                    title: str = "MobileNet-v2 baseline, CIFAR-10 (JPEG q75 export)", quiet: bool = False,
-                   splits=None) -> dict:
+                   splits=None, device=None) -> dict:
     """Train (or continue training) the baseline in folder `out`; returns {'complete', 'epochs_done', 'summary'}.
+    `device`: a torch.device (None: CUDA when present, else the CPU).
 
     Refuses (UsageError) to continue a run in `out` that was started with other settings, and to
     overwrite a finished one: clear the folder first (`clear_outputs`) to start again.  `splits`: the
@@ -110,7 +117,7 @@ def train_baseline(out: str, data: str, cfg: TrainConfig, arch: dict, init: str 
     model, arch = initial_model(arch, init)
     log = os.path.join(out, "train_log.jsonl")
     left = time_budget - (time.time() - t0) if time_budget else None
-    r = train(model, tr, te, cfg, log_path=log, ckpt_path=resume, time_budget=left, desc="baseline")
+    r = train(model, tr, te, cfg, log_path=log, ckpt_path=resume, time_budget=left, desc="baseline", device=device)
     plot_curves(log, os.path.join(out, "curves.png"), runs=["baseline"], title=title)
     if not r["complete"]:
         return {"complete": False, "epochs_done": len(r["history"]), "epochs": cfg.epochs}
@@ -121,7 +128,7 @@ def train_baseline(out: str, data: str, cfg: TrainConfig, arch: dict, init: str 
                "config": r["config"], "arch": arch, "init": init or None,
                "data": tr.source, "normalization": {"mean": MEAN, "std": STD},
                "train_seconds": round(sum(h["epoch_s"] for h in r["history"]), 2),
-               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+               "device": _device_name(device),
                "torch": torch.__version__}
     import mbz
     meta = {"arch": arch, "preprocess": PREPROCESS, "top1_train_eval": summary["top1"],
