@@ -230,3 +230,32 @@ def test_soup_reads_the_width_of_pack_wbits_files_and_names_a_mismatch(tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'conv.weight': 8-bit weights in input 1, 4-bit weights in input 0" in err, err
     assert not (tmp_path / "s.mbz").exists()
+
+
+def test_a_soup_of_per_tensor_inputs_keeps_one_step_per_tensor(tmp_path, capsys):
+    """Inputs packed with one weight step per tensor: the soup snaps each weight tensor to one step too
+    (one scale per output channel would be bytes the inputs did not have); granularities that differ
+    are refused."""
+    import os
+
+    import mbz
+    from mbz.cli import main
+    from mbz.detect import detect_grid
+    from mbz.pipeline.soup import granularity_of
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(64, 32, 3, 3, generator=g) * torch.linspace(0.2, 2, 64)[:, None, None, None]
+    files = []
+    for i in range(2):
+        ck = tmp_path / f"m{i}.pt"
+        torch.save({"conv.weight": base + 0.02 * torch.randn(base.shape, generator=g)}, ck)
+        files.append(str(tmp_path / f"m{i}.mbz"))
+        assert main(["pack", str(ck), "-o", files[-1], "--wbits", "8", "--granularity", "tensor", "-q"]) == 0
+    out = tmp_path / "soup.mbz"
+    assert main(["soup", *files, "-o", str(out), "--data", "none"]) == 0
+    grid = detect_grid(mbz.load(out)["conv.weight"])
+    assert grid is not None and np.asarray(grid.scales).size == 1
+    assert out.stat().st_size < 1.05 * max(os.path.getsize(f) for f in files)
+    assert granularity_of([{"lossy": {"granularity": "tensor"}}, {"compression": {"granularity": "tensor"}}]) == "tensor"
+    assert granularity_of([{"lossy": {"granularity": "tensor"}}, {}]) is None
+    with pytest.raises(ValueError, match="input 1 has one weight step per channel, input 0 per tensor"):
+        granularity_of([{"lossy": {"granularity": "tensor"}}, {"compression": {"granularity": "channel"}}])

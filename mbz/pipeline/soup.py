@@ -115,8 +115,12 @@ def _check_alike(sds: list[dict]) -> None:
                                  f"input 0 is {tuple(t0.shape)} {t0.dtype}")
 
 
-def soup_state_dicts(sds: list[dict], steps: str = "mse", widths: dict | None = None) -> tuple[dict, dict]:
+def soup_state_dicts(sds: list[dict], steps: str = "mse", widths: dict | None = None,
+                     per_tensor: bool = False) -> tuple[dict, dict]:
     """(averaged state_dict, per-tensor report) of copies of one pruned model.
+
+    per_tensor: with steps "mse", one step per weight tensor (inputs quantized per tensor, `granularity_of`)
+    instead of one per output channel, which would store a scale per channel the inputs did not have.
 
     widths: {tensor name: weight bits} of the inputs' QAT (`widths_of`), when known.  With steps "mse"
     a named tensor takes that width without reading it off the values: a channel with two nonzero
@@ -149,7 +153,7 @@ def soup_state_dicts(sds: list[dict], steps: str = "mse", widths: dict | None = 
             continue
         bits = qmax.bit_length() + 1  # symmetric: codes in [-qmax, qmax], qmax = 2^(bits-1) - 1
         if steps == "mse":
-            step = mse_step(avg, bits)
+            step = mse_step(avg, bits, per_channel=not per_tensor)
         elif steps == "mean":
             step = torch.from_numpy(np.mean([np.broadcast_to(np.asarray(g.scales, np.float64), (avg.shape[0],))
                                              for g in grids], axis=0)).float()
@@ -191,6 +195,23 @@ def widths_of(metas: list[dict], sd: dict) -> dict | None:
     return out
 
 
+def granularity_of(metas: list[dict]) -> str | None:
+    """'tensor' or 'channel': the weight steps the inputs were trained or packed with (metadata
+    'compression' or 'lossy': granularity), or None when an input does not say.  Inputs that disagree
+    raise ValueError."""
+    got = []
+    for m in metas:
+        g = (m.get("compression") or {}).get("granularity") or (m.get(M_LOSSY) or {}).get("granularity")
+        if g not in ("tensor", "channel"):
+            return None
+        got.append(g)
+    if len(set(got)) > 1:
+        i = next(i for i, g in enumerate(got) if g != got[0])
+        raise ValueError(f"input {i} has one weight step per {got[i]}, input 0 per {got[0]} "
+                         "(a soup averages runs of one plan)")
+    return got[0] if got else None
+
+
 def soup_metadata(metas: list[dict], inputs: list[str]) -> dict:
     """The first input's metadata, activation ranges averaged (fp16-exact), training figures dropped."""
     meta = {k: v for k, v in metas[0].items() if k not in ("top1_qat_eval", "reduced_params")}
@@ -220,7 +241,7 @@ def soup_files(files: list[str], out: str, steps: str = "mse", zstd: bool = True
             metas.append(dict(r.metadata))
             sds.append(r.decode_all())
     _check_alike(sds)  # names and shapes before widths
-    sd, report = soup_state_dicts(sds, steps, widths_of(metas, sds[0]))
+    sd, report = soup_state_dicts(sds, steps, widths_of(metas, sds[0]), per_tensor=granularity_of(metas) == "tensor")
     meta = soup_metadata(metas, [os.path.basename(f) for f in files])
     meta.update(extra_meta or {})
     mbz.save(sd, out, metadata=meta, zstd=zstd)
