@@ -647,6 +647,22 @@ def test_an_unknown_option_is_blamed_on_its_verb(argv, prog, capsys):
     assert err.rstrip().endswith(f"(see {prog} --help)") and err.count("\n") == 1, err
 
 
+def test_a_mistyped_option_is_named_with_the_option_it_resembles(capsys):
+    """`eval --lim 10 F.mbz`: argparse takes 10 as the file and leaves '--lim F.mbz'; the message names
+    only the unknown option and the one it resembles, wherever it stands."""
+    for argv, bad, near in ((["eval", "--lim", "10", "f.mbz"], "--lim", "--limit"),
+                            (["eval", "f.mbz", "--lim", "10"], "--lim", "--limit"),
+                            (["pack", "x.pt", "-o", "y.mbz", "--wbit", "4"], "--wbit", "--wbits")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"unrecognized arguments: {bad} (did you mean {near}?)" in err, err
+        assert err.count("\n") == 1, err
+    with pytest.raises(SystemExit):
+        main(["pack", "x.pt", "--bogus"])
+    assert "did you mean" not in capsys.readouterr().err        # nothing close: no guess
+
+
 @pytest.mark.parametrize("argv, want", [
     (["mixed-precision", "CK", "--out", "D", "--budget=1e3"], "--budget '1e3': expected comma-separated byte counts or WIDTHbit+BYTES"),
     (["mixed-precision", "CK", "--out", "D", "--like-bits", "3,,4"], "--like-bits '3,,4': expected comma-separated"),

@@ -49,9 +49,13 @@ class Parser(argparse.ArgumentParser):
         return out
 
     def error(self, message):
-        unknown = self._unknown_options() if message.startswith("the following arguments are required") else []
-        if unknown:  # a mistyped option is the cause, not the argument it left missing
-            message = f"unrecognized arguments: {' '.join(unknown)}"
+        blame = message.startswith(("the following arguments are required", "unrecognized arguments"))
+        unknown = self._unknown_options() if blame else []
+        if unknown:  # a mistyped option is the cause, not the argument it left missing or the value it took
+            import difflib
+            near = difflib.get_close_matches(unknown[0].split("=", 1)[0],
+                                             [o for o in self._option_string_actions if o.startswith("--")], n=1, cutoff=0.75)
+            message = f"unrecognized arguments: {' '.join(unknown)}" + (f" (did you mean {near[0]}?)" if near else "")
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
