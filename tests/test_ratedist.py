@@ -327,7 +327,7 @@ def test_bn_affine_keeps_the_eval_function_and_every_other_tensor():
     x = torch.randn(5, 3, 32, 32, generator=g)
     with torch.no_grad():
         ref = net(x)
-        assert bn_affine(net) == ["1", "5"]
+        assert bn_affine(net) == (["1", "5"], [])
         y = net(x)
     assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
     assert (net[1].running_mean == 0).all() and (net[1].running_var == 1 - 1e-3).all()
@@ -336,8 +336,8 @@ def test_bn_affine_keeps_the_eval_function_and_every_other_tensor():
     arch = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 0.25}
     dense, g = _random_bn_net(arch)
     sd = dense.state_dict()
-    new, names = bn_affine_state_dict(sd, arch)
-    assert len(names) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in dense.modules())
+    new, names, skipped = bn_affine_state_dict(sd, arch)
+    assert not skipped and len(names) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in dense.modules())
     assert new.keys() == sd.keys()
     bn_keys = {f"{n}.{t}" for n in names for t in ("weight", "bias", "running_mean", "running_var")}
     assert all(new[k] is sd[k] for k in sd if k not in bn_keys)          # the convolutions untouched
@@ -348,8 +348,42 @@ def test_bn_affine_keeps_the_eval_function_and_every_other_tensor():
     x = torch.randn(4, 3, 32, 32, generator=g)
     with torch.no_grad():
         assert torch.allclose(m.eval()(x), dense(x), rtol=1e-4, atol=1e-4)
-    with pytest.raises(mbz.MbzError, match="do not fit"):
+    with pytest.raises(mbz.MbzError, match="1 missing.*classifier.1.bias"):
         bn_affine_state_dict({k: v for k, v in sd.items() if k != "classifier.1.bias"}, arch)
+    # a DataParallel prefix is read through and kept; 16-bit inputs give float32 BatchNorms (no overflow)
+    half = {"module." + k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    bn = names[0]
+    half[f"module.{bn}.running_var"][0], half[f"module.{bn}.running_mean"][0] = 1.0, -60000.0
+    half[f"module.{bn}.weight"][0] = 2.0                              # bias beta + 120000: over fp16's 65504
+    new16, names16, _ = bn_affine_state_dict(half, arch)
+    assert new16.keys() == half.keys() and names16 == names
+    assert new16[f"module.{bn}.bias"].dtype == torch.float32 and torch.isfinite(new16[f"module.{bn}.bias"]).all()
+    assert abs(float(new16[f"module.{bn}.bias"][0]) - float(half[f"module.{bn}.bias"][0]) - 120000) < 10
+    assert all(new16[k] is half[k] for k in half if not k.startswith(tuple(f"module.{n}." for n in names)))
+    # pruning pairs (pack --exact keeps them): the rewrite needs the effective weights
+    pairs = dict(sd)
+    w = pairs.pop("features.0.0.weight")
+    pairs["features.0.0.weight_orig"], pairs["features.0.0.weight_mask"] = w, torch.ones_like(w)
+    with pytest.raises(mbz.MbzError, match="effective weights.*features.0.0.weight_orig"):
+        bn_affine_state_dict(pairs, arch)
+
+
+def test_bn_affine_leaves_a_batchnorm_with_a_dead_channel_as_it_is():
+    """A channel of variance 0 and a sizeable gamma would get weight gamma / sqrt(eps), 316 gamma: one step per
+    tensor would round the module's other channels coarsely, so such a module keeps its four tensors."""
+    from mbz.models.folding import BN_AFFINE_SPREAD, bn_affine
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1),
+                              torch.nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        for bn in (net[1], net[3]):
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+        net[1].running_var[3] = 0.0                                  # a dead channel, gamma kept
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    done, skipped = bn_affine(net)
+    assert done == ["3"] and skipped == ["1"] and BN_AFFINE_SPREAD < 316
+    assert all(torch.equal(net.state_dict()[k], before[k]) for k in before if k.startswith("1."))
+    assert bn_affine(net, only={"1"}, max_spread=None) == (["1"], [])
 
 
 def test_pack_bn_affine_halves_the_batchnorm_values_it_quantizes(tmp_path, capsys):
@@ -371,6 +405,7 @@ def test_pack_bn_affine_halves_the_batchnorm_values_it_quantizes(tmp_path, capsy
     assert aff.stat().st_size < plain.stat().st_size
     with mbz.open(aff) as r:
         assert len(r.metadata["bn_affine"]) == len([k for k in p if k.endswith("running_var")])
+        recorded = r.metadata["bn_affine"]
         assert r.metadata["input"]["bytes"] == sum(t.numel() * t.element_size() for t in net.state_dict().values())
     x = torch.randn(8, 3, 32, 32, generator=g)
     with torch.no_grad():
@@ -385,3 +420,32 @@ def test_pack_bn_affine_halves_the_batchnorm_values_it_quantizes(tmp_path, capsy
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
     assert not (tmp_path / "x.mbz").exists()
+
+    # the file is for inference: training from it is refused; a lossless re-pack keeps what it records
+    for argv in (["train", "--init", str(aff), "--out", str(tmp_path / "tr")],
+                 ["finetune", str(aff), "-o", str(tmp_path / "ft.mbz"), "--kd", "0"],
+                 ["prune-channels", str(aff), "--out", str(tmp_path / "pc")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "rewritten for inference (pack --bn-affine" in err, err
+    assert not any((tmp_path / d).exists() for d in ("tr", "ft.mbz", "pc"))
+    assert main(["pack", str(aff), "-o", str(tmp_path / "re.mbz"), "-q"]) == 0
+    with mbz.open(tmp_path / "re.mbz") as r:
+        assert r.metadata["bn_affine"] == recorded and r.metadata["lossy"]["wbits"] == 4
+    assert main(["inspect", str(aff)]) == 0
+    assert "BatchNorms rewritten as their eval-mode affine" in capsys.readouterr().out
+    # verify rewrites the checkpoint's BatchNorms the same way, then compares (1-D tensors kept exact here)
+    exact1d = tmp_path / "exact1d.mbz"
+    assert main(["pack", str(ck), "-o", str(exact1d), "--arch", spec, "--wbits", "4", "--bn-affine", "-q"]) == 0
+    capsys.readouterr()
+    main(["verify", str(exact1d), str(ck)])
+    out = capsys.readouterr().out
+    assert "rewritten the same way and then compared" in out, out
+    assert not [line for line in out.splitlines() if line.startswith("MISMATCH") and ".running_" in line], out
+    # the module-graph tensors of a DataParallel checkpoint: read through the prefix
+    dp = tmp_path / "dp.pt"
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, dp)
+    assert main(["pack", str(dp), "-o", str(tmp_path / "dp.mbz"), "--arch", spec, "--wbits", "4", "--bn-affine",
+                 "-q"]) == 0
+    assert main(["pack", str(dp), "-o", str(tmp_path / "dpf.mbz"), "--arch", spec, "--wbits", "4", "--fold-bn",
+                 "-q"]) == 0

@@ -8,7 +8,7 @@ import re
 import shlex
 import sys
 
-from .common import add_data, add_force, device_of, input_file, output_dir, output_file, show_progress
+from .common import add_data, add_force, device_of, input_file, output_dir, output_file, refuse_inference_only, show_progress
 
 
 def _command(a, verb: str) -> str:
@@ -57,15 +57,20 @@ def _bn_model(path: str):
     return sd, model.eval()
 
 
-def _file_arch(path: str) -> dict | None:
-    """The 'arch' metadata of a .mbz file (None for another file or a .mbz without one)."""
+def _file_meta(path: str) -> dict | None:
+    """The metadata of a .mbz file (None for another file)."""
     from ..reader import MbzReader
     from ..spec import MAGIC
     with open(path, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
             return None
     with MbzReader(path) as r:
-        arch = r.metadata.get("arch")
+        return dict(r.metadata)
+
+
+def _file_arch(path: str) -> dict | None:
+    """The 'arch' metadata of a .mbz file (None for another file or a .mbz without one)."""
+    arch = (_file_meta(path) or {}).get("arch")
     return arch if isinstance(arch, dict) else None
 
 
@@ -261,6 +266,7 @@ def cmd_prune_channels(a) -> int:
     if a.multiple < 1 or a.calib < 1 or a.test < 0:
         raise UsageError("--multiple and --calib must be >= 1, --test >= 0")
     input_file(a.checkpoint, "checkpoint")
+    refuse_inference_only(a.checkpoint, "prune-channels")
     paths = _outputs(a.out, output_names(ratios), [a.checkpoint], a.force)
     from ..container import atomic_write
     from ..pipeline.data import load_dataset

@@ -54,7 +54,8 @@ def register(sub) -> None:
     c.add_argument("--zero-sign", choices=ZERO_SIGNS, default="keep",
                    help="keep (default) the sign of -0.0 elements (pack reports their count and cost), or drop it: "
                         "store +0.0 and record in the file that it is not bit-exact there")
-    r = p.add_argument_group("rate-distortion (exclusive with --wbits; --step-1d also with --wbits)")
+    r = p.add_argument_group("rate-distortion and BatchNorms (--step / --target-size exclude --wbits; --step-1d, "
+                             "--fold-bn and --bn-affine also go with --wbits)")
     r.add_argument("--step", type=float,
                    help="relative quantization step: conv / linear weights on a grid of STEP x rms(tensor) x "
                         f"(n / {SIZE_REF})^SIZE_EXP (equal slope across layers, see --size-exp; smaller = better quality, "
@@ -94,8 +95,10 @@ def register(sub) -> None:
                         "as the affine map it computes in eval mode (weight g = gamma / sqrt(var + eps), bias beta - "
                         "mean x g, running mean 0, running variance 1 - eps) before packing: the same outputs, the "
                         "convolutions untouched, and two of each BatchNorm's four tensors constant, so --step-1d "
-                        "quantizes half as many values. The file is for inference: its BatchNorm statistics are "
-                        "not the trained ones (see also --fold-bn)")
+                        "quantizes half as many values; float32 whatever the input's dtype. A BatchNorm with a dead "
+                        "channel (weight / sqrt(var + eps) over 16x its median) is left as it is. The file is for "
+                        "inference: its statistics are not the trained ones, and train --init / finetune / "
+                        "prune-channels refuse it (see also --fold-bn)")
     r.add_argument("--bias-correct", action="store_true",
                    help="with --fold-bn and --step / --target-size: subtract from each conv's bias the expected shift "
                         "of its output, E[dW x], with the input means predicted from the BatchNorm statistics (no "

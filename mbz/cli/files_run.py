@@ -16,6 +16,7 @@ from ..container import atomic_write
 from ..errors import CheckpointError, MbzError, MismatchError, UsageError
 from ..models import arch_for_pack
 from ..models.biascorr import bias_fixes
+from ..models.folding import BN_AFFINE_SPREAD
 from ..models.registry import bn_affine_state_dict, fold_state_dict
 from ..options import DEADZONE, DEFAULT_INCLUDE, SIZE_EXP
 from ..spec import M_BN_AFFINE, M_INPUT, M_KEY, M_LOSSY, M_PRUNE_FOLDED, M_ZERO_SIGN
@@ -146,6 +147,12 @@ def _pack(a, obj, meta: dict) -> int:
         kept = _file_arch(a.checkpoint)  # re-encoding a .mbz keeps the architecture it records
         if kept is not None:
             arch, arch_note = kept, f"architecture: {kept.get('name')} (kept from {a.checkpoint})"
+    if a.wbits is None and a.step is None and a.target_size is None and not a.fold_bn:
+        from .analysis import _file_meta
+        src = _file_meta(a.checkpoint) or {}  # a lossless re-pack of a .mbz holds the same tensors: keep how they
+        for k in (M_LOSSY, M_BN_AFFINE, "compression"):  # were made (lossy settings, rewritten BatchNorms, QAT)
+            if k in src and k not in meta:
+                meta = dict(meta, **{k: src[k]})
     gran = a.granularity or "channel"
     fold_note, common_fix, in_dtypes = None, None, None
     if a.fold_bn:
@@ -156,7 +163,10 @@ def _pack(a, obj, meta: dict) -> int:
             raise UsageError("--fold-bn folds a plain state_dict of tensors: pick it with --key")
         in_dtypes = api.input_dtypes(plain)  # the checkpoint's tensors, before folding: what the ratio is of
         meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}})
-        folded, arch0 = fold_state_dict(plain, arch)
+        try:
+            folded, arch0 = fold_state_dict(plain, arch)
+        except MbzError as e:
+            raise UsageError(f"--fold-bn: {e}") from None
         if a.bias_correct:
             common_fix = bias_fixes(plain, arch, folded)
         arch = arch0
@@ -165,17 +175,25 @@ def _pack(a, obj, meta: dict) -> int:
                      f"{len(folded)}; recorded as {arch.get('name')} with folded_bn; the model CR of inspect / eval is "
                      f"of the folded tensors' fp32 bytes, {_input_note(api.input_dtypes(folded))[1]:,d}")
         prep = api.Prepared(folded, prep.folded, prep.left_out)
+    bn_names = None
     if a.bn_affine:
         if arch is None:
             raise UsageError("--bn-affine needs the architecture: pass --arch NAME (each BatchNorm and its eps are "
-                             "found in the network it builds)")
+                             f"found in the network it builds); {arch_note}")
         if main is not prep.obj or len(plain) != len(prep.obj):
-            raise UsageError("--bn-affine rewrites a plain state_dict of tensors: pick it with --key")
+            raise UsageError("--bn-affine rewrites a plain state_dict of tensors: pick it with --key "
+                             f"{'.'.join(map(str, main_path(prep.obj))) or 'KEY'}")
         in_dtypes = api.input_dtypes(plain)
-        rewritten, bn_names = bn_affine_state_dict(plain, arch)
+        try:
+            rewritten, bn_names, bn_skipped = bn_affine_state_dict(plain, arch)
+        except MbzError as e:
+            raise UsageError(f"--bn-affine: {e}") from None
         meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}, M_BN_AFFINE: bn_names})
         fold_note = (f"  BatchNorms rewritten as their eval-mode affine before packing (--bn-affine): "
-                     f"{_count(len(bn_names), 'module')}, running mean 0 and running variance 1 - eps in each")
+                     f"{_count(len(bn_names), 'module')}, running mean 0 and running variance 1 - eps in each, float32"
+                     + (f"; {_count(len(bn_skipped), 'module')} left as they are (a channel's weight / sqrt(var + eps) "
+                        f"over {BN_AFFINE_SPREAD:g}x the median's: {', '.join(bn_skipped[:4])}"
+                        f"{', ...' if len(bn_skipped) > 4 else ''})" if bn_skipped else ""))
         prep = api.Prepared(rewritten, prep.folded, prep.left_out)
     common = dict(include=DEFAULT_INCLUDE if a.include is None else a.include, detect=not a.no_detect,
                   zstd=not a.no_zstd, zstd_level=a.zstd_level,
@@ -204,7 +222,7 @@ def _pack(a, obj, meta: dict) -> int:
     nz = [t for t in rep.tensors if t.negative_zeros]
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32, "input_bytes": own,
-                          "folded_bn": bool(a.fold_bn), "arch": arch,
+                          "folded_bn": bool(a.fold_bn), "bn_affine": bn_names, "arch": arch,
                           "input_dtypes": in_dtypes, "folded": prep.folded, "left_out": prep.left_out,
                           "structure": rep.structure, "shared": rep.shared, "zero_sign": rep.zero_sign,
                           "negative_zeros": sum(t.negative_zeros for t in nz),
@@ -354,6 +372,10 @@ def cmd_inspect(a) -> int:
         print(f"{a.file}: mbz {s['version']}, {_count(len(s['tensors']), 'tensor')}, arch {brief or '-'}")
         if s.get("structure"):
             print(f"structure tree (spec §3.1): {s['structure']}")
+        bn = s["metadata"].get(M_BN_AFFINE)
+        if isinstance(bn, list) and bn:
+            print(f"BatchNorms rewritten as their eval-mode affine (pack --bn-affine): {len(bn)} (running mean 0, "
+                  f"variance 1 - eps; for inference, not for training on)")
         print(format_table(s, limit=None if a.all else 40))
     return 0
 
@@ -386,6 +408,16 @@ def cmd_verify(a) -> int:
             c2 = None  # not the checkpoint the file was folded from: compared as it is
         if c2 is not None and not (c2.missing or c2.extra):
             c, refolded = c2, True
+    rewritten = None
+    bn_rec = meta.get(M_BN_AFFINE)
+    if isinstance(bn_rec, list) and isinstance(meta.get("arch"), dict) and not tree and not refolded:
+        try:  # pack --bn-affine: rewrite CHECKPOINT's BatchNorms the same way first
+            c2 = compare(bn_affine_state_dict(expected, meta["arch"], only=set(bn_rec))[0], got,
+                         zero_sign_dropped=bool(meta.get(M_ZERO_SIGN)))
+        except (MbzError, RuntimeError, ValueError, KeyError, TypeError):
+            c2 = None  # not the checkpoint the file was made from: compared as it is
+        if c2 is not None and not (c2.missing or c2.extra):
+            c, rewritten = c2, len(bn_rec)
     lossy = meta.get(M_LOSSY)
     if lossy and c.mismatched and not a.quiet:
         how = ", ".join(f"{k} {v}" for k, v in lossy.items() if v not in (None, False))
@@ -419,6 +451,9 @@ def cmd_verify(a) -> int:
     if refolded:
         notes.append(f"the file holds BatchNorm folded into the convs (pack --fold-bn): {a.checkpoint} was folded "
                      f"the same way ({meta['arch'].get('name')}) and then compared")
+    if rewritten is not None:
+        notes.append(f"the file holds {_count(rewritten, 'BatchNorm')} rewritten as their eval-mode affine (pack "
+                     f"--bn-affine): {a.checkpoint}'s were rewritten the same way and then compared")
     if prep.left_out:
         notes.append(f"only entry {meta.get(M_KEY)!r} was packed; left out: {', '.join(map(str, prep.left_out))}")
     if c.sign_only:

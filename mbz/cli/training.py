@@ -6,7 +6,8 @@ import os
 import sys
 
 from ..pipeline.recipe import PIPELINE_MODELS
-from .common import DATA_HELP, add_data, add_force, device_of, input_file, output_dir, output_file, show_progress
+from .common import (DATA_HELP, add_data, add_force, device_of, input_file, output_dir, output_file,
+                     refuse_inference_only, show_progress)
 
 
 def _todo(a) -> int:
@@ -70,6 +71,7 @@ def cmd_train(a) -> int:
     from ..pipeline.train import TrainConfig
     if a.init:
         input_file(a.init, "--init checkpoint")
+        refuse_inference_only(a.init, "--init")
     device = device_of(a.device)
     if a.cuda_graph and a.compile:
         raise UsageError("--cuda-graph and --compile exclude each other")
@@ -173,6 +175,7 @@ def cmd_finetune(a) -> int:
     from ..pipeline.baseline import load_splits
     from ..pipeline.compress import qat_resume
     input_file(a.file, "packed QAT model")
+    refuse_inference_only(a.file, "finetune")
     output_file(a.output, inputs=[a.file, a.baseline], force=a.force)
     _mbz_output(a.output)
     if a.kd and not a.baseline:

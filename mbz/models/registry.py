@@ -681,12 +681,7 @@ def fold_state_dict(sd: dict, arch: dict) -> tuple[dict, dict]:
     has no such pair, or the tensors do not fit it."""
     if arch.get("folded_bn"):
         raise MbzError(f"{arch.get('name')}: its BatchNorms are already folded (folded_bn)")
-    model = build_model(arch)
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
-    except RuntimeError as e:
-        raise MbzError(f"the tensors do not fit {arch.get('name')}: {str(e).splitlines()[0]}") from None
-    model.eval()
+    model, _ = _loaded(sd, arch, "folding the BatchNorms")
     if not list(conv_bn_pairs(model)):
         raise MbzError(f"{arch.get('name')}: no Conv2d -> BatchNorm2d pair to fold")
     fold_bn(model)
@@ -694,25 +689,42 @@ def fold_state_dict(sd: dict, arch: dict) -> tuple[dict, dict]:
     return out, dict(arch, folded_bn=True)
 
 
-def bn_affine_state_dict(sd: dict, arch: dict) -> tuple[dict, list[str]]:
-    """(state_dict, BatchNorm names) with every BatchNorm of the architecture `arch` rewritten as its eval-mode
-    affine map (mbz.models.folding.bn_affine: weight gamma / sqrt(var + eps), bias beta - mean * weight,
-    running mean 0, running variance 1 - eps; each module's own eps).  Every other tensor is the input's own
-    object, unchanged; the BatchNorm tensors keep their dtypes.  The network computes the same function in
-    eval mode (up to float rounding).  Raises MbzError when the tensors do not fit `arch` or it has no
-    BatchNorm with running statistics."""
-    if arch.get("folded_bn"):
-        raise MbzError(f"{arch.get('name')}: its BatchNorms are folded into the convolutions (folded_bn)")
+def _loaded(sd: dict, arch: dict, what: str):
+    """(model in eval mode, wrapper prefix) for a state_dict of `arch`: wrapper prefixes (module., _orig_mod.)
+    read through, names and shapes checked first (MbzError naming the missing / unexpected / mis-shaped
+    tensors), float tensors loaded as float32."""
+    from .. import reparam
+    pairs = [k for k in sd if k.endswith(reparam.ORIG) and k[:-len(reparam.ORIG)] + reparam.MASK in sd]
+    if pairs:
+        raise MbzError(f"{what} needs the effective weights, not torch.nn.utils.prune pairs ({pairs[0]} with its "
+                       f"mask): pack folds them unless --exact")
+    prefix = strip_wrapper(sd)
+    inner = {k[len(prefix):]: v for k, v in sd.items()}
     model = build_model(arch)
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise MbzError(f"the tensors do not fit {arch.get('name')}: {str(e).splitlines()[0]}") from None
-    model.eval()
-    names = bn_affine(model)
-    if not names:
+    expected = shapes_of(model.state_dict())
+    expected = {k: v for k, v in expected.items() if k in inner or not k.endswith("num_batches_tracked")}
+    check_fit(expected, shapes_of(inner), f"{what}: the tensors and {arch.get('name')}")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in inner.items()}, strict=False)
+    return model.eval(), prefix
+
+
+def bn_affine_state_dict(sd: dict, arch: dict, only=None) -> tuple[dict, list[str], list[str]]:
+    """(state_dict, BatchNorm names rewritten, names skipped) with the BatchNorms of the architecture `arch`
+    rewritten as their eval-mode affine maps (mbz.models.folding.bn_affine: weight gamma / sqrt(var + eps), bias
+    beta - mean * weight, running mean 0, running variance 1 - eps; each module's own eps; float32).  `only`:
+    the module names to rewrite (e.g. those a file records); modules whose |weight| would spread over more than
+    folding.BN_AFFINE_SPREAD are skipped.  Every other tensor is the input's own object under its own name
+    (wrapper prefixes kept).  The network computes the same function in eval mode (up to float rounding).
+    Raises MbzError when the tensors do not fit `arch` (naming them), are prune pairs, or it has no BatchNorm
+    with running statistics."""
+    if arch.get("folded_bn"):
+        raise MbzError(f"{arch.get('name')}: its BatchNorms are folded into the convolutions (folded_bn): "
+                       "there is none to rewrite")
+    model, prefix = _loaded(sd, arch, "rewriting the BatchNorms")
+    names, skipped = bn_affine(model, only=only)
+    if not names and not skipped:
         raise MbzError(f"{arch.get('name')}: no BatchNorm with running statistics to rewrite")
     new = model.state_dict()
     keys = {f"{n}.{t}" for n in names for t in ("weight", "bias", "running_mean", "running_var")}
-    out = {k: (new[k].detach().clone().to(v.dtype) if k in keys else v) for k, v in sd.items()}
-    return out, names
+    out = {k: (new[k[len(prefix):]].detach().clone() if k[len(prefix):] in keys else v) for k, v in sd.items()}
+    return out, names, skipped
