@@ -341,8 +341,11 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
             if name in pre:
                 grid = pre[name]
             elif rel and not (detect and detect_grid(t) is not None):  # a tensor on an exact grid keeps it
-                grid = step_grid(t, rel, spol.deadzone if t.dim() >= 2 else 0.0, spol.channel and t.dim() >= 2,
-                                 spol.gain, floor_1d(name))
+                try:
+                    grid = step_grid(t, rel, spol.deadzone if t.dim() >= 2 else 0.0, spol.channel and t.dim() >= 2,
+                                     spol.gain, floor_1d(name))
+                except EncodeError as e:
+                    raise EncodeError(f"tensor '{name}': {e}") from None
             else:
                 rel = None
         elif one_d is not None and model and grid is None and t.dim() == 1 and t.is_floating_point() \
@@ -350,7 +353,10 @@ def save(obj, path, *, wbits: int | None = None, granularity: str = "channel", a
             if detect and detect_grid(t) is not None:
                 why = "already on an exact grid"
             else:
-                grid = step_grid(t, one_d, 0.0, floor=floor_1d(name))
+                try:
+                    grid = step_grid(t, one_d, 0.0, floor=floor_1d(name))
+                except EncodeError as e:
+                    raise EncodeError(f"tensor '{name}': {e}") from None
                 if grid is None:
                     why = "16-bit codes cannot span the range at this step"
                 elif not grid.k.any():

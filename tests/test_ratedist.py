@@ -449,3 +449,14 @@ def test_pack_bn_affine_halves_the_batchnorm_values_it_quantizes(tmp_path, capsy
                  "-q"]) == 0
     assert main(["pack", str(dp), "-o", str(tmp_path / "dpf.mbz"), "--arch", spec, "--wbits", "4", "--fold-bn",
                  "-q"]) == 0
+
+
+def test_a_tensor_that_cannot_be_quantized_is_named(tmp_path, capsys):
+    """A NaN in a 1-D tensor that --step-1d quantizes: the one-line error names the tensor."""
+    sd = {"conv.weight": torch.randn(8, 3, 3, 3), "bn.running_var": torch.rand(8) + 0.5}
+    sd["bn.running_var"][2] = float("nan")
+    ck = tmp_path / "n.pt"
+    torch.save(sd, ck)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "n.mbz"), "--wbits", "4", "--step-1d", "0.01", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tensor 'bn.running_var'" in err and "NaN or Inf" in err, err

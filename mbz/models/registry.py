@@ -414,8 +414,9 @@ def shapes_of(sd) -> dict:
 
 
 def fit_errors(expected: dict, got: dict) -> tuple[list, list, list]:
-    """(missing, unexpected, mis-shaped) between a module's {name: shape} and a state_dict's."""
-    missing = [k for k in expected if k not in got]
+    """(missing, unexpected, mis-shaped) between a module's {name: shape} and a state_dict's.  A BatchNorm's
+    num_batches_tracked may be missing: load_state_dict fills it in (as for checkpoints of torch < 0.4.1)."""
+    missing = [k for k in expected if k not in got and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in got if k not in expected]
     bad = [(k, got[k], expected[k]) for k in expected if k in got and tuple(got[k]) != tuple(expected[k])]
     return missing, unexpected, bad
@@ -701,9 +702,7 @@ def _loaded(sd: dict, arch: dict, what: str):
     prefix = strip_wrapper(sd)
     inner = {k[len(prefix):]: v for k, v in sd.items()}
     model = build_model(arch)
-    expected = shapes_of(model.state_dict())
-    expected = {k: v for k, v in expected.items() if k in inner or not k.endswith("num_batches_tracked")}
-    check_fit(expected, shapes_of(inner), f"{what}: the tensors and {arch.get('name')}")
+    check_fit(shapes_of(model.state_dict()), shapes_of(inner), f"{what}: the tensors and {arch.get('name')}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in inner.items()}, strict=False)
     return model.eval(), prefix
 
