@@ -305,6 +305,9 @@ def test_train_verb_stops_resumes_and_writes_the_baseline(tiny_npz, tmp_path, ca
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
         assert not (tmp_path / "other").exists()                  # refused before anything is made
+    bad_data = ["--data", f"npz:{tiny_npz}/cifar10_jpeg_test.npz"]      # the test split as training data
+    assert main(cmd + ["--out", str(tmp_path / "t"), *bad_data]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "t").exists()   # no folder, no train_args.json
     assert main(cmd + ["--out", str(tmp_path / "cpu"), "--device", "cpu", "--epochs", "1"]) == 0
     assert json.loads((tmp_path / "cpu" / "baseline.json").read_text())["device"] == "cpu"
 

@@ -96,13 +96,19 @@ def cmd_train(a) -> int:
                              f"mbz pack --arch {a.arch} (or mbz.save(..., arch=...))")
     if arch["name"] == "mobilenet_v2_cifar":
         arch.update(width_mult=a.width_mult, dropout=a.dropout)
+    new_dir = not os.path.exists(a.out)
     output_dir(a.out)
     if a.force:
         clear_outputs(a.out)
     elif "baseline.pt" in existing_outputs(a.out):
         raise UsageError(f"{a.out}: holds a finished baseline (baseline.pt); pass --force to train a new one")
-    r = train_baseline(a.out, a.data, cfg, arch, init=a.init or None, val=a.val, subset=a.subset,
-                       time_budget=a.time_budget, quiet=a.quiet, device=device)
+    try:
+        r = train_baseline(a.out, a.data, cfg, arch, init=a.init or None, val=a.val, subset=a.subset,
+                           time_budget=a.time_budget, quiet=a.quiet, device=device)
+    except BaseException:
+        if new_dir and os.path.isdir(a.out) and not os.listdir(a.out):
+            os.rmdir(a.out)  # refused before anything was written: leave no empty folder
+        raise
     if not r["complete"]:
         print(f"stopped at epoch {r['epochs_done']}/{r['epochs']} (time budget; state in {a.out}/resume.pt): "
               f"run the same command again to continue", flush=True)

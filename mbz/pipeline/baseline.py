@@ -103,18 +103,18 @@ def train_baseline(out: str, data: str, cfg: TrainConfig, arch: dict, init: str 
             changed = sorted(k for k in args if (before or {}).get(k) != json.loads(json.dumps(args))[k])
             raise UsageError(f"{out}: a run with other settings ({', '.join(changed) or 'unknown'}) is half done "
                              f"there (resume.pt); pass --force to start again")
-    else:
-        for n in ("train_log.jsonl", "curves.png"):
-            if os.path.exists(os.path.join(out, n)):
-                os.remove(os.path.join(out, n))
-        with open(args_path, "w") as f:
-            json.dump(args, f, indent=1)
     tr, te = splits if splits is not None else load_splits(data, subset, val)
     if not quiet:
         print(f"data: {len(tr)} train / {len(te)} {'val' if val else 'test'} from {tr.source} "
               f"in {time.time() - t0:.1f}s", flush=True)
     cfg.batch = min(cfg.batch, len(tr))
     model, arch = initial_model(arch, init)
+    if not os.path.exists(resume):  # a new run, once its data and model are there: nothing is written before
+        for n in ("train_log.jsonl", "curves.png"):
+            if os.path.exists(os.path.join(out, n)):
+                os.remove(os.path.join(out, n))
+        with open(args_path, "w") as f:
+            json.dump(args, f, indent=1)
     log = os.path.join(out, "train_log.jsonl")
     left = time_budget - (time.time() - t0) if time_budget else None
     r = train(model, tr, te, cfg, log_path=log, ckpt_path=resume, time_budget=left, desc="baseline", device=device)
