@@ -146,19 +146,8 @@ def test_report_fields_and_one_d_error_within_half_a_step(tmp_path):
 
 def test_fold_bn_pack_loads_with_load_model(tmp_path, capsys):
     """--fold-bn: a small MobileNet-v2's BatchNorms folded, quantized at a step, rebuilt by load_model."""
-    from mbz.models import build_model, load_model
-    arch = {"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 0.25}
-    torch.manual_seed(0)
-    net = build_model(arch)
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():   # BatchNorm statistics that are not the identity
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0, 0.1, generator=g)
-    net.eval()
+    from mbz.models import load_model
+    net, g = _random_bn_net({"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 0.25})
     ck = tmp_path / "net.pt"
     torch.save(net.state_dict(), ck)
     x = torch.randn(4, 3, 32, 32, generator=g)
