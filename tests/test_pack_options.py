@@ -93,3 +93,16 @@ def test_step_channel_and_step_tensor_together_refused(ck, tmp_path, capsys):
     assert e.value.code == 2
     _refused(capsys, "--step-tensor: not allowed with argument --step-channel")
 
+
+
+def test_negative_zeros_are_reported_only_where_the_file_keeps_them(tmp_path, capsys):
+    """A -0.0 in a tensor that --wbits quantizes becomes code 0 (+0.0): pack does not claim to keep its sign."""
+    from mbz.cli import main
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    w[0, 0, 0, :3] = -0.0
+    ck = tmp_path / "z.pt"
+    torch.save({"conv.weight": w}, ck)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "q.mbz"), "--wbits", "4"]) == 0
+    assert "negative zeros" not in capsys.readouterr().out
+    assert main(["pack", str(ck), "-o", str(tmp_path / "l.mbz")]) == 0
+    assert "kept the sign of 3 -0.0 elements" in capsys.readouterr().out

@@ -219,7 +219,7 @@ def _pack(a, obj, meta: dict) -> int:
                                step_gain=not a.no_gain, **common)
     in_dtypes = in_dtypes or rep.input_dtypes
     own, fp32 = _input_note(in_dtypes)
-    nz = [t for t in rep.tensors if t.negative_zeros]
+    nz = [t for t in rep.tensors if t.negative_zeros and not t.quantized]  # a quantized tensor keeps no -0.0
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32, "input_bytes": own,
                           "folded_bn": bool(a.fold_bn), "bn_affine": bn_names, "arch": arch,
