@@ -67,7 +67,7 @@ def _teacher(path: str, device):
 # ----------------------------------------------------------------------------------------------- train
 def cmd_train(a) -> int:
     from ..errors import UsageError
-    from ..pipeline.baseline import clear_outputs, existing_outputs, train_baseline
+    from ..pipeline.baseline import existing_outputs, train_baseline
     from ..pipeline.train import TrainConfig
     if a.init:
         input_file(a.init, "--init checkpoint")
@@ -78,6 +78,9 @@ def cmd_train(a) -> int:
     for name in ("epochs", "batch", "eval_every"):
         if getattr(a, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be >= 1")
+    for name in ("subset", "val"):
+        if getattr(a, name) < 0:
+            raise UsageError(f"--{name} {getattr(a, name)}: must be >= 0 (0: all images / no validation split)")
     cfg = TrainConfig(epochs=a.epochs, batch=a.batch, lr=a.lr, wd=a.wd, label_smoothing=a.label_smoothing,
                       ema=a.ema, trivial=not a.no_trivial, cutout=a.cutout, seed=a.seed, fit_budget=a.fit_budget,
                       compile=a.compile, compile_mode=a.compile_mode, cudnn_benchmark=not a.no_cudnn_benchmark,
@@ -98,13 +101,11 @@ def cmd_train(a) -> int:
         arch.update(width_mult=a.width_mult, dropout=a.dropout)
     new_dir = not os.path.exists(a.out)
     output_dir(a.out)
-    if a.force:
-        clear_outputs(a.out)
-    elif "baseline.pt" in existing_outputs(a.out):
+    if not a.force and "baseline.pt" in existing_outputs(a.out):
         raise UsageError(f"{a.out}: holds a finished baseline (baseline.pt); pass --force to train a new one")
     try:
         r = train_baseline(a.out, a.data, cfg, arch, init=a.init or None, val=a.val, subset=a.subset,
-                           time_budget=a.time_budget, quiet=a.quiet, device=device)
+                           time_budget=a.time_budget, quiet=a.quiet, device=device, clear=a.force)
     except BaseException:
         if new_dir and os.path.isdir(a.out) and not os.listdir(a.out):
             os.rmdir(a.out)  # refused before anything was written: leave no empty folder
@@ -131,7 +132,7 @@ def _add_train(sub) -> None:
                     "OUT/baseline.json (top-1, settings, seconds), OUT/train_log.jsonl and OUT/curves.png. "
                     "With --time-budget it stops between epochs and leaves OUT/resume.pt: the same command "
                     "continues from there (other settings are refused).")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (made if missing)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (made if missing; its parent must exist)")
     add_data(p)
     p.add_argument("--epochs", type=int, default=150, help="epochs (default 150)")
     p.add_argument("--batch", type=int, default=512, help="batch size (default 512)")
@@ -276,8 +277,8 @@ def _add_soup(sub) -> None:
                     "tensor name, shape and zero pattern: refused where more than 2% (and 32) of a weight tensor's "
                     "entries are zero in one input and of ordinary size in another, i.e. pruned, not rounded to zero "
                     "by QAT, or where its cosine similarity with the first input's is below 0.5; names may come in "
-                    "any order; per-tensor inputs come out per channel). "
-                    "Each quantized weight is put back on a per-channel grid of its bits (--steps), pruned zeros "
+                    "any order; inputs of one width and granularity: per tensor or per channel, symmetric, from `mbz compress`, `finetune` or `pack --wbits`). "
+                    "Each quantized weight is put back on a grid of its bits and granularity (--steps), pruned zeros "
                     "stay zero, biases and activation ranges are averaged. "
                     "Writes OUTPUT (.mbz) and, unless --data none, evaluates it and appends one JSON line (inputs, "
                     "bytes, top-1, largest re-snapping error) to --log. A soup usually needs a few QAT epochs "

@@ -84,20 +84,21 @@ def _device_name(device) -> str:
 def train_baseline(out: str, data: str, cfg: TrainConfig, arch: dict, init: str | None = None, val: int = 0,
                    subset: int = 0, time_budget: float = 0.0, metadata: dict | None = None,
                    title: str = "MobileNet-v2 baseline, CIFAR-10 (JPEG q75 export)", quiet: bool = False,
-                   splits=None, device=None) -> dict:
+                   splits=None, device=None, clear: bool = False) -> dict:
     """Train (or continue training) the baseline in folder `out`; returns {'complete', 'epochs_done', 'summary'}.
     `device`: a torch.device (None: CUDA when present, else the CPU).
 
     Refuses (UsageError) to continue a run in `out` that was started with other settings, and to
     overwrite a finished one: clear the folder first (`clear_outputs`) to start again.  `splits`: the
-    (train, test) datasets already loaded (else read from `data`)."""
+    (train, test) datasets already loaded (else read from `data`).  `clear`: start again, deleting what a
+    finished or half-done run left in `out` (`clear_outputs`) once the data and the model have loaded."""
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
     args = {"data": data, "config": asdict(cfg), "arch": arch, "init": init, "val": val, "subset": subset}
     args_path, resume = os.path.join(out, "train_args.json"), os.path.join(out, "resume.pt")
-    if os.path.exists(os.path.join(out, "baseline.pt")):
+    if os.path.exists(os.path.join(out, "baseline.pt")) and not clear:
         raise UsageError(f"{out}: holds a finished baseline (baseline.pt); pass --force to train a new one")
-    if os.path.exists(resume):
+    if os.path.exists(resume) and not clear:
         before = json.load(open(args_path)) if os.path.exists(args_path) else None
         if before != json.loads(json.dumps(args)):
             changed = sorted(k for k in args if (before or {}).get(k) != json.loads(json.dumps(args))[k])
@@ -109,6 +110,8 @@ def train_baseline(out: str, data: str, cfg: TrainConfig, arch: dict, init: str 
               f"in {time.time() - t0:.1f}s", flush=True)
     cfg.batch = min(cfg.batch, len(tr))
     model, arch = initial_model(arch, init)
+    if clear:
+        clear_outputs(out)
     if not os.path.exists(resume):  # a new run, once its data and model are there: nothing is written before
         for n in ("train_log.jsonl", "curves.png"):
             if os.path.exists(os.path.join(out, n)):
