@@ -8,7 +8,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, MbzError
 from .paths import open_input
 from .reader import load as load_mbz
 from .reader import load_checkpoint as load_mbz_checkpoint
@@ -137,3 +137,30 @@ def _first_line(e: Exception) -> str:
                 f"(save a state_dict of tensors instead)")
     lines = [x.strip() for x in text.splitlines() if x.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+def bn_affine_modules(path) -> list | None:
+    """The BatchNorm modules a .mbz file records as rewritten for inference (metadata 'bn_affine', pack
+    --bn-affine: running mean 0, variance 1 - eps), or None (another file, or none rewritten).  Training from
+    such a file starts from other statistics than the trained ones; callers that train refuse it."""
+    from .reader import MbzReader
+    from .spec import M_BN_AFFINE
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                return None
+        with MbzReader(path) as r:
+            names = r.metadata.get(M_BN_AFFINE)
+    except (OSError, MbzError):
+        return None  # unreadable: the caller's own read says why
+    return list(names) if isinstance(names, list) and names else None
+
+
+def inference_only_reason(path, use: str) -> str | None:
+    """The one-line reason `use` (e.g. '--init', 'baseline.checkpoint') refuses `path`, or None."""
+    names = bn_affine_modules(path)
+    if not names:
+        return None
+    return (f"{use} {path}: its {len(names)} BatchNorms were rewritten for inference (pack --bn-affine: running "
+            f"mean 0, variance 1 - eps), so training from it would start from other statistics; use the checkpoint "
+            f"it was packed from")

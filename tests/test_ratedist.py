@@ -421,6 +421,18 @@ def test_pack_bn_affine_halves_the_batchnorm_values_it_quantizes(tmp_path, capsy
     assert main(["pack", str(aff), "-o", str(tmp_path / "re.mbz"), "-q"]) == 0
     with mbz.open(tmp_path / "re.mbz") as r:
         assert r.metadata["bn_affine"] == recorded and r.metadata["lossy"]["wbits"] == 4
+    assert main(["pack", str(aff), "-o", str(tmp_path / "re8.mbz"), "--wbits", "8", "-q"]) == 0   # lossy re-pack
+    with mbz.open(tmp_path / "re8.mbz") as r:
+        assert r.metadata["bn_affine"] == recorded and r.metadata["lossy"]["wbits"] == 8
+    assert main(["train", "--init", str(tmp_path / "re8.mbz"), "--out", str(tmp_path / "tr")]) == 2
+    import yaml                                             # nor does a recipe train from it
+    rec = tmp_path / "r.yaml"
+    rec.write_text(yaml.safe_dump({"name": "r", "data": {"source": "npz:/nonexistent"},
+                                   "baseline": {"checkpoint": str(aff)}, "prune": {"levels": [0.5]}}))
+    capsys.readouterr()
+    assert main(["compress", "--recipe", str(rec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "baseline.checkpoint" in err and "rewritten for inference" in err, err
     assert main(["inspect", str(aff)]) == 0
     assert "BatchNorms rewritten as their eval-mode affine" in capsys.readouterr().out
     # verify rewrites the checkpoint's BatchNorms the same way, then compares (1-D tensors kept exact here)

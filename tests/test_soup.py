@@ -259,3 +259,29 @@ def test_a_soup_of_per_tensor_inputs_keeps_one_step_per_tensor(tmp_path, capsys)
     assert granularity_of([{"lossy": {"granularity": "tensor"}}, {}]) is None
     with pytest.raises(ValueError, match="input 1 has one weight step per channel, input 0 per tensor"):
         granularity_of([{"lossy": {"granularity": "tensor"}}, {"compression": {"granularity": "channel"}}])
+
+
+
+def test_a_soup_refuses_inputs_it_cannot_re_snap_and_a_log_it_cannot_write(tmp_path, capsys):
+    """Rate-distortion (--step) packs, per-group or asymmetric steps, and BatchNorms rewritten for inference in
+    one input only are refused in words; a --log in a missing folder is refused before anything is written."""
+    from mbz.pipeline.soup import check_soupable
+    plain = {"lossy": {"wbits": 8, "granularity": "channel", "symmetric": True}}
+    check_soupable([plain, plain, {}])
+    for other, words in (({"lossy": {"step": 0.05}}, "rate-distortion"),
+                         ({"lossy": {"wbits": 4, "granularity": "group"}}, "per group"),
+                         ({"lossy": {"wbits": 4, "symmetric": False}}, "asymmetric"),
+                         ({**plain, "bn_affine": ["bn1"]}, "rewritten for inference")):
+        with pytest.raises(ValueError, match=words):
+            check_soupable([plain, other])
+    import mbz
+    from mbz.cli import main
+    rng = np.random.default_rng(2)
+    mask = _mask(rng, 0.6)
+    files = []
+    for i, sd in enumerate(_copies_on_grid(rng, mask, 2)):
+        files.append(str(tmp_path / f"run{i}.mbz"))
+        mbz.save(sd, files[-1], metadata={"compression": {"wbits": 4}})
+    out = tmp_path / "soup.mbz"
+    assert main(["soup", *files, "-o", str(out), "--log", str(tmp_path / "no" / "log.jsonl")]) == 2
+    assert "--log" in capsys.readouterr().err and not out.exists()

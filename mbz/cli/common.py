@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from ..errors import MbzError, UsageError
+from ..errors import UsageError
 from ..paths import open_input
 
 DATA_HELP = ("dataset: 'jpeg' (the CIFAR-10 JPEG q75 export in the folder $MBZ_DATA), npz:DIR_OR_FILE, "
@@ -85,20 +85,9 @@ def device_of(name: str = "auto"):
 
 
 def refuse_inference_only(path: str, use: str) -> None:
-    """UsageError when `path` is a .mbz whose BatchNorms were rewritten for inference (pack --bn-affine): its
-    running statistics are not the trained ones, so training from it (where BatchNorm uses and updates batch
-    statistics) starts from another network.  `use` says what was asked, e.g. '--init'."""
-    from ..reader import MbzReader
-    from ..spec import M_BN_AFFINE, MAGIC
-    try:
-        with open(path, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                return
-        with MbzReader(path) as r:
-            names = r.metadata.get(M_BN_AFFINE)
-    except (OSError, MbzError):
-        return  # unreadable: the verb's own reading says why
-    if names:
-        raise UsageError(f"{use} {path}: its {len(names)} BatchNorms were rewritten for inference (pack --bn-affine: "
-                         f"running mean 0, variance 1 - eps), so training from it would start from other statistics; "
-                         f"use the checkpoint it was packed from")
+    """UsageError when `path` is a .mbz whose BatchNorms were rewritten for inference (pack --bn-affine;
+    mbz.checkpoint.inference_only_reason).  `use` says what was asked, e.g. '--init'."""
+    from ..checkpoint import inference_only_reason
+    why = inference_only_reason(path, use)
+    if why:
+        raise UsageError(why)

@@ -147,10 +147,11 @@ def _pack(a, obj, meta: dict) -> int:
         kept = _file_arch(a.checkpoint)  # re-encoding a .mbz keeps the architecture it records
         if kept is not None:
             arch, arch_note = kept, f"architecture: {kept.get('name')} (kept from {a.checkpoint})"
-    if a.wbits is None and a.step is None and a.target_size is None and not a.fold_bn:
+    if not a.fold_bn:
         from .analysis import _file_meta
-        src = _file_meta(a.checkpoint) or {}  # a lossless re-pack of a .mbz holds the same tensors: keep how they
-        for k in (M_LOSSY, M_BN_AFFINE, "compression"):  # were made (lossy settings, rewritten BatchNorms, QAT)
+        src = _file_meta(a.checkpoint) or {}  # a re-pack of a .mbz keeps how its tensors were made: rewritten
+        lossless = a.wbits is None and a.step is None and a.target_size is None  # BatchNorms always, the lossy
+        for k in (M_BN_AFFINE,) + ((M_LOSSY, "compression") if lossless else ()):  # settings and QAT when lossless
             if k in src and k not in meta:
                 meta = dict(meta, **{k: src[k]})
     gran = a.granularity or "channel"
@@ -188,7 +189,7 @@ def _pack(a, obj, meta: dict) -> int:
             rewritten, bn_names, bn_skipped = bn_affine_state_dict(plain, arch)
         except MbzError as e:
             raise UsageError(f"--bn-affine: {e}") from None
-        meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}, M_BN_AFFINE: bn_names})
+        meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}, M_BN_AFFINE: bn_names + [n for n in meta.get(M_BN_AFFINE) or [] if n not in bn_names]})
         fold_note = (f"  BatchNorms rewritten as their eval-mode affine before packing (--bn-affine): "
                      f"{_count(len(bn_names), 'module')}, running mean 0 and running variance 1 - eps in each, float32"
                      + (f"; {_count(len(bn_skipped), 'module')} left as they are (a channel's weight / sqrt(var + eps) "

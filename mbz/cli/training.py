@@ -250,6 +250,10 @@ def cmd_soup(a) -> int:
     output_file(a.output, inputs=a.files, force=a.force)
     device_of(a.device)
     _check_limit(a.limit)
+    log = a.log or os.path.join(os.path.dirname(os.path.abspath(a.output)), "soup_log.jsonl")
+    if a.data != "none" and (os.path.isdir(log) or not os.path.isdir(os.path.dirname(os.path.abspath(log)))):
+        raise UsageError(f"--log {log}: {'a folder' if os.path.isdir(log) else 'its folder does not exist'}; "
+                         "give a file name in an existing folder")
     ds = None
     if a.data != "none":  # read the data first: a bad --data fails before any writing
         from ..pipeline.data import load_dataset
@@ -265,7 +269,7 @@ def cmd_soup(a) -> int:
         row.update(data=a.data, device=a.device, top1=_evaluate(a.output, ds, a.device, a.quiet))
         if a.float_average:  # the soup's architecture and activation ranges, the weights before re-snapping
             row["top1_float_average"] = _evaluate(a.output, ds, a.device, a.quiet, state_dict=avg)
-        _append(a.log or os.path.join(os.path.dirname(os.path.abspath(a.output)), "soup_log.jsonl"), row)
+        _append(log, row)
     print(json.dumps(row), flush=True)
     return 0
 

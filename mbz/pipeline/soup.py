@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..detect import detect_grid
-from ..spec import M_LOSSY
+from ..spec import M_BN_AFFINE, M_LOSSY
 from .qat import fp16_exact, mse_step
 
 
@@ -195,6 +195,30 @@ def widths_of(metas: list[dict], sd: dict) -> dict | None:
     return out
 
 
+def check_soupable(metas: list[dict]) -> None:
+    """ValueError unless every input can be re-snapped as the soup does (symmetric codes of one width, one step
+    per tensor or per output channel): inputs packed with --step / --target-size (rate-distortion grids),
+    per-group or asymmetric steps are named; so are inputs whose BatchNorms differ in being rewritten for
+    inference (pack --bn-affine) from input 0's."""
+    for i, m in enumerate(metas):
+        lossy = m.get(M_LOSSY) or {}
+        if "step" in lossy:
+            raise ValueError(f"input {i} was packed with --step / --target-size (rate-distortion steps): a soup "
+                             "re-snaps to a grid of fixed width and would lose them; average float checkpoints "
+                             "and pack the result instead")
+        g = lossy.get("granularity") or (m.get("compression") or {}).get("granularity")
+        if g not in (None, "tensor", "channel"):
+            raise ValueError(f"input {i} has one weight step per {g}: a soup re-snaps per tensor or per channel")
+        if lossy.get("symmetric") is False:
+            raise ValueError(f"input {i} has asymmetric steps (zero points): a soup re-snaps to symmetric ones")
+    bn = [sorted(m.get(M_BN_AFFINE) or []) for m in metas]
+    for i, b in enumerate(bn[1:], 1):
+        if b != bn[0]:
+            raise ValueError(f"input {i} {'has' if b else 'has no'} BatchNorms rewritten for inference (pack "
+                             f"--bn-affine) where input 0 {'has none' if not bn[0] else 'has other ones'}: their "
+                             "BatchNorm tensors mean different things and cannot be averaged")
+
+
 def granularity_of(metas: list[dict]) -> str | None:
     """'tensor' or 'channel': the weight steps the inputs were trained or packed with (metadata
     'compression' or 'lossy': granularity), or None when an input does not say.  Inputs that disagree
@@ -241,6 +265,7 @@ def soup_files(files: list[str], out: str, steps: str = "mse", zstd: bool = True
             metas.append(dict(r.metadata))
             sds.append(r.decode_all())
     _check_alike(sds)  # names and shapes before widths
+    check_soupable(metas)
     sd, report = soup_state_dicts(sds, steps, widths_of(metas, sds[0]), per_tensor=granularity_of(metas) == "tensor")
     meta = soup_metadata(metas, [os.path.basename(f) for f in files])
     meta.update(extra_meta or {})

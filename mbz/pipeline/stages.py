@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from ..checkpoint import inference_only_reason
 from ..errors import UsageError
 from .recipe import Recipe, RecipeError, qat_key, stage_key
 
@@ -53,6 +54,9 @@ def _sha_file(path: str) -> str:
 def _need_file(recipe: Recipe, key: str, path: str) -> str:
     if not os.path.isfile(path):
         raise RecipeError(f"{recipe.path}: {key}: {path}: no such file")
+    why = inference_only_reason(path, key)  # a file packed for inference (pack --bn-affine) is not trained from
+    if why:
+        raise RecipeError(f"{recipe.path}: {why}")
     return path
 
 
