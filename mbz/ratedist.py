@@ -212,8 +212,11 @@ def estimate_bytes(sd: dict, policy: StepPolicy, exact: set) -> float:
     total = 0.0
     for name, t in sd.items():
         rel = policy.relative_step(name, t) if name not in exact else None
-        g = step_grid(t, rel, policy.deadzone if t.dim() >= 2 else 0.0, policy.channel and t.dim() >= 2,
-                      policy.gain, floor_1d(name)) if rel else None
+        try:
+            g = step_grid(t, rel, policy.deadzone if t.dim() >= 2 else 0.0, policy.channel and t.dim() >= 2,
+                          policy.gain, floor_1d(name)) if rel else None
+        except EncodeError as e:
+            raise EncodeError(f"tensor '{name}': {e}") from None
         if g is None:
             total += t.numel() * t.element_size() * 0.5
         else:   # codes at their order-0 entropy; snapped per-channel scales about a byte each after zstd

@@ -461,3 +461,35 @@ def test_a_tensor_that_cannot_be_quantized_is_named(tmp_path, capsys):
     assert main(["pack", str(ck), "-o", str(tmp_path / "n.mbz"), "--wbits", "4", "--step-1d", "0.01", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tensor 'bn.running_var'" in err and "NaN or Inf" in err, err
+
+
+def test_batchnorm_rewrites_name_bad_inputs_and_fold_bn_needs_a_foldable_architecture(tmp_path, capsys):
+    """NaN / negative variances are named as the input's tensors (not the rewritten ones); a torchvision
+    architecture that load_model cannot rebuild folded is refused by --fold-bn; --target-size names a NaN
+    tensor; BatchNorms pruned to gamma 0 do not count as dead channels."""
+    import torchvision
+
+    from mbz.models.folding import bn_affine
+    sd = torchvision.models.resnet18(num_classes=10).state_dict()
+    bad = dict(sd, **{"layer1.0.bn1.running_var": sd["layer1.0.bn1.running_var"].clone().fill_(-1.0)})
+    ck = tmp_path / "bad.pt"
+    torch.save(bad, ck)
+    assert main(["pack", str(ck), "-o", str(tmp_path / "a.mbz"), "--arch", "resnet18", "--wbits", "4",
+                 "--bn-affine"]) == 2
+    assert "tensor 'layer1.0.bn1.running_var' holds a negative variance" in capsys.readouterr().err
+    good = tmp_path / "good.pt"
+    torch.save(sd, good)
+    assert main(["pack", str(good), "-o", str(tmp_path / "f.mbz"), "--arch", "resnet18", "--wbits", "8",
+                 "--fold-bn"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be rebuilt with its BatchNorms folded" in err, err
+    nan = {"conv.weight": torch.randn(64, 32, 3, 3)}
+    nan["conv.weight"][1, 2, 0, 0] = float("nan")
+    torch.save(nan, tmp_path / "nan.pt")
+    assert main(["pack", str(tmp_path / "nan.pt"), "-o", str(tmp_path / "n.mbz"), "--target-size", "9000"]) == 2
+    assert "tensor 'conv.weight'" in capsys.readouterr().err
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.BatchNorm2d(8)).eval()
+    with torch.no_grad():
+        net[1].weight[:5] = 0.0                                        # 5 of 8 channels pruned (network slimming)
+        net[1].weight[5:] = torch.tensor([0.9, 1.0, 1.1])
+    assert bn_affine(net) == (["1"], [])

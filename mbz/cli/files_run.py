@@ -176,7 +176,7 @@ def _pack(a, obj, meta: dict) -> int:
                      f"{len(folded)}; recorded as {arch.get('name')} with folded_bn; the model CR of inspect / eval is "
                      f"of the folded tensors' fp32 bytes, {_input_note(api.input_dtypes(folded))[1]:,d}")
         prep = api.Prepared(folded, prep.folded, prep.left_out)
-    bn_names = None
+    bn_names, bn_skipped = None, []
     if a.bn_affine:
         if arch is None:
             raise UsageError("--bn-affine needs the architecture: pass --arch NAME (each BatchNorm and its eps are "
@@ -192,8 +192,9 @@ def _pack(a, obj, meta: dict) -> int:
         meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}, M_BN_AFFINE: bn_names + [n for n in meta.get(M_BN_AFFINE) or [] if n not in bn_names]})
         fold_note = (f"  BatchNorms rewritten as their eval-mode affine before packing (--bn-affine): "
                      f"{_count(len(bn_names), 'module')}, running mean 0 and running variance 1 - eps in each, float32"
-                     + (f"; {_count(len(bn_skipped), 'module')} left as they are (a channel's weight / sqrt(var + eps) "
-                        f"over {BN_AFFINE_SPREAD:g}x the median's: {', '.join(bn_skipped[:4])}"
+                     + (f"; {_count(len(bn_skipped), 'module')} left as {'it is' if len(bn_skipped) == 1 else 'they are'} "
+                        f"(a channel's weight / sqrt(var + eps) over {BN_AFFINE_SPREAD:g}x the median's: "
+                        f"{', '.join(bn_skipped[:4])}"
                         f"{', ...' if len(bn_skipped) > 4 else ''})" if bn_skipped else ""))
         prep = api.Prepared(rewritten, prep.folded, prep.left_out)
     common = dict(include=DEFAULT_INCLUDE if a.include is None else a.include, detect=not a.no_detect,
@@ -223,7 +224,8 @@ def _pack(a, obj, meta: dict) -> int:
     nz = [t for t in rep.tensors if t.negative_zeros and not t.quantized]  # a quantized tensor keeps no -0.0
     if a.json:
         print(json.dumps({"file_bytes": rep.file_bytes, "fp32_bytes": fp32, "input_bytes": own,
-                          "folded_bn": bool(a.fold_bn), "bn_affine": bn_names, "arch": arch,
+                          "folded_bn": bool(a.fold_bn), "bn_affine": bn_names,
+                          "bn_affine_skipped": bn_skipped, "arch": arch,
                           "input_dtypes": in_dtypes, "folded": prep.folded, "left_out": prep.left_out,
                           "structure": rep.structure, "shared": rep.shared, "zero_sign": rep.zero_sign,
                           "negative_zeros": sum(t.negative_zeros for t in nz),
@@ -409,16 +411,18 @@ def cmd_verify(a) -> int:
             c2 = None  # not the checkpoint the file was folded from: compared as it is
         if c2 is not None and not (c2.missing or c2.extra):
             c, refolded = c2, True
-    rewritten = None
+    rewritten, rewrite_failed = None, None
     bn_rec = meta.get(M_BN_AFFINE)
     if isinstance(bn_rec, list) and isinstance(meta.get("arch"), dict) and not tree and not refolded:
         try:  # pack --bn-affine: rewrite CHECKPOINT's BatchNorms the same way first
             c2 = compare(bn_affine_state_dict(expected, meta["arch"], only=set(bn_rec))[0], got,
                          zero_sign_dropped=bool(meta.get(M_ZERO_SIGN)))
-        except (MbzError, RuntimeError, ValueError, KeyError, TypeError):
-            c2 = None  # not the checkpoint the file was made from: compared as it is
-        if c2 is not None and not (c2.missing or c2.extra):
-            c, rewritten = c2, len(bn_rec)
+        except (MbzError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            c2, rewrite_failed = None, str(e)  # not the checkpoint the file was made from: compared as it is
+        else:
+            rewrite_failed = None
+        if c2 is not None and not (c2.missing or c2.extra) and len(c2.mismatched) < len(c.mismatched):
+            c, rewritten = c2, len(bn_rec)  # (a checkpoint rewritten already compares better as it is)
     lossy = meta.get(M_LOSSY)
     if lossy and c.mismatched and not a.quiet:
         how = ", ".join(f"{k} {v}" for k, v in lossy.items() if v not in (None, False))
@@ -455,6 +459,10 @@ def cmd_verify(a) -> int:
     if rewritten is not None:
         notes.append(f"the file holds {_count(rewritten, 'BatchNorm')} rewritten as their eval-mode affine (pack "
                      f"--bn-affine): {a.checkpoint}'s were rewritten the same way and then compared")
+    elif isinstance(bn_rec, list) and bn_rec:
+        notes.append(f"the file holds {_count(len(bn_rec), 'BatchNorm')} rewritten as their eval-mode affine (pack "
+                     f"--bn-affine); {a.checkpoint} was compared as it is"
+                     + (f" (rewriting it the same way failed: {rewrite_failed})" if rewrite_failed else ""))
     if prep.left_out:
         notes.append(f"only entry {meta.get(M_KEY)!r} was packed; left out: {', '.join(map(str, prep.left_out))}")
     if c.sign_only:

@@ -92,7 +92,7 @@ def bn_affine(model: nn.Module, only=None, max_spread: float | None = BN_AFFINE_
     running_mean 0, running_var 1 - eps (float32, where sqrt(1 - eps + eps) is 1 for eps 1e-5 and 1e-3).
     Computed in float64, stored in float32 (a 16-bit dtype would round g and the bias, and overflow where
     |mean x g| > 65504).  `only`: the module names to rewrite (None: all); a module whose largest |g| exceeds
-    `max_spread` times its median |g| is skipped (BN_AFFINE_SPREAD; None: never).  Returns (names rewritten,
+    `max_spread` times its median nonzero |g| is skipped (BN_AFFINE_SPREAD; None: never).  Returns (names rewritten,
     names skipped).  The model computes the same function in eval mode up to float rounding; in train mode
     BatchNorm uses batch statistics and the rewritten model is not the same network to train on."""
     done, skipped = [], []
@@ -104,7 +104,8 @@ def bn_affine(model: nn.Module, only=None, max_spread: float | None = BN_AFFINE_
             g = m.weight.double() / (m.running_var.double() + m.eps).sqrt()
             b = m.bias.double() - m.running_mean.double() * g
             mag = g.abs()
-            if max_spread is not None and mag.numel() and float(mag.max()) > max_spread * float(mag.median()):
+            live = mag[mag > 0]  # channels pruned to gamma 0 (network slimming) do not set the median
+            if max_spread is not None and live.numel() and float(live.max()) > max_spread * float(live.median()):
                 skipped.append(name)
                 continue
             m.float()

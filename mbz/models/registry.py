@@ -682,6 +682,12 @@ def fold_state_dict(sd: dict, arch: dict) -> tuple[dict, dict]:
     has no such pair, or the tensors do not fit it."""
     if arch.get("folded_bn"):
         raise MbzError(f"{arch.get('name')}: its BatchNorms are already folded (folded_bn)")
+    try:
+        validate_arch(dict(arch, folded_bn=True))
+    except MbzError:
+        raise MbzError(f"{arch.get('name')} cannot be rebuilt with its BatchNorms folded (mbz.load_model builds "
+                       f"folded networks of {', '.join(n for n, e in ARCHITECTURES.items() if 'folded_bn' in e.params)}"
+                       "); --bn-affine keeps the modules and shrinks the BatchNorms") from None
     model, _ = _loaded(sd, arch, "folding the BatchNorms")
     if not list(conv_bn_pairs(model)):
         raise MbzError(f"{arch.get('name')}: no Conv2d -> BatchNorm2d pair to fold")
@@ -701,6 +707,11 @@ def _loaded(sd: dict, arch: dict, what: str):
                        f"mask): pack folds them unless --exact")
     prefix = strip_wrapper(sd)
     inner = {k[len(prefix):]: v for k, v in sd.items()}
+    for k, v in inner.items():  # a transformation of non-finite values would blame the tensors it writes
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            raise MbzError(f"{what}: tensor '{prefix + k}' holds NaN or Inf")
+        if k.endswith("running_var") and isinstance(v, torch.Tensor) and bool((v < 0).any()):
+            raise MbzError(f"{what}: tensor '{prefix + k}' holds a negative variance ({float(v.min()):g})")
     model = build_model(arch)
     check_fit(shapes_of(model.state_dict()), shapes_of(inner), f"{what}: the tensors and {arch.get('name')}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in inner.items()}, strict=False)
