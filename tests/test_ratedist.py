@@ -493,3 +493,16 @@ def test_batchnorm_rewrites_name_bad_inputs_and_fold_bn_needs_a_foldable_archite
         net[1].weight[:5] = 0.0                                        # 5 of 8 channels pruned (network slimming)
         net[1].weight[5:] = torch.tensor([0.9, 1.0, 1.1])
     assert bn_affine(net) == (["1"], [])
+
+
+def test_fold_and_rewrite_say_how_to_reach_a_wrapped_state_dict(tmp_path, capsys):
+    from mbz.models import build_model
+    sd = build_model({"name": "mobilenet_v2_cifar", "num_classes": 10, "width_mult": 0.25}).state_dict()
+    for obj, words in (({"state_dict": sd, "epoch": 1}, "pick it with --key state_dict"),
+                       ({"model": {"state_dict": sd}}, "sits under model / state_dict, deeper than --key reaches")):
+        torch.save(obj, tmp_path / "c.pt")
+        for flag in ("--fold-bn", "--bn-affine"):
+            assert main(["pack", str(tmp_path / "c.pt"), "-o", str(tmp_path / "o.mbz"), "--wbits", "4", flag,
+                         "--arch", "mobilenet_v2_cifar:width_mult=0.25"]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and words in err, err

@@ -130,6 +130,17 @@ def _pack_options(a) -> None:
         raise UsageError(f"--align must be a power of two in 1..4096, got {a.align}")
 
 
+def _key_hint(obj) -> str:
+    """How to pick a checkpoint's state_dict for --fold-bn / --bn-affine (--key takes one top-level entry)."""
+    path = main_path(obj)
+    if len(path) == 1:
+        return f"pick it with --key {path[0]}"
+    if path:
+        return (f"its state_dict sits under {' / '.join(map(str, path))}, deeper than --key reaches: save that "
+                "state_dict on its own first")
+    return "pick it with --key (the entry that holds it)"
+
+
 def _pack(a, obj, meta: dict) -> int:
     prep = api.prepare(obj, key=a.key, exact=a.exact)
     main = subtree(prep.obj, main_path(prep.obj))
@@ -161,7 +172,7 @@ def _pack(a, obj, meta: dict) -> int:
             raise UsageError("--fold-bn needs the architecture: pass --arch NAME (the conv -> BatchNorm pairs are "
                              "found in the network it builds)")
         if main is not prep.obj or len(plain) != len(prep.obj):
-            raise UsageError("--fold-bn folds a plain state_dict of tensors: pick it with --key")
+            raise UsageError(f"--fold-bn folds a plain state_dict of tensors: {_key_hint(prep.obj)}")
         in_dtypes = api.input_dtypes(plain)  # the checkpoint's tensors, before folding: what the ratio is of
         meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}})
         try:
@@ -182,8 +193,7 @@ def _pack(a, obj, meta: dict) -> int:
             raise UsageError("--bn-affine needs the architecture: pass --arch NAME (each BatchNorm and its eps are "
                              f"found in the network it builds); {arch_note}")
         if main is not prep.obj or len(plain) != len(prep.obj):
-            raise UsageError("--bn-affine rewrites a plain state_dict of tensors: pick it with --key "
-                             f"{'.'.join(map(str, main_path(prep.obj))) or 'KEY'}")
+            raise UsageError(f"--bn-affine rewrites a plain state_dict of tensors: {_key_hint(prep.obj)}")
         in_dtypes = api.input_dtypes(plain)
         try:
             rewritten, bn_names, bn_skipped = bn_affine_state_dict(plain, arch)
