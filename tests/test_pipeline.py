@@ -309,7 +309,7 @@ def test_train_verb_stops_resumes_and_writes_the_baseline(tiny_npz, tmp_path, ca
     assert main(cmd + ["--force", "--data", f"npz:{tiny_npz}/none.npz"]) == 2
     assert sorted(p.name for p in out.iterdir()) == kept and (out / "baseline.pt").exists()
     assert main(cmd + ["--out", str(tmp_path / "s"), "--subset", "-5"]) == 2
-    assert "--subset -5: must be >= 0" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert "--subset -5: must be >= 0 (0: every image)" in capsys.readouterr().err and not (tmp_path / "s").exists()
     bad_data = ["--data", f"npz:{tiny_npz}/cifar10_jpeg_test.npz"]      # the test split as training data
     assert main(cmd + ["--out", str(tmp_path / "t"), *bad_data]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "t").exists()   # no folder, no train_args.json

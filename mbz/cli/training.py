@@ -78,9 +78,9 @@ def cmd_train(a) -> int:
     for name in ("epochs", "batch", "eval_every"):
         if getattr(a, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(a, name)}: must be >= 1")
-    for name in ("subset", "val"):
+    for name, zero in (("subset", "every image"), ("val", "no validation split")):
         if getattr(a, name) < 0:
-            raise UsageError(f"--{name} {getattr(a, name)}: must be >= 0 (0: all images / no validation split)")
+            raise UsageError(f"--{name} {getattr(a, name)}: must be >= 0 (0: {zero})")
     cfg = TrainConfig(epochs=a.epochs, batch=a.batch, lr=a.lr, wd=a.wd, label_smoothing=a.label_smoothing,
                       ema=a.ema, trivial=not a.no_trivial, cutout=a.cutout, seed=a.seed, fit_budget=a.fit_budget,
                       compile=a.compile, compile_mode=a.compile_mode, cudnn_benchmark=not a.no_cudnn_benchmark,
@@ -153,11 +153,11 @@ def _add_train(sub) -> None:
                         "instead of random weights; its shapes set the architecture")
     p.add_argument("--val", type=int, default=0, metavar="N",
                    help="hold the last N of a fixed permutation of the training images out and evaluate on them "
-                        "instead of the test set (which is then not loaded)")
+                        "instead of the test set (which is then not loaded; default 0: no validation split)")
     p.add_argument("--eval-every", type=int, default=1, metavar="N",
                    help="evaluate every N epochs and after the last (default 1)")
     p.add_argument("--subset", type=int, default=0, metavar="N",
-                   help="train on N images, test on max(100, N/5) (CPU smoke test)")
+                   help="train on N images, test on max(100, N/5) (CPU smoke test; default 0: every image)")
     p.add_argument("--time-budget", type=float, default=0, metavar="SECONDS",
                    help="stop between epochs before this many seconds and save OUT/resume.pt (0: no limit)")
     p.add_argument("--fit-budget", type=float, default=0, metavar="SECONDS",

@@ -214,9 +214,9 @@ def check_soupable(metas: list[dict]) -> None:
     bn = [sorted(m.get(M_BN_AFFINE) or []) for m in metas]
     for i, b in enumerate(bn[1:], 1):
         if b != bn[0]:
-            raise ValueError(f"input {i} {'has' if b else 'has no'} BatchNorms rewritten for inference (pack "
-                             f"--bn-affine) where input 0 {'has none' if not bn[0] else 'has other ones'}: their "
-                             "BatchNorm tensors mean different things and cannot be averaged")
+            raise ValueError(f"input {i} has {len(b)} BatchNorms rewritten for inference (pack --bn-affine), input 0 "
+                             f"{len(bn[0])}{' (other modules)' if len(b) == len(bn[0]) else ''}: their BatchNorm "
+                             "tensors mean different things and cannot be averaged")
 
 
 def granularity_of(metas: list[dict]) -> str | None:
