@@ -690,3 +690,11 @@ def test_option_values_are_refused_naming_the_option_and_value(argv, want, tmp_p
     assert main([names.get(x, x) for x in argv]) == 2
     err = capsys.readouterr().err
     assert want in err and err.count("\n") == 1, err
+
+
+def test_verify_against_a_bare_tensor_names_the_file(tmp_path, capsys):
+    ex = os.path.join(os.path.dirname(__file__), "..", "examples", "mobilenetv2_cifar10_200k.mbz")
+    torch.save(torch.zeros(3), tmp_path / "t.pt")
+    assert main(["verify", ex, str(tmp_path / "t.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 't.pt'}: expected a state_dict" in err, err

@@ -409,7 +409,10 @@ def cmd_verify(a) -> int:
         else:
             got = r.checkpoint()
     prep = api.prepare(obj, key=meta.get(M_KEY), exact=not meta.get(M_PRUNE_FOLDED))
-    expected = prep.obj if tree else as_state_dict(prep.obj)
+    try:
+        expected = prep.obj if tree else as_state_dict(prep.obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{a.checkpoint}: {e}") from None
     c = compare(expected, got, zero_sign_dropped=bool(meta.get(M_ZERO_SIGN)))
     folded_bn = isinstance(meta.get("arch"), dict) and bool(meta["arch"].get("folded_bn"))
     refolded = False
