@@ -115,6 +115,9 @@ def format_table(s: dict, limit: int | None = None) -> str:
                      " ".join(f"{r['bytes'][c]:>7}" for c in cats) + f" {r['total_bytes']:>8}")
     if limit is not None and len(s["tensors"]) > limit:
         lines.append(f"... {len(s['tensors']) - limit} more tensors (use --all)")
+    if any(r["encoding"] != "RAW" and r["bits"] == 8 for r in s["tensors"]):
+        lines.append("(bits: the stored code width; the writer may store narrower codes byte-aligned, as 8, where "
+                     "that entropy-codes smaller)")
     lines.append("")
     lines.append("bytes by category (every byte of the file counted once):")
     for c, v in s["categories"].items():

@@ -301,3 +301,13 @@ def test_unpack_and_verify_quiet(tmp_path, capsys):
     torch.save({"model": {"a": sd["a"] + 1, "b": sd["b"]}, "epoch": 3}, tmp_path / "other.pt")
     assert main(["verify", str(out), str(tmp_path / "other.pt"), "-q"]) == 1
     assert "MISMATCH model/a" in capsys.readouterr().out
+
+
+def test_inspect_explains_a_byte_aligned_code_width_only_where_one_is_shown(tmp_path, capsys):
+    from mbz.cli import main
+    ex = os.path.join(os.path.dirname(__file__), "..", "examples", "mobilenetv2_cifar10_200k.mbz")
+    assert main(["inspect", ex]) == 0
+    assert "(bits: the stored code width" in capsys.readouterr().out
+    mbz.save({"w": torch.randn(64, 64)}, tmp_path / "raw.mbz")
+    assert main(["inspect", str(tmp_path / "raw.mbz")]) == 0
+    assert "(bits: the stored code width" not in capsys.readouterr().out

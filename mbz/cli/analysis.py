@@ -398,8 +398,9 @@ def register(sub) -> None:
                                    "depthwise convs only), ranked by the norm of the BN-folded filter (no data), and "
                                    "thinned alike; OUT/thin_r{ratio}.mbz records the kept channels in its 'arch'. "
                                    "Recover the accuracy with `mbz train --init OUT/thin_r0.25.mbz`.")
-    p.add_argument("checkpoint", help="fp32 MobileNet-v2 state_dict with BatchNorm (.pt, or a lossless .mbz), or a "
-                                      "lossless .mbz of another registry network with its 'arch' metadata")
+    p.add_argument("checkpoint", help="MobileNet-v2 state_dict with BatchNorm (.pt or .mbz), or a .mbz of another "
+                                      "registry network with its 'arch' metadata (the thinned model is stored "
+                                      "losslessly: from a lossy .mbz it keeps that file's values)")
     p.add_argument("--out", required=True, help="output folder (made if missing; its parent must exist)")
     p.add_argument("--ratios", default="0.125,0.25,0.5", help="shares of hidden channels to remove, in [0, 1), "
                                                               "comma-separated (default 0.125,0.25,0.5)")
