@@ -139,18 +139,23 @@ def _first_line(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def mbz_metadata(path) -> dict | None:
+    """The metadata of a .mbz file, or None for another file (MbzError / OSError when it cannot be read)."""
+    from .reader import MbzReader
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            return None
+    with MbzReader(path) as r:
+        return dict(r.metadata)
+
+
 def bn_affine_modules(path) -> list | None:
     """The BatchNorm modules a .mbz file records as rewritten for inference (metadata 'bn_affine', pack
     --bn-affine: running mean 0, variance 1 - eps), or None (another file, or none rewritten).  Training from
     such a file starts from other statistics than the trained ones; callers that train refuse it."""
-    from .reader import MbzReader
     from .spec import M_BN_AFFINE
     try:
-        with open(path, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                return None
-        with MbzReader(path) as r:
-            names = r.metadata.get(M_BN_AFFINE)
+        names = (mbz_metadata(path) or {}).get(M_BN_AFFINE)
     except (OSError, MbzError):
         return None  # unreadable: the caller's own read says why
     return list(names) if isinstance(names, list) and names else None

@@ -57,20 +57,10 @@ def _bn_model(path: str):
     return sd, model.eval()
 
 
-def _file_meta(path: str) -> dict | None:
-    """The metadata of a .mbz file (None for another file)."""
-    from ..reader import MbzReader
-    from ..spec import MAGIC
-    with open(path, "rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
-            return None
-    with MbzReader(path) as r:
-        return dict(r.metadata)
-
-
 def _file_arch(path: str) -> dict | None:
     """The 'arch' metadata of a .mbz file (None for another file or a .mbz without one)."""
-    arch = (_file_meta(path) or {}).get("arch")
+    from ..checkpoint import mbz_metadata
+    arch = (mbz_metadata(path) or {}).get("arch")
     return arch if isinstance(arch, dict) else None
 
 

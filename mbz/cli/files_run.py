@@ -10,7 +10,7 @@ import warnings
 import torch
 
 from .. import api
-from ..checkpoint import as_state_dict, read_object
+from ..checkpoint import as_state_dict, mbz_metadata, read_object
 from ..compare import leaves, compare
 from ..container import atomic_write
 from ..errors import CheckpointError, MbzError, MismatchError, UsageError
@@ -153,16 +153,16 @@ def _pack(a, obj, meta: dict) -> int:
         except Exception:  # noqa: BLE001 - tensors no architecture can be fitted to: nothing to suggest
             arch, arch_note = None, ("no architecture recorded (mbz.load / unpack work; for mbz eval and "
                                      "mbz.load_model pass --arch)")
-    if arch is None and a.arch is None:
-        from .analysis import _file_arch
-        kept = _file_arch(a.checkpoint)  # re-encoding a .mbz keeps the architecture it records
-        if kept is not None:
-            arch, arch_note = kept, f"architecture: {kept.get('name')} (kept from {a.checkpoint})"
-    if not a.fold_bn:
-        from .analysis import _file_meta
-        src = _file_meta(a.checkpoint) or {}  # a re-pack of a .mbz keeps how its tensors were made: rewritten
-        lossless = a.wbits is None and a.step is None and a.target_size is None  # BatchNorms always, the lossy
-        for k in (M_BN_AFFINE,) + ((M_LOSSY, "compression") if lossless else ()):  # settings and QAT when lossless
+    try:
+        src = mbz_metadata(a.checkpoint) or {}  # re-packing a .mbz: what it records about its tensors
+    except OSError:
+        src = {}  # not a plain file (read_object read it): nothing recorded
+    kept = src.get("arch")
+    if arch is None and a.arch is None and isinstance(kept, dict):  # it keeps the architecture recorded
+        arch, arch_note = kept, f"architecture: {kept.get('name')} (kept from {a.checkpoint})"
+    if not a.fold_bn:  # and how its tensors were made: rewritten BatchNorms always, lossy settings and QAT if lossless
+        lossless = a.wbits is None and a.step is None and a.target_size is None
+        for k in (M_BN_AFFINE,) + ((M_LOSSY, "compression") if lossless else ()):
             if k in src and k not in meta:
                 meta = dict(meta, **{k: src[k]})
     gran = a.granularity or "channel"
@@ -199,7 +199,9 @@ def _pack(a, obj, meta: dict) -> int:
             rewritten, bn_names, bn_skipped = bn_affine_state_dict(plain, arch)
         except MbzError as e:
             raise UsageError(f"--bn-affine: {e}") from None
-        meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())}, M_BN_AFFINE: bn_names + [n for n in meta.get(M_BN_AFFINE) or [] if n not in bn_names]})
+        before = [n for n in meta.get(M_BN_AFFINE) or [] if n not in bn_names]  # rewritten by an earlier pack
+        meta = dict(meta, **{M_INPUT: {"dtypes": in_dtypes, "bytes": sum(in_dtypes.values())},
+                             M_BN_AFFINE: bn_names + before})
         fold_note = (f"  BatchNorms rewritten as their eval-mode affine before packing (--bn-affine): "
                      f"{_count(len(bn_names), 'module')}, running mean 0 and running variance 1 - eps in each, float32"
                      + (f"; {_count(len(bn_skipped), 'module')} left as {'it is' if len(bn_skipped) == 1 else 'they are'} "
@@ -432,8 +434,6 @@ def cmd_verify(a) -> int:
                          zero_sign_dropped=bool(meta.get(M_ZERO_SIGN)))
         except (MbzError, RuntimeError, ValueError, KeyError, TypeError) as e:
             c2, rewrite_failed = None, str(e)  # not the checkpoint the file was made from: compared as it is
-        else:
-            rewrite_failed = None
         if c2 is not None and not (c2.missing or c2.extra) and len(c2.mismatched) < len(c.mismatched):
             c, rewritten = c2, len(bn_rec)  # (a checkpoint rewritten already compares better as it is)
     lossy = meta.get(M_LOSSY)

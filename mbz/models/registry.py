@@ -701,7 +701,7 @@ def _loaded(sd: dict, arch: dict, what: str):
     read through, names and shapes checked first (MbzError naming the missing / unexpected / mis-shaped
     tensors), float tensors loaded as float32."""
     from .. import reparam
-    pairs = [k for k in sd if k.endswith(reparam.ORIG) and k[:-len(reparam.ORIG)] + reparam.MASK in sd]
+    pairs = list(reparam._pairs(sd))
     if pairs:
         raise MbzError(f"{what} needs the effective weights, not torch.nn.utils.prune pairs ({pairs[0]} with its "
                        f"mask): pack folds them unless --exact")
